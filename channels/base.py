@@ -1,0 +1,139 @@
+"""The shape every channel adapter shares: verify the raw bytes, then parse into Events.
+
+Adapters know the event model and their provider, nothing else: no web framework, no store.
+The HTTP edge builds an `InboundRequest`, calls `verify` then `parse`, commits the events and
+only then sends the `Ack` the adapter chose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import ClassVar, Protocol
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from router.events import Event
+
+
+class SignatureError(Exception):
+    """Verification failed: the edge answers 401 and stores nothing."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PayloadError(Exception):
+    """The request was authentic but its payload is malformed: 400, raw body quarantined."""
+
+
+class Ack(msgspec.Struct, frozen=True, kw_only=True):
+    """What to answer the provider once the events are committed."""
+
+    status: int = 200
+    media_type: str = "application/json"
+    body: bytes = b""
+
+
+class Parsed(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of parsing one verified request."""
+
+    events: list[Event]
+    ack: Ack
+    #: Content to put in the blob store before commit, keyed by sha256 hex (attachments).
+    blobs: dict[str, bytes] = {}
+    #: A provider one-time token, recorded with the event (Mailgun's `token`).
+    nonce: str | None = None
+
+
+class InboundRequest:
+    """One webhook as the adapter sees it: raw bytes and the metadata signatures cover."""
+
+    __slots__ = (
+        "_form",
+        "body",
+        "content_type",
+        "correlation_id",
+        "headers",
+        "path_params",
+        "received_at",
+        "url",
+    )
+
+    def __init__(
+        self,
+        *,
+        body: bytes,
+        headers: Mapping[str, str],
+        url: str,
+        content_type: str,
+        received_at: datetime,
+        correlation_id: str,
+        path_params: Mapping[str, str] | None = None,
+    ) -> None:
+        #: The raw body exactly as received.
+        self.body = body
+        #: Case-insensitive lookups with lower-case names (`x-twilio-signature`).
+        self.headers = headers
+        #: The public URL the provider called (`server.public_url` + path + query).
+        self.url = url
+        #: Media type without parameters, lower case (`application/json`).
+        self.content_type = content_type
+        self.received_at = received_at
+        self.correlation_id = correlation_id
+        self.path_params = path_params or {}
+        self._form: list[tuple[str, str]] | None = None
+
+    def form(self) -> list[tuple[str, str]]:
+        """The body as url-encoded pairs, parsed once; PayloadError if it is not UTF-8."""
+        if self._form is None:
+            try:
+                text = self.body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PayloadError("form body is not UTF-8") from exc
+            self._form = parse_qsl(text, keep_blank_values=True)
+        return self._form
+
+
+class InboundAdapter(Protocol):
+    """An inbound endpoint: a provider (and for Twilio, a kind of callback)."""
+
+    #: The event `source` this adapter produces (`twilio`, or a custom source's name).
+    source: str
+    #: Media types accepted; anything else is answered 415 before verification.
+    content_types: ClassVar[frozenset[str]]
+
+    def verify(self, request: InboundRequest) -> None:
+        """Raise SignatureError unless the request is authentic and fresh."""
+        ...
+
+    def parse(self, request: InboundRequest) -> Parsed:
+        """Normalise a verified request; raise PayloadError if it is malformed. Pure."""
+        ...
+
+
+def constant_time_any(expected: Sequence[bytes | str], given: bytes | str) -> bool:
+    """True if `given` equals one of `expected`; every candidate is compared in constant time."""
+    given_b = given.encode() if isinstance(given, str) else given
+    found = False
+    for candidate in expected:
+        candidate_b = candidate.encode() if isinstance(candidate, str) else candidate
+        found |= hmac.compare_digest(candidate_b, given_b)
+    return found
+
+
+def sha256_hex(content: bytes) -> str:
+    """The content address used for blobs and for body-derived dedupe keys."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
+    """The first value of `name` in form pairs, or None."""
+    for key, value in pairs:
+        if key == name:
+            return value
+    return None

@@ -1,0 +1,7 @@
+"""`python -m router` is the `switchboard` command."""
+
+from __future__ import annotations
+
+from router.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""The HTTP app (SPEC §4, §10): thin handlers over the ingest path and the store."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath
+
+from channels.base import InboundAdapter, InboundRequest
+from router.clock import Clock, SystemClock
+from router.config import Settings
+from router.errors import StoreUnavailable
+from router.events import EventStatus, encode_event
+from router.ids import new_ulid
+from router.ingest import Ingestor
+from router.metrics import Metrics
+from router.providers import accept_types, inbound_adapters
+from router.store.base import EventFilter, Store
+from router.store.factory import store_from_settings
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RulesState(msgspec.Struct, kw_only=True):
+    """What /readyz says about the rules (filled by the rules watcher)."""
+
+    version: str | None = None
+    error: str | None = None
+
+
+class AppContext:
+    """Everything handlers need, built once per app and kept on `app.state.ctx`."""
+
+    def __init__(self, settings: Settings, store: Store, clock: Clock, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.rules = RulesState()
+        self.public_url = settings.server.public_url.rstrip("/")
+        self.adapters: dict[str, InboundAdapter] = inbound_adapters(settings, clock)
+        self.ingestor = Ingestor(
+            store,
+            store.blobs,
+            metrics,
+            accept_types=accept_types(settings),
+            blob_threshold_bytes=settings.storage.blob_threshold_bytes,
+        )
+
+
+def _ctx(state: State) -> AppContext:
+    ctx: AppContext = state.ctx
+    return ctx
+
+
+def _respond(status: int, media_type: str, body: bytes) -> Response[bytes]:
+    return Response(content=body, status_code=status, media_type=media_type)
+
+
+def _json(status: int, payload: Any) -> Response[bytes]:
+    return _respond(status, "application/json", msgspec.json.encode(payload))
+
+
+@post("/webhooks/{route:path}", status_code=200, include_in_schema=False)
+async def webhook(
+    request: Request[Any, Any, Any], route: FromPath[str], state: State
+) -> Response[bytes]:
+    """Every provider's webhook: find the adapter for the path, then run the ingest path."""
+    ctx = _ctx(state)
+    key = route.strip("/")
+    adapter = ctx.adapters.get(key)
+    if adapter is None:
+        return _json(404, {"error": f"no source is configured at /webhooks/{key}"})
+    body = await request.body()
+    scope = request.scope
+    query = scope.get("query_string", b"")
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    url = (
+        ctx.public_url
+        + raw_path.decode("latin-1")
+        + ("?" + query.decode("latin-1") if query else "")
+    )
+    headers = request.headers
+    request_id = headers.get("x-request-id", "")
+    now = ctx.clock.now()
+    inbound = InboundRequest(
+        body=body,
+        headers=headers,
+        url=url,
+        content_type=headers.get("content-type", "").split(";", 1)[0].strip().lower(),
+        received_at=now,
+        correlation_id=request_id if _REQUEST_ID.match(request_id) else new_ulid(now),
+        path_params={"route": key},
+    )
+    ack = await ctx.ingestor.handle(adapter, inbound)
+    return _respond(ack.status, ack.media_type, ack.body)
+
+
+@get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(state: State) -> Response[bytes]:
+    """Readiness: the store answers; also tells the live rules version and any rules error."""
+    ctx = _ctx(state)
+    try:
+        await ctx.store.ping()
+    except StoreUnavailable as exc:
+        return _json(
+            503,
+            {
+                "status": "unavailable",
+                "error": str(exc),
+                "rules_version": ctx.rules.version,
+                "rules_error": ctx.rules.error,
+            },
+        )
+    return _json(
+        200, {"status": "ok", "rules_version": ctx.rules.version, "rules_error": ctx.rules.error}
+    )
+
+
+def _authorised(request: Request[Any, Any, Any], ctx: AppContext) -> Response[bytes] | None:
+    """None if the bearer token is right, else the 401/403 to answer."""
+    token = ctx.settings.server.admin_token
+    if not token:
+        return _json(403, {"error": "admin API disabled: set server.admin_token"})
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        return _json(401, {"error": "bearer token required"})
+    return None
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Prometheus text format (admin token)."""
+    ctx = _ctx(state)
+    return _authorised(request, ctx) or _respond(
+        200, "text/plain; version=0.0.4", ctx.metrics.render()
+    )
+
+
+@get("/api/events", include_in_schema=False)
+async def api_events(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Events, newest first; filters `source`, `type`, `status`, `since`, `limit`."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    params = request.query_params
+    try:
+        where = EventFilter(
+            source=params.get("source"),
+            type=params.get("type"),
+            status=EventStatus(params["status"]) if params.get("status") else None,
+            since=datetime.fromisoformat(params["since"]) if params.get("since") else None,
+            limit=min(int(params.get("limit") or 100), 1000),
+        )
+    except ValueError as exc:
+        return _json(400, {"error": f"bad query: {exc}"})
+    try:
+        events = await ctx.store.list_events(where)
+    except StoreUnavailable:
+        return _json(503, {"error": "store unavailable"})
+    body = b"[" + b",".join(encode_event(e) for e in events) + b"]"
+    return _respond(200, "application/json", body)
+
+
+@get("/api/events/{event_id:str}", include_in_schema=False)
+async def api_event(
+    request: Request[Any, Any, Any], event_id: str, state: State
+) -> Response[bytes]:
+    """One event with its routing runs and outbox rows."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    try:
+        event = await ctx.store.get_event(event_id)
+    except StoreUnavailable:
+        return _json(503, {"error": "store unavailable"})
+    if event is None:
+        return _json(404, {"error": f"no event {event_id}"})
+    return _json(200, {**msgspec.to_builtins(event), "runs": [], "outbox": []})
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, clock: Clock | None = None
+) -> Litestar:
+    """The ASGI app; opens the store on start-up and closes it on shutdown."""
+    the_store = store or store_from_settings(settings)
+    ctx = AppContext(settings, the_store, clock or SystemClock(), Metrics())
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await the_store.open()
+        try:
+            yield
+        finally:
+            await the_store.close()
+
+    return Litestar(
+        route_handlers=[webhook, healthz, readyz, metrics, api_events, api_event],
+        state=State({"ctx": ctx}),
+        lifespan=[lifespan],
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )

@@ -1,0 +1,246 @@
+"""The `switchboard` command (SPEC §9). Works whether or not the server runs.
+
+`--json` prints JSON only on stdout; otherwise output is for people. Exit codes: 0 ok,
+1 failure or invalid input, 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from router.clock import SystemClock
+from router.config import ConfigError, Settings, load_settings
+from router.errors import StoreUnavailable, SwitchboardError
+from router.events import Event, EventStatus, event_to_builtins
+from router.store.base import EventFilter
+from router.store.factory import store_from_settings
+from router.store.sqlite import SQLiteStore
+from router.timeutil import parse_since
+
+T = TypeVar("T")
+
+
+class Failure(click.ClickException):
+    """A failure the user can act on: message on stderr, exit code 1."""
+
+    exit_code = 1
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"] = load_settings(obj.get("config"))
+        except ConfigError as exc:
+            raise Failure(str(exc)) from exc
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def _with_store(ctx: click.Context, work: Callable[[SQLiteStore], Awaitable[T]]) -> T:
+    settings = _settings(ctx)
+
+    async def run() -> T:
+        try:
+            store = store_from_settings(settings)
+        except ValueError as exc:
+            raise Failure(str(exc)) from exc
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreUnavailable as exc:
+        raise Failure(f"store unavailable: {exc}") from exc
+    except SwitchboardError as exc:
+        raise Failure(str(exc)) from exc
+
+
+def _print_json(payload: Any) -> None:
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(payload), indent=2) + b"\n")
+    sys.stdout.flush()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    envvar="SWITCHBOARD_CONFIG",
+    help="Path to switchboard.toml (default: $SWITCHBOARD_CONFIG).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """Switchboard: verified webhooks in, rules, consent, exactly-once outbox out."""
+    ctx.ensure_object(dict)["config"] = config
+
+
+@cli.command()
+@click.option("--host", help="Override server.host.")
+@click.option("--port", type=int, help="Override server.port.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Run the HTTP server (webhooks, health, admin API)."""
+    import uvicorn
+
+    from router.app import create_app
+    from router.logs import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings.logging.level, debug=settings.logging.debug)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
+    uvicorn.run(
+        app,
+        host=host or settings.server.host,
+        port=port if port is not None else settings.server.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@cli.group()
+def events() -> None:
+    """Inspect stored events."""
+
+
+@events.command("list")
+@click.option("--source", help="Only this source (twilio, stripe, a custom name...).")
+@click.option("--type", "type_", help="Only this event type (message.received, ...).")
+@click.option(
+    "--status", type=click.Choice([s.value for s in EventStatus]), help="Only this status."
+)
+@click.option("--since", help="Only events received since, e.g. 24h, 15m or an ISO time.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def events_list(
+    ctx: click.Context,
+    source: str | None,
+    type_: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List events, newest first."""
+    try:
+        since_at = parse_since(since, SystemClock().now()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    where = EventFilter(
+        source=source,
+        type=type_,
+        status=EventStatus(status) if status else None,
+        since=since_at,
+        limit=limit,
+    )
+    found = _with_store(ctx, lambda store: store.list_events(where))
+    if as_json:
+        _print_json([event_to_builtins(event) for event in found])
+        return
+    _print_table(found)
+
+
+def _print_table(found: list[Event]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "RECEIVED", "SOURCE", "TYPE", "STATUS", "CHANNEL", "CONTACT"):
+        table.add_column(column)
+    for event in found:
+        table.add_row(
+            event.id,
+            event.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            event.source,
+            event.type,
+            event.status.value,
+            event.channel or "-",
+            event.contact.address if event.contact else "-",
+        )
+    console = Console(width=None if sys.stdout.isatty() else 10_000)
+    console.print(table if found else "no events")
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
+    """Show one event with its routing runs and outbox rows."""
+    event = _with_store(ctx, lambda store: store.get_event(event_id))
+    if event is None:
+        raise Failure(f"no event {event_id}")
+    payload = {**event_to_builtins(event), "runs": [], "outbox": []}
+    if as_json:
+        _print_json(payload)
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(payload, expand_all=True))
+
+
+@cli.command()
+@click.argument("provider", type=click.Choice(["twilio", "slack", "stripe", "mailgun", "sendgrid"]))
+@click.option(
+    "--text",
+    default="Hello from the simulator",
+    show_default=True,
+    help="Message text (twilio, slack, email).",
+)
+@click.option("--from", "sender", help="Sender address (phone number, email).")
+@click.option("--type", "type_", help="Provider event type (stripe).")
+@click.option("--target", help="Base URL to send to (default: http://server.host:server.port).")
+@click.pass_context
+def simulate(
+    ctx: click.Context,
+    provider: str,
+    text: str,
+    sender: str | None,
+    type_: str | None,
+    target: str | None,
+) -> None:
+    """Send a correctly signed sample webhook to a running server."""
+    import httpx
+
+    from router.simulate import build_sample
+
+    settings = _settings(ctx)
+    try:
+        sample = build_sample(provider, settings, text=text, sender=sender, event_type=type_)
+    except LookupError as exc:
+        raise Failure(str(exc)) from exc
+    base = (target or f"http://{settings.server.host}:{settings.server.port}").rstrip("/")
+    try:
+        response = httpx.post(
+            base + sample.path,
+            content=sample.body,
+            headers=sample.headers,
+            auth=sample.auth,
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        raise Failure(f"cannot reach {base}: {exc} (is `switchboard serve` running?)") from exc
+    click.echo(f"POST {sample.path} -> {response.status_code} {response.text[:200]}")
+    if response.status_code >= 300:
+        raise Failure(f"server answered {response.status_code}")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="switchboard")

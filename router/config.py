@@ -1,0 +1,311 @@
+"""Configuration (SPEC §5): TOML decoded into typed Structs, secrets resolved, errors located.
+
+Every error names the dotted key and the line of the file it comes from, so a newcomer can fix
+`switchboard.toml` without reading code. Verification cannot be switched off: each configured
+source must carry at least one non-empty secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Secrets = Annotated[list[str], msgspec.Meta(min_length=1)]
+Mode = Literal["live", "sandbox"]
+
+_STRICT: dict[str, Any] = {"forbid_unknown_fields": True, "kw_only": True, "frozen": True}
+
+
+class ServerConfig(msgspec.Struct, **_STRICT):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    #: The URL providers call, as configured at the provider: Twilio signs it.
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
+    admin_token: str | None = None
+
+
+class StorageConfig(msgspec.Struct, **_STRICT):
+    url: str = "sqlite:///var/switchboard.db"
+    #: How long a write waits for a lock held by another process before the store is unavailable.
+    busy_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
+    #: Raw bodies and attachments larger than this go to content-addressed files beside the db.
+    blob_threshold_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024
+
+
+class RulesConfig(msgspec.Struct, **_STRICT):
+    path: str = "rules"
+
+
+class TwilioSource(msgspec.Struct, **_STRICT):
+    auth_tokens: Secrets
+    accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class SlackSource(msgspec.Struct, **_STRICT):
+    signing_secrets: Secrets
+    tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class StripeSource(msgspec.Struct, **_STRICT):
+    signing_secrets: Secrets
+    tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class MailgunSource(msgspec.Struct, **_STRICT):
+    signing_keys: Secrets
+    tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class SendgridSource(msgspec.Struct, **_STRICT):
+    #: `user:password` pairs accepted as HTTP basic auth (a list allows rotation).
+    basic_auth: str | Secrets
+    accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+    @property
+    def credentials(self) -> list[str]:
+        return [self.basic_auth] if isinstance(self.basic_auth, str) else list(self.basic_auth)
+
+
+class CustomSource(msgspec.Struct, **_STRICT):
+    secrets: Secrets
+    tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class SourcesConfig(msgspec.Struct, **_STRICT):
+    twilio: TwilioSource | None = None
+    slack: SlackSource | None = None
+    stripe: StripeSource | None = None
+    mailgun: MailgunSource | None = None
+    sendgrid: SendgridSource | None = None
+    custom: dict[str, CustomSource] = {}
+
+
+class SmsChannelConfig(msgspec.Struct, **_STRICT):
+    account_sid: str = ""
+    auth_token: str = ""
+    from_: str | None = msgspec.field(default=None, name="from")
+    messaging_service_sid: str | None = None
+    mode: Mode = "sandbox"
+    api_base: str | None = None
+    rate_per_second: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class SlackChannelConfig(msgspec.Struct, **_STRICT):
+    bot_token: str = ""
+    escalation_channel: str = ""
+    mode: Mode = "sandbox"
+    api_base: str | None = None
+    rate_per_second: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class EmailChannelConfig(msgspec.Struct, **_STRICT):
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 25
+    username: str | None = None
+    password: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    mode: Mode = "sandbox"
+    starttls: bool = False
+
+
+class HttpForward(msgspec.Struct, **_STRICT):
+    url: str
+    #: Standard Webhooks signing secret (`whsec_...`) for outbound forwards.
+    secret: str | None = None
+
+
+class HttpChannelConfig(msgspec.Struct, **_STRICT):
+    forwards: dict[str, HttpForward] = {}
+    mode: Mode = "sandbox"
+
+
+class ChannelsConfig(msgspec.Struct, **_STRICT):
+    sms: SmsChannelConfig = SmsChannelConfig()
+    slack: SlackChannelConfig = SlackChannelConfig()
+    email: EmailChannelConfig = EmailChannelConfig()
+    http: HttpChannelConfig = HttpChannelConfig()
+
+
+class ComplianceConfig(msgspec.Struct, **_STRICT):
+    quiet_hours: str = "21:00-08:00"
+    default_timezone: str = "UTC"
+    help_text: str = "Reply STOP to unsubscribe, START to resubscribe."
+    stop_confirmation: str = (
+        "You are unsubscribed and will receive no more messages. Reply START to resubscribe."
+    )
+    start_confirmation: str = "You are resubscribed. Reply STOP to unsubscribe."
+
+
+class EscalationConfig(msgspec.Struct, **_STRICT):
+    claim_timeout: str = "10m"
+    inactivity_close: str = "24h"
+
+
+class LoggingConfig(msgspec.Struct, **_STRICT):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Only with debug on do logs show full phone numbers and message bodies.
+    debug: bool = False
+
+
+class Settings(msgspec.Struct, **_STRICT):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    rules: RulesConfig = RulesConfig()
+    sources: SourcesConfig = SourcesConfig()
+    channels: ChannelsConfig = ChannelsConfig()
+    compliance: ComplianceConfig = ComplianceConfig()
+    escalation: EscalationConfig = EscalationConfig()
+    logging: LoggingConfig = LoggingConfig()
+    #: Named time windows for rules' `during:` (e.g. `business = "Mon-Fri 09:00-17:00"`).
+    windows: dict[str, str] = {}
+
+
+class ConfigError(Exception):
+    """A config problem, located: `file:line: key: message`."""
+
+    def __init__(self, path: str, line: int | None, key: str, message: str) -> None:
+        self.path, self.line, self.key, self.message = path, line, key, message
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+_SECRET_KEYS = frozenset(
+    {
+        "auth_tokens",
+        "signing_secrets",
+        "signing_keys",
+        "basic_auth",
+        "secrets",
+        "secret",
+        "auth_token",
+        "bot_token",
+        "password",
+        "admin_token",
+    }
+)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, validate and resolve the config at `path` (default: `$SWITCHBOARD_CONFIG`)."""
+    chosen = path or os.environ.get("SWITCHBOARD_CONFIG")
+    if not chosen:
+        raise ConfigError("<none>", None, "", "no config: pass --config or set SWITCHBOARD_CONFIG")
+    file = Path(chosen)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), None, "", f"cannot read: {exc.strerror}") from exc
+    return parse_settings(text, str(file))
+
+
+def parse_settings(text: str, filename: str = "switchboard.toml") -> Settings:
+    """Validate TOML text into Settings; every error names the key and its line."""
+    lines = _KeyLines(text)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(filename, int(match[1]) if match else None, "", str(exc)) from exc
+    _resolve_secrets(raw, (), filename, lines)
+    try:
+        return msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$")
+        key = _dotted(where.rstrip("`")) if message else ""
+        if not message:
+            message = str(exc)
+        unknown = re.match(r"Object contains unknown field `(.+)`", message)
+        if unknown:
+            key = f"{key}.{unknown[1]}" if key else unknown[1]
+            message = "unknown key (see README.md for the keys Switchboard reads)"
+        raise ConfigError(filename, lines.find(key), key, message) from exc
+
+
+def _dotted(msgspec_path: str) -> str:
+    """`.sources.twilio.auth_tokens[0]` -> `sources.twilio.auth_tokens`."""
+    return re.sub(r"\[\d+\]", "", msgspec_path).lstrip(".")
+
+
+def _resolve_secrets(node: Any, trail: tuple[str, ...], filename: str, lines: _KeyLines) -> None:
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        here = (*trail, key)
+        if key in _SECRET_KEYS:
+            node[key] = _resolve_value(value, ".".join(here), filename, lines)
+        else:
+            _resolve_secrets(value, here, filename, lines)
+
+
+def _resolve_value(value: Any, key: str, filename: str, lines: _KeyLines) -> Any:
+    if isinstance(value, list):
+        return [_resolve_value(item, key, filename, lines) for item in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        resolved = resolve_secret(value)
+    except LookupError as exc:
+        raise ConfigError(filename, lines.find(key), key, str(exc)) from exc
+    if not resolved:
+        raise ConfigError(filename, lines.find(key), key, "secret is empty")
+    return resolved
+
+
+def resolve_secret(reference: str) -> str:
+    """`env:NAME` -> the variable, `file:PATH` -> the file's first line, else the literal."""
+    if reference.startswith("env:"):
+        name = reference[4:]
+        if name not in os.environ:
+            raise LookupError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if reference.startswith("file:"):
+        try:
+            return Path(reference[5:]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LookupError(f"cannot read secret file {reference[5:]}: {exc.strerror}") from exc
+    return reference
+
+
+class _KeyLines:
+    """Maps dotted keys to the line that defines them (tomllib keeps no positions)."""
+
+    _TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_.\-"' ]+?)\s*=""")
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[str, int] = {}
+        table = ""
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._TABLE.match(line)
+            if header:
+                table = self._normalise(header[1])
+                self._lines.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                full = f"{table}.{self._normalise(key[1])}" if table else self._normalise(key[1])
+                self._lines.setdefault(full, number)
+
+    @staticmethod
+    def _normalise(key: str) -> str:
+        return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+    def find(self, key: str) -> int | None:
+        """The line of `key`, else of its nearest enclosing table or key."""
+        parts = key.split(".")
+        while parts:
+            line = self._lines.get(".".join(parts))
+            if line:
+                return line
+            parts.pop()
+        return None

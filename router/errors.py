@@ -1,0 +1,15 @@
+"""Errors the core raises; driver errors are mapped to these in one place per backend."""
+
+from __future__ import annotations
+
+
+class SwitchboardError(Exception):
+    """Base of every error Switchboard raises on purpose."""
+
+
+class StoreUnavailable(SwitchboardError):
+    """The store cannot commit right now (locked, disk full, gone); the caller answers 503."""
+
+
+class StoreCorrupt(SwitchboardError):
+    """The store holds data this version cannot read (schema newer than the code)."""

@@ -1,0 +1,67 @@
+"""Wiring of provider adapters from settings: the one place the core meets `channels/`.
+
+Only the HTTP app and the CLI import this module.
+"""
+
+from __future__ import annotations
+
+from channels.base import InboundAdapter
+from channels.email import MailgunAdapter, SendgridAdapter
+from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter
+from channels.standard import StandardWebhooksAdapter
+from channels.stripe import StripeAdapter
+from channels.twilio import TwilioAdapter
+from router.clock import Clock
+from router.config import Settings
+
+BUILTIN_SOURCES = frozenset({"twilio", "slack", "stripe", "mailgun", "sendgrid"})
+
+
+def inbound_adapters(settings: Settings, clock: Clock) -> dict[str, InboundAdapter]:
+    """`{route: adapter}` for every configured source; route is the path after /webhooks/."""
+    sources = settings.sources
+    routes: dict[str, InboundAdapter] = {}
+    if sources.twilio:
+        routes["twilio/messages"] = TwilioAdapter(sources.twilio.auth_tokens, "messages")
+        routes["twilio/status"] = TwilioAdapter(sources.twilio.auth_tokens, "status")
+    if sources.slack:
+        slack = sources.slack
+        routes["slack/events"] = SlackEventsAdapter(
+            slack.signing_secrets, slack.tolerance_seconds, clock
+        )
+        routes["slack/interactions"] = SlackInteractionsAdapter(
+            slack.signing_secrets, slack.tolerance_seconds, clock
+        )
+    if sources.stripe:
+        routes["stripe"] = StripeAdapter(
+            sources.stripe.signing_secrets, sources.stripe.tolerance_seconds, clock
+        )
+    if sources.mailgun:
+        routes["email/mailgun"] = MailgunAdapter(
+            sources.mailgun.signing_keys, sources.mailgun.tolerance_seconds, clock
+        )
+    if sources.sendgrid:
+        routes["email/sendgrid"] = SendgridAdapter(sources.sendgrid.credentials)
+    for name, custom in sources.custom.items():
+        routes[f"custom/{name}"] = StandardWebhooksAdapter(
+            name, custom.secrets, custom.tolerance_seconds, clock
+        )
+    return routes
+
+
+def accept_types(settings: Settings) -> dict[str, list[str]]:
+    """`{source: patterns}`: event types outside them are stored as `ignored`."""
+    sources = settings.sources
+    found: dict[str, list[str]] = {
+        name: cfg.accept_types
+        for name, cfg in (
+            ("twilio", sources.twilio),
+            ("slack", sources.slack),
+            ("stripe", sources.stripe),
+            ("mailgun", sources.mailgun),
+            ("sendgrid", sources.sendgrid),
+        )
+        if cfg is not None
+    }
+    found.update({name: cfg.accept_types for name, cfg in sources.custom.items()})
+    return found

@@ -1,0 +1,110 @@
+"""The storage seam: domain verbs, no SQL. SQLite implements it today, PostgreSQL later."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+import msgspec
+
+from router.events import Event, EventStatus
+from router.store.blobs import BlobStore
+
+
+class IngestOutcome(StrEnum):
+    """What the store did with one verified delivery."""
+
+    STORED = "stored"
+    #: The dedupe key was already there: nothing changed.
+    DUPLICATE = "duplicate"
+    #: A one-time token (Mailgun) came back with a different payload: refused.
+    REPLAY = "replay"
+
+
+class IngestItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One event and the bytes it came from, committed together."""
+
+    event: Event
+    #: The verified raw body; kept for inspection and replay.
+    raw_body: bytes
+    content_type: str
+    #: sha256 of `raw_body` when it was moved to the blob store (large bodies).
+    raw_blob: str | None = None
+    #: A provider's one-time token; a second use with another dedupe key is a replay.
+    nonce: str | None = None
+
+
+class QuarantinedRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request whose signature was valid but whose payload could not be understood."""
+
+    id: str
+    source: str
+    received_at: datetime
+    reason: str
+    content_type: str
+    raw_body: bytes | None = None
+    raw_blob: str | None = None
+    correlation_id: str
+
+
+class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which events to list; every field narrows, None means any."""
+
+    source: str | None = None
+    type: str | None = None
+    status: EventStatus | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+class StoredRaw(msgspec.Struct, frozen=True, kw_only=True):
+    """The raw body of a stored event, inline or in the blob store."""
+
+    content_type: str
+    body: bytes | None
+    blob: str | None
+
+
+class Store(Protocol):
+    """Durable home of events; every method is safe to call from several tasks at once."""
+
+    #: Content-addressed files for large bodies and attachments.
+    blobs: BlobStore
+
+    async def open(self) -> None:
+        """Connect and migrate the schema to the latest version."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+        ...
+
+    async def ingest(self, item: IngestItem) -> IngestOutcome:
+        """Commit one event durably; returns only after the commit (or raises StoreUnavailable)."""
+        ...
+
+    async def quarantine(self, request: QuarantinedRequest) -> None:
+        """Keep a verified but malformed request for inspection."""
+        ...
+
+    async def list_events(self, where: EventFilter) -> list[Event]:
+        """Events matching `where`, newest first."""
+        ...
+
+    async def get_event(self, event_id: str) -> Event | None:
+        """One event by id."""
+        ...
+
+    async def get_raw(self, event_id: str) -> StoredRaw | None:
+        """The raw body an event was parsed from."""
+        ...
+
+    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
+        """Quarantined requests, newest first."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless a read and a write lock can be had right now."""
+        ...

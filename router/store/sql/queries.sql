@@ -1,0 +1,49 @@
+-- Named queries: `-- name: NAME` starts a block. Parameters are always bound, never formatted.
+
+-- name: insert_event
+INSERT INTO events (id, source, type, provider_type, dedupe_key, channel, contact_address,
+                    conversation_key, status, received_at, occurred_at, correlation_id, body,
+                    content_type, raw_body, raw_blob)
+VALUES (:id, :source, :type, :provider_type, :dedupe_key, :channel, :contact_address,
+        :conversation_key, :status, :received_at, :occurred_at, :correlation_id, :body,
+        :content_type, :raw_body, :raw_blob)
+ON CONFLICT (dedupe_key) DO NOTHING;
+
+-- name: insert_nonce
+INSERT INTO nonces (source, nonce, dedupe_key, seen_at)
+VALUES (:source, :nonce, :dedupe_key, :seen_at)
+ON CONFLICT (source, nonce) DO NOTHING;
+
+-- name: nonce_owner
+SELECT dedupe_key FROM nonces WHERE source = :source AND nonce = :nonce;
+
+-- name: prune_nonces
+DELETE FROM nonces WHERE seen_at < :before;
+
+-- name: insert_quarantine
+INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body, raw_blob,
+                        correlation_id)
+VALUES (:id, :source, :received_at, :reason, :content_type, :raw_body, :raw_blob,
+        :correlation_id);
+
+-- name: list_quarantine
+SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correlation_id
+FROM quarantine ORDER BY id DESC LIMIT :limit;
+
+-- name: list_events
+SELECT body, status FROM events
+WHERE (:source IS NULL OR source = :source)
+  AND (:type IS NULL OR type = :type)
+  AND (:status IS NULL OR status = :status)
+  AND (:since IS NULL OR received_at >= :since)
+  AND (:until IS NULL OR received_at < :until)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: get_event
+SELECT body, status FROM events WHERE id = :id;
+
+-- name: get_raw
+SELECT content_type, raw_body, raw_blob FROM events WHERE id = :id;
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_migrations;

@@ -1,0 +1,30 @@
+"""Parsing of the durations and moments people type (`10m`, `24h`, `2026-11-23T10:00`)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `10m`, `24h`, `7d`, `2w` -> timedelta; ValueError otherwise."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 30s, 10m, 24h, 7d)")
+    return timedelta(**{_UNITS[match[2]]: float(match[1])})
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A duration ago (`24h`) or an ISO 8601 moment (naive means UTC)."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"not a duration or ISO time: {text!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

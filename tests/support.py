@@ -1,0 +1,166 @@
+"""Shared test helpers: a config with known secrets, a live server on loopback, the CLI."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from click.testing import CliRunner
+
+from router.app import create_app
+from router.cli import cli
+from router.config import Settings, load_settings
+
+#: Per source: the active secrets in config (index 0 = current, 1 = rotated-in), and a wrong one.
+SECRETS: dict[str, list[str]] = {
+    "twilio": ["twilio-token-current", "twilio-token-rotated"],
+    "slack": ["slack-secret-current", "slack-secret-rotated"],
+    "stripe": ["whsec_stripeCurrent", "whsec_stripeRotated"],
+    "mailgun": ["mailgun-key-current", "mailgun-key-rotated"],
+    "sendgrid": ["parse:sendgrid-current", "parse:sendgrid-rotated"],
+    # Standard Webhooks secrets are base64 after the whsec_ prefix.
+    "custom": ["whsec_Y3VzdG9tLWN1cnJlbnQtc2VjcmV0", "whsec_Y3VzdG9tLXJvdGF0ZWQtc2VjcmV0"],
+}
+WRONG_SECRETS: dict[str, str] = {
+    "twilio": "twilio-token-wrong",
+    "slack": "slack-secret-wrong",
+    "stripe": "whsec_stripeWrong",
+    "mailgun": "mailgun-key-wrong",
+    "sendgrid": "parse:sendgrid-wrong",
+    "custom": "whsec_d3JvbmctY3VzdG9tLXNlY3JldA==",
+}
+CUSTOM_SOURCE = "crm"
+#: The URL providers are configured to call (a proxy in front); tests send to loopback.
+PUBLIC_URL = "https://switchboard.example.com"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def _toml_list(values: list[str]) -> str:
+    return json.dumps(values)
+
+
+def config_text(
+    db_path: Path,
+    *,
+    port: int = 0,
+    public_url: str = PUBLIC_URL,
+    extra: str = "",
+    max_body_bytes: int = 1_048_576,
+    busy_timeout_ms: int = 2000,
+) -> str:
+    """A complete config with every source configured with two secrets each."""
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+public_url = "{public_url}"
+max_body_bytes = {max_body_bytes}
+admin_token = "{ADMIN_TOKEN}"
+
+[storage]
+url = "sqlite:///{db_path}"
+busy_timeout_ms = {busy_timeout_ms}
+blob_threshold_bytes = 65536
+
+[sources.twilio]
+auth_tokens = {_toml_list(SECRETS["twilio"])}
+
+[sources.slack]
+signing_secrets = {_toml_list(SECRETS["slack"])}
+
+[sources.stripe]
+signing_secrets = {_toml_list(SECRETS["stripe"])}
+
+[sources.mailgun]
+signing_keys = {_toml_list(SECRETS["mailgun"])}
+
+[sources.sendgrid]
+basic_auth = {_toml_list(SECRETS["sendgrid"])}
+
+[sources.custom.{CUSTOM_SOURCE}]
+secrets = {_toml_list(SECRETS["custom"])}
+
+[logging]
+level = "warning"
+{extra}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll `condition` until true or fail after `timeout` seconds (no bare sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@dataclass
+class LiveServer:
+    """A Switchboard app served by uvicorn on loopback, in a thread of the test process."""
+
+    base_url: str
+    config_path: Path
+    settings: Settings
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cli(self, *args: str) -> CliResult:
+        return run_cli(self.config_path, *args)
+
+
+@contextmanager
+def live_server(tmp_path: Path, **config: Any) -> Iterator[LiveServer]:
+    """Start the real app on a free loopback port; stop it on exit."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    config_path = tmp_path / "switchboard.toml"
+    config_path.write_text(config_text(tmp_path / "var" / "switchboard.db", port=port, **config))
+    settings = load_settings(config_path)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive())
+    assert server.started, "server did not start"
+    try:
+        yield LiveServer(base_url=base_url, config_path=config_path, settings=settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_cli(config_path: Path, *args: str) -> CliResult:
+    """Run `switchboard --config CONFIG ARGS...` in-process; stdout and stderr kept apart."""
+    result = CliRunner().invoke(
+        cli, ["--config", str(config_path), *args], prog_name="switchboard", catch_exceptions=False
+    )
+    return CliResult(result.exit_code, result.stdout, result.stderr)
