@@ -180,7 +180,7 @@ async def api_events(request: Request[Any, Any, Any], state: State) -> Response[
 
 @get("/api/events/{event_id:str}", include_in_schema=False)
 async def api_event(
-    request: Request[Any, Any, Any], event_id: str, state: State
+    request: Request[Any, Any, Any], event_id: FromPath[str], state: State
 ) -> Response[bytes]:
     """One event with its routing runs and outbox rows."""
     ctx = _ctx(state)
