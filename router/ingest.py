@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 
 import msgspec
@@ -43,7 +43,7 @@ class Ingestor:
         blobs: BlobStore,
         metrics: Metrics,
         *,
-        accept_types: dict[str, Sequence[str]],
+        accept_types: Mapping[str, Sequence[str]],
         blob_threshold_bytes: int,
     ) -> None:
         self._store = store
@@ -115,8 +115,8 @@ class Ingestor:
                 nonce=parsed.nonce,
             )
             outcome = await self._store.ingest(item)
-            label = "ignored" if event.status is EventStatus.IGNORED else outcome.value
-            self._count(adapter.source, label if outcome is IngestOutcome.STORED else outcome.value)
+            ignored = outcome is IngestOutcome.STORED and event.status is EventStatus.IGNORED
+            self._count(adapter.source, "ignored" if ignored else outcome.value)
             outcomes.append(outcome)
         if IngestOutcome.REPLAY in outcomes:
             return IngestOutcome.REPLAY
