@@ -25,6 +25,17 @@ from router.timeutil import parse_since
 
 T = TypeVar("T")
 
+#: How `serve` runs uvicorn (bench/floor_app.py serves the framework floor the same way):
+#: uvloop and httptools (uvicorn[standard]) rather than asyncio and h11, no access log.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "log_level": "warning",
+    "access_log": False,
+    "server_header": False,
+    "timeout_graceful_shutdown": 10,
+}
+
 
 class Failure(click.ClickException):
     """A failure the user can act on: message on stderr, exit code 1."""
@@ -105,10 +116,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         app,
         host=host or settings.server.host,
         port=port if port is not None else settings.server.port,
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
+        **UVICORN_OPTIONS,
     )
 
 

@@ -1,0 +1,374 @@
+"""Ingest benchmark (issue 3): durable verified Twilio ingest against the framework floor.
+
+In one run, with the same load and the same distinct requests:
+1. `switchboard serve` (python -m router serve) on a fresh SQLite store: verify, parse, dedupe,
+   group commit with WAL and synchronous=FULL, then 200 TwiML;
+2. bench/floor_app.py: litestar on the same path that only reads the body and answers 200.
+
+Each server runs alone, pinned to one core (`taskset -c 0`); `wrk` drives it from the other
+core with bench/ingest.lua, which cycles through requests pre-signed here with twilio's own
+RequestValidator, each with its own MessageSid (identical bodies would flatter both servers:
+litestar caches form parses and the store dedupes). Prints requests/s, p50/p99, non-2xx,
+the ratio durable/floor, peak RSS, and checks that the store holds one row per 2xx.
+
+Run: .venv/bin/python bench/ingest.py            (15 s per server, 64 connections)
+     .venv/bin/python bench/ingest.py --quick    (3 s smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import proc_stats
+import signed_requests
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PATH = "/webhooks/twilio/messages"
+TOKEN = "bench-twilio-auth-token"
+PUBLIC_URL = "https://switchboard.example.com"
+TARGETS = {"ratio": 0.7, "p99_ms": 25.0, "rss_mb": 150.0}
+
+
+@dataclass
+class Result:
+    """One server's run: wrk's figures plus what the bench saw of the server process."""
+
+    name: str
+    wrk: dict[str, Any]
+    rss_kb: int
+    cpu: proc_stats.CpuShare
+    loadavg: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return float(self.wrk["requests"]) / (self.wrk["duration_us"] / 1e6)
+
+    @property
+    def non_2xx(self) -> int:
+        return int(self.wrk["non_2xx_3xx"])
+
+    @property
+    def ok(self) -> int:
+        return int(self.wrk["requests"]) - self.non_2xx
+
+    def ms(self, key: str) -> float:
+        return float(self.wrk[key]) / 1000
+
+
+def ensure_wrk() -> str:
+    """The wrk binary; installs the Debian package when running as root, else explains."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk not found: installing it (apt-get install -y wrk) ...", flush=True)
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    sys.exit(
+        "bench/ingest.py needs wrk (HTTP load generator with LuaJIT scripting).\n"
+        "Install it: sudo apt-get install wrk  (Debian/Ubuntu), brew install wrk (macOS),\n"
+        "or build it from https://github.com/wg/wrk, then rerun."
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[bytes], deadline_s: float = 30) -> None:
+    """Poll /healthz until 200; exit with the server's stderr if it dies or never answers."""
+    import urllib.request
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode} before answering /healthz")
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"server did not answer {base}/healthz within {deadline_s} s")
+
+
+def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
+
+
+def config_text(port: int, db: Path, log_level: str) -> str:
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+public_url = "{PUBLIC_URL}"
+max_body_bytes = 1048576
+
+[storage]
+url = "sqlite:///{db}"
+
+[sources.twilio]
+auth_tokens = ["{TOKEN}"]
+
+[logging]
+level = "{log_level}"
+"""
+
+
+def preflight(base: str, line: str) -> None:
+    """One signed request outside the load set must be accepted, or the run is pointless."""
+    import urllib.error
+    import urllib.request
+
+    signature, body = line.split("\t", 1)
+    request = urllib.request.Request(
+        base + PATH,
+        data=body.encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": signature,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    if status != 200:
+        sys.exit(f"pre-flight signed request answered {status}, expected 200: check the signing")
+
+
+def run_wrk(args: argparse.Namespace, wrk: str, url: str, requests_file: Path) -> dict[str, Any]:
+    cmd = pinned(
+        args.client_cpu,
+        [
+            wrk,
+            f"-t{args.threads}",
+            f"-c{args.connections}",
+            f"-d{args.duration}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(BENCH / "ingest.lua"),
+            url,
+            "--",
+            str(requests_file),
+            PATH,
+            str(args.threads),
+        ],
+    )
+    if args.verbose:
+        print("  $", shlex.join(cmd), flush=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    if args.verbose:
+        print("\n".join("  | " + line for line in out.splitlines()))
+    for line in out.splitlines():
+        if line.startswith("BENCH_JSON "):
+            parsed: dict[str, Any] = json.loads(line[len("BENCH_JSON ") :])
+            return parsed
+    sys.exit(f"wrk printed no BENCH_JSON line:\n{out}")
+
+
+def measure(
+    name: str,
+    server_cmd: list[str],
+    port: int,
+    args: argparse.Namespace,
+    wrk: str,
+    requests_file: Path,
+    spare_line: str | None,
+    log: Path,
+) -> Result:
+    """Start one server, load it, record its figures, stop it."""
+    base = f"http://127.0.0.1:{port}"
+    cmd = pinned(args.server_cpu, server_cmd)
+    print(f"\n== {name}: {shlex.join(cmd)}", flush=True)
+    with log.open("wb") as out:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code of this checkout
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    try:
+        wait_healthy(base, proc)
+        if spare_line is not None:
+            preflight(base, spare_line)
+        before = proc_stats.cpu_sample(proc.pid, args.server_cpu)
+        figures = run_wrk(args, wrk, base + PATH, requests_file)
+        cpu = proc_stats.cpu_share(before, proc_stats.cpu_sample(proc.pid, args.server_cpu))
+        rss_kb = proc_stats.peak_rss_kb(proc.pid)
+        loadavg = proc_stats.loadavg()
+    finally:
+        proc_stats.stop(proc)
+    return Result(name=name, wrk=figures, rss_kb=rss_kb, cpu=cpu, loadavg=loadavg)
+
+
+def count_events(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        count: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        return count
+
+
+def print_environment(args: argparse.Namespace, wrk: str) -> None:
+    versions = {}
+    for module in ("litestar", "uvicorn", "uvloop", "httptools", "aiosqlite", "twilio"):
+        try:
+            versions[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            versions[module] = "?"
+    import sqlite3
+
+    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    print("Ingest benchmark (issue 3): durable verified Twilio ingest vs framework floor")
+    print(f"  command : {shlex.join([sys.executable, *sys.argv])}")
+    print(f"  git     : {proc_stats.git_revision(ROOT)}")
+    print(f"  host    : {platform.node()}, {proc_stats.cpu_model()}, {os.cpu_count()} CPUs")
+    print(f"  python  : {platform.python_version()}, sqlite {sqlite3.sqlite_version}")
+    print(f"  libs    : {', '.join(f'{k} {v}' for k, v in versions.items())}")
+    print(f"  wrk     : {wrk_version}")
+    print(
+        f"  load    : {args.duration} s, {args.connections} connections, {args.threads} wrk "
+        f"threads; server on CPU {args.server_cpu}, wrk on CPU {args.client_cpu}"
+    )
+    print(f"  loadavg : {proc_stats.loadavg()} (before)")
+
+
+def print_results(durable: Result, floor: Result | None, stored: int, preflights: int) -> None:
+    print("\n== Results")
+    rows = [durable] + ([floor] if floor else [])
+    print(
+        f"  {'server':<9}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"{'non-2xx':>9}{'errors':>8}{'peak RSS':>10}{'srv CPU':>9}{'other':>7}"
+    )
+    for r in rows:
+        w = r.wrk
+        errors = w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["timeouts"]
+        print(
+            f"  {r.name:<9}{r.rps:>9.0f}{r.ms('p50_us'):>8.2f}{r.ms('p99_us'):>8.2f}"
+            f"{r.ms('max_us'):>8.1f}{r.non_2xx:>9}{errors:>8}{r.rss_kb / 1024:>8.1f}MB"
+            f"{r.cpu.server:>8.0%}{r.cpu.others:>7.0%}"
+        )
+    print("  (srv CPU: the server process's share of its core; other: what other processes")
+    print("   took of that core meanwhile; above ~5% the figures are noisy)")
+    for r in rows:
+        print(f"  loadavg after {r.name}: {r.loadavg}")
+    print_checks(durable, floor, stored, preflights)
+
+
+def print_checks(durable: Result, floor: Result | None, stored: int, preflights: int) -> None:
+    w = durable.wrk
+    in_flight = w["sent"] - w["requests"]
+    low, high = durable.ok + preflights, durable.ok + preflights + in_flight
+    verdict = "OK" if low <= stored <= high else "MISMATCH"
+    print(f"\n  stored events: {stored}; 2xx seen by wrk: {durable.ok} (+{preflights} pre-flight);")
+    print(
+        f"  sent but unanswered when wrk stopped: {in_flight}  -> {verdict} "
+        f"(expected {low}..{high})"
+    )
+    for r in (durable, floor):
+        if r and r.wrk["repeated"]:
+            print(
+                f"  WARNING: {r.name} was sent {r.wrk['repeated']} repeated requests: "
+                f"raise --requests above {r.wrk['sent']}"
+            )
+    rss_mb = durable.rss_kb / 1024
+    checks = [
+        ("p99 <= 25 ms", durable.ms("p99_us") <= TARGETS["p99_ms"]),
+        ("peak RSS <= 150 MB", rss_mb <= TARGETS["rss_mb"]),
+    ]
+    if floor:
+        ratio = durable.rps / floor.rps
+        print(f"\n  ratio durable/floor: {ratio:.2f}x  (target >= {TARGETS['ratio']}x)")
+        checks.insert(0, (f"ratio >= {TARGETS['ratio']}x", ratio >= TARGETS["ratio"]))
+    checks.append(("stored == 2xx", verdict == "OK"))
+    print("  targets: " + ", ".join(f"{n}: {'met' if ok else 'MISSED'}" for n, ok in checks))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=15, help="seconds per server (15)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument(
+        "--requests", type=int, help="distinct signed requests (default 20,000 per second)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 s per server")
+    parser.add_argument("--no-floor", action="store_true", help="skip the framework floor")
+    parser.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
+    parser.add_argument("--client-cpu", type=int, default=1, help="core for wrk (1)")
+    parser.add_argument(
+        "--log-level", default="info", help="server logging.level (info, as in production)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (db, logs)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print wrk's own output")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration = 3
+    if args.requests is None:
+        args.requests = max(20_000, 20_000 * args.duration)
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        print("WARNING: fewer than 2 CPUs or no taskset: server and wrk are not pinned")
+        args.server_cpu = args.client_cpu = None
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    wrk = ensure_wrk()
+    print_environment(args, wrk)
+    requests_file, spare = signed_requests.requests_file(
+        ROOT / "var" / "bench", args.requests, token=TOKEN, url=PUBLIC_URL + PATH
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    try:
+        db = tmp / "bench.db"
+        port = free_port()
+        config = tmp / "switchboard.toml"
+        config.write_text(config_text(port, db, args.log_level))
+        serve = [sys.executable, "-m", "router", "--config", str(config), "serve"]
+        durable = measure(
+            "durable", serve, port, args, wrk, requests_file, spare, tmp / "server.log"
+        )
+        durable.extra["log_bytes"] = (tmp / "server.log").stat().st_size
+        print(f"  server log: {durable.extra['log_bytes'] / 1e6:.1f} MB at level {args.log_level}")
+        stored = count_events(db)
+        floor = None
+        if not args.no_floor:
+            port = free_port()
+            floor_cmd = [sys.executable, str(BENCH / "floor_app.py"), "--port", str(port)]
+            floor = measure("floor", floor_cmd, port, args, wrk, requests_file, None, tmp / "f.log")
+        print_results(durable, floor, stored, preflights=1)
+    finally:
+        if args.keep:
+            print(f"\n  kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
