@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from channels.base import InboundAdapter, InboundRequest
@@ -25,6 +26,7 @@ from router.metrics import Metrics
 from router.providers import accept_types, inbound_adapters
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
+from router.timeutil import parse_since
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -159,15 +161,8 @@ async def api_events(request: Request[Any, Any, Any], state: State) -> Response[
     denied = _authorised(request, ctx)
     if denied:
         return denied
-    params = request.query_params
     try:
-        where = EventFilter(
-            source=params.get("source"),
-            type=params.get("type"),
-            status=EventStatus(params["status"]) if params.get("status") else None,
-            since=datetime.fromisoformat(params["since"]) if params.get("since") else None,
-            limit=min(int(params.get("limit") or 100), 1000),
-        )
+        where = _event_filter(request.query_params, ctx.clock.now())
     except ValueError as exc:
         return _json(400, {"error": f"bad query: {exc}"})
     try:
@@ -176,6 +171,20 @@ async def api_events(request: Request[Any, Any, Any], state: State) -> Response[
         return _json(503, {"error": "store unavailable"})
     body = b"[" + b",".join(encode_event(e) for e in events) + b"]"
     return _respond(200, "application/json", body)
+
+
+def _event_filter(params: Mapping[str, str], now: datetime) -> EventFilter:
+    """The /api/events query as a filter; ValueError names what is wrong."""
+    limit = int(params.get("limit") or 100)
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be between 1 and 1000")
+    return EventFilter(
+        source=params.get("source"),
+        type=params.get("type"),
+        status=EventStatus(params["status"]) if params.get("status") else None,
+        since=parse_since(params["since"], now) if params.get("since") else None,
+        limit=limit,
+    )
 
 
 @get("/api/events/{event_id:str}", include_in_schema=False)
@@ -194,6 +203,13 @@ async def api_event(
     if event is None:
         return _json(404, {"error": f"no event {event_id}"})
     return _json(200, {**msgspec.to_builtins(event), "runs": [], "outbox": []})
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """The framework's own refusals (413, 405, unknown path) in the same `{"error"}` shape."""
+    response = _json(exc.status_code, {"error": exc.detail})
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def create_app(
@@ -216,6 +232,7 @@ def create_app(
         state=State({"ctx": ctx}),
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,
+        exception_handlers={HTTPException: _http_error},
         openapi_config=None,
         debug=False,
     )

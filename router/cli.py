@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
 from router.events import Event, EventStatus, event_to_builtins
-from router.store.base import EventFilter
+from router.store.base import EventFilter, QuarantinedRequest
 from router.store.factory import store_from_settings
 from router.store.sqlite import SQLiteStore
 from router.timeutil import parse_since
@@ -201,6 +202,58 @@ def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
     from rich.pretty import Pretty
 
     Console().print(Pretty(payload, expand_all=True))
+
+
+@cli.group()
+def quarantine() -> None:
+    """Inspect verified requests whose payload could not be understood (answered 400)."""
+
+
+@quarantine.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def quarantine_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List quarantined requests, newest first, with their raw bodies."""
+    found = _with_store(ctx, lambda store: store.list_quarantine(limit))
+    rows = [_quarantined_to_builtins(request) for request in found]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "RECEIVED", "SOURCE", "CONTENT TYPE", "BYTES", "REASON"):
+        table.add_column(column)
+    for row, request in zip(rows, found, strict=True):
+        table.add_row(
+            row["id"],
+            request.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            row["source"],
+            row["content_type"],
+            str(row["size"]) if row["size"] is not None else "blob",
+            row["reason"],
+        )
+    console = Console(width=None if sys.stdout.isatty() else 10_000)
+    console.print(table if found else "nothing quarantined")
+
+
+def _quarantined_to_builtins(request: QuarantinedRequest) -> dict[str, Any]:
+    """JSON form: the raw body as text when it is UTF-8 (`body`), always as `body_base64`."""
+    raw = request.raw_body
+    try:
+        text = raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        text = None
+    row: dict[str, Any] = msgspec.to_builtins(request)
+    row.pop("raw_body")
+    return {
+        **row,
+        "size": len(raw) if raw is not None else None,
+        "body": text,
+        "body_base64": base64.b64encode(raw).decode("ascii") if raw is not None else None,
+    }
 
 
 @cli.command()

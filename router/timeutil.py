@@ -14,17 +14,24 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"not a duration: {text!r} (expected e.g. 30s, 10m, 24h, 7d)")
-    return timedelta(**{_UNITS[match[2]]: float(match[1])})
+    try:
+        return timedelta(**{_UNITS[match[2]]: float(match[1])})
+    except OverflowError as exc:
+        raise ValueError(f"duration too long: {text!r}") from exc
 
 
 def parse_since(text: str, now: datetime) -> datetime:
-    """A duration ago (`24h`) or an ISO 8601 moment (naive means UTC)."""
+    """A duration ago (`24h`) or an ISO 8601 moment (naive means UTC), in UTC."""
     try:
-        return now - parse_duration(text)
+        ago = parse_duration(text)
     except ValueError:
-        pass
+        ago = None
     try:
+        if ago is not None:
+            return (now - ago).astimezone(UTC)
         moment = datetime.fromisoformat(text)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError as exc:
         raise ValueError(f"not a duration or ISO time: {text!r}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError as exc:
+        raise ValueError(f"out of range: {text!r}") from exc

@@ -55,8 +55,14 @@ def config_text(
     extra: str = "",
     max_body_bytes: int = 1_048_576,
     busy_timeout_ms: int = 2000,
+    source_options: dict[str, str] | None = None,
 ) -> str:
-    """A complete config with every source configured with two secrets each."""
+    """A complete config with every source configured with two secrets each.
+
+    `source_options` adds TOML lines to a source's table (key `twilio`, ..., `custom`), e.g.
+    `{"twilio": 'accept_types = ["message.received"]'}`; `extra` is appended at the end.
+    """
+    opts = source_options or {}
     return f"""
 [server]
 host = "127.0.0.1"
@@ -72,21 +78,27 @@ blob_threshold_bytes = 65536
 
 [sources.twilio]
 auth_tokens = {_toml_list(SECRETS["twilio"])}
+{opts.get("twilio", "")}
 
 [sources.slack]
 signing_secrets = {_toml_list(SECRETS["slack"])}
+{opts.get("slack", "")}
 
 [sources.stripe]
 signing_secrets = {_toml_list(SECRETS["stripe"])}
+{opts.get("stripe", "")}
 
 [sources.mailgun]
 signing_keys = {_toml_list(SECRETS["mailgun"])}
+{opts.get("mailgun", "")}
 
 [sources.sendgrid]
 basic_auth = {_toml_list(SECRETS["sendgrid"])}
+{opts.get("sendgrid", "")}
 
 [sources.custom.{CUSTOM_SOURCE}]
 secrets = {_toml_list(SECRETS["custom"])}
+{opts.get("custom", "")}
 
 [logging]
 level = "warning"

@@ -72,6 +72,8 @@ class SQLiteStore:
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._sql = queries()
+        #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
+        self._identity: tuple[int, int] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -81,6 +83,7 @@ class SQLiteStore:
             self._writer = await self._connect(synchronous="FULL")
             await self._call(self._writer, self._migrate)
             self._reader = await self._connect(synchronous="NORMAL")
+        self._identity = _file_identity(self.path)
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
@@ -184,6 +187,7 @@ class SQLiteStore:
     ) -> list[IngestOutcome]:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._check_file()  # one stat per batch, under the write lock
             outcomes = [self._write_one(conn, item) for item in items]
             conn.execute("COMMIT")
         except BaseException:
@@ -278,9 +282,19 @@ class SQLiteStore:
     async def ping(self) -> None:
         if self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("store writer is not running")
-        if not self.path.exists():
-            raise StoreUnavailable(f"database file {self.path} is gone")
+        with wrap_exceptions():
+            self._check_file()
         await self._read("SELECT count(*) FROM schema_migrations", {})
+        # A read succeeds under another process's write lock (WAL); ingest would not.
+        writer = self._require(self._writer)
+        with wrap_exceptions():
+            await self._call(writer, _probe_write_lock)
+
+    def _check_file(self) -> None:
+        """Raise unless the path still names the file opened: SQLite in WAL mode keeps
+        writing to a deleted file, and every event acknowledged there would be lost."""
+        if _file_identity(self.path) != self._identity:
+            raise sqlite3.OperationalError(f"database file {self.path} was deleted or replaced")
 
     async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
         reader = self._require(self._reader)
@@ -292,6 +306,20 @@ class SQLiteStore:
         if conn is None:
             raise StoreUnavailable("store is not open")
         return conn
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _probe_write_lock(conn: sqlite3.Connection) -> None:
+    """Take and drop the write lock, waiting at most busy_timeout, as a batch commit would."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")
 
 
 def _event_row(item: IngestItem) -> dict[str, Any]:
