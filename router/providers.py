@@ -6,7 +6,8 @@ Only the HTTP app and the CLI import this module.
 from __future__ import annotations
 
 from channels.base import InboundAdapter
-from channels.email import MailgunAdapter, SendgridAdapter
+from channels.mailgun import MailgunAdapter
+from channels.sendgrid import SendgridAdapter
 from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter
 from channels.standard import StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
