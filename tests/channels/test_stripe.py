@@ -1,0 +1,234 @@
+"""Stripe adapter: our clock-aware verification against stripe-python's verifier, and parsing.
+
+Requests are signed with stripe-python's `WebhookSignature.generate_signature_header`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from stripe import SignatureVerificationError, WebhookSignature
+
+from channels.base import InboundRequest, SignatureError
+from channels.stripe import StripeAdapter, contact_of
+from router.clock import FrozenClock, SystemClock
+from tests.cases.base import SignedRequest
+from tests.cases.stripe import PATH, invoice, signed, stripe_event
+from tests.support import SECRETS, WRONG_SECRETS, LiveServer
+
+SECRET, ROTATED = SECRETS["stripe"]
+PAYLOAD = stripe_event("evt_1", "invoice.payment_failed", invoice("1"))
+
+
+def inbound(body: bytes, header: str | None, received_at: Any = None) -> InboundRequest:
+    headers = {"stripe-signature": header} if header is not None else {}
+    return InboundRequest(
+        body=body,
+        headers=headers,
+        url="https://switchboard.example.com" + PATH,
+        content_type="application/json",
+        received_at=received_at or SystemClock().now(),
+        correlation_id="test",
+    )
+
+
+def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
+    return httpx.post(
+        server.base_url + request.path, content=request.body, headers=request.headers, timeout=10
+    )
+
+
+def stored(server: LiveServer) -> list[dict[str, Any]]:
+    result = server.cli("events", "list", "--json")
+    assert result.exit_code == 0, result.stderr
+    events: list[dict[str, Any]] = result.json()
+    return events
+
+
+# --- our verifier agrees with stripe-python's ------------------------------------------------
+
+
+def sig(secret: str, t: int, payload: str = PAYLOAD) -> str:
+    """The bare v1 hex of `payload` at `t` (from the library's own header)."""
+    return WebhookSignature.generate_signature_header(payload, secret, t).split("v1=")[1]
+
+
+Fixture = Callable[[int], tuple[bytes, str]]
+
+FIXTURES: dict[str, Fixture] = {
+    "valid": lambda now: (PAYLOAD.encode(), f"t={now},v1={sig(SECRET, now)}"),
+    "rotated-secret": lambda now: (PAYLOAD.encode(), f"t={now},v1={sig(ROTATED, now)}"),
+    "wrong-secret": lambda now: (
+        PAYLOAD.encode(),
+        f"t={now},v1={sig(WRONG_SECRETS['stripe'], now)}",
+    ),
+    "tampered": lambda now: (
+        PAYLOAD.replace("2900", "290").encode(),
+        f"t={now},v1={sig(SECRET, now)}",
+    ),
+    "multiple-v1-second-good": lambda now: (
+        PAYLOAD.encode(),
+        f"t={now},v1={'0' * 64},v1={sig(SECRET, now)}",
+    ),
+    "multiple-v1-first-good": lambda now: (
+        PAYLOAD.encode(),
+        f"t={now},v1={sig(SECRET, now)},v1={'f' * 64},v0={'a' * 64}",
+    ),
+    "multiple-v1-none-good": lambda now: (PAYLOAD.encode(), f"t={now},v1={'0' * 64},v1=abc"),
+    "wrong-scheme": lambda now: (PAYLOAD.encode(), f"t={now},v0={sig(SECRET, now)}"),
+    "stale": lambda now: (PAYLOAD.encode(), f"t={now - 3600},v1={sig(SECRET, now - 3600)}"),
+    "future": lambda now: (PAYLOAD.encode(), f"t={now + 3600},v1={sig(SECRET, now + 3600)}"),
+    "timestamp-swapped": lambda now: (PAYLOAD.encode(), f"t={now - 1},v1={sig(SECRET, now)}"),
+    "missing-t": lambda now: (PAYLOAD.encode(), f"v1={sig(SECRET, now)}"),
+    "t-not-a-number": lambda now: (PAYLOAD.encode(), f"t=soon,v1={sig(SECRET, now)}"),
+    "v1-without-value": lambda now: (PAYLOAD.encode(), f"t={now},v1"),
+    "spaces-after-commas": lambda now: (PAYLOAD.encode(), f"t={now}, v1={sig(SECRET, now)}"),
+    "two-t-first-wins": lambda now: (
+        PAYLOAD.encode(),
+        f"t={now},t={now - 1},v1={sig(SECRET, now)}",
+    ),
+    "empty-header": lambda now: (PAYLOAD.encode(), ""),
+    "body-not-utf8": lambda now: (b"\xff" + PAYLOAD.encode(), f"t={now},v1={sig(SECRET, now)}"),
+}
+
+
+def library_accepts(body: bytes, header: str) -> bool:
+    """stripe-python's verdict: does `verify_header` pass under any active secret?"""
+    for secret in (SECRET, ROTATED):
+        try:
+            WebhookSignature.verify_header(body, header, secret, 300)
+        except (SignatureVerificationError, ValueError):  # ValueError: body not UTF-8
+            continue
+        return True
+    return False
+
+
+def ours_accepts(body: bytes, header: str) -> bool:
+    try:
+        StripeAdapter([SECRET, ROTATED], 300, SystemClock()).verify(inbound(body, header))
+    except SignatureError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_verification_agrees_with_stripe_python(name: str) -> None:
+    body, header = FIXTURES[name](int(time.time()))
+    assert ours_accepts(body, header) == library_accepts(body, header)
+
+
+def test_the_fixtures_cover_both_verdicts() -> None:
+    now = int(time.time())
+    verdicts = {name: library_accepts(*make(now)) for name, make in FIXTURES.items()}
+    assert verdicts["valid"] and verdicts["multiple-v1-second-good"] and verdicts["future"]
+    assert not verdicts["stale"] and not verdicts["wrong-scheme"] and not verdicts["tampered"]
+
+
+def test_tolerance_comes_from_config_and_the_injected_clock(clock: FrozenClock) -> None:
+    adapter = StripeAdapter([SECRET], 60, clock)
+    at = int(clock.now().timestamp()) - 60
+    request = inbound(PAYLOAD.encode(), f"t={at},v1={sig(SECRET, at)}", clock.now())
+    adapter.verify(request)
+    clock.advance(timedelta(seconds=1))
+    with pytest.raises(SignatureError, match="stale"):
+        adapter.verify(request)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_updated_event_carries_previous_attributes(server: LiveServer) -> None:
+    customer = {"id": "cus_1", "object": "customer", "email": "bo@example.com", "name": "Bo"}
+    payload = stripe_event(
+        "evt_upd", "customer.updated", customer, previous_attributes={"email": "old@example.com"}
+    )
+    response = post(server, signed(payload, SECRET, int(time.time())))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": True}
+    [row] = stored(server)
+    assert row["type"] == row["provider_type"] == "customer.updated"
+    assert row["data"] == {**customer, "previous_attributes": {"email": "old@example.com"}}
+    assert row["contact"] == {"address": "bo@example.com", "name": "Bo"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "evt_1", "type": "invoice.paid", "created": 1',
+        b'{"id": "evt_1", "type": "invoice.paid", "created": 1}',
+        b'{"id": "evt_1", "type": "invoice.paid", "created": "soon", "data": {"object": {}}}',
+        b'{"id": "evt_1", "object": "v2.core.event", "type": "x", "created": "2024-01-01T00:00Z"}',
+        b"[]",
+    ],
+    ids=["truncated", "no-data", "created-not-int", "thin-event", "not-an-object"],
+)
+def test_malformed_after_valid_signature_is_400_and_quarantined(
+    server: LiveServer, tmp_path: Path, body: bytes
+) -> None:
+    response = post(server, signed(body.decode(), SECRET, int(time.time())))
+    assert response.status_code == 400, response.text
+    assert "malformed payload" in response.json()["error"]
+    assert stored(server) == []
+    with sqlite3.connect(tmp_path / "var" / "switchboard.db") as db:
+        assert db.execute("SELECT source FROM quarantine").fetchall() == [("stripe",)]
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        ({"object": "charge", "receipt_email": "c@example.com"}, ("c@example.com", None)),
+        ({"object": "invoice", "customer_phone": "+1 (555) 123-0001"}, ("+15551230001", None)),
+        ({"object": "invoice", "customer_phone": "555 123 0001"}, None),
+        (
+            {"object": "checkout.session", "customer_details": {"email": "d@example.com"}},
+            ("d@example.com", None),
+        ),
+        (
+            {
+                "object": "payment_method",
+                "billing_details": {"phone": "+447700900123", "name": "E"},
+            },
+            ("+447700900123", "E"),
+        ),
+        ({"object": "product", "name": "Gold plan"}, None),
+        ({"object": "invoice", "customer_email": "not-an-email"}, None),
+        ({"object": "invoice", "customer_email": 42}, None),
+    ],
+    ids=[
+        "receipt-email",
+        "phone-to-e164",
+        "phone-without-country",
+        "nested-email",
+        "nested-phone-and-name",
+        "no-person",
+        "not-an-email",
+        "not-a-string",
+    ],
+)
+def test_contact_is_taken_only_where_obvious(
+    obj: dict[str, Any], expected: tuple[str, str | None] | None
+) -> None:
+    contact = contact_of(obj)
+    assert (None if contact is None else (contact.address, contact.name)) == expected
+
+
+def test_occurred_at_is_created(clock: FrozenClock) -> None:
+    at = int(clock.now().timestamp())
+    payload = json.loads(PAYLOAD)
+    body = json.dumps(payload)
+    header = WebhookSignature.generate_signature_header(body, SECRET, at)
+    adapter = StripeAdapter([SECRET], 300, clock)
+    request = inbound(body.encode(), header, clock.now())
+    adapter.verify(request)
+    [event] = adapter.parse(request).events
+    assert event.occurred_at is not None
+    assert event.occurred_at.timestamp() == payload["created"]
+    assert (event.channel, event.conversation_key, event.dedupe_key) == (None, None, "stripe:evt_1")
