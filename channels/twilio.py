@@ -16,7 +16,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlparse
 
 from channels.base import Ack, InboundRequest, Parsed, PayloadError, SignatureError
 from router.events import Attachment, Channel, Contact, Event, EventType
@@ -44,15 +44,20 @@ def compute_signature(
     return base64.b64encode(digest)
 
 
-def alternate_port_url(url: str) -> str:
-    """The same URL with the default port added, or removed if it is there (Twilio signs
-    either form depending on its backend)."""
-    parts = urlsplit(url)
-    host, has_port, _ = parts.netloc.rpartition(":")
-    if has_port and parts.port is not None:
-        return urlunsplit(parts._replace(netloc=host))
-    port = 443 if parts.scheme == "https" else 80
-    return urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))
+def signed_urls(url: str) -> tuple[str, str]:
+    """The URL as twilio's library reads it, then the same URL with its port removed, or
+    with the default port added (Twilio signs either form depending on its backend).
+
+    Both go through `urlparse(...).geturl()` as in the library, which normalises the URL
+    (lower-case scheme, no empty `?`), so we accept exactly the URLs it accepts.
+    """
+    parts = urlparse(url)
+    if parts.port:
+        alternate = parts._replace(netloc=parts.netloc.rpartition(":")[0])
+    else:
+        port = 443 if parts.scheme == "https" else 80
+        alternate = parts._replace(netloc=f"{parts.netloc}:{port}")
+    return parts.geturl(), alternate.geturl()
 
 
 def signature_algorithm(settings_header: str | None) -> str:
@@ -82,8 +87,8 @@ class TwilioAdapter:
         if algorithm not in _HASHES:
             raise SignatureError(f"unsupported signature algorithm {algorithm}")
         params = self._signed_params(request)
-        given = signature.strip().encode("ascii", "replace")
-        for url in (request.url, alternate_port_url(request.url)):
+        given = signature.encode("ascii", "replace")
+        for url in signed_urls(request.url):
             if self._matches(url, params, given, algorithm):
                 return
         raise SignatureError("X-Twilio-Signature does not match")
@@ -96,13 +101,19 @@ class TwilioAdapter:
 
     @staticmethod
     def _signed_params(request: InboundRequest) -> list[tuple[str, str]]:
-        """Form params, or none when the URL carries bodySHA256 (JSON bodies, checked here)."""
-        query = parse_qs(urlsplit(request.url).query)
-        if "bodySHA256" not in query:
+        """Form params; for a JSON body none, its hash being in the URL's bodySHA256 instead.
+
+        A form body is signed through its params even if the URL has a bodySHA256 (as the
+        library does when given the form).
+        """
+        if request.content_type == "application/x-www-form-urlencoded":
             try:
                 return request.form()
             except PayloadError as exc:
                 raise SignatureError("body is not UTF-8 form data") from exc
+        query = parse_qs(urlparse(request.url).query)
+        if "bodySHA256" not in query:
+            raise SignatureError("a non-form body needs bodySHA256 in the URL")
         expected = hashlib.sha256(request.body).hexdigest().encode()
         if not hmac.compare_digest(expected, query["bodySHA256"][0].encode()):
             raise SignatureError("bodySHA256 does not match the body")
