@@ -1,0 +1,34 @@
+"""The rule engine (SPEC §6): load `rules/*.yaml`, decide what to do with an event.
+
+The contract the CLI and the server use; see the modules for the details:
+`loader` (files -> RuleSet, located errors), `conditions`/`operators`/`match` (matching),
+`actions`/`templates` (the `then:` side), `windows` (`during:`), `engine` (index and evaluate).
+"""
+
+from __future__ import annotations
+
+from router.rules.engine import RuleSet, evaluate
+from router.rules.loader import load_ruleset, rules_version
+from router.rules.model import (
+    Action,
+    ConversationView,
+    Decision,
+    Rule,
+    RuleError,
+    RulesInvalid,
+    Snapshot,
+)
+
+__all__ = [
+    "Action",
+    "ConversationView",
+    "Decision",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "RulesInvalid",
+    "Snapshot",
+    "evaluate",
+    "load_ruleset",
+    "rules_version",
+]

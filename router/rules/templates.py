@@ -1,0 +1,136 @@
+"""`{{ }}` templates in action parameters: jinja2's sandbox, tightened further.
+
+- Only mapping keys and list items can be reached (`data.amount`, `data['x']`, `items[0]`): no
+  attribute of any Python object, so no `''.__class__`, no methods such as `'x'.ljust(10**9)`.
+- No globals, a short list of filters, and capped `*`, `**` and `%` so a template cannot build
+  huge strings.
+- StrictUndefined: a missing variable is an error (recorded on the decision); `| default('')`
+  makes a value optional.
+- Templates are parsed once at load; syntax errors and unknown top-level names are load errors.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jinja2
+import jinja2.meta
+from jinja2 import StrictUndefined
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
+
+#: Longest text one template or one `*` may produce.
+MAX_OUTPUT = 100_000
+_FILTERS = (
+    *("abs", "capitalize", "count", "d", "default", "first", "float", "int", "join", "last"),
+    *("length", "lower", "max", "min", "replace", "round", "string", "sum", "title", "tojson"),
+    *("trim", "truncate", "upper", "urlencode", "wordcount"),
+)
+
+
+def _safe_replace(value: Any, old: str, new: str, count: int | None = None) -> str:
+    text = str(value)
+    if old and len(new) > len(old) and len(text) * len(new) // max(len(old), 1) > MAX_OUTPUT:
+        raise SecurityError("replace would produce a too long text")
+    return text.replace(old, new, -1 if count is None else count)
+
+
+class _Env(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            return self.getitem(obj, attribute)
+        return self.unsafe_undefined(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Mapping) and isinstance(argument, str) and argument in obj:
+            return obj[argument]
+        if isinstance(obj, list | tuple | str) and isinstance(argument, int):
+            try:
+                return obj[argument]
+            except IndexError:
+                pass
+        if isinstance(argument, str) and argument.startswith("_"):
+            return self.unsafe_undefined(obj, argument)
+        return self.undefined(hint=f"{argument!r} is undefined", obj=obj, name=argument)
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "%":
+            raise SecurityError("the % operator is not available in templates")
+        if operator_name == "**":
+            if not isinstance(right, int | float) or abs(right) > 64:
+                raise SecurityError("exponent too large")
+            return operator.pow(left, right)
+        for text, times in ((left, right), (right, left)):
+            repeats = isinstance(text, str | list | tuple) and isinstance(times, int)
+            if repeats and len(text) * times > MAX_OUTPUT:
+                raise SecurityError("repetition would produce a too long text")
+        return operator.mul(left, right)
+
+
+def make_environment() -> SandboxedEnvironment:
+    env = _Env(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.globals.clear()
+    env.filters = {name: env.filters[name] for name in _FILTERS}
+    env.filters["replace"] = _safe_replace
+    env.tests = {name: env.tests[name] for name in ("defined", "undefined", "none", "number")}
+    return env
+
+
+ENV = make_environment()
+
+
+class Template:
+    """A parsed template; render() raises jinja2 errors, the caller records them."""
+
+    __slots__ = ("_template", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._template = ENV.from_string(source)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        text = self._template.render(context)
+        if len(text) > MAX_OUTPUT:
+            raise SecurityError("the rendered text is too long")
+        return text
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text or "{#" in text
+
+
+def compile_template(source: str, names: Iterable[str]) -> Template:
+    """Parse once; ValueError naming the problem (syntax, unknown variable) otherwise."""
+    try:
+        tree = ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"template syntax error: {exc.message}") from exc
+    known = set(names)
+    unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown template variable {unknown[0]!r}, expected one of: {', '.join(sorted(known))}"
+        )
+    return Template(source)
+
+
+def render(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render every template inside a parameter value (texts, lists, mappings)."""
+    if isinstance(value, Template):
+        return value.render(context)
+    if isinstance(value, list):
+        return [render(item, context) for item in value]
+    if isinstance(value, dict):
+        return {key: render(item, context) for key, item in value.items()}
+    return value
+
+
+def describe(exc: Exception) -> str:
+    """A short user-facing message for a render error."""
+    if isinstance(exc, jinja2.UndefinedError | SecurityError):
+        return str(exc.message or exc)
+    return f"{type(exc).__name__}: {exc}"
