@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,18 +25,12 @@ from router.ids import new_ulid
 from router.ingest import Ingestor
 from router.metrics import Metrics
 from router.providers import accept_types, inbound_adapters
+from router.rules_live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.timeutil import parse_since
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-class RulesState(msgspec.Struct, kw_only=True):
-    """What /readyz says about the rules (filled by the rules watcher)."""
-
-    version: str | None = None
-    error: str | None = None
 
 
 class AppContext:
@@ -46,7 +41,14 @@ class AppContext:
         self.store = store
         self.clock = clock
         self.metrics = metrics
-        self.rules = RulesState()
+        #: The live rules (version and last error on /readyz); the routing worker reads
+        #: `rules.ruleset` for every event.
+        self.rules = LiveRules(
+            Path(settings.rules.path),
+            windows=settings.windows,
+            default_timezone=settings.compliance.default_timezone,
+            metrics=metrics,
+        )
         self.public_url = settings.server.public_url.rstrip("/")
         self.adapters: dict[str, InboundAdapter] = inbound_adapters(settings, clock)
         self.ingestor = Ingestor(
@@ -222,9 +224,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await the_store.open()
+        await ctx.rules.start()
         try:
             yield
         finally:
+            await ctx.rules.stop()
             await the_store.close()
 
     return Litestar(

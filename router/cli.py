@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
+from router.cli_rules import rules
 from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
@@ -300,6 +301,9 @@ def simulate(
     click.echo(f"POST {sample.path} -> {response.status_code} {response.text[:200]}")
     if response.status_code >= 300:
         raise Failure(f"server answered {response.status_code}")
+
+
+cli.add_command(rules)
 
 
 def main() -> None:

@@ -1,0 +1,222 @@
+"""`switchboard rules check|test|diff` (SPEC §9): try a rules change before it goes live.
+
+Kept apart from `router/cli.py` so the rules commands stay light (no HTTP app) and the main
+CLI module short. Exit codes: 0 ok, 1 invalid rules or input, 2 usage (click's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from router.clock import SystemClock
+from router.config import ConfigError, Settings, load_settings
+from router.errors import StoreUnavailable, SwitchboardError
+from router.events import Event
+from router.rules import RuleSet, RulesInvalid, evaluate
+from router.rules_tools import (
+    DiffReport,
+    InputError,
+    RulesFolderMissing,
+    action_line,
+    change_lines,
+    compare,
+    decision_payload,
+    decode_test_input,
+    load_folder,
+    routable,
+    summary_line,
+)
+from router.store.base import EventFilter
+from router.timeutil import parse_since
+
+
+class RulesFailure(click.ClickException):
+    """Invalid rules or input: message on stderr, exit code 1."""
+
+    exit_code = 1
+
+
+def _settings(ctx: click.Context) -> Settings:
+    """The config as other commands read it; with none given at all, the defaults.
+
+    A marketer may run `switchboard rules check` without a config: then there are no named
+    time windows, which a note on stderr says.
+    """
+    obj: dict[str, Any] = ctx.find_root().ensure_object(dict)
+    if "settings" in obj:
+        settings: Settings = obj["settings"]
+        return settings
+    if not obj.get("config") and not os.environ.get("SWITCHBOARD_CONFIG"):
+        click.echo("note: no config given (--config); using defaults, no time windows", err=True)
+        obj["settings"] = Settings()
+        return obj["settings"]  # type: ignore[no-any-return]
+    try:
+        obj["settings"] = load_settings(obj.get("config"))
+    except ConfigError as exc:
+        raise RulesFailure(str(exc)) from exc
+    return obj["settings"]  # type: ignore[no-any-return]
+
+
+def _load(folder: Path, settings: Settings) -> RuleSet:
+    """The rule set of `folder`, or exit 1 after printing every located error."""
+    try:
+        return load_folder(folder, settings)
+    except RulesFolderMissing as exc:
+        raise RulesFailure(str(exc)) from exc
+    except RulesInvalid as exc:
+        for error in exc.errors:
+            click.echo(f"{folder / error.file}:{error.line}:{error.column}: {error.message}")
+        count = len(exc.errors)
+        raise RulesFailure(f"{count} error{'s' * (count != 1)} in {folder}") from exc
+
+
+def _print_json(payload: Any) -> None:
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(payload), indent=2) + b"\n")
+    sys.stdout.flush()
+
+
+@click.group()
+def rules() -> None:
+    """Check, test and compare rules files before they go live."""
+
+
+@rules.command("check")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print {valid, rules_version, errors}.")
+@click.pass_context
+def rules_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
+    """Validate a rules folder (default: rules.path from the config)."""
+    settings = _settings(ctx)
+    folder = path or Path(settings.rules.path)
+    if as_json:
+        _check_json(folder, settings)
+        return
+    ruleset = _load(folder, settings)
+    count = len(ruleset.rules)
+    click.echo(
+        f"OK: {count} rule{'s' * (count != 1)} in {len(ruleset.files)} file"
+        f"{'s' * (len(ruleset.files) != 1)}, version {ruleset.version}"
+    )
+
+
+def _check_json(folder: Path, settings: Settings) -> None:
+    try:
+        ruleset = load_folder(folder, settings)
+    except RulesFolderMissing as exc:
+        _print_json({"valid": False, "rules_version": None, "errors": [], "error": str(exc)})
+        raise SystemExit(1) from exc
+    except RulesInvalid as exc:
+        errors = [msgspec.to_builtins(error) for error in exc.errors]
+        _print_json({"valid": False, "rules_version": None, "errors": errors})
+        raise SystemExit(1) from exc
+    _print_json({"valid": True, "rules_version": ruleset.version, "errors": []})
+
+
+@rules.command("test")
+@click.argument("event_file", metavar="EVENT.json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rules", "rules_path", type=click.Path(path_type=Path), help="Rules folder.")
+@click.option("--at", "at", help="Evaluate as at this ISO time (default: received_at, else now).")
+@click.option("--json", "as_json", is_flag=True, help="Print {rules_version, matched, actions}.")
+@click.pass_context
+def rules_test(
+    ctx: click.Context, event_file: str, rules_path: Path | None, at: str | None, as_json: bool
+) -> None:
+    """Dry run: which rules match EVENT.json and what they would do. Nothing is sent."""
+    settings = _settings(ctx)
+    ruleset = _load(rules_path or Path(settings.rules.path), settings)
+    now = _moment(at) if at else SystemClock().now()
+    try:
+        event, snapshot = decode_test_input(Path(event_file).read_bytes(), now=now)
+    except InputError as exc:
+        raise RulesFailure(f"{event_file}: {exc}") from exc
+    decision = evaluate(ruleset, event, snapshot, now if at else event.received_at)
+    for error in decision.errors:
+        click.echo(f"warning: {error}", err=True)
+    payload = decision_payload(decision)
+    if as_json:
+        _print_json(payload)
+        return
+    click.echo(f"rules version {decision.rules_version}")
+    if not decision.matched:
+        click.echo("no rule matches this event")
+        return
+    click.echo("matched: " + ", ".join(decision.matched))
+    click.echo("actions:" if payload["actions"] else "actions: none")
+    for action in payload["actions"]:
+        click.echo("  " + action_line(action))
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return parse_since(text, SystemClock().now())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from exc
+
+
+@rules.command("diff")
+@click.option(
+    "--rules",
+    "draft_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The draft rules folder to compare with the live one (rules.path).",
+)
+@click.option("--since", default="24h", show_default=True, help="Recorded events since (24h, ISO).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=10_000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def rules_diff(ctx: click.Context, draft_path: Path, since: str, limit: int, as_json: bool) -> None:
+    """Run recorded events through the live rules and DRAFT; show what would change."""
+    settings = _settings(ctx)
+    try:
+        since_at = parse_since(since, SystemClock().now())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    live = _load(Path(settings.rules.path), settings)
+    draft = _load(draft_path, settings)
+    events = routable(_recorded(settings, EventFilter(since=since_at, limit=limit)))
+    report = DiffReport(live_version=live.version, draft_version=draft.version)
+    for event in _progress(events, show=sys.stderr.isatty()):
+        change = compare(report, live, draft, event)
+        if change is not None and not as_json:
+            click.echo("\n".join(change_lines(change)))
+    if as_json:
+        _print_json(report)
+        return
+    click.echo(summary_line(report))
+
+
+def _recorded(settings: Settings, where: EventFilter) -> list[Event]:
+    """The stored events `where` selects (the store may be in use by a running server)."""
+    from router.store.factory import store_from_settings
+
+    async def run() -> list[Event]:
+        store = store_from_settings(settings)
+        await store.open()
+        try:
+            return await store.list_events(where)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (StoreUnavailable, SwitchboardError, ValueError) as exc:
+        raise RulesFailure(f"cannot read recorded events: {exc}") from exc
+
+
+def _progress(events: list[Event], *, show: bool) -> Any:
+    """A progress bar on a terminal (stderr), the plain list otherwise."""
+    if not show or not events:
+        return events
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(events, description="comparing", console=Console(stderr=True), transient=True)

@@ -1,0 +1,250 @@
+"""The live rules of a running server: load at start-up, reload on change or SIGHUP.
+
+A valid change becomes live by swapping one reference, so a reader sees either the old rule set or
+the new one, never a mix. An invalid change never replaces the live version: it is logged with
+file:line:col, shown on /readyz as `rules_error` and counted in the metrics, and the previous
+version keeps routing. A missing rules folder is treated like an invalid change (an accidental
+`rm -r` must not drop every rule): at start-up it means no rules and an error on /readyz, while
+webhooks are still taken in. An empty folder is a valid, empty rule set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from router.logs import get_logger
+from router.metrics import Metrics
+from router.rules import RuleError, RuleSet, RulesInvalid, load_ruleset
+
+_log = get_logger("rules")
+
+#: How many errors /readyz spells out before summarising the rest.
+_SHOWN_ERRORS = 10
+_RULE_SUFFIXES = (".yaml",)
+
+
+class _Live:
+    """One consistent view: the rule set that routes and the last reload's error (if any)."""
+
+    __slots__ = ("error", "errors", "ruleset")
+
+    def __init__(
+        self, ruleset: RuleSet | None, error: str | None, errors: tuple[RuleError, ...] = ()
+    ) -> None:
+        self.ruleset = ruleset
+        self.error = error
+        self.errors = errors
+
+
+def describe_errors(errors: list[RuleError] | tuple[RuleError, ...]) -> str:
+    """`billing.yaml:12:7: ...; support.yaml:3:1: ...` (the first few, then a count)."""
+    shown = "; ".join(str(error) for error in errors[:_SHOWN_ERRORS])
+    more = len(errors) - _SHOWN_ERRORS
+    return f"{shown}; and {more} more" if more > 0 else shown
+
+
+class LiveRules:
+    """Holds the rule set the server routes with; `.ruleset` is read lock-free by the worker."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        windows: Mapping[str, str] | None = None,
+        default_timezone: str = "UTC",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.folder = folder
+        self._windows = dict(windows or {})
+        self._default_timezone = default_timezone
+        self._metrics = metrics
+        self._live = _Live(None, None)
+        self._lock = threading.Lock()
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._stopped = False
+        self._interrupt: asyncio.Event | None = None
+        self._watching: tuple[Path, bool] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def ruleset(self) -> RuleSet | None:
+        """The live rule set; None only when no valid version was ever loaded."""
+        return self._live.ruleset
+
+    @property
+    def version(self) -> str | None:
+        """The live rules version (what /readyz reports)."""
+        ruleset = self._live.ruleset
+        return ruleset.version if ruleset is not None else None
+
+    @property
+    def error(self) -> str | None:
+        """Why the files on disk are not live, or None when they are."""
+        return self._live.error
+
+    @property
+    def errors(self) -> tuple[RuleError, ...]:
+        """The located errors of the last failed reload (empty for a missing folder)."""
+        return self._live.errors
+
+    def reload(self) -> bool:
+        """Load the folder; make it live if valid. True when the live version changed."""
+        with self._lock:
+            return self._reload_locked()
+
+    def _reload_locked(self) -> bool:
+        previous = self._live.ruleset
+        kept = previous.version if previous is not None else None
+        if not self.folder.is_dir():
+            message = f"rules folder {self.folder} does not exist"
+            _log.warning("rules.invalid", error=message, live_version=kept)
+            return self._fail(_Live(previous, message))
+        try:
+            ruleset = load_ruleset(
+                self.folder, windows=self._windows, default_timezone=self._default_timezone
+            )
+        except RulesInvalid as exc:
+            for item in exc.errors:
+                _log.warning(
+                    "rules.invalid",
+                    file=item.file,
+                    line=item.line,
+                    column=item.column,
+                    error=item.message,
+                    live_version=kept,
+                )
+            return self._fail(_Live(previous, describe_errors(exc.errors), tuple(exc.errors)))
+        except OSError as exc:
+            message = f"cannot read rules folder {self.folder}: {exc.strerror or exc}"
+            _log.warning("rules.invalid", error=message, live_version=kept)
+            return self._fail(_Live(previous, message))
+        self._live = _Live(ruleset, None)
+        self._count("ok", valid=True)
+        if kept != ruleset.version:
+            _log.info(
+                "rules.live",
+                version=ruleset.version,
+                previous_version=kept,
+                rules=len(ruleset.rules),
+                files=len(ruleset.files),
+            )
+        return kept != ruleset.version
+
+    def _fail(self, live: _Live) -> bool:
+        self._live = live
+        self._count("invalid", valid=False)
+        return False
+
+    def _count(self, outcome: str, *, valid: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.rules_reload.labels(outcome=outcome).inc()
+            self._metrics.rules_valid.set(1 if valid else 0)
+
+    async def reload_async(self) -> bool:
+        """`reload` off the event loop (reading and compiling files is blocking work)."""
+        return await asyncio.to_thread(self.reload)
+
+    async def start(self) -> None:
+        """Load the folder, then follow its changes and SIGHUP (app start-up)."""
+        await self.reload_async()
+        self._watcher = asyncio.create_task(self.watch(), name="rules-watcher")
+        if not self.install_sighup():
+            _log.debug("rules.sighup_unavailable")  # not the main thread (tests, embedding)
+
+    async def stop(self) -> None:
+        """Stop watching and listening for SIGHUP (app shutdown)."""
+        self.remove_sighup()
+        self.stop_watching()
+        if self._watcher is not None:
+            try:
+                await asyncio.wait_for(self._watcher, timeout=5)
+            except TimeoutError:
+                _log.warning("rules.watcher_stuck")
+            self._watcher = None
+
+    async def watch(self) -> None:
+        """Reload on every change of a rules file until `stop_watching` (debounced)."""
+        first = True
+        while not self._stopped:
+            if not first:
+                await self.reload_async()  # catch up on changes made while not watching
+            first = False
+            self._interrupt = asyncio.Event()
+            try:
+                await self._watch_once(self._interrupt)
+            except (OSError, RuntimeError) as exc:
+                _log.warning("rules.watch_error", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._interrupt.wait(), timeout=1.0)
+
+    def stop_watching(self) -> None:
+        """End `watch` (at shutdown)."""
+        self._stopped = True
+        if self._interrupt is not None:
+            self._interrupt.set()
+
+    async def _watch_once(self, interrupt: asyncio.Event) -> None:
+        """Watch until interrupted, or until the folder appears, vanishes or is re-pointed."""
+        from watchfiles import awatch
+
+        self._watching = target = self._watch_target()
+        async for changes in awatch(
+            target[0],
+            watch_filter=self._relevant,
+            debounce=500,
+            step=100,
+            stop_event=interrupt,
+            recursive=target[1],
+        ):
+            _log.debug("rules.changed", files=len(changes))
+            await self.reload_async()
+            if self._watch_target() != target:
+                return
+
+    def _watch_target(self) -> tuple[Path, bool]:
+        """The real folder (symlinks resolved), or while it is missing its nearest parent."""
+        if self.folder.is_dir():
+            return self.folder.resolve(), True
+        parent = self.folder.absolute().parent
+        while not parent.is_dir() and parent != parent.parent:
+            parent = parent.parent
+        return parent.resolve(), False
+
+    def _relevant(self, _change: Any, path: str) -> bool:
+        changed = Path(path)
+        if changed.suffix in _RULE_SUFFIXES:
+            return True
+        # While the folder is missing, its own creation is the change we wait for.
+        return changed == self.folder.absolute() or changed == self.folder.resolve()
+
+    def install_sighup(self) -> bool:
+        """Reload on SIGHUP; possible only in the main thread of a Unix process."""
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+            return False
+        return True
+
+    def remove_sighup(self) -> None:
+        """Undo `install_sighup` (harmless if it was not installed)."""
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError, AttributeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    def _on_sighup(self) -> None:
+        _log.info("rules.sighup")
+        task = asyncio.get_running_loop().create_task(self._reload_and_rewatch())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _reload_and_rewatch(self) -> None:
+        """SIGHUP after a deploy may have re-pointed a `rules` symlink: follow it."""
+        await self.reload_async()
+        if self._interrupt is not None and self._watch_target() != self._watching:
+            self._interrupt.set()

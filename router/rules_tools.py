@@ -1,0 +1,198 @@
+"""What `switchboard rules check|test|diff` do, apart from printing (SPEC §9, issue 4 §5).
+
+Pure helpers over the engine (`router.rules`): load a folder as the server would, decode the
+partial event a marketer writes for `rules test`, and compare live and draft decisions for
+`rules diff`. No HTTP app, no store: the CLI stays light and testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from router.config import Settings
+from router.events import Event, EventStatus
+from router.rules import Decision, RuleSet, Snapshot, evaluate, load_ruleset
+
+#: Keys of an EVENT.json besides the event's own fields (SPEC §3).
+_SNAPSHOT_KEYS = ("conversation", "contact_timezone")
+_EVENT_KEYS = frozenset(Event.__struct_fields__) - {"status"}
+
+
+class InputError(ValueError):
+    """An EVENT.json the command cannot use; the message says what to fix."""
+
+
+class RulesFolderMissing(FileNotFoundError):
+    """The rules folder does not exist (or is not a folder)."""
+
+
+def load_folder(folder: Path, settings: Settings) -> RuleSet:
+    """The rule set of `folder`, validated as the server would; raises RulesInvalid."""
+    if not folder.is_dir():
+        raise RulesFolderMissing(f"rules folder {folder} does not exist")
+    return load_ruleset(
+        folder, windows=settings.windows, default_timezone=settings.compliance.default_timezone
+    )
+
+
+def decode_test_input(raw: bytes, *, now: datetime) -> tuple[Event, Snapshot]:
+    """A partial event (only the fields the rules use) and the optional conversation snapshot.
+
+    Missing required fields get neutral defaults: id `rules-test`, empty source and type,
+    `received_at` = `now`. `contact` may be given as a bare address string.
+    """
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InputError("expected a JSON object with event fields (source, type, text, ...)")
+    unknown = sorted(set(doc) - _EVENT_KEYS - set(_SNAPSHOT_KEYS))
+    if unknown:
+        known = ", ".join(sorted(_EVENT_KEYS | set(_SNAPSHOT_KEYS)))
+        raise InputError(f"unknown field {unknown[0]!r}; expected some of: {known}")
+    snapshot_doc = {key: doc.pop(key) for key in _SNAPSHOT_KEYS if key in doc}
+    event = _decode(msgspec.json.encode(_with_defaults(doc, now)), Event, "event")
+    snapshot = _decode(msgspec.json.encode(snapshot_doc), Snapshot, "conversation")
+    return event, snapshot
+
+
+def _with_defaults(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
+    if isinstance(doc.get("contact"), str):
+        doc["contact"] = {"address": doc["contact"]}
+    doc.setdefault("id", "rules-test")
+    doc.setdefault("source", "")
+    doc.setdefault("type", "")
+    doc.setdefault("provider_type", doc["type"])
+    doc.setdefault("dedupe_key", f"{doc['source']}:{doc['id']}")
+    doc.setdefault("received_at", now.isoformat())
+    doc.setdefault("correlation_id", doc["id"])
+    return doc
+
+
+def _decode(raw: bytes, kind: type[Any], what: str) -> Any:
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"bad {what} field: {exc}") from exc
+
+
+def decision_payload(decision: Decision) -> dict[str, Any]:
+    """Exactly what `rules test --json` prints: `{rules_version, matched, actions}`."""
+    return {
+        "rules_version": decision.rules_version,
+        "matched": list(decision.matched),
+        "actions": [msgspec.to_builtins(action) for action in decision.actions],
+    }
+
+
+def action_line(action: dict[str, Any]) -> str:
+    """`human-please #0 escalate reason="asked for a human"` (params as compact JSON values)."""
+    params = " ".join(
+        f"{key}={msgspec.json.encode(value).decode()}" for key, value in action["params"].items()
+    )
+    return f"{action['rule_id']} #{action['index']} {action['kind']} {params}".rstrip()
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What one rule set decides for one event, in comparable form."""
+
+    matched: list[str]
+    actions: list[dict[str, Any]]
+    errors: list[str]
+
+    @classmethod
+    def of(cls, decision: Decision) -> Outcome:
+        return cls(
+            matched=list(decision.matched),
+            actions=[msgspec.to_builtins(action) for action in decision.actions],
+            errors=list(decision.errors),
+        )
+
+
+class Change(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded event whose decision differs between live and draft."""
+
+    event_id: str
+    source: str
+    type: str
+    received_at: datetime
+    live: Outcome
+    draft: Outcome
+
+    @property
+    def added(self) -> list[dict[str, Any]]:
+        """Actions the draft takes that live does not."""
+        return [action for action in self.draft.actions if action not in self.live.actions]
+
+    @property
+    def removed(self) -> list[dict[str, Any]]:
+        """Actions live takes that the draft does not."""
+        return [action for action in self.live.actions if action not in self.draft.actions]
+
+
+class DiffReport(msgspec.Struct, kw_only=True):
+    """`rules diff` as data; `--json` prints it as one object."""
+
+    live_version: str
+    draft_version: str
+    events_checked: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    changes: list[Change] = msgspec.field(default_factory=list)
+
+
+def routable(events: Iterable[Event]) -> list[Event]:
+    """The events the router would run rules on (not `ignored`), oldest first."""
+    kept = [event for event in events if event.status is not EventStatus.IGNORED]
+    return sorted(kept, key=lambda event: (event.received_at, event.id))
+
+
+def compare(report: DiffReport, live: RuleSet, draft: RuleSet, event: Event) -> Change | None:
+    """Run one event through both rule sets as at its arrival; record it in `report`."""
+    snapshot = Snapshot()
+    before = Outcome.of(evaluate(live, event, snapshot, event.received_at))
+    after = Outcome.of(evaluate(draft, event, snapshot, event.received_at))
+    report.events_checked += 1
+    if before == after:
+        report.unchanged += 1
+        return None
+    change = Change(
+        event_id=event.id,
+        source=event.source,
+        type=event.type,
+        received_at=event.received_at,
+        live=before,
+        draft=after,
+    )
+    report.changed += 1
+    report.changes.append(change)
+    return change
+
+
+def change_lines(change: Change) -> list[str]:
+    """How `rules diff` shows one changed event to a person."""
+    when = f"{change.received_at:%Y-%m-%d %H:%M:%S}"
+    lines = [f"{change.event_id}  {change.source} {change.type}  {when}"]
+    if change.live.matched != change.draft.matched:
+        before = ", ".join(change.live.matched) or "(none)"
+        after = ", ".join(change.draft.matched) or "(none)"
+        lines.append(f"  matched: {before} -> {after}")
+    lines += [f"  - {action_line(action)}" for action in change.removed]
+    lines += [f"  + {action_line(action)}" for action in change.added]
+    if change.live.errors != change.draft.errors:
+        lines += [f"  ! draft: {error}" for error in change.draft.errors]
+    return lines
+
+
+def summary_line(report: DiffReport) -> str:
+    """The closing count of `rules diff`."""
+    return (
+        f"{report.changed} of {report.events_checked} events would change, "
+        f"{report.unchanged} unchanged (live {report.live_version}, draft {report.draft_version})"
+    )
