@@ -322,7 +322,7 @@ def email_parsed(
         channel=Channel.EMAIL,
         contact=Contact(address=sender, name=name),
         conversation_key=f"email:{sender}:{recipient}",
-        text=mail.text.strip() if mail.text is not None else None,
+        text=_clean_text(mail.text),
         attachments=attachments,
         data=_data(mail, to, sender, msg_id, blobs),
         received_at=request.received_at,
@@ -330,6 +330,11 @@ def email_parsed(
         correlation_id=request.correlation_id,
     )
     return Parsed(events=[event], ack=RECEIVED_ACK, blobs=blobs, nonce=nonce)
+
+
+def _clean_text(text: str | None) -> str | None:
+    """Unix newlines, no surrounding blank lines (MIME bodies end with CRLF)."""
+    return None if text is None else text.replace("\r\n", "\n").strip()
 
 
 def _attachment(item: RawAttachment, blobs: dict[str, bytes]) -> Attachment:

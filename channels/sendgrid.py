@@ -129,7 +129,8 @@ def _charsets(form: Form) -> dict[str, str]:
 
 
 def _attachments(form: Form) -> list[RawAttachment]:
-    info = form.json("attachment-info") or {}
+    info = form.json("attachment-info")
+    info = {} if info is None else info
     if not isinstance(info, dict):
         raise PayloadError("attachment-info is not a JSON object")
     found = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 
@@ -26,7 +27,8 @@ class BlobStore:
         if target.exists():
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{digest}.{os.getpid()}.tmp")
+        # Unique per call: two requests carrying the same attachment write it concurrently.
+        temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
         with open(temp, "wb") as handle:
             handle.write(content)
             handle.flush()
