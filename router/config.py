@@ -7,6 +7,7 @@ source must carry at least one non-empty secret.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tomllib
@@ -214,21 +215,68 @@ def parse_settings(text: str, filename: str = "switchboard.toml") -> Settings:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(filename, int(match[1]) if match else None, "", str(exc)) from exc
+        raise ConfigError(filename, _toml_error_line(str(exc), text), "", str(exc)) from exc
     _resolve_secrets(raw, (), filename, lines)
     try:
         return msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
-        message, _, where = str(exc).rpartition(" - at `$")
-        key = _dotted(where.rstrip("`")) if message else ""
-        if not message:
-            message = str(exc)
-        unknown = re.match(r"Object contains unknown field `(.+)`", message)
-        if unknown:
-            key = f"{key}.{unknown[1]}" if key else unknown[1]
-            message = "unknown key (see README.md for the keys Switchboard reads)"
+        key, message = _explain(raw, str(exc))
         raise ConfigError(filename, lines.find(key), key, message) from exc
+
+
+def _toml_error_line(message: str, text: str) -> int | None:
+    """tomllib puts the line in its message, or says `at end of document` (the last line)."""
+    match = re.search(r"line (\d+)", message)
+    if match:
+        return int(match[1])
+    return max(len(text.splitlines()), 1) if "end of document" in message else None
+
+
+def _explain(raw: dict[str, Any], error: str) -> tuple[str, str]:
+    """The dotted key and the message of a msgspec validation error."""
+    message, _, where = error.rpartition(" - at `$")
+    if not message:  # an error at the top level carries no path
+        message, where = error, ""
+    key = _dotted(_name_table_keys(raw, where.rstrip("`"), error))
+    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if unknown:
+        key = f"{key}.{unknown[1]}" if key else unknown[1]
+        message = "unknown key (see README.md for the keys Switchboard reads)"
+    elif missing:
+        key = f"{key}.{missing[1]}" if key else missing[1]
+        message = "required key is missing"
+        if missing[1] in _SECRET_KEYS:
+            message += ": every source needs a secret (verification cannot be turned off)"
+    return key, message
+
+
+def _name_table_keys(raw: dict[str, Any], where: str, error: str) -> str:
+    """msgspec writes a name inside a table of named entries (`sources.custom.NAME`) as
+    `[...]`; find the entry that, left alone in its table, raises the same error."""
+    while "[...]" in where:
+        prefix, _, rest = where.partition("[...]")
+        trail = _dotted(prefix).split(".")
+        culprit = next((n for n in _lookup(raw, trail) if _fails_alone(raw, trail, n, error)), "")
+        where = f"{prefix}.{culprit}{rest}" if culprit else prefix + rest
+    return where
+
+
+def _lookup(raw: dict[str, Any], trail: list[str]) -> dict[str, Any]:
+    node: Any = raw
+    for part in trail:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _fails_alone(raw: dict[str, Any], trail: list[str], name: str, error: str) -> bool:
+    narrowed = copy.deepcopy(raw)
+    _lookup(narrowed, trail[:-1])[trail[-1]] = {name: _lookup(raw, trail)[name]}
+    try:
+        msgspec.convert(narrowed, Settings)
+    except msgspec.ValidationError as exc:
+        return str(exc) == error
+    return False
 
 
 def _dotted(msgspec_path: str) -> str:
@@ -241,7 +289,7 @@ def _resolve_secrets(node: Any, trail: tuple[str, ...], filename: str, lines: _K
         return
     for key, value in node.items():
         here = (*trail, key)
-        if key in _SECRET_KEYS:
+        if key in _SECRET_KEYS and not isinstance(value, dict):  # not a source named `secrets`
             node[key] = _resolve_value(value, ".".join(here), filename, lines)
         else:
             _resolve_secrets(value, here, filename, lines)
@@ -262,7 +310,7 @@ def _resolve_value(value: Any, key: str, filename: str, lines: _KeyLines) -> Any
 
 
 def resolve_secret(reference: str) -> str:
-    """`env:NAME` -> the variable, `file:PATH` -> the file's first line, else the literal."""
+    """`env:NAME` -> the variable, `file:PATH` -> the file's content trimmed, else the literal."""
     if reference.startswith("env:"):
         name = reference[4:]
         if name not in os.environ:
