@@ -64,21 +64,21 @@ def resolve(node: Any, path: Sequence[str]) -> Any:
             node = node.get(segment, MISSING)
             if node is MISSING:
                 return MISSING
-        elif isinstance(node, list):
+        elif isinstance(node, list | tuple):
             return _resolve_in_list(node, segment, path[position + 1 :])
         else:
             return MISSING
     return node
 
 
-def _resolve_in_list(items: list[Any], segment: str, rest: Sequence[str]) -> Any:
+def _resolve_in_list(items: list[Any] | tuple[Any, ...], segment: str, rest: Sequence[str]) -> Any:
     if segment.isdigit():
         index = int(segment)
         return resolve(items[index], rest) if index < len(items) else MISSING
     found: list[Any] = []
     for item in items:
         value = resolve(item, (segment, *rest))
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             found.extend(value)
         elif value is not MISSING:
             found.append(value)

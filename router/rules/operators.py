@@ -52,7 +52,7 @@ def on_values(test: Test) -> Checker:
     def check(value: Any) -> bool:
         if value is MISSING or value is None:
             return False
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             return any(test(item) for item in value if item is not None)
         return test(value)
 

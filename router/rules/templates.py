@@ -71,6 +71,9 @@ class _Env(SandboxedEnvironment):
         return operator.mul(left, right)
 
 
+FILTER_NAMES = ", ".join(sorted(_FILTERS))
+
+
 def make_environment() -> SandboxedEnvironment:
     env = _Env(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.globals.clear()
@@ -110,12 +113,22 @@ def compile_template(source: str, names: Iterable[str]) -> Template:
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"template syntax error: {exc.message}") from exc
     known = set(names)
-    unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - known)
+    try:
+        unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - known)
+    except jinja2.TemplateError as exc:  # e.g. a filter that is not available
+        raise ValueError(
+            f"template error: {exc.message}, expected filters: {FILTER_NAMES}"
+        ) from exc
     if unknown:
         raise ValueError(
             f"unknown template variable {unknown[0]!r}, expected one of: {', '.join(sorted(known))}"
         )
-    return Template(source)
+    try:
+        return Template(source)
+    except jinja2.TemplateError as exc:  # e.g. a filter that is not available
+        raise ValueError(
+            f"template error: {exc.message}, expected filters: {FILTER_NAMES}"
+        ) from exc
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:

@@ -1,0 +1,148 @@
+"""Actions come out as data with templates rendered in the sandbox; failures are recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.events import Channel
+from router.rules import Action, ConversationView, Snapshot
+from tests.rules.support import decide, make_event, one_rule
+
+STRIPE = {
+    "source": "stripe",
+    "type": "invoice.payment_failed",
+    "channel": None,
+    "contact": None,
+    "text": None,
+    "data": {"customer_phone": "+15551230001", "hosted_invoice_url": "https://pay/x", "n": 3},
+}
+
+
+def test_every_action_kind_as_data(tmp_path: Path) -> None:
+    then: list[Any] = [
+        {"reply": {"text": "Hi {{ contact.address[-4:] }}"}},
+        {
+            "send": {
+                "channel": "sms",
+                "to": "{{ data.customer_phone }}",
+                "category": "transactional",
+                "text": "Pay here: {{ data.hosted_invoice_url }}",
+            }
+        },
+        {"escalate": {"reason": "asked for {{ text | lower }}", "channel": "#billing"}},
+        {"forward": {"to": "crm"}},
+        {"tag": "vip"},
+        {"tag": {"tags": ["a", "{{ source }}"]}},
+        {"tag": {"name": "b"}},
+        {"set": {"plan": "{{ conversation.attributes.plan }}", "visits": 4, "gone": None}},
+        {"drop": {}},
+        {"drop": None},
+    ]
+    ruleset = one_rule(tmp_path, {}, then)
+    snapshot = Snapshot(conversation=ConversationView(state="open", attributes={"plan": "gold"}))
+    event = make_event(text="A HUMAN", data={"customer_phone": "+1555", "hosted_invoice_url": "u"})
+    decision = decide(ruleset, event, snapshot)
+    assert decision.errors == []
+    assert decision.actions == [
+        Action(rule_id="r", index=0, kind="reply", params={"text": "Hi 0001"}),
+        Action(
+            rule_id="r",
+            index=1,
+            kind="send",
+            params={
+                "channel": "sms",
+                "to": "+1555",
+                "category": "transactional",
+                "text": "Pay here: u",
+            },
+        ),
+        Action(
+            rule_id="r",
+            index=2,
+            kind="escalate",
+            params={"reason": "asked for a human", "channel": "#billing"},
+        ),
+        Action(rule_id="r", index=3, kind="forward", params={"to": "crm"}),
+        Action(rule_id="r", index=4, kind="tag", params={"tags": ["vip"]}),
+        Action(rule_id="r", index=5, kind="tag", params={"tags": ["a", "twilio"]}),
+        Action(rule_id="r", index=6, kind="tag", params={"tags": ["b"]}),
+        Action(
+            rule_id="r", index=7, kind="set", params={"plan": "gold", "visits": 4, "gone": None}
+        ),
+        Action(rule_id="r", index=8, kind="drop", params={}),
+        Action(rule_id="r", index=9, kind="drop", params={}),
+    ]
+
+
+def test_missing_variable_skips_that_action_only(tmp_path: Path) -> None:
+    then = [
+        {
+            "send": {
+                "channel": "sms",
+                "to": "{{ data.phone }}",
+                "category": "transactional",
+                "text": "x",
+            }
+        },
+        {"forward": {"to": "crm"}},
+        {"reply": {"text": "{{ data.phone | default('no phone') }}"}},
+    ]
+    ruleset = one_rule(tmp_path, {"source": "stripe"}, then)
+    decision = decide(ruleset, make_event(**STRIPE))
+    assert decision.matched == ["r"]
+    assert [(a.index, a.kind) for a in decision.actions] == [(1, "forward"), (2, "reply")]
+    assert decision.actions[1].params == {"text": "no phone"}
+    assert decision.errors == ["rule r, action 0 (send): 'phone' is undefined"]
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "{{ ''.__class__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ data.__class__ }}",
+        "{{ data['__class__'] }}",
+        "{{ text.upper() }}",
+        "{{ data.items() }}",
+        "{{ 'x' * 1000000 }}",
+        "{{ 'x'.ljust(100000000) }}",
+        "{{ '%999999999s' % 'x' }}",
+        "{{ 9 ** 999999 }}",
+    ],
+)
+def test_templates_are_sandboxed(tmp_path: Path, attack: str) -> None:
+    ruleset = one_rule(tmp_path, {}, [{"reply": {"text": attack}}, {"drop": {}}])
+    # Names outside the event are load errors; everything else fails at render time.
+    decision = decide(ruleset, make_event(**STRIPE))
+    assert [a.kind for a in decision.actions] == ["drop"]
+    assert len(decision.errors) == 1 and decision.errors[0].startswith("rule r, action 0 (reply):")
+    assert "class" not in decision.errors[0].split(":", 1)[1] or "unsafe" in decision.errors[0]
+
+
+def test_unknown_globals_and_filters_are_load_errors(tmp_path: Path) -> None:
+    from router.rules import RulesInvalid
+
+    cases = {
+        "{{ cycler.__init__.__globals__ }}": "unknown template variable 'cycler'",
+        "{{ range(10) }}": "unknown template variable 'range'",
+        "{{ text | center(9999999) }}": "No filter named 'center'",
+        "{{ data.n | attr('__class__') }}": "No filter named 'attr'",
+    }
+    for text, message in cases.items():
+        with pytest.raises(RulesInvalid, match=message):
+            one_rule(tmp_path, {}, [{"reply": {"text": text}}])
+
+
+def test_dict_keys_win_over_dict_methods(tmp_path: Path) -> None:
+    ruleset = one_rule(tmp_path, {}, [{"reply": {"text": "{{ data.items }} {{ data.keys }}"}}])
+    decision = decide(ruleset, make_event(data={"items": 3, "keys": "k"}))
+    assert decision.actions[0].params == {"text": "3 k"}
+
+
+def test_rendered_values_are_text_and_unicode_safe(tmp_path: Path) -> None:
+    ruleset = one_rule(tmp_path, {}, [{"reply": {"text": "Grüße, {{ data.name | title }} 👋"}}])
+    decision = decide(ruleset, make_event(channel=Channel.WHATSAPP, data={"name": "zoë"}))
+    assert decision.actions[0].params == {"text": "Grüße, Zoë 👋"}
