@@ -212,7 +212,7 @@ def message_id(value: str | None) -> str | None:
     if not value:
         return None
     match = _MSG_ID.search(value)
-    found = (match.group(1) if match else value).strip()
+    found = match.group(1) if match else value.strip().strip("<>").strip()
     return found or None
 
 
