@@ -263,3 +263,124 @@ def test_rules_diff_refuses_an_invalid_draft(config: Path, tmp_path: Path) -> No
     result = run_cli(config, "rules", "diff", "--rules", str(draft))
     assert result.exit_code == 1
     assert f"{draft}/broken.yaml:9:9:" in result.stdout
+
+
+# --- the starter rules in rules/ -----------------------------------------------------------
+
+STARTER_CASES = [
+    (
+        {
+            "source": "stripe",
+            "type": "invoice.payment_failed",
+            "data": {
+                "customer_phone": "+15551230001",
+                "hosted_invoice_url": "https://invoice.stripe.com/i/1",
+            },
+        },
+        ["payment-failed-crm", "payment-failed-text"],
+        [
+            ("forward", {"to": "crm"}),
+            (
+                "send",
+                {
+                    "channel": "sms",
+                    "to": "+15551230001",
+                    "category": "transactional",
+                    "text": "Your payment to Example Co failed. Update your card here: "
+                    "https://invoice.stripe.com/i/1",
+                },
+            ),
+        ],
+    ),
+    (
+        {"source": "stripe", "type": "invoice.payment_failed", "data": {}},
+        ["payment-failed-crm"],
+        [("forward", {"to": "crm"})],
+    ),
+    (
+        {"source": "twilio", "type": "message.received", "channel": "sms", "text": "HUMAN pls!"},
+        ["human-please"],
+        [
+            ("escalate", {"reason": "asked for a human"}),
+            ("reply", {"text": "Thanks! A member of our team will text you back shortly."}),
+        ],
+    ),
+    (
+        {"source": "twilio", "type": "message.received", "channel": "whatsapp", "text": "Hours?"},
+        ["opening-hours"],
+        None,
+    ),
+    (
+        {"source": "twilio", "type": "message.received", "channel": "sms", "text": "my order?"},
+        ["order-status"],
+        None,
+    ),
+    (
+        {
+            "source": "mailgun",
+            "type": "email.received",
+            "channel": "email",
+            "contact": "ann@bigcustomer.com",
+            "data": {"subject": "Renewal"},
+        },
+        ["key-account-email-to-slack"],
+        [
+            (
+                "send",
+                {
+                    "channel": "slack",
+                    "to": "#key-accounts",
+                    "category": "conversational",
+                    "text": "New email from ann@bigcustomer.com: Renewal",
+                },
+            ),
+            ("tag", {"tags": ["key-account"]}),
+        ],
+    ),
+    (
+        {
+            "source": "stripe",
+            "type": "customer.subscription.deleted",
+            "data": {"metadata": {"email": "bob@example.org"}},
+        },
+        ["subscription-cancelled-winback"],
+        [
+            (
+                "send",
+                {
+                    "channel": "email",
+                    "to": "bob@example.org",
+                    "category": "marketing",  # so quiet hours and opt-outs apply
+                    "subject": "We miss you",
+                    "text": "Sorry to see you go! Come back within 30 days and get 20% off "
+                    "with code COMEBACK20.",
+                },
+            )
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("event", "matched", "actions"), STARTER_CASES)
+def test_starter_rules_decisions(
+    tmp_path: Path,
+    event: dict[str, object],
+    matched: list[str],
+    actions: list[tuple[str, dict[str, object]]] | None,
+) -> None:
+    config = REPO / "examples" / "switchboard.toml"
+    result = run_cli(
+        config,
+        "rules",
+        "test",
+        _event_file(tmp_path, event),
+        "--rules",
+        str(REPO / "rules"),
+        "--json",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""  # no template problems
+    payload = result.json()
+    assert payload["matched"] == matched
+    if actions is not None:
+        assert [(a["kind"], a["params"]) for a in payload["actions"]] == actions
