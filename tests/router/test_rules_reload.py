@@ -84,7 +84,7 @@ def test_reload_is_all_or_nothing(edit: str) -> None:
             assert live.ruleset is before  # the very same object is still live
             assert live.error is not None and live.error.startswith("b.yaml:")
             assert evaluate(live.ruleset, EVENT, Snapshot(), NOW) == decision
-            assert metrics.rules_valid._value.get() == 0
+            assert b"\nswitchboard_rules_valid 0.0\n" in metrics.render()
 
 
 def test_missing_folder_then_valid_folder(tmp_path: Path) -> None:
