@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -130,6 +132,31 @@ def test_starter_rules_pass_with_the_demo_config() -> None:
     )
     assert result.exit_code == 0, result.stdout + result.stderr
     assert rules_version(folder) in result.stdout
+
+
+def test_check_without_any_config_uses_defaults(
+    live_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SWITCHBOARD_CONFIG", raising=False)
+    result = CliRunner().invoke(cli, ["rules", "check", str(live_rules)], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("OK: 3 rules")
+    assert "no config given" in result.stderr
+
+
+def test_rules_commands_do_not_import_the_http_app(config: Path, live_rules: Path) -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from router.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['--config', {str(config)!r}, 'rules', 'check'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in ('litestar', 'router.app', 'uvicorn') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_usage_errors_exit_2(config: Path) -> None:
