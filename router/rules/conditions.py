@@ -15,7 +15,16 @@ from typing import Any
 from router.rules.located import Pos, Site, item_pos, key_pos, kind, plain, value_pos
 from router.rules.match import Checker, all_of, always, any_of, leaf, negate
 from router.rules.model import Condition
-from router.rules.operators import ALL_OPERATORS, OPERATORS, OperatorError, equals, on_values
+from router.rules.operators import (
+    ALL_OPERATORS,
+    OPERATORS,
+    OperatorError,
+    as_number,
+    equals,
+    equals_text,
+    on_values,
+    words,
+)
 from router.rules.windows import Window, parse_window
 
 _ANY = "*"
@@ -39,9 +48,14 @@ FIELDS: dict[str, tuple[str, ...] | str] = {
     "conversation": ("state", "attributes"),
 }
 COMBINATORS = ("all", "any", "not", "during")
-#: Fields whose equality conditions index rules (engine.py).
-INDEXED = ("type", "source", "channel")
+#: Index keys, most selective first (engine.py): equality on type, source and channel, and
+#: `words`: the first word of each `text: {contains_any: ...}` phrase.
+INDEXED = ("type", "words", "source", "channel")
 Hints = dict[str, frozenset[str]]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def _expected(word: str, options: tuple[str, ...] | list[str]) -> str:
@@ -147,6 +161,12 @@ class ConditionCompiler:
             return None
         if hints is not None and key in INDEXED:
             self.hint(hints, key, plain(value))
+        if hints is not None and key == "text" and isinstance(value, dict) and "words" not in hints:
+            phrases = plain(value).get("contains_any")
+            if (
+                phrases is not None
+            ):  # a necessary condition: some phrase's first word is in the text
+                hints["words"] = frozenset(words(p).split()[0] for p in _as_list(phrases))
         return leaf(path, checker)
 
     @staticmethod
@@ -187,6 +207,8 @@ class ConditionCompiler:
                 pos, "no value to compare with; to match a missing field use {exists: false}"
             )
             return None
+        if isinstance(value, str) and as_number(value) is None:
+            return equals_text(str(value))
         try:
             return on_values(equals(plain(value)))
         except OperatorError as exc:

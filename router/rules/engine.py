@@ -1,11 +1,13 @@
 """The compiled rule set, its index, and `evaluate` (all-match: every matching rule fires in file
 order, then rule order, until a rule with `stop: true` fires).
 
-The index: a rule whose top-level conditions require `type` (else `source`, else `channel`) to
-equal one of some texts is filed under those values; every other rule is always a candidate.
-For an event, the candidates are the rules filed under its type, source and channel plus the
-unfiled ones, in rule order, and each candidate is still evaluated in full, so the index only
-skips rules that could not match: decisions are identical to trying every rule.
+The index: a rule whose top-level conditions require `type` to equal one of some texts is filed
+under those values; else a rule with a top-level `text: {contains_any: ...}` is filed under the
+first word of each phrase; else under `source`, else under `channel` values. Every other rule is
+always a candidate. For an event, the candidates are the rules filed under its type, the words
+of its text, its source and its channel, plus the unfiled ones, in rule order; each candidate is
+still evaluated in full, so the index only skips rules that could not match: decisions are
+identical to trying every rule (a property test checks it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import msgspec
 from router.events import Event, event_to_builtins
 from router.rules.match import Context
 from router.rules.model import Action, Decision, Rule, Snapshot
+from router.rules.operators import words
 from router.rules.regexes import RegexTimeout
 from router.rules.templates import describe, render
 
@@ -29,7 +32,16 @@ _CACHE_LIMIT = 4096
 class RuleSet:
     """An immutable, compiled rule set. Build it with `load_ruleset`."""
 
-    __slots__ = ("_always", "_cache", "_index", "default_zone", "files", "rules", "version")
+    __slots__ = (
+        "_always",
+        "_by_words",
+        "_cache",
+        "_index",
+        "default_zone",
+        "files",
+        "rules",
+        "version",
+    )
 
     def __init__(
         self,
@@ -50,10 +62,20 @@ class RuleSet:
                 self._always.append(position)
             for value in rule.index_values:
                 self._index.setdefault((rule.index_field or "", value), []).append(position)
-        self._cache: dict[tuple[str, str, str | None], tuple[Rule, ...]] = {}
+        self._by_words = any(rule.index_field == "words" for rule in rules)
+        self._cache: dict[
+            tuple[str, str, str | None], tuple[tuple[int, ...], tuple[Rule, ...]]
+        ] = {}
 
     def candidates(self, event: Event) -> tuple[Rule, ...]:
         """Rules that may match this event, in evaluation order."""
+        positions, rules = self._base(event)
+        hits = self._word_hits(event.text) if self._by_words and event.text else None
+        if not hits:
+            return rules
+        return tuple(self.rules[position] for position in sorted(hits.union(positions)))
+
+    def _base(self, event: Event) -> tuple[tuple[int, ...], tuple[Rule, ...]]:
         channel = event.channel.value if event.channel is not None else None
         key = (event.source, event.type, channel)
         found = self._cache.get(key)
@@ -66,11 +88,20 @@ class RuleSet:
             ):
                 if value is not None:
                     positions.update(self._index.get((field, value), ()))
-            found = tuple(self.rules[position] for position in sorted(positions))
+            ordered = tuple(sorted(positions))
+            found = (ordered, tuple(self.rules[position] for position in ordered))
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+    def _word_hits(self, text: str) -> set[int]:
+        hits: set[int] = set()
+        for word in set(words(text).split()):
+            found = self._index.get(("words", word))
+            if found:
+                hits.update(found)
+        return hits
 
     def __repr__(self) -> str:
         return (

@@ -86,22 +86,52 @@ def _resolve_in_list(items: list[Any] | tuple[Any, ...], segment: str, rest: Seq
 
 
 def leaf(path: tuple[str, ...], checker: Checker) -> Condition:
-    """A condition on one path."""
+    """A condition on one path (short paths, the common case, skip the general walk)."""
+    if len(path) == 1:
+        (key,) = path
+        return lambda ctx: checker(ctx.doc.get(key, MISSING))
+    if len(path) == 2:
+        first, second = path
+
+        def two(ctx: Context) -> bool:
+            node = ctx.doc.get(first)
+            if isinstance(node, dict):
+                return checker(node.get(second, MISSING))
+            return checker(resolve(ctx.doc, path))
+
+        return two
     return lambda ctx: checker(resolve(ctx.doc, path))
 
 
 def all_of(parts: list[Condition]) -> Condition:
     if len(parts) == 1:
         return parts[0]
+    if len(parts) == 2:
+        first, second = parts
+        return lambda ctx: first(ctx) and second(ctx)
     frozen = tuple(parts)
-    return lambda ctx: all(part(ctx) for part in frozen)
+
+    def every(ctx: Context) -> bool:
+        for part in frozen:  # noqa: SIM110 - a plain loop: no generator on the hot path
+            if not part(ctx):
+                return False
+        return True
+
+    return every
 
 
 def any_of(parts: list[Condition]) -> Condition:
     if len(parts) == 1:
         return parts[0]
     frozen = tuple(parts)
-    return lambda ctx: any(part(ctx) for part in frozen)
+
+    def some(ctx: Context) -> bool:
+        for part in frozen:  # noqa: SIM110 - a plain loop: no generator on the hot path
+            if part(ctx):
+                return True
+        return False
+
+    return some
 
 
 def negate(part: Condition) -> Condition:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from router.rules.match import MISSING, Checker
@@ -75,6 +76,19 @@ def equals(expected: Any) -> Test:
     raise OperatorError(f"expected a text, number or true/false value, got {_kind(expected)}")
 
 
+def equals_text(expected: str) -> Checker:
+    """Equality with a non-numeric text: the commonest condition, so checked without layers."""
+
+    def check(value: Any) -> bool:
+        if isinstance(value, str):
+            return value == expected
+        if isinstance(value, list | tuple):
+            return expected in value
+        return False
+
+    return check
+
+
 def _strings(arg: Any, name: str) -> tuple[str, ...]:
     items = arg if isinstance(arg, list) else [arg]
     if not items or not all(isinstance(item, str) and item for item in items):
@@ -104,6 +118,7 @@ def op_equals_ignore_case(arg: Any) -> Checker:
     return on_values(lambda value: isinstance(value, str) and value.casefold() in options)
 
 
+@lru_cache(maxsize=4096)
 def words(text: str) -> str:
     """Text as ` word word ` (casefolded, punctuation dropped) for whole-word phrase search."""
     return " " + " ".join(_WORD.findall(text.casefold())) + " "

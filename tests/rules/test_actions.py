@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.events import Channel
 from router.rules import Action, ConversationView, Snapshot
+from router.rules.templates import compile_template
 from tests.rules.support import decide, make_event, one_rule
 
 STRIPE = {
@@ -146,3 +149,41 @@ def test_rendered_values_are_text_and_unicode_safe(tmp_path: Path) -> None:
     ruleset = one_rule(tmp_path, {}, [{"reply": {"text": "Grüße, {{ data.name | title }} 👋"}}])
     decision = decide(ruleset, make_event(channel=Channel.WHATSAPP, data={"name": "zoë"}))
     assert decision.actions[0].params == {"text": "Grüße, Zoë 👋"}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+SOURCES = [
+    "{{ data }}",
+    "x {{ data.a }} y",
+    "{{ data.a.b }}-{{ data['c'] }}",
+    "{{ data.a | default('none') }}",
+    "{{ data.a.b | d(0) }}{{ text }}",
+    "{{ contact.address }}",
+    "{{ data.a | default('x') | upper }}",
+    "{{- data.b -}}  \n",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=JSON, text=st.none() | st.text(max_size=5), contact=st.none() | st.just({"address": "+1"})
+)
+def test_fast_render_equals_jinja(data: Any, text: str | None, contact: Any) -> None:
+    context = {"data": data, "text": text, "contact": contact}
+    for source in SOURCES:
+        template = compile_template(source, ["data", "text", "contact"])
+        try:
+            expected: Any = template.render_with_jinja(context)
+        except Exception as exc:  # the sandbox's error, which render must raise too
+            expected = type(exc)
+        try:
+            got: Any = template.render(context)
+        except Exception as exc:
+            got = type(exc)
+        assert got == expected, source
