@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from router.rules.conditions import FIELDS
@@ -30,8 +31,9 @@ _ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class ActionCompiler:
     """Compiles `then:` lists of one file; errors go to the file's Site."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, forwards: Collection[str] | None = None) -> None:
         self.site = site
+        self.forwards = sorted(forwards) if forwards is not None else None
 
     def then(self, node: Any, pos: Pos) -> tuple[ActionSpec, ...] | None:
         if not isinstance(node, list) or not node:
@@ -102,7 +104,19 @@ class ActionCompiler:
                     pos, f"unknown {key} {value!r}, expected one of: {', '.join(_LITERAL[key])}"
                 )
             return str(value)
+        if action == "forward" and self.forwards is not None and not is_template(value):
+            self.destination(value, pos)
         return self.text(value, pos)
+
+    def destination(self, name: str, pos: Pos) -> None:
+        if name in (self.forwards or ()):
+            return
+        known = ", ".join(self.forwards or ()) or "none are configured"
+        self.site.error(
+            pos,
+            f"unknown forward destination {name!r}, expected one of: {known} "
+            "(config [channels.http.forwards])",
+        )
 
     def text(self, value: str, pos: Pos) -> Any:
         if not is_template(value):

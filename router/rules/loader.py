@@ -9,12 +9,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 
 from router.rules.actions import ActionCompiler
 from router.rules.conditions import INDEXED, ConditionCompiler
@@ -50,9 +51,17 @@ def _digest(entries: list[tuple[str, bytes]]) -> str:
 
 
 def load_ruleset(
-    folder: Path, *, windows: Mapping[str, str] | None = None, default_timezone: str = "UTC"
+    folder: Path,
+    *,
+    windows: Mapping[str, str] | None = None,
+    default_timezone: str = "UTC",
+    forwards: Collection[str] | None = None,
 ) -> RuleSet:
-    """Compile folder/*.yaml; RulesInvalid with every error. An empty folder is an empty set."""
+    """Compile folder/*.yaml; RulesInvalid with every error. An empty folder is an empty set.
+
+    `windows` are config `[windows]`; `forwards`, when given (the names of
+    `[channels.http.forwards]`), makes a `forward` to any other name a load error.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise RulesInvalid(
@@ -68,7 +77,7 @@ def load_ruleset(
     seen: dict[str, str] = {}
     for name, raw in entries:
         site = Site(name)
-        rules.extend(_FileLoader(site, windows or {}, seen).load(raw))
+        rules.extend(_FileLoader(site, windows or {}, forwards, seen).load(raw))
         errors.extend(sorted(site.errors, key=lambda error: (error.line, error.column)))
     if errors:
         raise RulesInvalid(errors)
@@ -83,11 +92,17 @@ def _unknown_key(key: Any, where: str, allowed: tuple[str, ...]) -> str:
 
 
 class _FileLoader:
-    def __init__(self, site: Site, windows: Mapping[str, str], seen: dict[str, str]) -> None:
+    def __init__(
+        self,
+        site: Site,
+        windows: Mapping[str, str],
+        forwards: Collection[str] | None,
+        seen: dict[str, str],
+    ) -> None:
         self.site = site
         self.seen = seen
         self.conditions = ConditionCompiler(site, windows)
-        self.actions = ActionCompiler(site)
+        self.actions = ActionCompiler(site, forwards)
 
     def load(self, raw: bytes) -> list[Rule]:
         doc = self.parse(raw)
@@ -118,6 +133,8 @@ class _FileLoader:
             self.site.error((line, 0), "not UTF-8 text, expected a UTF-8 YAML file")
             return None
         try:
+            if self.has_aliases(text):
+                return None
             doc = YAML(typ="rt", pure=True).load(text)
         except YAMLError as exc:
             self.site.error(_mark(exc), f"invalid YAML: {_problem(exc)}")
@@ -128,6 +145,17 @@ class _FileLoader:
             )
             return None
         return doc
+
+    def has_aliases(self, text: str) -> bool:
+        """Aliases (`*name`) are refused: a few can make a small file expand enormously."""
+        found = False
+        for event in YAML(typ="rt", pure=True).parse(text):
+            if isinstance(event, AliasEvent):
+                mark = event.start_mark
+                message = "YAML aliases (*name) are not supported, expected the value written out"
+                self.site.error((mark.line, mark.column), message)
+                found = True
+        return found
 
     def version(self, doc: dict[Any, Any]) -> None:
         if "version" not in doc:

@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import StrictUndefined, nodes
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 #: Longest text one template or one `*` may produce.
@@ -41,11 +41,15 @@ class _Env(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, jinja2.Undefined):  # report the first missing name, not its child
+            return obj
         if isinstance(obj, Mapping):
             return self.getitem(obj, attribute)
         return self.unsafe_undefined(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, jinja2.Undefined):
+            return obj
         if isinstance(obj, Mapping) and isinstance(argument, str) and argument in obj:
             return obj[argument]
         if isinstance(obj, list | tuple | str) and isinstance(argument, int):
@@ -138,12 +142,14 @@ class Template:
                 out.append(part)
                 continue
             node: Any = context
-            for key in part.path:
+            for depth, key in enumerate(part.path):
                 if not isinstance(node, Mapping) or key not in node:
-                    if part.default is _FAIL:
-                        return _FAIL
-                    node = part.default
-                    break
+                    if part.default is not _FAIL:
+                        node = part.default
+                        break
+                    if isinstance(node, Mapping):  # name the whole path, not just the last key
+                        raise UndefinedError(f"'{'.'.join(part.path[: depth + 1])}' is undefined")
+                    return _FAIL
                 node = node[key]
             out.append(node if isinstance(node, str) else str(node))
         return "".join(out)

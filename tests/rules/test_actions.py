@@ -98,7 +98,7 @@ def test_missing_variable_skips_that_action_only(tmp_path: Path) -> None:
     assert decision.matched == ["r"]
     assert [(a.index, a.kind) for a in decision.actions] == [(1, "forward"), (2, "reply")]
     assert decision.actions[1].params == {"text": "no phone"}
-    assert decision.errors == ["rule r, action 0 (send): 'phone' is undefined"]
+    assert decision.errors == ["rule r, action 0 (send): 'data.phone' is undefined"]
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_templates_are_sandboxed(tmp_path: Path, attack: str) -> None:
     decision = decide(ruleset, make_event(**STRIPE))
     assert [a.kind for a in decision.actions] == ["drop"]
     assert len(decision.errors) == 1 and decision.errors[0].startswith("rule r, action 0 (reply):")
-    assert "class" not in decision.errors[0].split(":", 1)[1] or "unsafe" in decision.errors[0]
+    assert "<class" not in decision.errors[0] and "object at" not in decision.errors[0]
 
 
 def test_unknown_globals_and_filters_are_load_errors(tmp_path: Path) -> None:

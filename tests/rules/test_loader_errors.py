@@ -179,3 +179,25 @@ def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
     assert load_ruleset(tmp_path).rules == ()
     with pytest.raises(RulesInvalid, match="rules folder not found"):
         load_ruleset(tmp_path / "nope")
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    text = (
+        "version: 1\nrules:\n  - id: a\n    when: &w {source: twilio}\n    then: [drop: {}]\n"
+        "  - id: b\n    when: *w\n    then: [drop: {}]\n"
+    )
+    (error,) = errors_of(write_rules(tmp_path, {"x.yaml": text}))
+    assert (error.line, error.column) == (7, 11)
+    assert "aliases (*name) are not supported" in error.message
+
+
+def test_forward_destinations_are_checked_when_known(tmp_path: Path) -> None:
+    text = "version: 1\nrules:\n  - {id: x, when: {}, then: [forward: {to: crmm}]}\n"
+    write_rules(tmp_path, {"x.yaml": text})
+    assert load_ruleset(tmp_path).rules[0].id == "x"  # no list of destinations: not checked
+    with pytest.raises(RulesInvalid) as caught:
+        load_ruleset(tmp_path, forwards=["crm", "warehouse"])
+    (error,) = caught.value.errors
+    assert (error.line, error.column) == (3, 44)
+    assert "unknown forward destination 'crmm', expected one of: crm, warehouse" in error.message
+    assert load_ruleset(tmp_path, forwards=["crmm"]).rules[0].id == "x"
