@@ -40,61 +40,14 @@ STRIPE_TYPES = [
 ]
 CUSTOM = ["shop", "crm", "forms"]
 CUSTOM_TYPES = [f"order.{verb}" for verb in ("created", "shipped", "cancelled", "refunded")]
-KEYWORDS = [
-    *[
-        "human",
-        "agent",
-        "person",
-        "hours",
-        "open",
-        "status",
-        "refund",
-        "price",
-        "cancel",
-        "menu",
-        "deals",
-        "join",
-    ],
-    *[
-        "delivery",
-        "tracking",
-        "invoice",
-        "receipt",
-        "password",
-        "login",
-        "coupon",
-        "gift",
-        "store",
-        "parking",
-    ],
-    *(f"promo{n}" for n in range(60)),
-    *(f"code{n}" for n in range(60)),
-]
-FILLER = [
-    "hi",
-    "hello",
-    "please",
-    "can",
-    "you",
-    "tell",
-    "me",
-    "my",
-    "the",
-    "is",
-    "what",
-    "when",
-    "thanks",
-    "ok",
-    "a",
-    "to",
-    "for",
-    "order",
-]
+_NAMED = "human agent person hours open status refund price cancel menu deals join delivery"
+_NAMED += " tracking invoice receipt password login coupon gift store parking"
+KEYWORDS = [*_NAMED.split(), *(f"promo{n}" for n in range(60)), *(f"code{n}" for n in range(60))]
+FILLER = "hi hello please can you tell me my the is what when thanks ok a to for order"
+FILLER_WORDS = FILLER.split()
 PHONES = ["+12125550123", "+14155550123", "+33612345678", "+81312345678", "+447700900123"]
-DOMAINS = [
-    f"{name}.com"
-    for name in ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "wonka"]
-]
+_COMPANIES = "acme globex initech umbrella hooli stark wayne wonka"
+DOMAINS = [f"{name}.com" for name in _COMPANIES.split()]
 DOMAINS += ["gmail.com", "outlook.com", "partner.io", "example.org"]
 
 
@@ -186,7 +139,7 @@ def _event(rng: random.Random, i: int, at: datetime) -> Event:
     pick = rng.random()
     if pick < 0.5:
         channel = rng.choice([Channel.SMS, Channel.WHATSAPP])
-        words = rng.choices([*FILLER, "Order #1234", "HUMAN?!"], k=rng.randint(1, 10))
+        words = rng.choices([*FILLER_WORDS, "Order #1234", "HUMAN?!"], k=rng.randint(1, 10))
         if rng.random() < 0.5:
             words.insert(rng.randint(0, len(words)), rng.choice(KEYWORDS).upper())
         text = " ".join(words)
