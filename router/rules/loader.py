@@ -32,13 +32,28 @@ MAX_FILE_BYTES = 1_000_000
 
 
 def rule_files(folder: Path) -> list[Path]:
-    """The rules files of a folder, in evaluation order (sorted by name)."""
-    return sorted((path for path in folder.glob("*.yaml") if path.is_file()), key=lambda p: p.name)
+    """The rules files of a folder, in evaluation order (sorted by name).
+
+    Hidden files (editors' `.#billing.yaml` locks and swap files) are not rules files.
+    """
+    found = (p for p in folder.glob("*.yaml") if not p.name.startswith(".") and p.is_file())
+    return sorted(found, key=lambda path: path.name)
+
+
+def read_files(folder: Path) -> list[tuple[str, bytes]]:
+    """(name, content) of each rules file; a file deleted while listing is left out."""
+    entries: list[tuple[str, bytes]] = []
+    for path in rule_files(folder):
+        try:
+            entries.append((path.name, path.read_bytes()))
+        except FileNotFoundError:
+            continue
+    return entries
 
 
 def rules_version(folder: Path) -> str:
     """sha256 hex over the sorted files' names (relative to the folder) and contents."""
-    return _digest([(path.name, path.read_bytes()) for path in rule_files(Path(folder))])
+    return _digest(read_files(Path(folder)))
 
 
 def _digest(entries: list[tuple[str, bytes]]) -> str:
@@ -71,7 +86,10 @@ def load_ruleset(
         zone = load_zone(default_timezone)
     except ValueError as exc:
         raise RulesInvalid([RuleError("(config)", 1, 1, f"default_timezone: {exc}")]) from exc
-    entries = [(path.name, path.read_bytes()) for path in rule_files(folder)]
+    try:
+        entries = read_files(folder)
+    except OSError as exc:
+        raise RulesInvalid([RuleError(str(folder), 1, 1, f"cannot read: {exc}")]) from exc
     errors: list[RuleError] = []
     rules: list[Rule] = []
     seen: dict[str, str] = {}

@@ -118,10 +118,21 @@ def op_equals_ignore_case(arg: Any) -> Checker:
     return on_values(lambda value: isinstance(value, str) and value.casefold() in options)
 
 
-@lru_cache(maxsize=4096)
 def words(text: str) -> str:
-    """Text as ` word word ` (casefolded, punctuation dropped) for whole-word phrase search."""
+    """Text as ` word word ` (casefolded, punctuation dropped) for whole-word phrase search.
+
+    Cached, since every keyword rule and the word index ask for the same text; long texts
+    (email bodies) get a small cache of their own so the cache's memory stays bounded.
+    """
+    return _words_short(text) if len(text) <= 2048 else _words_long(text)
+
+
+def _words(text: str) -> str:
     return " " + " ".join(_WORD.findall(text.casefold())) + " "
+
+
+_words_short = lru_cache(maxsize=4096)(_words)
+_words_long = lru_cache(maxsize=8)(_words)
 
 
 def op_contains_any(arg: Any) -> Checker:

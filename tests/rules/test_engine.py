@@ -32,6 +32,7 @@ def test_every_match_fires_in_file_then_rule_order(tmp_path: Path) -> None:
             "10-a.yaml": {"version": 1, "rules": [rule("a1", {"channel": "sms"}), rule("a2", {})]},
             "README.md": "not a rules file",
             "notes.yml": "not read either",
+            ".#10-a.yaml": "an editor's lock file: [",
         },
     )
     ruleset = load_ruleset(tmp_path)
