@@ -138,6 +138,14 @@ LEAVES: st.SearchStrategy[tuple[str, Any]] = st.one_of(
         st.just("source"), st.builds(lambda s: {"anything_but": s}, st.sampled_from(SOURCES))
     ),
     st.tuples(st.just("text"), st.builds(lambda w: {"contains_any": [w]}, st.sampled_from(WORDS))),
+    st.tuples(
+        st.just("text"),
+        st.builds(lambda w: {"contains_any": ["real person", w]}, st.sampled_from(WORDS)),
+    ),
+    st.tuples(
+        st.just("text"),
+        st.builds(lambda w: {"contains_any": w, "anything_but": "stop"}, st.sampled_from(WORDS)),
+    ),
     st.tuples(st.just("text"), st.builds(lambda w: {"matches": f"^{w}"}, st.sampled_from(WORDS))),
     st.tuples(st.just("data.amount"), st.builds(lambda n: {"gt": n}, st.integers(-5, 5))),
     st.tuples(st.just("data.amount"), st.integers(-5, 5)),
@@ -165,7 +173,7 @@ EVENTS = st.builds(
     st.sampled_from(SOURCES),
     st.sampled_from(TYPES),
     st.none() | st.sampled_from(CHANNELS),
-    st.lists(st.sampled_from([*WORDS, "HUMAN?!", "Order:"]), max_size=4),
+    st.lists(st.sampled_from([*WORDS, "HUMAN?!", "Order:", "Real", "person."]), max_size=5),
     st.none() | st.integers(-6, 6) | st.integers(-6, 6).map(str),
 )
 NOWS = st.datetimes(
