@@ -151,7 +151,7 @@ class _FileLoader:
             self.site.error((line, 0), "not UTF-8 text, expected a UTF-8 YAML file")
             return None
         try:
-            if self.has_aliases(text):
+            if self.unsupported_syntax(text):
                 return None
             doc = YAML(typ="rt", pure=True).load(text)
         except YAMLError as exc:
@@ -164,15 +164,19 @@ class _FileLoader:
             return None
         return doc
 
-    def has_aliases(self, text: str) -> bool:
-        """Aliases (`*name`) are refused: a few can make a small file expand enormously."""
+    def unsupported_syntax(self, text: str) -> bool:
+        """Refuse aliases (`*name`: a few can make a small file expand enormously) and tags."""
         found = False
         for event in YAML(typ="rt", pure=True).parse(text):
+            mark = event.start_mark
             if isinstance(event, AliasEvent):
-                mark = event.start_mark
                 message = "YAML aliases (*name) are not supported, expected the value written out"
-                self.site.error((mark.line, mark.column), message)
-                found = True
+            elif getattr(event, "tag", None) is not None:
+                message = f"YAML tags ({event.tag}) are not supported, expected a plain value"
+            else:
+                continue
+            self.site.error((mark.line, mark.column), message)
+            found = True
         return found
 
     def version(self, doc: dict[Any, Any]) -> None:

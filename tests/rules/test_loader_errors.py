@@ -201,3 +201,16 @@ def test_forward_destinations_are_checked_when_known(tmp_path: Path) -> None:
     assert (error.line, error.column) == (3, 44)
     assert "unknown forward destination 'crmm', expected one of: crm, warehouse" in error.message
     assert load_ruleset(tmp_path, forwards=["crmm"]).rules[0].id == "x"
+
+
+def test_yaml_tags_are_refused_and_never_constructed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = (
+        "version: 1\nrules:\n  - id: a\n"
+        f'    when: {{text: !!python/object/apply:os.system ["touch {marker}"]}}\n'
+        "    then: [drop: {}]\n"
+    )
+    (error,) = errors_of(write_rules(tmp_path / "rules", {"x.yaml": text}))
+    assert (error.line, error.column) == (4, 18)
+    assert "YAML tags" in error.message and "not supported" in error.message
+    assert not marker.exists()
