@@ -13,3 +13,12 @@ class StoreUnavailable(SwitchboardError):
 
 class StoreCorrupt(SwitchboardError):
     """The store holds data this version cannot read (schema newer than the code)."""
+
+
+class UnstorableEvent(StoreUnavailable):
+    """An adapter built an event the store cannot encode (a parser bug, e.g. a lone surrogate).
+
+    The ingest path quarantines the request and answers 400; no other request of the same
+    commit batch fails with it. A subclass of StoreUnavailable so that a caller that knows only
+    that error still refuses to acknowledge rather than crash.
+    """

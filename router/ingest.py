@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 import msgspec
 
 from channels.base import Ack, InboundAdapter, InboundRequest, Parsed, PayloadError, SignatureError
-from router.errors import StoreUnavailable
+from router.errors import StoreUnavailable, UnstorableEvent
 from router.events import Event, EventStatus
 from router.ids import new_ulid
 from router.logs import get_logger, mask_address, scrub
@@ -79,6 +79,8 @@ class Ingestor:
             return await self._quarantine(source, request, exc)
         try:
             outcome = await self._commit(adapter, request, parsed)
+        except UnstorableEvent as exc:  # a parser bug seen by the store: same as a raising parser
+            return await self._quarantine(source, request, exc)
         except StoreUnavailable as exc:
             self._count(source, "unavailable")
             log.error(

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
-from router.errors import StoreCorrupt, StoreUnavailable
+from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Event, EventStatus, decode_event, encode_event
 from router.store.base import (
     EventFilter,
@@ -33,7 +33,9 @@ from router.store.blobs import BlobStore
 from router.store.queries import migrations, queries
 
 T = TypeVar("T")
-_Pending = tuple[IngestItem, "asyncio.Future[IngestOutcome]"]
+#: An item and its row, encoded by the caller: an event that cannot be stored fails alone.
+_Prepared = tuple[IngestItem, dict[str, Any]]
+_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
 
 
@@ -142,8 +144,9 @@ class SQLiteStore:
     async def ingest(self, item: IngestItem) -> IngestOutcome:
         if self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("store is not open")
+        prepared = (item, _event_row(item))  # raises UnstorableEvent before joining a batch
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
+        self._queue.put_nowait((prepared, future))
         return await future
 
     async def _write_loop(self) -> None:
@@ -183,12 +186,12 @@ class SQLiteStore:
                 future.set_result(outcome)
 
     def _write_batch(
-        self, conn: sqlite3.Connection, items: Sequence[IngestItem]
+        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
     ) -> list[IngestOutcome]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             self._check_file()  # one stat per batch, under the write lock
-            outcomes = [self._write_one(conn, item) for item in items]
+            outcomes = [self._write_one(conn, item, row) for item, row in items]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -196,7 +199,9 @@ class SQLiteStore:
             raise
         return outcomes
 
-    def _write_one(self, conn: sqlite3.Connection, item: IngestItem) -> IngestOutcome:
+    def _write_one(
+        self, conn: sqlite3.Connection, item: IngestItem, row: dict[str, Any]
+    ) -> IngestOutcome:
         event = item.event
         if item.nonce is not None:
             key = {"source": event.source, "nonce": item.nonce}
@@ -208,7 +213,7 @@ class SQLiteStore:
                 owner = conn.execute(self._sql["nonce_owner"], key).fetchone()
                 if owner is None or owner[0] != event.dedupe_key:
                     return IngestOutcome.REPLAY
-        inserted = conn.execute(self._sql["insert_event"], _event_row(item)).rowcount
+        inserted = conn.execute(self._sql["insert_event"], row).rowcount
         return IngestOutcome.STORED if inserted else IngestOutcome.DUPLICATE
 
     # -- other writes ---------------------------------------------------------------------
@@ -323,7 +328,14 @@ def _probe_write_lock(conn: sqlite3.Connection) -> None:
 
 
 def _event_row(item: IngestItem) -> dict[str, Any]:
+    """The events row; UnstorableEvent if a text is not valid Unicode (a lone surrogate)."""
     event = item.event
+    try:
+        body = encode_event(event)  # every text column below is a field of this event
+        if item.nonce is not None:
+            item.nonce.encode()
+    except (UnicodeEncodeError, TypeError, msgspec.EncodeError) as exc:
+        raise UnstorableEvent(f"write failed: event cannot be stored: {exc}") from exc
     return {
         "id": event.id,
         "source": event.source,
@@ -337,7 +349,7 @@ def _event_row(item: IngestItem) -> dict[str, Any]:
         "received_at": timestamp(event.received_at),
         "occurred_at": timestamp(event.occurred_at) if event.occurred_at else None,
         "correlation_id": event.correlation_id,
-        "body": encode_event(event),
+        "body": body,
         "content_type": item.content_type,
         "raw_body": None if item.raw_blob else item.raw_body,
         "raw_blob": item.raw_blob,

@@ -7,8 +7,10 @@ read back with `switchboard events list --json` and `switchboard quarantine list
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 from tests.cases.base import SignedRequest
+from tests.cases.email import mailgun_signature
 from tests.cases.twilio import message_params, signed, status_params
 from tests.support import PUBLIC_URL, SECRETS, LiveServer, live_server
 
@@ -185,6 +188,38 @@ def test_unsigned_malformed_payload_is_401_and_not_kept(server: LiveServer) -> N
     request = twilio(params).with_headers(X_Twilio_Signature="bm90IGEgc2lnbmF0dXJl")
     assert_json_error(post(server, request), 401)
     assert quarantined(server) == []
+
+
+def poisoned_mailgun() -> SignedRequest:
+    """A signed Mailgun message whose raw MIME has a non-ASCII Subject byte: the email parser
+    turns it into a lone surrogate, which no store can encode (found by tests/integration/
+    test_fuzz.py). It must be quarantined, and must not fail the other requests committed in
+    the same group-commit batch."""
+    stamp, token = str(int(time.time())), uuid.uuid4().hex
+    mime = "From: ann@example.com\r\nTo: support@example.com\r\nSubject: \x80\r\n\r\nhi"
+    fields = {"from": "ann@example.com", "body-mime": mime, "timestamp": stamp, "token": token}
+    fields["signature"] = mailgun_signature(SECRETS["mailgun"][0], stamp, token)
+    return SignedRequest(
+        path="/webhooks/email/mailgun",
+        body=urlencode(fields).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+
+def test_unstorable_event_is_quarantined_and_spares_concurrent_deliveries(
+    server: LiveServer,
+) -> None:
+    good = [inbound(f"BATCH{n}") for n in range(24)]
+    requests = [*good[:12], poisoned_mailgun(), *good[12:]]
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        statuses = list(pool.map(lambda r: post(server, r).status_code, requests))
+    assert statuses[12] in (200, 400)
+    assert statuses[:12] + statuses[13:] == [200] * 24
+    keys = {e["dedupe_key"] for e in stored(server) if e["source"] == "twilio"}
+    assert keys == {f"twilio:SMBATCH{n}" for n in range(24)}
+    if statuses[12] == 400:
+        [kept] = quarantined(server)
+        assert kept["source"] == "mailgun"
 
 
 # -- 503 and /readyz ------------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""Hypothesis fuzzing of every endpoint through real HTTP on loopback: never a 5xx.
+
+Two kinds of input (strategies in tests/fuzz_payloads.py): arbitrary requests (bodies, content
+types, garbage signature headers, odd and huge header values, invalid UTF-8, random paths and
+queries), which must never get a 5xx; and correctly signed requests with arbitrary payloads,
+signed by each provider's official signing code, which must be answered 2xx or 400 (never 401:
+that would be a verifier disagreeing with the provider's library). One live server serves the
+module; its store is healthy, so a 503 is a failure as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from slack_sdk.signature import SignatureVerifier
+from standardwebhooks import Webhook
+from stripe import WebhookSignature
+from twilio.request_validator import RequestValidator
+
+from tests import fuzz_payloads as p
+from tests.cases.email import credentials, mailgun_signature
+from tests.support import ADMIN_TOKEN, CUSTOM_SOURCE, PUBLIC_URL, SECRETS, LiveServer, live_server
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+WEBHOOKS = [
+    "/webhooks/twilio/messages",
+    "/webhooks/twilio/status",
+    "/webhooks/slack/events",
+    "/webhooks/slack/interactions",
+    "/webhooks/stripe",
+    "/webhooks/email/mailgun",
+    "/webhooks/email/sendgrid",
+    f"/webhooks/custom/{CUSTOM_SOURCE}",
+    "/webhooks/custom/not-configured",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_http_client_log() -> Iterator[None]:
+    """httpx logs every request at INFO: thousands of lines per run."""
+    logger = logging.getLogger("httpx")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with live_server(tmp_path_factory.mktemp("fuzz")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(live: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live.base_url, timeout=30) as http:
+        yield http
+
+
+def send(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    response = client.request(method, path, **kwargs)
+    status = response.status_code
+    assert status < 500, f"{method} {path} -> {status} {response.text[:300]!r}"
+    return response
+
+
+def assert_signed_ok(response: httpx.Response) -> None:
+    """A correctly signed request is understood (2xx) or quarantined (400); nothing else."""
+    status = response.status_code
+    assert 200 <= status < 300 or status == 400, f"{status} {response.text[:300]!r}"
+    if status == 400:
+        assert response.json()["error"].startswith("malformed payload")
+
+
+def now() -> int:
+    return int(time.time())
+
+
+# -- arbitrary requests ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", WEBHOOKS)
+@FUZZ
+@given(body=p.BODY, content_type=p.CONTENT_TYPE, headers=p.HEADERS, query=p.QUERY)
+def test_arbitrary_webhook_requests_never_5xx(
+    client: httpx.Client,
+    path: str,
+    body: bytes,
+    content_type: bytes,
+    headers: dict[str, bytes],
+    query: str,
+) -> None:
+    sent = [(name.encode(), value) for name, value in headers.items() if name != "content-type"]
+    sent.append((b"content-type", content_type))
+    target = path + ("?" + query if query else "")
+    response = send(client, "POST", target, content=body, headers=sent)
+    if response.status_code >= 400:
+        assert response.json()["error"]
+
+
+@FUZZ
+@given(
+    path=st.text(p.TOKEN_CHARS + "/%.", max_size=40),
+    method=st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "POST"]),
+    body=p.BODY,
+)
+def test_arbitrary_paths_and_methods_never_5xx(
+    client: httpx.Client, path: str, method: str, body: bytes
+) -> None:
+    send(client, method, "/webhooks/" + path, content=body if method != "GET" else None)
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/healthz", "/metrics", "/api/events"])
+@FUZZ
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["limit", "since", "status", "source", "type"]) | p.TEXT,
+        st.one_of(
+            p.TEXT,
+            st.integers().map(str),
+            st.datetimes(timezones=st.timezones()).map(datetime.isoformat),
+            st.sampled_from(["received", "ignored", "24h", "0s", "99999999w", "-1", "1e3"]),
+        ),
+        max_size=4,
+    ),
+    headers=p.HEADERS,
+    authorised=st.booleans(),
+)
+def test_admin_and_health_endpoints_never_5xx(
+    client: httpx.Client,
+    path: str,
+    params: dict[str, str],
+    headers: dict[str, bytes],
+    authorised: bool,
+) -> None:
+    sent = {name: value for name, value in headers.items() if name != "authorization"}
+    if authorised:
+        sent["authorization"] = f"Bearer {ADMIN_TOKEN}".encode()
+    response = send(client, "GET", path, params=params, headers=sent)
+    if path in ("/readyz", "/healthz"):
+        assert response.status_code == 200
+    elif authorised:
+        assert response.status_code in (200, 400)
+    else:
+        assert response.status_code == 401
+
+
+@FUZZ
+@given(event_id=st.text(max_size=60), authorised=st.booleans())
+def test_event_by_arbitrary_id_never_5xx(
+    client: httpx.Client, event_id: str, authorised: bool
+) -> None:
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"} if authorised else {}
+    response = send(client, "GET", "/api/events/" + quote(event_id, safe=""), headers=headers)
+    assert response.status_code in (200, 401, 404), response.text
+
+
+# -- correctly signed, arbitrary payloads ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"), [("messages", p.TWILIO_MESSAGE), ("status", p.TWILIO_STATUS)]
+)
+@FUZZ
+@given(data=st.data())
+def test_signed_twilio_with_arbitrary_params(
+    client: httpx.Client, kind: str, params: st.SearchStrategy[dict[str, str]], data: st.DataObject
+) -> None:
+    form = data.draw(params)
+    path = f"/webhooks/twilio/{kind}"
+    signature = RequestValidator(SECRETS["twilio"][0]).compute_signature(PUBLIC_URL + path, form)
+    headers = {"content-type": "application/x-www-form-urlencoded", "x-twilio-signature": signature}
+    assert_signed_ok(send(client, "POST", path, content=urlencode(form), headers=headers))
+
+
+def slack_signed(path: str, body: bytes, content_type: str) -> dict[str, Any]:
+    stamp = str(now())
+    verifier = SignatureVerifier(SECRETS["slack"][0])
+    headers = {
+        "content-type": content_type,
+        "x-slack-request-timestamp": stamp,
+        "x-slack-signature": verifier.generate_signature(timestamp=stamp, body=body),
+    }
+    return {"content": body, "headers": headers}
+
+
+@FUZZ
+@given(payload=p.SLACK_EVENT, ascii_only=st.booleans())
+def test_signed_slack_event_with_arbitrary_json(
+    client: httpx.Client, payload: Any, ascii_only: bool
+) -> None:
+    body = p.json_text(payload, ascii_only).encode()
+    request = slack_signed("/webhooks/slack/events", body, "application/json")
+    assert_signed_ok(send(client, "POST", "/webhooks/slack/events", **request))
+
+
+@FUZZ
+@given(
+    form=st.one_of(
+        st.tuples(p.SLACK_INTERACTION, st.booleans()).map(
+            lambda pair: {"payload": p.json_text(*pair)}
+        ),
+        st.dictionaries(p.TEXT, p.TEXT, max_size=4),
+    )
+)
+def test_signed_slack_interaction_with_arbitrary_payload(
+    client: httpx.Client, form: dict[str, str]
+) -> None:
+    path = "/webhooks/slack/interactions"
+    body = urlencode(form).encode()
+    request = slack_signed(path, body, "application/x-www-form-urlencoded")
+    assert_signed_ok(send(client, "POST", path, **request))
+
+
+@FUZZ
+@given(payload=p.STRIPE_EVENT, ascii_only=st.booleans())
+def test_signed_stripe_with_arbitrary_json(
+    client: httpx.Client, payload: Any, ascii_only: bool
+) -> None:
+    text = p.json_text(payload, ascii_only)
+    header = WebhookSignature.generate_signature_header(text, SECRETS["stripe"][0], now())
+    headers = {"content-type": "application/json", "stripe-signature": header}
+    assert_signed_ok(send(client, "POST", "/webhooks/stripe", content=text, headers=headers))
+
+
+@FUZZ
+@given(
+    payload=p.CUSTOM_PAYLOAD,
+    msg_id=st.text(p.TOKEN_CHARS, min_size=1, max_size=40),
+    ascii_only=st.booleans(),
+)
+def test_signed_custom_source_with_arbitrary_json(
+    client: httpx.Client, payload: Any, msg_id: str, ascii_only: bool
+) -> None:
+    body = p.json_text(payload, ascii_only)
+    stamp = now()
+    signature = Webhook(SECRETS["custom"][0]).sign(msg_id, datetime.fromtimestamp(stamp, UTC), body)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": signature,
+    }
+    path = f"/webhooks/custom/{CUSTOM_SOURCE}"
+    assert_signed_ok(send(client, "POST", path, content=body, headers=headers))
+
+
+@FUZZ
+@given(fields=p.EMAIL_FIELDS, files=p.EMAIL_FILES, as_multipart=st.booleans())
+def test_signed_mailgun_with_arbitrary_fields(
+    client: httpx.Client, fields: dict[str, str], files: dict[str, bytes], as_multipart: bool
+) -> None:
+    stamp, token = str(now()), uuid.uuid4().hex
+    key = SECRETS["mailgun"][0]
+    signed = {**fields, "timestamp": stamp, "token": token}
+    signed["signature"] = mailgun_signature(key, stamp, token)
+    if as_multipart:
+        content_type, body = p.multipart(signed, files)
+    else:
+        content_type, body = "application/x-www-form-urlencoded", urlencode(signed).encode()
+    headers = {"content-type": content_type}
+    response = send(client, "POST", "/webhooks/email/mailgun", content=body, headers=headers)
+    assert_signed_ok(response)
+
+
+@FUZZ
+@given(fields=p.EMAIL_FIELDS, files=p.EMAIL_FILES)
+def test_signed_sendgrid_with_arbitrary_fields(
+    client: httpx.Client, fields: dict[str, str], files: dict[str, bytes]
+) -> None:
+    content_type, body = p.multipart(fields, files)
+    response = send(
+        client,
+        "POST",
+        "/webhooks/email/sendgrid",
+        content=body,
+        headers={"content-type": content_type},
+        auth=credentials(SECRETS["sendgrid"][0]),
+    )
+    assert_signed_ok(response)
