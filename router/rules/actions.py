@@ -6,7 +6,7 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from router.rules.conditions import FIELDS
+from router.rules.conditions import FIELDS, expected
 from router.rules.located import Pos, Site, item_pos, key_pos, kind, plain, value_pos
 from router.rules.model import ActionSpec
 from router.rules.templates import compile_template, is_template
@@ -37,7 +37,8 @@ class ActionCompiler:
 
     def then(self, node: Any, pos: Pos) -> tuple[ActionSpec, ...] | None:
         if not isinstance(node, list) or not node:
-            self.site.error(pos, f"'then' must be a non-empty list of actions, got {kind(node)}")
+            got = "an empty list" if isinstance(node, list) else kind(node)
+            self.site.error(pos, f"'then' must be a non-empty list of actions, got {got}")
             return None
         specs = [self.action(item, index, item_pos(node, index)) for index, item in enumerate(node)]
         kept = [spec for spec in specs if spec is not None]
@@ -54,7 +55,7 @@ class ActionCompiler:
         name = next(iter(node))
         kpos, vpos, params = key_pos(node, name), value_pos(node, name), node[name]
         if name not in ACTIONS:
-            self.site.error(kpos, f"unknown action {name!r}, expected one of: {', '.join(ACTIONS)}")
+            self.site.error(kpos, f"unknown action {name!r}{expected(str(name), ACTIONS)}")
             return None
         if name == "tag":
             compiled = self.tag(params, vpos)

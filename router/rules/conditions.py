@@ -58,7 +58,8 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _expected(word: str, options: tuple[str, ...] | list[str]) -> str:
+def expected(word: str, options: tuple[str, ...] | list[str]) -> str:
+    """`(did you mean 'x'?), expected one of: ...` for an unknown name."""
     close = difflib.get_close_matches(word, options, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"{hint}, expected one of: {', '.join(options)}"
@@ -116,9 +117,8 @@ class ConditionCompiler:
         self, name: str, value: Any, pos: Pos, hints: Hints | None
     ) -> list[Condition] | None:
         if not isinstance(value, list) or not value:
-            self.site.error(
-                pos, f"'{name}' expects a non-empty list of conditions, got {kind(value)}"
-            )
+            got = "an empty list" if isinstance(value, list) else kind(value)
+            self.site.error(pos, f"'{name}' expects a non-empty list of conditions, got {got}")
             return None
         parts = [self.condition(item, item_pos(value, i), hints) for i, item in enumerate(value)]
         kept = [part for part in parts if part is not None]
@@ -138,8 +138,8 @@ class ConditionCompiler:
     def window(self, name: str, pos: Pos) -> Window | None:
         if name not in self.windows:
             known = sorted(self.windows)
-            expected = _expected(name, known) if known else ", but no windows are configured"
-            self.site.error(pos, f"unknown window {name!r}{expected} (config [windows])")
+            hint = expected(name, known) if known else ", but no windows are configured"
+            self.site.error(pos, f"unknown window {name!r}{hint} (config [windows])")
             return None
         if name not in self._parsed:
             try:
@@ -183,14 +183,14 @@ class ConditionCompiler:
             return None
         top, rest = segments[0], segments[1:]
         if top not in FIELDS:
-            self.site.error(pos, f"unknown field {top!r}{_expected(top, [*FIELDS, *COMBINATORS])}")
+            self.site.error(pos, f"unknown field {top!r}{expected(top, [*FIELDS, *COMBINATORS])}")
             return None
         allowed = FIELDS[top]
         if rest and allowed != _ANY and rest[0] not in allowed:
             if not allowed:
                 self.site.error(pos, f"field {top!r} has no sub-fields, expected just {top!r}")
             else:
-                self.site.error(pos, f"unknown field {key!r}{_expected(rest[0], list(allowed))}")
+                self.site.error(pos, f"unknown field {key!r}{expected(rest[0], list(allowed))}")
             return None
         return segments
 
@@ -252,7 +252,7 @@ class ConditionCompiler:
             inner = self.value_checker(arg, vpos)
             return (lambda v: not inner(v)) if inner is not None else None
         if not isinstance(name, str) or name not in OPERATORS:
-            self.site.error(kpos, f"unknown operator {name!r}{_expected(str(name), ALL_OPERATORS)}")
+            self.site.error(kpos, f"unknown operator {name!r}{expected(str(name), ALL_OPERATORS)}")
             return None
         try:
             return OPERATORS[name](plain(arg))
