@@ -274,7 +274,12 @@ def print_results(durable: Result, floor: Result | None, stored: int, preflights
     print("  (srv CPU: the server process's share of its core; other: what other processes")
     print("   took of that core meanwhile; above ~5% the figures are noisy)")
     for r in rows:
-        print(f"  loadavg after {r.name}: {r.loadavg}")
+        per_req = 1e6 / max(int(r.wrk["requests"]), 1)
+        print(
+            f"  {r.name}: server CPU per request {(r.cpu.user_s + r.cpu.system_s) * per_req:.0f} us"
+            f" (user {r.cpu.user_s * per_req:.0f}, system {r.cpu.system_s * per_req:.0f});"
+            f" loadavg after: {r.loadavg}"
+        )
     print_checks(durable, floor, stored, preflights)
 
 

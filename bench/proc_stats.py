@@ -13,24 +13,27 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class CpuSample:
-    """CPU seconds of one process and of one core (busy, total), at one moment."""
+    """CPU seconds of one process (user, system) and of one core (busy, total), at one moment."""
 
-    process_s: float
+    user_s: float
+    system_s: float
     core_busy_s: float
     core_total_s: float
 
 
 @dataclass(frozen=True)
 class CpuShare:
-    """Shares of the server's core between two samples: the server's, everyone else's."""
+    """Between two samples: the server's CPU seconds, its share of its core, everyone else's."""
 
+    user_s: float
+    system_s: float
     server: float
     others: float
 
 
 def cpu_sample(pid: int, core: int | None) -> CpuSample:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    process = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    user, system = int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
     busy = total = 0.0
     name = f"cpu{core}" if core is not None else "cpu"
     for line in Path("/proc/stat").read_text().splitlines():
@@ -40,14 +43,15 @@ def cpu_sample(pid: int, core: int | None) -> CpuSample:
             total = sum(values[:8]) / TICKS
             busy = total - (values[3] + values[4]) / TICKS  # minus idle and iowait
             break
-    return CpuSample(process_s=process, core_busy_s=busy, core_total_s=total)
+    return CpuSample(user_s=user, system_s=system, core_busy_s=busy, core_total_s=total)
 
 
 def cpu_share(before: CpuSample, after: CpuSample) -> CpuShare:
     wall = max(after.core_total_s - before.core_total_s, 1e-9)
-    server = (after.process_s - before.process_s) / wall
+    user, system = after.user_s - before.user_s, after.system_s - before.system_s
     busy = (after.core_busy_s - before.core_busy_s) / wall
-    return CpuShare(server=server, others=max(busy - server, 0.0))
+    server = (user + system) / wall
+    return CpuShare(user_s=user, system_s=system, server=server, others=max(busy - server, 0.0))
 
 
 def peak_rss_kb(pid: int) -> int:
