@@ -76,15 +76,21 @@ class SQLiteStore:
         self._sql = queries()
         #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
         self._identity: tuple[int, int] | None = None
+        #: Ingest transactions committed: with group commit, far fewer than ingests.
+        self.batches_committed = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with wrap_exceptions():
-            self._writer = await self._connect(synchronous="FULL")
-            await self._call(self._writer, self._migrate)
-            self._reader = await self._connect(synchronous="NORMAL")
+        try:
+            with wrap_exceptions():
+                self._writer = await self._connect(synchronous="FULL")
+                await self._call(self._writer, self._migrate)
+                self._reader = await self._connect(synchronous="NORMAL")
+        except BaseException:
+            await self._close_connections()  # their threads would keep the process alive
+            raise
         self._identity = _file_identity(self.path)
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
@@ -93,6 +99,14 @@ class SQLiteStore:
             self._queue.put_nowait(_STOP)
             await self._writer_task
             self._writer_task = None
+        # Queued after the writer took its last batch: answer them rather than strand them.
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry is not _STOP:
+                _fail(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
@@ -176,11 +190,12 @@ class SQLiteStore:
         try:
             with wrap_exceptions():
                 outcomes = await self._call(self._writer, lambda c: self._write_batch(c, items))
-        except StoreUnavailable as exc:
+        except Exception as exc:  # whatever it is, the writer lives on and every caller hears
+            reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
             for _, future in batch:
-                if not future.done():
-                    future.set_exception(StoreUnavailable(str(exc)))
+                _fail(future, StoreUnavailable(reason))
             return
+        self.batches_committed += 1
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
@@ -311,6 +326,11 @@ class SQLiteStore:
         if conn is None:
             raise StoreUnavailable("store is not open")
         return conn
+
+
+def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
