@@ -155,7 +155,8 @@ class Headers:
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._values: dict[str, list[str]] = {}
         for name, value in items:
-            self._values.setdefault(name.strip().lower(), []).append(_FOLD.sub(" ", value).strip())
+            value = _FOLD.sub(" ", utf8_header(value)).strip()
+            self._values.setdefault(name.strip().lower(), []).append(value)
 
     @classmethod
     def from_block(cls, block: str) -> Headers:
@@ -170,6 +171,15 @@ class Headers:
     def decoded(self, name: str) -> str | None:
         value = self.get(name)
         return None if value is None else decode_words(value)
+
+
+def utf8_header(value: str) -> str:
+    """A header value with raw 8-bit bytes (RFC 6532 UTF-8 headers), which the stdlib parser
+    leaves surrogate-escaped, decoded: a lone surrogate can be neither stored nor logged."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def decode_words(value: str) -> str:

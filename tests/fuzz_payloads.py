@@ -228,7 +228,7 @@ CUSTOM_PAYLOAD = shaped(
 # -- Email (Mailgun, SendGrid) ---------------------------------------------------------------
 
 EMAIL = st.sampled_from(["Ann <ann@example.com>", "ann@example.com", "<>", "@", ""]) | st.emails()
-_LINE = st.text(st.characters(exclude_characters="\r\n"), max_size=30)
+_LINE = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30)
 
 
 def _mime(sender: str, subject: str, body: str, attachment: bytes | None) -> str:
