@@ -42,10 +42,32 @@ def scrub(text: str) -> str:
     )
 
 
+class _Sink:
+    """Where log lines go. Loggers are cached on first use (it halves the cost of a line), so
+    they keep this object and `configure_logging` swaps its target instead."""
+
+    def __init__(self) -> None:
+        self.stream: Any = None
+
+    def write(self, data: bytes) -> None:
+        (self.stream or sys.stdout.buffer).write(data)
+
+    def flush(self) -> None:
+        (self.stream or sys.stdout.buffer).flush()
+
+
+_SINK = _Sink()
+
+
 def configure_logging(level: str = "info", *, debug: bool = False, stream: Any = None) -> None:
-    """JSON lines on stdout (or `stream`); call once at start-up."""
+    """JSON lines on stdout (or the binary `stream`); call once at start-up.
+
+    Calling it again redirects every logger and switches masking, but a logger already used
+    keeps the level it was first used with.
+    """
     global _DEBUG
     _DEBUG = debug
+    _SINK.stream = stream
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
@@ -56,7 +78,7 @@ def configure_logging(level: str = "info", *, debug: bool = False, stream: Any =
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
+        logger_factory=structlog.BytesLoggerFactory(_SINK),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
 
