@@ -47,6 +47,7 @@ class AppContext:
             Path(settings.rules.path),
             windows=settings.windows,
             default_timezone=settings.compliance.default_timezone,
+            forwards=settings.channels.http.forwards.keys(),
             metrics=metrics,
         )
         self.public_url = settings.server.public_url.rstrip("/")

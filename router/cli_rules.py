@@ -44,6 +44,10 @@ class RulesFailure(click.ClickException):
     exit_code = 1
 
 
+#: The settings used when no config is given: no time windows, forward destinations unchecked.
+_NO_CONFIG = Settings()
+
+
 def _settings(ctx: click.Context) -> Settings:
     """The config as other commands read it; with none given at all, the defaults.
 
@@ -55,9 +59,13 @@ def _settings(ctx: click.Context) -> Settings:
         settings: Settings = obj["settings"]
         return settings
     if not obj.get("config") and not os.environ.get("SWITCHBOARD_CONFIG"):
-        click.echo("note: no config given (--config); using defaults, no time windows", err=True)
-        obj["settings"] = Settings()
-        return obj["settings"]  # type: ignore[no-any-return]
+        click.echo(
+            "note: no config given (--config); using defaults: "
+            "no time windows, forward names unchecked",
+            err=True,
+        )
+        obj["settings"] = _NO_CONFIG
+        return _NO_CONFIG
     try:
         obj["settings"] = load_settings(obj.get("config"))
     except ConfigError as exc:
@@ -68,7 +76,7 @@ def _settings(ctx: click.Context) -> Settings:
 def _load(folder: Path, settings: Settings) -> RuleSet:
     """The rule set of `folder`, or exit 1 after printing every located error."""
     try:
-        return load_folder(folder, settings)
+        return load_folder(folder, settings, check_forwards=settings is not _NO_CONFIG)
     except RulesFolderMissing as exc:
         raise RulesFailure(str(exc)) from exc
     except RulesInvalid as exc:
@@ -109,7 +117,7 @@ def rules_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
 
 def _check_json(folder: Path, settings: Settings) -> None:
     try:
-        ruleset = load_folder(folder, settings)
+        ruleset = load_folder(folder, settings, check_forwards=settings is not _NO_CONFIG)
     except RulesFolderMissing as exc:
         _print_json({"valid": False, "rules_version": None, "errors": [], "error": str(exc)})
         raise SystemExit(1) from exc

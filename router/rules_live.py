@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,11 @@ class LiveRules:
         *,
         windows: Mapping[str, str] | None = None,
         default_timezone: str = "UTC",
+        forwards: Collection[str] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.folder = folder
+        self._forwards = None if forwards is None else frozenset(forwards)
         self._windows = dict(windows or {})
         self._default_timezone = default_timezone
         self._metrics = metrics
@@ -107,7 +109,10 @@ class LiveRules:
             return self._fail(_Live(previous, message))
         try:
             ruleset = load_ruleset(
-                self.folder, windows=self._windows, default_timezone=self._default_timezone
+                self.folder,
+                windows=self._windows,
+                default_timezone=self._default_timezone,
+                forwards=self._forwards,
             )
         except RulesInvalid as exc:
             for item in exc.errors:

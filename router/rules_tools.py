@@ -31,12 +31,18 @@ class RulesFolderMissing(FileNotFoundError):
     """The rules folder does not exist (or is not a folder)."""
 
 
-def load_folder(folder: Path, settings: Settings) -> RuleSet:
-    """The rule set of `folder`, validated as the server would; raises RulesInvalid."""
+def load_folder(folder: Path, settings: Settings, *, check_forwards: bool = True) -> RuleSet:
+    """The rule set of `folder`, validated as the server would; raises RulesInvalid.
+
+    `check_forwards=False` accepts any `forward` destination (no config to check against).
+    """
     if not folder.is_dir():
         raise RulesFolderMissing(f"rules folder {folder} does not exist")
     return load_ruleset(
-        folder, windows=settings.windows, default_timezone=settings.compliance.default_timezone
+        folder,
+        windows=settings.windows,
+        default_timezone=settings.compliance.default_timezone,
+        forwards=settings.channels.http.forwards.keys() if check_forwards else None,
     )
 
 
