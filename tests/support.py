@@ -100,6 +100,10 @@ basic_auth = {_toml_list(SECRETS["sendgrid"])}
 secrets = {_toml_list(SECRETS["custom"])}
 {opts.get("custom", "")}
 
+# The starter rules (rules/) forward to `crm`; a destination on loopback nobody listens on.
+[channels.http.forwards.crm]
+url = "http://127.0.0.1:9/hooks/switchboard"
+
 [logging]
 level = "warning"
 {extra}
