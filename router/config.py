@@ -218,10 +218,15 @@ def parse_settings(text: str, filename: str = "switchboard.toml") -> Settings:
         raise ConfigError(filename, _toml_error_line(str(exc), text), "", str(exc)) from exc
     _resolve_secrets(raw, (), filename, lines)
     try:
-        return msgspec.convert(raw, Settings)
+        settings = msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
         key, message = _explain(raw, str(exc))
         raise ConfigError(filename, lines.find(key), key, message) from exc
+    from router.config_checks import problems  # imports config: keep the cycle one-way
+
+    for key, message in problems(settings):
+        raise ConfigError(filename, lines.find(key), key, message)
+    return settings
 
 
 def _toml_error_line(message: str, text: str) -> int | None:

@@ -15,8 +15,6 @@ from channels.twilio import TwilioAdapter
 from router.clock import Clock
 from router.config import Settings
 
-BUILTIN_SOURCES = frozenset({"twilio", "slack", "stripe", "mailgun", "sendgrid"})
-
 
 def inbound_adapters(settings: Settings, clock: Clock) -> dict[str, InboundAdapter]:
     """`{route: adapter}` for every configured source; route is the path after /webhooks/."""

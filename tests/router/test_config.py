@@ -268,3 +268,48 @@ def test_empty_file_gives_the_defaults() -> None:
     assert settings == Settings()
     assert settings.server.port == 8080
     assert settings.sources.twilio is None
+
+
+# -- values that parse but make no sense -------------------------------------------------------
+
+SEMANTIC_CASES = [
+    (
+        '[server]\nport = 8080\npublic_url = "hooks.example.com"\n',
+        "server.public_url",
+        3,
+        "expected the URL",
+    ),
+    ('[storage]\nurl = "postgresql://db/switchboard"\n', "storage.url", 2, "sqlite:///"),
+    (
+        '[sources.custom.twilio]\nsecrets = ["whsec_YWJj"]\n',
+        "sources.custom.twilio",
+        1,
+        "built-in source",
+    ),
+    ('[sources.custom."CRM/x"]\nsecrets = ["whsec_YWJj"]\n', "sources.custom.CRM/x", 1, "URL part"),
+    (
+        '[sources.custom.crm]\nsecrets = ["not base64!"]\n',
+        "sources.custom.crm.secrets",
+        2,
+        "whsec_ + base64",
+    ),
+    ('[compliance]\nquiet_hours = "9pm-8am"\n', "compliance.quiet_hours", 2, "HH:MM-HH:MM"),
+    ('[compliance]\ndefault_timezone = "Mars/Olympus"\n', "compliance.default_timezone", 2, "IANA"),
+    ('[escalation]\nclaim_timeout = "soon"\n', "escalation.claim_timeout", 2, "duration"),
+    (
+        '[windows]\nbusiness = "Mon-Fri 09:00-17:00"\nweekend = "Sat-Sun 25:00-26:00"\n',
+        "windows.weekend",
+        3,
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "line", "fragment"), SEMANTIC_CASES)
+def test_semantic_errors_are_located(text: str, key: str, line: int, fragment: str) -> None:
+    assert_located(text, key, line, fragment)
+
+
+def test_custom_source_secret_forms_the_reference_library_accepts() -> None:
+    text = '[sources.custom.crm]\nsecrets = ["whsec_ZGVtby1zZWNyZXQ=", "ZGVtby1zZWNyZXQ"]\n'
+    assert parse_settings(text).sources.custom["crm"].secrets[1] == "ZGVtby1zZWNyZXQ"

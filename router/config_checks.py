@@ -1,0 +1,90 @@
+"""Checks on values that type-correct TOML can still get wrong (names, formats, zones).
+
+Each check returns `(dotted key, message)`; `router.config.parse_settings` turns the first into
+a ConfigError located at that key's line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from router.config import Settings
+from router.rules.windows import load_zone, parse_window
+from router.timeutil import parse_duration
+
+BUILTIN_SOURCES = frozenset({"twilio", "slack", "stripe", "mailgun", "sendgrid"})
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+_CLOCK_RANGE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
+
+Problem = tuple[str, str]
+
+
+def problems(settings: Settings) -> Iterator[Problem]:
+    """Every semantic problem of `settings`, in file order as far as possible."""
+    yield from _server(settings)
+    yield from _custom_sources(settings)
+    yield from _compliance(settings)
+    yield from _durations(settings)
+    yield from _windows(settings)
+
+
+def _server(settings: Settings) -> Iterator[Problem]:
+    url = urlsplit(settings.server.public_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        yield "server.public_url", "expected the URL providers call, e.g. https://hooks.example.com"
+    if not settings.storage.url.startswith("sqlite:///"):
+        yield "storage.url", "expected sqlite:///PATH (PostgreSQL is not supported yet)"
+
+
+def _custom_sources(settings: Settings) -> Iterator[Problem]:
+    for name, source in settings.sources.custom.items():
+        key = f"sources.custom.{name}"
+        if name in BUILTIN_SOURCES:
+            yield key, f"{name!r} is a built-in source; choose another name for a custom source"
+        elif not _SOURCE_NAME.match(name):
+            yield key, "a source name is lower-case letters, digits, '-' and '_' (it is a URL part)"
+        for secret in source.secrets:
+            if not _is_standard_webhooks_secret(secret):
+                yield f"{key}.secrets", "expected a Standard Webhooks secret: whsec_ + base64"
+
+
+def _is_standard_webhooks_secret(secret: str) -> bool:
+    """Base64 after an optional `whsec_`, padding forgiven, as the reference library reads it."""
+    encoded = secret.removeprefix("whsec_")
+    if not _BASE64.match(encoded):
+        return False
+    try:
+        return bool(base64.b64decode(encoded + "=="))
+    except binascii.Error:
+        return False
+
+
+def _compliance(settings: Settings) -> Iterator[Problem]:
+    compliance = settings.compliance
+    if not _CLOCK_RANGE.match(compliance.quiet_hours.replace(" ", "")):
+        yield "compliance.quiet_hours", "expected HH:MM-HH:MM, e.g. 21:00-08:00"
+    try:
+        load_zone(compliance.default_timezone)
+    except ValueError as exc:
+        yield "compliance.default_timezone", str(exc)
+
+
+def _durations(settings: Settings) -> Iterator[Problem]:
+    for name in ("claim_timeout", "inactivity_close"):
+        try:
+            parse_duration(getattr(settings.escalation, name))
+        except ValueError as exc:
+            yield f"escalation.{name}", str(exc)
+
+
+def _windows(settings: Settings) -> Iterator[Problem]:
+    for name, spec in settings.windows.items():
+        try:
+            parse_window(spec)
+        except ValueError as exc:
+            yield f"windows.{name}", str(exc)
