@@ -1,12 +1,13 @@
 -- Named queries: `-- name: NAME` starts a block. Parameters are always bound, never formatted.
 
--- name: insert_event
+-- name: insert_events
+-- One statement for a whole batch: the store repeats the VALUES row once per event (see
+-- SQLiteStore._insert_events). A row whose dedupe key is already stored is left out.
 INSERT INTO events (id, source, type, provider_type, dedupe_key, channel, contact_address,
                     conversation_key, status, received_at, occurred_at, correlation_id, body,
                     content_type, raw_body, raw_blob)
-VALUES (:id, :source, :type, :provider_type, :dedupe_key, :channel, :contact_address,
-        :conversation_key, :status, :received_at, :occurred_at, :correlation_id, :body,
-        :content_type, :raw_body, :raw_blob)
+VALUES
+(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (dedupe_key) DO NOTHING;
 
 -- name: insert_nonce
