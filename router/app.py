@@ -75,11 +75,9 @@ def _json(status: int, payload: Any) -> Response[bytes]:
 
 
 @post("/webhooks/{route:path}", status_code=200, include_in_schema=False)
-async def webhook(
-    request: Request[Any, Any, Any], route: FromPath[str], state: State
-) -> Response[bytes]:
+async def webhook(request: Request[Any, Any, Any], route: FromPath[str]) -> Response[bytes]:
     """Every provider's webhook: find the adapter for the path, then run the ingest path."""
-    ctx = _ctx(state)
+    ctx = _ctx(request.app.state)  # not an injected `state`: litestar copies it per request
     key = route.strip("/")
     adapter = ctx.adapters.get(key)
     if adapter is None:

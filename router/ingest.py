@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
+from typing import Any
 
 import msgspec
 
@@ -51,6 +52,9 @@ class Ingestor:
         self._metrics = metrics
         self._accept = accept_types
         self._blob_threshold = blob_threshold_bytes
+        #: Metric children by label values: `labels()` validates and locks on every call.
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
 
     async def handle(self, adapter: InboundAdapter, request: InboundRequest) -> Ack:
         """Answer one webhook; never raises for anything the client sent."""
@@ -95,7 +99,7 @@ class Ingestor:
         if outcome is IngestOutcome.REPLAY:
             self._count(source, "replay")
             return error_ack(401, "signature check failed: token already used")
-        self._metrics.ingest_seconds.labels(source).observe(time.perf_counter() - started)
+        self._observe(source, time.perf_counter() - started)
         self._log_events(parsed.events, outcome, started)
         return parsed.ack
 
@@ -104,8 +108,9 @@ class Ingestor:
     ) -> IngestOutcome | None:
         if not parsed.events:
             return None
-        await self._put_blobs(parsed.blobs)
-        raw_blob = await self._raw_blob(request.body)
+        if parsed.blobs:
+            await self._put_blobs(parsed.blobs)
+        raw_blob = await self._raw_blob(request.body) if self._is_large(request.body) else None
         outcomes = []
         for event in parsed.events:
             event = self._apply_accept_types(adapter.source, event)
@@ -126,6 +131,8 @@ class Ingestor:
 
     def _apply_accept_types(self, source: str, event: Event) -> Event:
         patterns = self._accept.get(source, ("*",))
+        if "*" in patterns:  # the default: no pattern matching per event
+            return event
         if any(fnmatchcase(event.provider_type, p) or fnmatchcase(event.type, p) for p in patterns):
             return event
         return msgspec.structs.replace(event, status=EventStatus.IGNORED)
@@ -134,8 +141,11 @@ class Ingestor:
         for content in blobs.values():
             await self._to_thread(self._blobs.put, content)
 
+    def _is_large(self, body: bytes) -> bool:
+        return len(body) > self._blob_threshold
+
     async def _raw_blob(self, body: bytes) -> str | None:
-        if len(body) <= self._blob_threshold:
+        if not self._is_large(body):
             return None
         return await self._to_thread(self._blobs.put, body)
 
@@ -186,7 +196,17 @@ class Ingestor:
         return error_ack(400, f"malformed payload: {reason}")
 
     def _count(self, source: str, outcome: str) -> None:
-        self._metrics.webhooks.labels(source, outcome).inc()
+        counter = self._counters.get((source, outcome))
+        if counter is None:
+            counter = self._metrics.webhooks.labels(source, outcome)
+            self._counters[(source, outcome)] = counter
+        counter.inc()
+
+    def _observe(self, source: str, seconds: float) -> None:
+        histogram = self._latency.get(source)
+        if histogram is None:
+            histogram = self._latency[source] = self._metrics.ingest_seconds.labels(source)
+        histogram.observe(seconds)
 
     @staticmethod
     def _log_events(events: list[Event], outcome: IngestOutcome | None, started: float) -> None:
