@@ -23,10 +23,14 @@ import os
 import platform
 import shlex
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +93,6 @@ def ensure_wrk() -> str:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -98,20 +100,18 @@ def free_port() -> int:
 
 
 def wait_healthy(base: str, proc: subprocess.Popen[bytes], deadline_s: float = 30) -> None:
-    """Poll /healthz until 200; exit with the server's stderr if it dies or never answers."""
-    import urllib.request
-
+    """Poll /healthz until 200; RuntimeError if the server dies or never answers."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode} before answering /healthz")
+            raise RuntimeError(f"server exited with {proc.returncode} before answering /healthz")
         try:
             with urllib.request.urlopen(base + "/healthz", timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:
             time.sleep(0.05)
-    sys.exit(f"server did not answer {base}/healthz within {deadline_s} s")
+    raise RuntimeError(f"server did not answer {base}/healthz within {deadline_s} s")
 
 
 def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
@@ -119,6 +119,7 @@ def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
 
 
 def config_text(port: int, db: Path, log_level: str) -> str:
+    """Only the Twilio source; an empty rules folder, so the figures are the ingest path's."""
     return f"""
 [server]
 host = "127.0.0.1"
@@ -128,6 +129,9 @@ max_body_bytes = 1048576
 
 [storage]
 url = "sqlite:///{db}"
+
+[rules]
+path = "{db.parent / "rules"}"
 
 [sources.twilio]
 auth_tokens = ["{TOKEN}"]
@@ -139,9 +143,6 @@ level = "{log_level}"
 
 def preflight(base: str, line: str) -> None:
     """One signed request outside the load set must be accepted, or the run is pointless."""
-    import urllib.error
-    import urllib.request
-
     signature, body = line.split("\t", 1)
     request = urllib.request.Request(
         base + PATH,
@@ -158,7 +159,7 @@ def preflight(base: str, line: str) -> None:
     except urllib.error.HTTPError as exc:
         status = exc.code
     if status != 200:
-        sys.exit(f"pre-flight signed request answered {status}, expected 200: check the signing")
+        raise RuntimeError(f"pre-flight signed request answered {status}, expected 200")
 
 
 def run_wrk(args: argparse.Namespace, wrk: str, url: str, requests_file: Path) -> dict[str, Any]:
@@ -211,9 +212,14 @@ def measure(
         env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code of this checkout
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
-        wait_healthy(base, proc)
-        if spare_line is not None:
-            preflight(base, spare_line)
+        try:
+            wait_healthy(base, proc)
+            if spare_line is not None:
+                preflight(base, spare_line)
+        except RuntimeError as exc:
+            proc_stats.stop(proc)
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            sys.exit(f"{name}: {exc}\n  server log ({log}):\n    " + "\n    ".join(tail))
         before = proc_stats.cpu_sample(proc.pid, args.server_cpu)
         figures = run_wrk(args, wrk, base + PATH, requests_file)
         cpu = proc_stats.cpu_share(before, proc_stats.cpu_sample(proc.pid, args.server_cpu))
@@ -225,22 +231,20 @@ def measure(
 
 
 def count_events(db: Path) -> int:
-    import sqlite3
-
     with sqlite3.connect(db) as conn:
         count: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         return count
 
 
 def print_environment(args: argparse.Namespace, wrk: str) -> None:
-    versions = {}
-    for module in ("litestar", "uvicorn", "uvloop", "httptools", "aiosqlite", "twilio"):
-        try:
-            versions[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            versions[module] = "?"
-    import sqlite3
+    from importlib.metadata import PackageNotFoundError, version
 
+    versions = {}
+    for package in ("litestar", "uvicorn", "uvloop", "httptools", "aiosqlite", "twilio"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
     print("Ingest benchmark (issue 3): durable verified Twilio ingest vs framework floor")
     print(f"  command : {shlex.join([sys.executable, *sys.argv])}")
@@ -329,6 +333,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--log-level", default="info", help="server logging.level (info, as in production)"
     )
+    parser.add_argument(
+        "--db-dir",
+        help="where the fresh store goes (default: the system temp dir); its disk's"
+        " fsync latency bounds the latency of every durable answer",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (db, logs)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args()
@@ -349,10 +358,12 @@ def main() -> None:
     requests_file, spare = signed_requests.requests_file(
         ROOT / "var" / "bench", args.requests, token=TOKEN, url=PUBLIC_URL + PATH
     )
-    tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-", dir=args.db_dir))
+    print(f"  store   : {tmp}, {proc_stats.fsync_latency(tmp)}")
     try:
         db = tmp / "bench.db"
         port = free_port()
+        (tmp / "rules").mkdir()
         config = tmp / "switchboard.toml"
         config.write_text(config_text(port, db, args.log_level))
         serve = [sys.executable, "-m", "router", "--config", str(config), "serve"]

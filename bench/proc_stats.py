@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,23 @@ def peak_rss_kb(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def fsync_latency(folder: Path, rounds: int = 50) -> str:
+    """p50/p99 of appending 4 KiB to a file in `folder` and fsyncing it (a WAL commit's I/O)."""
+    path = folder / "fsync-probe"
+    times = []
+    with path.open("wb") as probe:
+        for _ in range(rounds):
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            started = time.perf_counter()
+            os.fsync(probe.fileno())
+            times.append(time.perf_counter() - started)
+    path.unlink()
+    times.sort()
+    p50, p99 = times[len(times) // 2], times[min(len(times) - 1, len(times) * 99 // 100)]
+    return f"fsync of 4 KiB: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
 
 
 def loadavg() -> str:
