@@ -15,6 +15,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlparse
@@ -37,7 +38,7 @@ def compute_signature(
     The library sorts the distinct names, then each name's distinct values: that is the
     order of the distinct (name, value) pairs sorted as tuples.
     """
-    signed = url + "".join([name + value for name, value in sorted(set(params))])
+    signed = url + "".join(itertools.chain.from_iterable(sorted(set(params))))
     return base64.b64encode(hmac.digest(token, signed.encode("utf-8"), _HASHES[algorithm]))
 
 
