@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +22,7 @@ from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.events import EventStatus, encode_event
+from router.housekeeping import upkeep_forever
 from router.ids import new_ulid
 from router.ingest import Ingestor
 from router.metrics import Metrics
@@ -224,9 +226,11 @@ def create_app(
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await the_store.open()
         await ctx.rules.start()
+        upkeep = asyncio.create_task(upkeep_forever(the_store, ctx.clock, settings))
         try:
             yield
         finally:
+            upkeep.cancel()
             await ctx.rules.stop()
             await the_store.close()
 

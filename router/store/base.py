@@ -89,6 +89,10 @@ class Store(Protocol):
         """Keep a verified but malformed request for inspection."""
         ...
 
+    async def prune_nonces(self, before: datetime) -> None:
+        """Forget one-time tokens first seen before `before`."""
+        ...
+
     async def list_events(self, where: EventFilter) -> list[Event]:
         """Events matching `where`, newest first."""
         ...
