@@ -10,14 +10,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import uvicorn
 from click.testing import CliRunner
 
 from router.app import create_app
 from router.cli import cli
 from router.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tests.cases.base import SignedRequest
 
 #: Per source: the active secrets in config (index 0 = current, 1 = rotated-in), and a wrong one.
 SECRETS: dict[str, list[str]] = {
@@ -138,6 +142,24 @@ class LiveServer:
 
     def cli(self, *args: str) -> CliResult:
         return run_cli(self.config_path, *args)
+
+    def post(self, request: SignedRequest, **overrides: Any) -> httpx.Response:
+        """POST a prepared webhook; `content=`/`headers=` replace the request's own."""
+        return httpx.post(
+            self.base_url + request.path,
+            content=overrides.pop("content", request.body),
+            headers=overrides.pop("headers", request.headers),
+            auth=overrides.pop("auth", request.auth),
+            timeout=overrides.pop("timeout", 30),
+            **overrides,
+        )
+
+    def events(self, *filters: str) -> list[dict[str, Any]]:
+        """`switchboard events list --json` (up to 10,000), as a user reads the store."""
+        result = self.cli("events", "list", "--json", "--limit", "10000", *filters)
+        assert result.exit_code == 0, result.stderr
+        events: list[dict[str, Any]] = result.json()
+        return events
 
 
 @contextmanager

@@ -81,23 +81,6 @@ def only(parsed: Parsed) -> dict[str, Any]:
     return {**parsed.events[0].data, "_event": parsed.events[0]}
 
 
-def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path,
-        content=request.body,
-        headers=request.headers,
-        auth=request.auth,
-        timeout=30,
-    )
-
-
-def stored(server: LiveServer) -> list[dict[str, Any]]:
-    result = server.cli("events", "list", "--json")
-    assert result.exit_code == 0, result.stderr
-    events: list[dict[str, Any]] = result.json()
-    return events
-
-
 # --- Mailgun: verification ------------------------------------------------------------------
 
 
@@ -260,12 +243,12 @@ def test_mailgun_sender_name_with_encoded_comma_is_decoded() -> None:
 def test_mailgun_token_reused_for_another_message_is_refused(server: LiveServer) -> None:
     now = int(datetime.now(UTC).timestamp())
     first = mailgun_fields("first", KEY, now)
-    assert post(server, mailgun_form(first)).status_code == 200
+    assert server.post(mailgun_form(first)).status_code == 200
     other = resigned(mailgun_fields("other", KEY, now), token=first["token"])
-    response = post(server, mailgun_form(other))
+    response = server.post(mailgun_form(other))
     assert response.status_code == 401, response.text
     assert "token" in response.json()["error"]
-    assert [e["dedupe_key"] for e in stored(server)] == ["mailgun:first@mail.example.com"]
+    assert [e["dedupe_key"] for e in server.events()] == ["mailgun:first@mail.example.com"]
 
 
 def test_mailgun_identical_redelivery_and_a_fresh_token_are_plain_duplicates(
@@ -278,8 +261,8 @@ def test_mailgun_identical_redelivery_and_a_fresh_token_are_plain_duplicates(
         mailgun_form(fields),
         mailgun_form(resigned(fields, token="f" * 50)),
     ):
-        assert post(server, request).status_code == 200
-    assert len(stored(server)) == 1
+        assert server.post(request).status_code == 200
+    assert len(server.events()) == 1
 
 
 # --- SendGrid: basic auth -------------------------------------------------------------------
@@ -411,9 +394,9 @@ def blob_files(server: LiveServer) -> list[Path]:
 
 def test_same_attachment_in_two_emails_is_stored_once(server: LiveServer) -> None:
     secret = SECRETS["sendgrid"][0]
-    assert post(server, sendgrid_parsed_sign(secret, "one", T)).status_code == 200
-    assert post(server, sendgrid_raw_sign(secret, "two", T)).status_code == 200
-    events = stored(server)
+    assert server.post(sendgrid_parsed_sign(secret, "one", T)).status_code == 200
+    assert server.post(sendgrid_raw_sign(secret, "two", T)).status_code == 200
+    events = server.events()
     assert len(events) == 2
     assert {e["attachments"][0]["blob"] for e in events} == {ATTACHMENT_SHA}
     files = blob_files(server)
@@ -436,9 +419,9 @@ def test_several_megabyte_email_is_stored_with_its_attachment(tmp_path: Path) ->
         credentials(SECRETS["sendgrid"][0]),
     )
     with live_server(tmp_path, max_body_bytes=16 * 1024 * 1024) as server:
-        response = post(server, request)
+        response = server.post(request)
         assert response.status_code == 200, response.text
-        [event] = stored(server)
+        [event] = server.events()
         digest = hashlib.sha256(big).hexdigest()
         assert event["attachments"] == [
             {
@@ -455,8 +438,8 @@ def test_malformed_sendgrid_post_with_valid_auth_is_400_and_quarantined(
     server: LiveServer,
 ) -> None:
     good = sendgrid_parsed_sign(SECRETS["sendgrid"][0], "a", T)
-    response = post(server, replace(good, body=good.body[:200]))
+    response = server.post(replace(good, body=good.body[:200]))
     assert response.status_code == 400, response.text
-    assert stored(server) == []
+    assert server.events() == []
     quarantined = server.cli("quarantine", "list", "--json").json()
     assert [q["source"] for q in quarantined] == ["sendgrid"]

@@ -40,19 +40,6 @@ FORM = "application/x-www-form-urlencoded"
 THREAD_TS = "1699999000.000050"
 
 
-def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path, content=request.body, headers=request.headers, timeout=10
-    )
-
-
-def stored(server: LiveServer) -> list[dict[str, Any]]:
-    result = server.cli("events", "list", "--json")
-    assert result.exit_code == 0, result.stderr
-    events: list[dict[str, Any]] = result.json()
-    return events
-
-
 def quarantined(tmp_path: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(tmp_path / "var" / "switchboard.db") as db:
         return db.execute("SELECT source, reason FROM quarantine").fetchall()
@@ -99,10 +86,10 @@ def test_url_verification_is_answered_with_the_challenge_and_nothing_is_stored(
         {"token": "t", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY", "type": "url_verification"}
     ).encode()
     request = signed(EVENTS_PATH, body, "application/json", SECRETS["slack"][0], int(time.time()))
-    response = post(server, request)
+    response = server.post(request)
     assert response.status_code == 200, response.text
     assert response.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY"}
-    assert stored(server) == []
+    assert server.events() == []
 
 
 def test_unsigned_url_verification_is_refused(server: LiveServer) -> None:
@@ -130,10 +117,10 @@ def test_malformed_after_valid_signature_is_400_and_quarantined(
     server: LiveServer, tmp_path: Path, path: str, content_type: str, body: bytes
 ) -> None:
     request = signed(path, body, content_type, SECRETS["slack"][0], int(time.time()))
-    response = post(server, request)
+    response = server.post(request)
     assert response.status_code == 400, response.text
     assert "malformed payload" in response.json()["error"]
-    assert stored(server) == []
+    assert server.events() == []
     assert [source for source, _ in quarantined(tmp_path)] == ["slack"]
 
 
@@ -146,10 +133,10 @@ def test_thread_reply_is_stored_as_agent_reply(server: LiveServer) -> None:
         SECRETS["slack"][0],
         int(time.time()),
     )
-    response = post(server, request)
+    response = server.post(request)
     assert response.status_code == 200, response.text
     assert response.content == b""
-    [row] = stored(server)
+    [row] = server.events()
     assert row["type"] == "agent.reply"
     assert row["conversation_key"] == f"slack:{CHANNEL}:{THREAD_TS}"
     assert row["contact"] == {"address": AGENT}

@@ -12,7 +12,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -208,31 +207,18 @@ def test_non_object_json_is_a_payload_error(body: str) -> None:
 # --- through the live server ---------------------------------------------------------------
 
 
-def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path, content=request.body, headers=request.headers, timeout=10
-    )
-
-
-def stored(server: LiveServer) -> list[dict[str, Any]]:
-    result = server.cli("events", "list", "--json")
-    assert result.exit_code == 0, result.stderr
-    events: list[dict[str, Any]] = result.json()
-    return events
-
-
 def test_retry_signed_again_later_is_one_event(server: LiveServer) -> None:
     now = int(datetime.now(UTC).timestamp())
-    first = post(server, sign(SECRET, "retry", now - 120))
-    again = post(server, sign(ROTATED, "retry", now))
+    first = server.post(sign(SECRET, "retry", now - 120))
+    again = server.post(sign(ROTATED, "retry", now))
     assert (first.status_code, again.status_code) == (200, 200)
-    [event] = stored(server)
+    [event] = server.events()
     assert event["dedupe_key"] == f"{CUSTOM_SOURCE}:msg_retry"
     assert event["occurred_at"] == "2026-11-23T14:59:00Z"
 
 
 def test_signed_array_body_is_400_and_nothing_stored(server: LiveServer) -> None:
     now = int(datetime.now(UTC).timestamp())
-    response = post(server, signed(SECRET, "msg_array", now, "[1, 2, 3]"))
+    response = server.post(signed(SECRET, "msg_array", now, "[1, 2, 3]"))
     assert response.status_code == 400, response.text
-    assert stored(server) == []
+    assert server.events() == []

@@ -13,14 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from stripe import SignatureVerificationError, WebhookSignature
 
 from channels.base import InboundRequest, SignatureError
 from channels.stripe import StripeAdapter, contact_of
 from router.clock import FrozenClock, SystemClock
-from tests.cases.base import SignedRequest
 from tests.cases.stripe import PATH, invoice, signed, stripe_event
 from tests.support import SECRETS, WRONG_SECRETS, LiveServer
 
@@ -38,19 +36,6 @@ def inbound(body: bytes, header: str | None, received_at: Any = None) -> Inbound
         received_at=received_at or SystemClock().now(),
         correlation_id="test",
     )
-
-
-def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path, content=request.body, headers=request.headers, timeout=10
-    )
-
-
-def stored(server: LiveServer) -> list[dict[str, Any]]:
-    result = server.cli("events", "list", "--json")
-    assert result.exit_code == 0, result.stderr
-    events: list[dict[str, Any]] = result.json()
-    return events
 
 
 # --- our verifier agrees with stripe-python's ------------------------------------------------
@@ -150,10 +135,10 @@ def test_updated_event_carries_previous_attributes(server: LiveServer) -> None:
     payload = stripe_event(
         "evt_upd", "customer.updated", customer, previous_attributes={"email": "old@example.com"}
     )
-    response = post(server, signed(payload, SECRET, int(time.time())))
+    response = server.post(signed(payload, SECRET, int(time.time())))
     assert response.status_code == 200, response.text
     assert response.json() == {"received": True}
-    [row] = stored(server)
+    [row] = server.events()
     assert row["type"] == row["provider_type"] == "customer.updated"
     assert row["data"] == {**customer, "previous_attributes": {"email": "old@example.com"}}
     assert row["contact"] == {"address": "bo@example.com", "name": "Bo"}
@@ -173,10 +158,10 @@ def test_updated_event_carries_previous_attributes(server: LiveServer) -> None:
 def test_malformed_after_valid_signature_is_400_and_quarantined(
     server: LiveServer, tmp_path: Path, body: bytes
 ) -> None:
-    response = post(server, signed(body.decode(), SECRET, int(time.time())))
+    response = server.post(signed(body.decode(), SECRET, int(time.time())))
     assert response.status_code == 400, response.text
     assert "malformed payload" in response.json()["error"]
-    assert stored(server) == []
+    assert server.events() == []
     with sqlite3.connect(tmp_path / "var" / "switchboard.db") as db:
         assert db.execute("SELECT source FROM quarantine").fetchall() == [("stripe",)]
 

@@ -29,12 +29,6 @@ def twilio(unique: str, kind: str = "messages") -> SignedRequest:
     return signed(PUBLIC_URL, f"/webhooks/twilio/{kind}", params, SECRETS["twilio"][0])
 
 
-def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path, content=request.body, headers=request.headers, timeout=10
-    )
-
-
 def get(server: LiveServer, path: str, **kwargs: Any) -> httpx.Response:
     headers = kwargs.pop("headers", AUTH)
     return httpx.get(server.base_url + path, headers=headers, timeout=10, **kwargs)
@@ -84,8 +78,8 @@ def test_admin_endpoints_answer_the_right_token(shared: LiveServer, path: str) -
 def test_api_events_lists_stored_events_newest_first(server: LiveServer) -> None:
     keys = [uuid.uuid4().hex for _ in range(3)]
     for key in keys:
-        assert post(server, twilio(key)).status_code == 200
-    assert post(server, twilio(keys[0], "status")).status_code == 200
+        assert server.post(twilio(key)).status_code == 200
+    assert server.post(twilio(keys[0], "status")).status_code == 200
     response = get(server, "/api/events")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
@@ -104,8 +98,8 @@ def test_api_events_lists_stored_events_newest_first(server: LiveServer) -> None
 
 def test_api_events_filters(server: LiveServer) -> None:
     for key in ("F1", "F2"):
-        assert post(server, twilio(key)).status_code == 200
-    assert post(server, twilio("F1", "status")).status_code == 200
+        assert server.post(twilio(key)).status_code == 200
+    assert server.post(twilio("F1", "status")).status_code == 200
 
     def keys(**params: str) -> list[str]:
         response = get(server, "/api/events", params=params)
@@ -120,7 +114,7 @@ def test_api_events_filters(server: LiveServer) -> None:
 
 
 def test_api_event_by_id(server: LiveServer) -> None:
-    assert post(server, twilio("ONE")).status_code == 200
+    assert server.post(twilio("ONE")).status_code == 200
     [listed] = get(server, "/api/events").json()
     response = get(server, f"/api/events/{listed['id']}")
     assert response.status_code == 200
@@ -160,11 +154,11 @@ def test_api_events_bad_query_is_400(shared: LiveServer, params: dict[str, str])
 
 def test_metrics_count_webhooks_by_outcome(server: LiveServer) -> None:
     request = twilio("M1")
-    assert post(server, request).status_code == 200
-    assert post(server, request).status_code == 200
-    assert post(server, twilio("M2")).status_code == 200
+    assert server.post(request).status_code == 200
+    assert server.post(request).status_code == 200
+    assert server.post(twilio("M2")).status_code == 200
     forged = request.with_headers(X_Twilio_Signature="Zm9yZ2Vk")
-    assert post(server, forged).status_code == 401
+    assert server.post(forged).status_code == 401
     counts = webhook_counts(server)
     assert counts[("twilio", "stored")] == 2
     assert counts[("twilio", "duplicate")] == 1

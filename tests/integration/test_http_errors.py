@@ -36,23 +36,6 @@ def inbound(unique: str | None = None) -> SignedRequest:
     return twilio(message_params(unique or uuid.uuid4().hex))
 
 
-def post(server: LiveServer, request: SignedRequest, **kwargs: Any) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path,
-        content=kwargs.pop("content", request.body),
-        headers=kwargs.pop("headers", request.headers),
-        timeout=10,
-        **kwargs,
-    )
-
-
-def stored(server: LiveServer) -> list[dict[str, Any]]:
-    result = server.cli("events", "list", "--json", "--limit", "1000")
-    assert result.exit_code == 0, result.stderr
-    events: list[dict[str, Any]] = result.json()
-    return events
-
-
 def quarantined(server: LiveServer) -> list[dict[str, Any]]:
     result = server.cli("quarantine", "list", "--json")
     assert result.exit_code == 0, result.stderr
@@ -92,28 +75,28 @@ def small_server(tmp_path: Path) -> Iterator[LiveServer]:
 
 
 def test_body_at_the_limit_is_accepted(small_server: LiveServer) -> None:
-    response = post(small_server, padded(2048))
+    response = small_server.post(padded(2048))
     assert response.status_code == 200, response.text
-    assert len(stored(small_server)) == 1
+    assert len(small_server.events()) == 1
 
 
 def test_body_over_the_limit_with_content_length_is_413(small_server: LiveServer) -> None:
     request = padded(2049)
-    response = post(small_server, request)
+    response = small_server.post(request)
     assert response.request.headers["content-length"] == "2049"
     assert_json_error(response, 413)
-    assert stored(small_server) == []
+    assert small_server.events() == []
     assert quarantined(small_server) == []
 
 
 def test_body_over_the_limit_chunked_is_413(small_server: LiveServer) -> None:
     request = padded(8192)
     chunks = [request.body[i : i + 1000] for i in range(0, len(request.body), 1000)]
-    response = post(small_server, request, content=iter(chunks))
+    response = small_server.post(request, content=iter(chunks))
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in response.request.headers
     assert_json_error(response, 413)
-    assert stored(small_server) == []
+    assert small_server.events() == []
     assert quarantined(small_server) == []
 
 
@@ -123,8 +106,8 @@ def test_body_over_the_limit_chunked_is_413(small_server: LiveServer) -> None:
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain", "multipart/form-data"])
 def test_wrong_content_type_is_415(server: LiveServer, content_type: str) -> None:
     request = inbound().with_headers(Content_Type=content_type)
-    assert_json_error(post(server, request), 415)
-    assert stored(server) == []
+    assert_json_error(server.post(request), 415)
+    assert server.events() == []
 
 
 def test_missing_content_type_is_415(server: LiveServer) -> None:
@@ -134,15 +117,15 @@ def test_missing_content_type_is_415(server: LiveServer) -> None:
     )
     assert "content-type" not in response.request.headers
     assert_json_error(response, 415)
-    assert stored(server) == []
+    assert server.events() == []
 
 
 def test_content_type_parameters_and_case_are_accepted(server: LiveServer) -> None:
     request = inbound().with_headers(
         Content_Type="Application/X-WWW-Form-Urlencoded; charset=utf-8"
     )
-    assert post(server, request).status_code == 200
-    assert len(stored(server)) == 1
+    assert server.post(request).status_code == 200
+    assert len(server.events()) == 1
 
 
 # -- 400: valid signature, malformed payload ------------------------------------------------
@@ -163,9 +146,9 @@ def test_signed_malformed_payload_is_400_and_kept_for_inspection(
     make = message_params if path == MESSAGES else status_params
     params = {k: v for k, v in make(uuid.uuid4().hex).items() if k != drop} | change
     request = twilio(params, path)
-    payload = assert_json_error(post(server, request), 400)
+    payload = assert_json_error(server.post(request), 400)
     assert reason in payload["error"]
-    assert stored(server) == []
+    assert server.events() == []
     [kept] = quarantined(server)
     assert kept["source"] == "twilio"
     assert reason in kept["reason"]
@@ -176,7 +159,7 @@ def test_signed_malformed_payload_is_400_and_kept_for_inspection(
 
 def test_quarantine_list_for_people(server: LiveServer) -> None:
     params = {k: v for k, v in message_params("Q1").items() if k != "MessageSid"}
-    assert post(server, twilio(params)).status_code == 400
+    assert server.post(twilio(params)).status_code == 400
     result = server.cli("quarantine", "list")
     assert result.exit_code == 0, result.stderr
     assert "twilio" in result.stdout
@@ -186,7 +169,7 @@ def test_quarantine_list_for_people(server: LiveServer) -> None:
 def test_unsigned_malformed_payload_is_401_and_not_kept(server: LiveServer) -> None:
     params = {k: v for k, v in message_params("U1").items() if k != "MessageSid"}
     request = twilio(params).with_headers(X_Twilio_Signature="bm90IGEgc2lnbmF0dXJl")
-    assert_json_error(post(server, request), 401)
+    assert_json_error(server.post(request), 401)
     assert quarantined(server) == []
 
 
@@ -211,9 +194,9 @@ def test_raw_utf8_email_header_is_stored_among_concurrent_deliveries(server: Liv
     good = [inbound(f"BATCH{n}") for n in range(24)]
     requests = [*good[:12], mailgun_with_utf8_subject("Grüße ✓"), *good[12:]]
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        statuses = list(pool.map(lambda r: post(server, r).status_code, requests))
+        statuses = list(pool.map(lambda r: server.post(r).status_code, requests))
     assert statuses == [200] * 25
-    events = stored(server)
+    events = server.events()
     keys = {e["dedupe_key"] for e in events if e["source"] == "twilio"}
     assert keys == {f"twilio:SMBATCH{n}" for n in range(24)}
     [mail] = [e for e in events if e["source"] == "mailgun"]
@@ -237,16 +220,16 @@ def test_store_that_cannot_commit_is_503_then_the_retry_is_stored_once(
     request = inbound("LOCKED1")
     with closing(sqlite3.connect(db_path(server), isolation_level=None)) as other:
         other.execute("BEGIN EXCLUSIVE")
-        payload = assert_json_error(post(server, request), 503)
+        payload = assert_json_error(server.post(request), 503)
         assert "unavailable" in payload["error"]
         ready = httpx.get(server.base_url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "unavailable"
         other.execute("ROLLBACK")
-    response = post(server, request)
+    response = server.post(request)
     assert response.status_code == 200, response.text
     assert b"<Response/>" in response.content
-    [event] = stored(server)
+    [event] = server.events()
     assert event["dedupe_key"] == "twilio:SMLOCKED1"
     assert httpx.get(server.base_url + "/readyz").status_code == 200
 
@@ -261,13 +244,13 @@ def test_readyz_is_200_with_rules_fields_when_the_store_answers(server: LiveServ
 
 
 def test_deleted_database_is_unready_and_takes_no_acknowledgement(server: LiveServer) -> None:
-    assert post(server, inbound()).status_code == 200
+    assert server.post(inbound()).status_code == 200
     db_path(server).unlink()
     ready = httpx.get(server.base_url + "/readyz")
     assert ready.status_code == 503
     assert ready.json()["status"] == "unavailable"
     # SQLite would keep writing to the unlinked file: an ack there is an event lost.
-    assert_json_error(post(server, inbound()), 503)
+    assert_json_error(server.post(inbound()), 503)
 
 
 def test_healthz_is_200(server: LiveServer) -> None:
@@ -286,17 +269,17 @@ def test_source_that_is_not_configured_is_404(server: LiveServer, path: str) -> 
     request = inbound()
     response = httpx.post(server.base_url + path, content=request.body, headers=request.headers)
     assert_json_error(response, 404)
-    assert stored(server) == []
+    assert server.events() == []
 
 
 def test_event_type_outside_accept_types_is_200_and_ignored(tmp_path: Path) -> None:
     options = {"twilio": 'accept_types = ["message.received"]'}
     with live_server(tmp_path, source_options=options) as server:
         status = twilio(status_params("IGN1"), STATUS)
-        response = post(server, status)
+        response = server.post(status)
         assert response.status_code == 200, response.text
         assert b"<Response/>" in response.content
-        assert post(server, inbound("ACC1")).status_code == 200
-        by_key = {e["dedupe_key"]: e for e in stored(server)}
+        assert server.post(inbound("ACC1")).status_code == 200
+        by_key = {e["dedupe_key"]: e for e in server.events()}
     assert by_key["twilio:SMIGN1:delivered"]["status"] == "ignored"
     assert by_key["twilio:SMACC1"]["status"] == "received"

@@ -9,32 +9,13 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.cases import ALL_CASES, ProviderCase, SignedRequest
+from tests.cases import ALL_CASES, ProviderCase
 from tests.support import SECRETS, WRONG_SECRETS, LiveServer
 
 pytestmark = pytest.mark.parametrize("case", ALL_CASES, ids=lambda c: c.id)
-
-
-def post(server: LiveServer, request: SignedRequest) -> httpx.Response:
-    return httpx.post(
-        server.base_url + request.path,
-        content=request.body,
-        headers=request.headers,
-        auth=request.auth,
-        timeout=10,
-    )
-
-
-def stored(server: LiveServer) -> list[dict[str, Any]]:
-    result = server.cli("events", "list", "--json", "--limit", "1000")
-    assert result.exit_code == 0, result.stderr
-    events: list[dict[str, Any]] = result.json()
-    return events
 
 
 def secret_of(case: ProviderCase, index: int) -> str:
@@ -53,11 +34,11 @@ def test_signed_request_is_stored_with_normalised_fields(
     server: LiveServer, case: ProviderCase
 ) -> None:
     key = unique()
-    response = post(server, case.sign(secret_of(case, 0), key, int(time.time())))
+    response = server.post(case.sign(secret_of(case, 0), key, int(time.time())))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith(case.ack_media_type)
     assert case.ack_contains in response.content
-    events = stored(server)
+    events = server.events()
     assert len(events) == 1
     event = events[0]
     assert event["dedupe_key"] == case.dedupe_key(key)
@@ -66,9 +47,9 @@ def test_signed_request_is_stored_with_normalised_fields(
 
 
 def test_rotated_second_secret_is_accepted(server: LiveServer, case: ProviderCase) -> None:
-    response = post(server, case.sign(secret_of(case, 1), unique(), int(time.time())))
+    response = server.post(case.sign(secret_of(case, 1), unique(), int(time.time())))
     assert response.status_code == 200, response.text
-    assert len(stored(server)) == 1
+    assert len(server.events()) == 1
 
 
 @pytest.mark.parametrize("fault", ["tampered", "wrong_secret", "missing_signature", "stale"])
@@ -87,10 +68,10 @@ def test_bad_signature_is_refused_and_nothing_stored(
         if not case.signs_timestamp:
             pytest.skip(f"{case.id} signs no timestamp (replay protection is the dedupe key)")
         request = case.sign(secret_of(case, 0), unique(), now - 3600)
-    response = post(server, request)
+    response = server.post(request)
     assert response.status_code == 401, response.text
     assert "error" in response.json()
-    assert stored(server) == []
+    assert server.events() == []
 
 
 def test_same_delivery_ten_times_concurrently_is_one_event(
@@ -98,6 +79,6 @@ def test_same_delivery_ten_times_concurrently_is_one_event(
 ) -> None:
     request = case.sign(secret_of(case, 0), unique(), int(time.time()))
     with ThreadPoolExecutor(max_workers=10) as pool:
-        responses = list(pool.map(lambda _: post(server, request), range(10)))
+        responses = list(pool.map(lambda _: server.post(request), range(10)))
     assert [r.status_code for r in responses] == [200] * 10
-    assert len(stored(server)) == 1
+    assert len(server.events()) == 1
