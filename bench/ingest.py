@@ -35,7 +35,7 @@ from typing import Any
 
 import proc_stats
 import signed_requests
-from report import Result, print_environment, print_results
+from report import Result, print_environment, print_results, print_summary
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -235,6 +235,12 @@ def parse_args() -> argparse.Namespace:
         "--requests", type=int, help="distinct signed requests (default 20,000 per second)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s per server")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="durable then floor, this many times, with medians (steadier on a busy machine)",
+    )
     parser.add_argument("--no-floor", action="store_true", help="skip the framework floor")
     parser.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for wrk (1)")
@@ -265,6 +271,28 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def run_durable(
+    args: argparse.Namespace, wrk: str, requests_file: Path, spare: str, folder: Path
+) -> tuple[Result, int]:
+    """`switchboard serve` on a fresh store in `folder`: its figures and the rows it stored."""
+    folder.mkdir()
+    (folder / "rules").mkdir()
+    db, port = folder / "bench.db", free_port()
+    config = folder / "switchboard.toml"
+    config.write_text(config_text(port, db, args.log_level))
+    serve = [sys.executable, "-m", "router", "--config", str(config), "serve"]
+    log = folder / "server.log"
+    durable = measure("durable", serve, port, args, wrk, requests_file, spare, log)
+    print(f"  server log: {log.stat().st_size / 1e6:.1f} MB at level {args.log_level}")
+    return durable, count_events(db)
+
+
+def run_floor(args: argparse.Namespace, wrk: str, requests_file: Path, folder: Path) -> Result:
+    port = free_port()
+    cmd = [sys.executable, str(BENCH / "floor_app.py"), "--port", str(port)]
+    return measure("floor", cmd, port, args, wrk, requests_file, None, folder / "floor.log")
+
+
 def main() -> None:
     args = parse_args()
     wrk = ensure_wrk()
@@ -274,25 +302,17 @@ def main() -> None:
     )
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-", dir=args.db_dir))
     print(f"  store   : {tmp}, {proc_stats.fsync_latency(tmp)}")
+    rounds = []
     try:
-        db = tmp / "bench.db"
-        port = free_port()
-        (tmp / "rules").mkdir()
-        config = tmp / "switchboard.toml"
-        config.write_text(config_text(port, db, args.log_level))
-        serve = [sys.executable, "-m", "router", "--config", str(config), "serve"]
-        durable = measure(
-            "durable", serve, port, args, wrk, requests_file, spare, tmp / "server.log"
-        )
-        durable.extra["log_bytes"] = (tmp / "server.log").stat().st_size
-        print(f"  server log: {durable.extra['log_bytes'] / 1e6:.1f} MB at level {args.log_level}")
-        stored = count_events(db)
-        floor = None
-        if not args.no_floor:
-            port = free_port()
-            floor_cmd = [sys.executable, str(BENCH / "floor_app.py"), "--port", str(port)]
-            floor = measure("floor", floor_cmd, port, args, wrk, requests_file, None, tmp / "f.log")
-        print_results(durable, floor, stored, preflights=1)
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"\n######## round {number} of {args.rounds}")
+            durable, stored = run_durable(args, wrk, requests_file, spare, tmp / f"r{number}")
+            floor = None if args.no_floor else run_floor(args, wrk, requests_file, tmp)
+            print_results(durable, floor, stored, preflights=1)
+            rounds.append((durable, floor))
+        if len(rounds) > 1:
+            print_summary(rounds)
     finally:
         if args.keep:
             print(f"\n  kept {tmp}")

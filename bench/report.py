@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import proc_stats
@@ -125,3 +126,25 @@ def print_checks(durable: Result, floor: Result | None, stored: int, preflights:
         checks.insert(0, (f"ratio >= {TARGETS['ratio']}x", ratio >= TARGETS["ratio"]))
     checks.append(("stored == 2xx", verdict == "OK"))
     print("  targets: " + ", ".join(f"{n}: {'met' if ok else 'MISSED'}" for n, ok in checks))
+
+
+def print_summary(rounds: list[tuple[Result, Result | None]]) -> None:
+    """Medians over rounds: each round's ratio pairs a durable run with the floor run after it."""
+    durables = [d for d, _ in rounds]
+    print(f"\n== Medians over {len(rounds)} rounds")
+    print(
+        f"  durable: {median(d.rps for d in durables):.0f} req/s, "
+        f"p99 {median(d.ms('p99_us') for d in durables):.2f} ms, "
+        f"peak RSS {max(d.rss_kb for d in durables) / 1024:.1f} MB (max)"
+    )
+    floors = [(d, f) for d, f in rounds if f is not None]
+    if floors:
+        print(
+            f"  floor:   {median(f.rps for _, f in floors):.0f} req/s, "
+            f"p99 {median(f.ms('p99_us') for _, f in floors):.2f} ms"
+        )
+        ratios = sorted(d.rps / f.rps for d, f in floors)
+        print(
+            f"  ratio durable/floor: median {median(ratios):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}; target >= {TARGETS['ratio']}x)"
+        )
