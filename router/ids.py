@@ -7,9 +7,15 @@ than it saves; ids sort by creation time, which `events list` and conversation o
 from __future__ import annotations
 
 import os
+import random
 from datetime import UTC, datetime, timedelta
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Every two-character string, indexed by 10 bits: half the lookups of one char at a time.
+_PAIRS = [first + second for first in _ALPHABET for second in _ALPHABET]
+#: Uniqueness needs randomness, not secrecy: a per-process generator seeded from the OS costs
+#: a fraction of an `os.urandom` call per id.
+_RANDOM = random.Random(os.urandom(32))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
@@ -19,9 +25,23 @@ def new_ulid(at: datetime) -> str:
     # Integer arithmetic: `int(at.timestamp() * 1000)` is a float and can land a millisecond early.
     aware = at if at.tzinfo is not None else at.astimezone()
     millis = (aware - _EPOCH) // _MILLISECOND
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    value = (millis << 80) | _RANDOM.getrandbits(80)
+    pairs = _PAIRS
+    return "".join(
+        (
+            _ALPHABET[value >> 125],
+            pairs[(value >> 115) & 1023],
+            pairs[(value >> 105) & 1023],
+            pairs[(value >> 95) & 1023],
+            pairs[(value >> 85) & 1023],
+            pairs[(value >> 75) & 1023],
+            pairs[(value >> 65) & 1023],
+            pairs[(value >> 55) & 1023],
+            pairs[(value >> 45) & 1023],
+            pairs[(value >> 35) & 1023],
+            pairs[(value >> 25) & 1023],
+            pairs[(value >> 15) & 1023],
+            pairs[(value >> 5) & 1023],
+            _ALPHABET[value & 31],
+        )
+    )
