@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/switchboard.toml
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/switchboard: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ run: $(BIN)/switchboard
 
 test: $(BIN)/switchboard
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(BIN)/switchboard
@@ -25,6 +26,7 @@ lint: $(BIN)/switchboard
 
 bench: $(BIN)/switchboard
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/rules.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
