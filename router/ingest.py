@@ -75,6 +75,7 @@ class Ingestor:
                 outcome="unauthorized",
                 reason=exc.reason,
                 correlation_id=request.correlation_id,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             return error_ack(401, f"signature check failed: {exc.reason}")
         try:
@@ -94,6 +95,7 @@ class Ingestor:
                 outcome="unavailable",
                 error=str(exc),
                 correlation_id=request.correlation_id,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             return UNAVAILABLE
         if outcome is IngestOutcome.REPLAY:
