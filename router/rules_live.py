@@ -20,13 +20,17 @@ from typing import Any
 
 from router.logs import get_logger
 from router.metrics import Metrics
-from router.rules import RuleError, RuleSet, RulesInvalid, load_ruleset
+from router.rules import RuleError, RuleSet, RulesInvalid, load_ruleset, rules_version
 
 _log = get_logger("rules")
 
 #: How many errors /readyz spells out before summarising the rest.
 _SHOWN_ERRORS = 10
 _RULE_SUFFIXES = (".yaml",)
+
+
+#: How often `poll` compares the files on disk with what the last reload read.
+POLL_SECONDS = 2.0
 
 
 class _Live:
@@ -73,6 +77,9 @@ class LiveRules:
         self._interrupt: asyncio.Event | None = None
         self._watching: tuple[Path, bool] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        #: The on-disk version the last reload read (valid or not), for `poll`.
+        self._seen: str | None = None
 
     @property
     def ruleset(self) -> RuleSet | None:
@@ -101,6 +108,7 @@ class LiveRules:
             return self._reload_locked()
 
     def _reload_locked(self) -> bool:
+        self._seen = self._on_disk()
         previous = self._live.ruleset
         kept = previous.version if previous is not None else None
         if not self.folder.is_dir():
@@ -155,10 +163,28 @@ class LiveRules:
         """`reload` off the event loop (reading and compiling files is blocking work)."""
         return await asyncio.to_thread(self.reload)
 
+    def _on_disk(self) -> str | None:
+        """The version of the files on disk now; None while the folder is missing."""
+        try:
+            return rules_version(self.folder) if self.folder.is_dir() else None
+        except OSError:
+            return None
+
+    async def poll(self) -> None:
+        """Safety net under the watcher: reload whenever the files on disk differ from what
+        the last reload read. A watcher can miss a change (made while it re-targets after a
+        symlink swap, or on a file system without change events); this catches it within
+        POLL_SECONDS."""
+        while not self._stopped:
+            await asyncio.sleep(POLL_SECONDS)
+            if await asyncio.to_thread(self._on_disk) != self._seen:
+                await self.reload_async()
+
     async def start(self) -> None:
         """Load the folder, then follow its changes and SIGHUP (app start-up)."""
         await self.reload_async()
         self._watcher = asyncio.create_task(self.watch(), name="rules-watcher")
+        self._poller = asyncio.create_task(self.poll(), name="rules-poller")
         if not self.install_sighup():
             _log.debug("rules.sighup_unavailable")  # not the main thread (tests, embedding)
 
@@ -166,6 +192,9 @@ class LiveRules:
         """Stop watching and listening for SIGHUP (app shutdown)."""
         self.remove_sighup()
         self.stop_watching()
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         if self._watcher is not None:
             try:
                 await asyncio.wait_for(self._watcher, timeout=5)

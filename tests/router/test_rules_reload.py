@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import router.rules_live
 from router.events import Channel, Event
 from router.metrics import Metrics
 from router.rules import RulesInvalid, Snapshot, evaluate, load_ruleset, rules_version
@@ -118,3 +122,33 @@ def test_errors_are_summarised_after_ten(tmp_path: Path) -> None:
     assert len(live.errors) == 12
     assert live.error is not None and live.error.endswith("; and 2 more")
     assert live.error.count("a.yaml:") == 10
+
+
+async def test_poll_catches_a_change_no_watcher_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net: with no watcher running, edits still go live (and broken ones don't)."""
+
+    monkeypatch.setattr(router.rules_live, "POLL_SECONDS", 0.01)
+    (tmp_path / "a.yaml").write_text(BASE)
+    live = LiveRules(tmp_path)
+    live.reload()
+    first = live.version
+    poller = asyncio.create_task(live.poll())
+    try:
+        (tmp_path / "b.yaml").write_text(BASE.replace("id: hours", "id: hours-too"))
+        await _until(lambda: live.version == rules_version(tmp_path))
+        assert live.version != first and live.error is None
+        good = live.version
+        (tmp_path / "c.yaml").write_text("version: 1\nrules: [{id: x, nope: 1}]\n")
+        await _until(lambda: live.error is not None)
+        assert live.version == good
+    finally:
+        poller.cancel()
+
+
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
