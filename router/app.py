@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
-import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -13,19 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
-from litestar.types import ASGIApp, Receive, Scope, Send
 
-from channels.base import InboundAdapter, InboundRequest
+from channels.base import InboundAdapter
 from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.events import EventStatus, encode_event
 from router.housekeeping import upkeep_forever
-from router.ids import new_ulid
 from router.ingest import Ingestor
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
@@ -34,8 +30,7 @@ from router.rules_live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.timeutil import parse_since
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+from router.webhooks import webhooks
 
 
 class AppContext:
@@ -77,71 +72,6 @@ def _respond(status: int, media_type: str, body: bytes) -> Response[bytes]:
 
 def _json(status: int, payload: Any) -> Response[bytes]:
     return _respond(status, "application/json", msgspec.json.encode(payload))
-
-
-class _Answer:
-    """A complete answer as an ASGI app: status, content type, length, body."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, media_type: str, body: bytes) -> None:
-        self.status = status
-        self.body = body
-        self.headers = [
-            (b"content-type", _content_type(media_type)),
-            (b"content-length", str(len(body)).encode()),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body, "more_body": False})
-
-
-@functools.cache
-def _content_type(media_type: str) -> bytes:
-    """`text/xml` -> `text/xml; charset=utf-8`, as litestar writes text types."""
-    return (
-        f"{media_type}; charset=utf-8" if media_type.startswith("text/") else media_type
-    ).encode()
-
-
-@post("/webhooks/{route:path}", status_code=200, include_in_schema=False)
-async def webhook(request: Request[Any, Any, Any], route: FromPath[str]) -> ASGIApp:
-    """Every provider's webhook: find the adapter for the path, then run the ingest path.
-
-    It answers with `_Answer`, a bare ASGI callable: building litestar's Response (and its
-    header machinery) was a measurable share of the per-request cost, and these answers need
-    none of its features.
-    """
-    ctx = _ctx(request.app.state)  # not an injected `state`: litestar copies it per request
-    key = route.strip("/")
-    adapter = ctx.adapters.get(key)
-    if adapter is None:
-        missing = {"error": f"no source is configured at /webhooks/{key}"}
-        return _Answer(404, "application/json", msgspec.json.encode(missing))
-    body = await request.body()
-    scope = request.scope
-    query = scope.get("query_string", b"")
-    raw_path = scope.get("raw_path") or scope["path"].encode()
-    url = (
-        ctx.public_url
-        + raw_path.decode("latin-1")
-        + ("?" + query.decode("latin-1") if query else "")
-    )
-    headers = request.headers
-    request_id = headers.get("x-request-id", "")
-    now = ctx.clock.now()
-    inbound = InboundRequest(
-        body=body,
-        headers=headers,
-        url=url,
-        content_type=headers.get("content-type", "").split(";", 1)[0].strip().lower(),
-        received_at=now,
-        correlation_id=request_id if _REQUEST_ID.match(request_id) else new_ulid(now),
-        path_params={"route": key},
-    )
-    ack = await ctx.ingestor.handle(adapter, inbound)
-    return _Answer(ack.status, ack.media_type, ack.body)
 
 
 @get("/healthz", include_in_schema=False)
@@ -273,7 +203,7 @@ def create_app(
             await the_store.close()
 
     return Litestar(
-        route_handlers=[webhook, healthz, readyz, metrics, api_events, api_event],
+        route_handlers=[webhooks, healthz, readyz, metrics, api_events, api_event],
         state=State({"ctx": ctx}),
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,
