@@ -59,7 +59,6 @@ class InboundRequest:
         "content_type",
         "correlation_id",
         "headers",
-        "path_params",
         "received_at",
         "url",
     )
@@ -73,7 +72,6 @@ class InboundRequest:
         content_type: str,
         received_at: datetime,
         correlation_id: str,
-        path_params: Mapping[str, str] | None = None,
     ) -> None:
         #: The raw body exactly as received.
         self.body = body
@@ -85,7 +83,6 @@ class InboundRequest:
         self.content_type = content_type
         self.received_at = received_at
         self.correlation_id = correlation_id
-        self.path_params = path_params or {}
         self._form: list[tuple[str, str]] | None = None
 
     def form(self) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ from channels.base import InboundAdapter
 from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
-from router.events import EventStatus, encode_event
+from router.events import EventStatus, encode_event, event_detail
 from router.housekeeping import upkeep_forever
 from router.ingest import Ingestor
 from router.logs import flush_logs, flush_logs_forever
@@ -170,7 +170,7 @@ async def api_event(
         return _json(503, {"error": "store unavailable"})
     if event is None:
         return _json(404, {"error": f"no event {event_id}"})
-    return _json(200, {**msgspec.to_builtins(event), "runs": [], "outbox": []})
+    return _json(200, event_detail(event))
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

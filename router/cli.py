@@ -19,7 +19,7 @@ from router.cli_rules import rules
 from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
-from router.events import Event, EventStatus, event_to_builtins
+from router.events import Event, EventStatus, event_detail, event_to_builtins
 from router.store.base import EventFilter, QuarantinedRequest
 from router.store.factory import store_from_settings
 from router.store.sqlite import SQLiteStore
@@ -195,7 +195,7 @@ def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
     event = _with_store(ctx, lambda store: store.get_event(event_id))
     if event is None:
         raise Failure(f"no event {event_id}")
-    payload = {**event_to_builtins(event), "runs": [], "outbox": []}
+    payload = event_detail(event)
     if as_json:
         _print_json(payload)
         return

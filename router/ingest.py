@@ -141,7 +141,7 @@ class Ingestor:
 
     async def _put_blobs(self, blobs: dict[str, bytes]) -> None:
         for content in blobs.values():
-            await self._to_thread(self._blobs.put, content)
+            await self._put_blob(content)
 
     def _is_large(self, body: bytes) -> bool:
         return len(body) > self._blob_threshold
@@ -149,12 +149,12 @@ class Ingestor:
     async def _raw_blob(self, body: bytes) -> str | None:
         if not self._is_large(body):
             return None
-        return await self._to_thread(self._blobs.put, body)
+        return await self._put_blob(body)
 
-    @staticmethod
-    async def _to_thread(fn: object, content: bytes) -> str:
+    async def _put_blob(self, content: bytes) -> str:
+        """Write to the blob store off the event loop; a disk error means the store is down."""
         try:
-            return await asyncio.to_thread(fn, content)  # type: ignore[arg-type]
+            return await asyncio.to_thread(self._blobs.put, content)
         except OSError as exc:
             raise StoreUnavailable(f"blob store: {exc.strerror}") from exc
 

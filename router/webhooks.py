@@ -100,7 +100,6 @@ async def _answer(ctx: AppContext, scope: Scope, receive: Receive) -> Answer | N
         content_type=headers.get("content-type", "").split(";", 1)[0].strip().lower(),
         received_at=now,
         correlation_id=request_id if _REQUEST_ID.match(request_id) else new_ulid(now),
-        path_params={"route": key},
     )
     ack = await ctx.ingestor.handle(adapter, inbound)
     return Answer(ack.status, ack.media_type, ack.body)

@@ -25,7 +25,7 @@ from twilio.request_validator import RequestValidator
 
 from channels.base import InboundRequest
 from channels.twilio import TwilioAdapter
-from router.errors import StoreCorrupt, StoreUnavailable
+from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Contact, Event, EventStatus
 from router.ids import new_ulid
 from router.ingest import Ingestor
@@ -413,6 +413,27 @@ async def test_a_write_that_raises_does_not_stop_the_writer(sqlite_store: SQLite
     with pytest.raises(StoreUnavailable, match="write failed"):
         await sqlite_store.ingest(item(unencodable))
     assert await sqlite_store.ingest(item(event("good"))) is STORED
+
+
+@pytest.mark.parametrize(
+    ("text", "nonce"), [("caf\udce9", None), ("hello", "tok\udc80")], ids=["text", "nonce"]
+)
+async def test_unstorable_event_fails_alone(
+    sqlite_store: SQLiteStore, text: str, nonce: str | None
+) -> None:
+    """Found by the fuzzer: an event the store cannot encode (a lone surrogate from a raw
+    UTF-8 email header) used to fail every request of its group-commit batch with 503."""
+    good = [item(event(f"G{n}")) for n in range(30)]
+    bad = item(event("BAD", text=text), nonce=nonce)
+    results = await asyncio.gather(
+        *(sqlite_store.ingest(i) for i in [*good[:15], bad, *good[15:]]), return_exceptions=True
+    )
+    assert isinstance(results[15], UnstorableEvent)
+    assert isinstance(results[15], StoreUnavailable)  # callers knowing only that still refuse
+    assert results[:15] + results[16:] == [STORED] * 30
+    listed = await sqlite_store.list_events(EventFilter(limit=100))
+    assert {e.dedupe_key for e in listed} == {i.event.dedupe_key for i in good}
+    assert await sqlite_store.ingest(item(event("AFTER"))) is STORED
 
 
 async def test_ingests_racing_close_are_answered(tmp_path: Path) -> None:
