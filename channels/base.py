@@ -31,6 +31,15 @@ class PayloadError(Exception):
     """The request was authentic but its payload is malformed: 400, raw body quarantined."""
 
 
+class LimitExceeded(Exception):
+    """The request is over a size or count limit: 413 before verification, nothing parsed."""
+
+
+#: Most fields a form body may have: counted before anything is decoded, so a body of a
+#: million empty fields costs one `bytes.count`, not a million Python objects.
+MAX_FORM_FIELDS = 1000
+
+
 class Ack(msgspec.Struct, frozen=True, kw_only=True):
     """What to answer the provider once the events are committed."""
 
@@ -46,8 +55,6 @@ class Parsed(msgspec.Struct, frozen=True, kw_only=True):
     ack: Ack
     #: Content to put in the blob store before commit, keyed by sha256 hex (attachments).
     blobs: dict[str, bytes] = {}
-    #: A provider one-time token, recorded with the event (Mailgun's `token`).
-    nonce: str | None = None
 
 
 class InboundRequest:
@@ -59,6 +66,7 @@ class InboundRequest:
         "content_type",
         "correlation_id",
         "headers",
+        "memo",
         "received_at",
         "url",
     )
@@ -84,16 +92,45 @@ class InboundRequest:
         self.received_at = received_at
         self.correlation_id = correlation_id
         self._form: list[tuple[str, str]] | None = None
+        #: What an adapter's `verify` decoded and its `parse` may reuse (a multipart form).
+        self.memo: dict[str, object] = {}
 
     def form(self) -> list[tuple[str, str]]:
-        """The body as url-encoded pairs, parsed once; PayloadError if it is not UTF-8."""
+        """The body as url-encoded pairs, parsed once; PayloadError if it is not UTF-8,
+        LimitExceeded past MAX_FORM_FIELDS fields."""
         if self._form is None:
+            check_field_count(self.body)
             try:
                 text = self.body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise PayloadError("form body is not UTF-8") from exc
             self._form = parse_form(text)
         return self._form
+
+
+def check_field_count(body: bytes) -> None:
+    """LimitExceeded if the url-encoded `body` has more than MAX_FORM_FIELDS fields."""
+    if body.count(b"&") >= MAX_FORM_FIELDS:
+        raise LimitExceeded(f"form has more than {MAX_FORM_FIELDS} fields")
+
+
+def form_fields(body: bytes, names: frozenset[str], max_value: int = 1024) -> dict[str, str]:
+    """The first value of each of `names` in a url-encoded body, without decoding the rest.
+
+    For schemes that sign a few fields of a form (Mailgun): finding them costs a split of the
+    body, whatever the other fields hold. Values longer than `max_value` bytes are left out.
+    """
+    check_field_count(body)
+    longest = max(len(name) for name in names) * 3  # every byte %-escaped
+    found: dict[str, str] = {}
+    for field in body.split(b"&"):
+        raw_name, _, raw_value = field.partition(b"=")
+        if len(raw_name) > longest or len(raw_value) > max_value * 3:
+            continue
+        name = _unquote_plus(raw_name.decode("utf-8", "replace"))
+        if name in names and name not in found:
+            found[name] = _unquote_plus(raw_value.decode("utf-8", "replace"))
+    return found
 
 
 def parse_form(text: str) -> list[tuple[str, str]]:
@@ -131,12 +168,18 @@ class InboundAdapter(Protocol):
     #: Media types accepted; anything else is answered 415 before verification.
     content_types: ClassVar[frozenset[str]]
 
-    def verify(self, request: InboundRequest) -> None:
-        """Raise SignatureError unless the request is authentic and fresh."""
+    def verify(self, request: InboundRequest) -> str | None:
+        """Raise SignatureError unless the request is authentic and fresh.
+
+        Returns the one-time token the signature covers, for schemes that have one (Mailgun):
+        the caller refuses a token that comes back with another body before parsing it.
+        May raise LimitExceeded for a body over a count limit. Pure; may run in a thread.
+        """
         ...
 
     def parse(self, request: InboundRequest) -> Parsed:
-        """Normalise a verified request; raise PayloadError if it is malformed. Pure."""
+        """Normalise a verified request; raise PayloadError if it is malformed. Pure; may run
+        in a thread (large bodies are parsed off the event loop)."""
         ...
 
 

@@ -13,16 +13,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
+from email.feedparser import BytesFeedParser
 from email.header import decode_header, make_header
 from email.message import EmailMessage
-from email.parser import BytesParser, HeaderParser
+from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from typing import Any
 
 import msgspec
 import multipart
 
-from channels.base import Ack, InboundRequest, Parsed, PayloadError, sha256_hex
+from channels.base import (
+    MAX_FORM_FIELDS,
+    Ack,
+    InboundRequest,
+    LimitExceeded,
+    Parsed,
+    PayloadError,
+    sha256_hex,
+)
 from router.events import Attachment, Channel, Contact, Event, EventType
 from router.ids import new_ulid
 
@@ -46,7 +55,15 @@ HEADERS_OF_INTEREST = (
 _ANGLE_ADDR = re.compile(r"<\s*([^<>\s@]+@[^<>\s]+)\s*>")
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
 _FOLD = re.compile(r"\r?\n[ \t]")
-_MAX_PARTS = 1000
+#: Most parts a MIME message may have, and how deep multiparts may nest: the stdlib parser's
+#: cost grows with the square of the depth (20,000 levels took 11 s), real mail nests a few.
+MAX_MIME_PARTS = 500
+MAX_MIME_DEPTH = 20
+#: compat32 reads headers as plain text: the default policy parses Content-Type again on
+#: every lookup (about 1 ms a part); values are decoded by `Headers` and `decode_words`.
+_MIME_POLICY = policy.compat32.clone(linesep="\r\n")
+#: The MIME parser is fed this many bytes at a time.
+_MIME_CHUNK = 64 * 1024
 
 
 # -- form bodies ----------------------------------------------------------------------------
@@ -100,7 +117,15 @@ class Form:
 
 
 def read_form(request: InboundRequest) -> Form:
-    """The request body as a `Form` (multipart or url-encoded); PayloadError if malformed."""
+    """The request body as a `Form` (multipart or url-encoded), read once per request;
+    PayloadError if malformed, LimitExceeded past MAX_FORM_FIELDS fields."""
+    form = request.memo.get("form")
+    if not isinstance(form, Form):
+        form = request.memo["form"] = _read_form(request)
+    return form
+
+
+def _read_form(request: InboundRequest) -> Form:
     if request.content_type != "multipart/form-data":
         return Form([FormPart(name, value.encode()) for name, value in request.form()])
     _, options = multipart.parse_options_header(request.headers.get("content-type", ""))
@@ -109,6 +134,8 @@ def read_form(request: InboundRequest) -> Form:
         raise PayloadError("multipart body without a boundary")
     try:
         return Form(_multipart_parts(request.body, boundary))
+    except multipart.ParserLimitReached as exc:
+        raise LimitExceeded(f"multipart body over a limit: {exc}") from exc
     except multipart.MultipartError as exc:
         raise PayloadError(f"malformed multipart body: {exc}") from exc
 
@@ -118,7 +145,7 @@ def _multipart_parts(body: bytes, boundary: str) -> list[FormPart]:
     parts: list[FormPart] = []
     segment: Any = None
     chunks: list[bytes] = []
-    with multipart.PushMultipartParser(boundary, max_segment_count=_MAX_PARTS) as parser:
+    with multipart.PushMultipartParser(boundary, max_segment_count=MAX_FORM_FIELDS) as parser:
         for event in parser.parse(body):
             if isinstance(event, multipart.MultipartSegment):
                 segment, chunks = event, []
@@ -272,9 +299,9 @@ class InboundEmail:
 
 
 def parse_mime(raw: bytes) -> InboundEmail:
-    """A full MIME message (SendGrid raw mode, Mailgun `body-mime`) as an `InboundEmail`."""
-    message = BytesParser(policy=policy.default).parsebytes(raw)
-    assert isinstance(message, EmailMessage)
+    """A full MIME message (SendGrid raw mode, Mailgun `body-mime`) as an `InboundEmail`;
+    PayloadError past MAX_MIME_PARTS parts or MAX_MIME_DEPTH levels of nesting."""
+    message = _bounded_mime(raw)
     headers = Headers((name, str(value)) for name, value in message.raw_items())
     return InboundEmail(
         headers=headers,
@@ -286,6 +313,34 @@ def parse_mime(raw: bytes) -> InboundEmail:
         html=_body_text(message, "html"),
         attachments=[_mime_attachment(part) for part in message.iter_attachments()],
     )
+
+
+def _bounded_mime(raw: bytes) -> EmailMessage:
+    """The stdlib parser, stopped as soon as a message has too many parts or levels.
+
+    The parser calls its message factory for each new part, with the enclosing multiparts on
+    its stack (no public API tells the depth, hence the private `_msgstack`).
+    """
+    created = 0
+    parsers: list[BytesFeedParser] = []  # empty while the parser makes its root message
+
+    def new_part(**kwargs: Any) -> EmailMessage:
+        nonlocal created
+        created += 1
+        if created > MAX_MIME_PARTS:
+            raise PayloadError(f"MIME message has more than {MAX_MIME_PARTS} parts")
+        depth = len(getattr(parsers[0], "_msgstack", ())) if parsers else 0
+        if depth >= MAX_MIME_DEPTH:
+            raise PayloadError(f"MIME parts nest more than {MAX_MIME_DEPTH} levels deep")
+        return EmailMessage(**kwargs)
+
+    parser = BytesFeedParser(_factory=new_part, policy=_MIME_POLICY)
+    parsers.append(parser)
+    for start in range(0, len(raw), _MIME_CHUNK):
+        parser.feed(raw[start : start + _MIME_CHUNK])
+    message = parser.close()
+    assert isinstance(message, EmailMessage)
+    return message
 
 
 def _body_text(message: EmailMessage, subtype: str) -> str | None:
@@ -307,9 +362,7 @@ def _mime_attachment(part: EmailMessage) -> RawAttachment:
 # -- the event ------------------------------------------------------------------------------
 
 
-def email_parsed(
-    source: str, request: InboundRequest, mail: InboundEmail, *, nonce: str | None = None
-) -> Parsed:
+def email_parsed(source: str, request: InboundRequest, mail: InboundEmail) -> Parsed:
     """The normalised `email.received` event of `mail`, its blobs and the JSON ack."""
     name, sender = mailbox(mail.from_)
     if sender is None:
@@ -339,7 +392,7 @@ def email_parsed(
         occurred_at=header_date(mail.headers.get("date")),
         correlation_id=request.correlation_id,
     )
-    return Parsed(events=[event], ack=RECEIVED_ACK, blobs=blobs, nonce=nonce)
+    return Parsed(events=[event], ack=RECEIVED_ACK, blobs=blobs)
 
 
 def _clean_text(text: str | None) -> str | None:

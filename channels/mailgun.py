@@ -2,9 +2,10 @@
 
 Mailgun signs only `timestamp + token` (hex HMAC-SHA256 with the webhook signing key), not the
 body. So a request is refused when its timestamp is outside `tolerance_seconds` of our clock,
-and its token is returned as `Parsed.nonce`: the store records it with the event in the same
-transaction and answers REPLAY (401) when the token comes back with another message; the
-identical redelivery stays a plain duplicate.
+and `verify` returns its token: the ingest path refuses (401) a token that comes back with
+another body before that body is parsed, and the store records the token with the event in the
+same transaction (REPLAY, 401, for a race between two first uses); the identical redelivery
+stays a plain duplicate. `verify` reads only the three signed fields, never the whole form.
 
 The route may post the parsed message (`body-plain`, `stripped-text`, `message-headers`,
 `attachment-N` files...) or, when the route URL ends in `mime`, the whole message in
@@ -19,7 +20,14 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from channels.base import InboundRequest, Parsed, PayloadError, SignatureError, constant_time_any
+from channels.base import (
+    InboundRequest,
+    Parsed,
+    PayloadError,
+    SignatureError,
+    constant_time_any,
+    form_fields,
+)
 from channels.email import (
     Form,
     Headers,
@@ -35,6 +43,7 @@ from router.clock import Clock
 _ATTACHMENT_FIELD = re.compile(r"attachment-\d+")
 #: MIME headers Mailgun also posts as plain fields (used when `message-headers` is absent).
 _HEADER_FIELDS = ("Message-Id", "In-Reply-To", "References", "Date", "To", "Cc", "Reply-To")
+_SIGNED_FIELDS = frozenset({"timestamp", "token", "signature"})
 
 
 def mailgun_signature(key: str, timestamp: str, token: str) -> str:
@@ -55,19 +64,18 @@ class MailgunAdapter:
         self._tolerance = tolerance_seconds
         self._clock = clock
 
-    def verify(self, request: InboundRequest) -> None:
-        try:
-            form = read_form(request)
-        except PayloadError as exc:
-            raise SignatureError("cannot read the signature fields") from exc
-        timestamp, token = form.text("timestamp"), form.text("token")
-        signature = form.text("signature")
+    def verify(self, request: InboundRequest) -> str:
+        """Check the signed fields; return the token (one use only)."""
+        fields = _signed_fields(request)
+        timestamp, token = fields.get("timestamp"), fields.get("token")
+        signature = fields.get("signature")
         if not (timestamp and token and signature):
             raise SignatureError("missing timestamp, token or signature")
         self._check_fresh(timestamp)
         expected = [mailgun_signature(key, timestamp, token) for key in self._keys]
         if not constant_time_any(expected, signature.strip().lower()):
             raise SignatureError("signature does not match")
+        return token
 
     def _check_fresh(self, timestamp: str) -> None:
         try:
@@ -79,12 +87,20 @@ class MailgunAdapter:
 
     def parse(self, request: InboundRequest) -> Parsed:
         form = read_form(request)
-        token = form.text("token")
-        if not token:
-            raise PayloadError("missing token")
         mime = form.raw("body-mime")
         mail = _from_mime(form, mime) if mime is not None else _from_fields(form)
-        return email_parsed(self.source, request, mail, nonce=token)
+        return email_parsed(self.source, request, mail)
+
+
+def _signed_fields(request: InboundRequest) -> dict[str, str]:
+    """timestamp, token and signature; a url-encoded body is not decoded beyond them."""
+    if request.content_type != "multipart/form-data":
+        return form_fields(request.body, _SIGNED_FIELDS)
+    try:
+        form = read_form(request)
+    except PayloadError as exc:
+        raise SignatureError("cannot read the signature fields") from exc
+    return {name: value for name in _SIGNED_FIELDS if (value := form.text(name)) is not None}
 
 
 def _envelope(form: Form) -> dict[str, Any]:

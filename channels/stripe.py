@@ -61,9 +61,13 @@ def parse_signature_header(header: str) -> tuple[int, list[str]]:
     return timestamp, signatures
 
 
-def compute_signature(secret: str, timestamp: int, payload: str) -> str:
-    """HMAC-SHA256 hex of `<t>.<payload>` under `secret`, as Stripe signs."""
-    signed = f"{timestamp}.{payload}".encode()
+def compute_signature(secret: str, timestamp: int, payload: bytes) -> str:
+    """HMAC-SHA256 hex of `<t>.<payload>` under `secret`, as Stripe signs.
+
+    Over the raw bytes (the library decodes them as UTF-8 first): an authentic body that is
+    not UTF-8 is then malformed (400, quarantined), not unsigned.
+    """
+    signed = b"%d.%s" % (timestamp, payload)
     return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
 
 
@@ -106,17 +110,16 @@ class StripeAdapter:
             raise SignatureError("missing Stripe-Signature")
         try:
             timestamp, signatures = parse_signature_header(header)
-            payload = request.body.decode("utf-8")
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError
-            raise SignatureError("unreadable Stripe-Signature or body") from exc
+        except ValueError as exc:
+            raise SignatureError("unreadable Stripe-Signature") from exc
         if not signatures:
             raise SignatureError(f"no {SCHEME} signature in Stripe-Signature")
-        if not self._any_valid(timestamp, payload, signatures):
+        if not self._any_valid(timestamp, request.body, signatures):
             raise SignatureError("Stripe-Signature does not match")
         if timestamp < self._clock.now().timestamp() - self._tolerance:
             raise SignatureError("stale Stripe-Signature timestamp")
 
-    def _any_valid(self, timestamp: int, payload: str, signatures: list[str]) -> bool:
+    def _any_valid(self, timestamp: int, payload: bytes, signatures: list[str]) -> bool:
         """Every secret against every v1 signature, each compared in constant time."""
         found = False
         for secret in self._secrets:

@@ -25,7 +25,7 @@ from router.housekeeping import upkeep_forever
 from router.ingest import Ingestor
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
-from router.providers import accept_types, inbound_adapters
+from router.providers import accept_types, body_limits, inbound_adapters
 from router.rules_live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
@@ -52,6 +52,8 @@ class AppContext:
         )
         self.public_url = settings.server.public_url.rstrip("/")
         self.adapters: dict[str, InboundAdapter] = inbound_adapters(settings, clock)
+        #: Largest body each route reads, by the path after /webhooks/.
+        self.body_limits = body_limits(settings)
         self.ingestor = Ingestor(
             store,
             store.blobs,
@@ -199,6 +201,7 @@ def create_app(
             upkeep.cancel()
             flusher.cancel()
             flush_logs()
+            ctx.ingestor.close()
             await ctx.rules.stop()
             await the_store.close()
 

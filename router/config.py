@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Secrets = Annotated[list[str], msgspec.Meta(min_length=1)]
+BodyLimit = Annotated[int, msgspec.Meta(ge=1024)]
+KiB, MiB = 1024, 1024 * 1024
 Mode = Literal["live", "sandbox"]
 
 _STRICT: dict[str, Any] = {"forbid_unknown_fields": True, "kw_only": True, "frozen": True}
@@ -27,8 +29,19 @@ class ServerConfig(msgspec.Struct, **_STRICT):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     #: The URL providers call, as configured at the provider: Twilio signs it.
     public_url: str = "http://127.0.0.1:8080"
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 10 * 1024 * 1024
+    #: The ceiling for every request body; each source has its own, lower limit too.
+    max_body_bytes: BodyLimit = 40 * MiB
     admin_token: str | None = None
+    #: Request line plus headers larger than this are answered 431 (httptools has no limit).
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
+    #: From connection open, or a request's first byte, until its headers are in; else 408.
+    header_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    #: From the end of the headers until the whole body is in; else 408. Emails are large.
+    body_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    #: An idle kept-alive connection is closed after this many seconds.
+    keepalive_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    #: Connections open at once; beyond it a connection is answered 503 and closed.
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
 
 class StorageConfig(msgspec.Struct, **_STRICT):
@@ -45,30 +58,40 @@ class RulesConfig(msgspec.Struct, **_STRICT):
 
 class TwilioSource(msgspec.Struct, **_STRICT):
     auth_tokens: Secrets
+    #: Larger bodies get 413 before any check: an SMS/MMS webhook is a few KB.
+    max_body_bytes: BodyLimit = 64 * KiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class SlackSource(msgspec.Struct, **_STRICT):
     signing_secrets: Secrets
     tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    #: Larger bodies get 413 before any check: events are JSON of a few KB.
+    max_body_bytes: BodyLimit = 1 * MiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class StripeSource(msgspec.Struct, **_STRICT):
     signing_secrets: Secrets
     tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    #: Larger bodies get 413 before any check: snapshot events are JSON of a few KB.
+    max_body_bytes: BodyLimit = 1 * MiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class MailgunSource(msgspec.Struct, **_STRICT):
     signing_keys: Secrets
     tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    #: Larger bodies get 413: whole emails with attachments (Mailgun takes up to 25 MB).
+    max_body_bytes: BodyLimit = 40 * MiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class SendgridSource(msgspec.Struct, **_STRICT):
     #: `user:password` pairs accepted as HTTP basic auth (a list allows rotation).
     basic_auth: str | Secrets
+    #: Larger bodies get 413: whole emails with attachments (SendGrid takes up to 30 MB).
+    max_body_bytes: BodyLimit = 40 * MiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
     @property
@@ -79,6 +102,8 @@ class SendgridSource(msgspec.Struct, **_STRICT):
 class CustomSource(msgspec.Struct, **_STRICT):
     secrets: Secrets
     tolerance_seconds: Annotated[int, msgspec.Meta(ge=1)] = 300
+    #: Larger bodies get 413 before any check: JSON events.
+    max_body_bytes: BodyLimit = 1 * MiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 

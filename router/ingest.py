@@ -3,19 +3,36 @@
 Framework-free: the HTTP app turns a request into an `InboundRequest` and the returned `Ack`
 into a response. Every client mistake maps to a 4xx; a store that cannot commit maps to 503 so
 the provider retries; 2xx is returned only once the event is durably committed.
+
+No request costs the event loop more than a small, bounded amount of work before its signature
+is checked: bodies are capped per source (by the HTTP edge), forms by field count, and a body
+over PARSE_INLINE_MAX bytes is verified and parsed in one dedicated thread, so a large or
+hostile body delays other large bodies, never the small webhooks of other providers. A
+one-time token (Mailgun) that comes back with another body is refused before that body is
+parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from channels.base import Ack, InboundAdapter, InboundRequest, Parsed, PayloadError, SignatureError
+from channels.base import (
+    Ack,
+    InboundAdapter,
+    InboundRequest,
+    LimitExceeded,
+    Parsed,
+    PayloadError,
+    SignatureError,
+)
 from router.errors import StoreUnavailable, UnstorableEvent
 from router.events import Event, EventStatus
 from router.ids import new_ulid
@@ -25,6 +42,11 @@ from router.store.base import IngestItem, IngestOutcome, QuarantinedRequest, Sto
 from router.store.blobs import BlobStore
 
 log = get_logger("switchboard.ingest")
+T = TypeVar("T")
+
+#: Bodies up to this size are verified and parsed on the event loop (a thread hop costs more
+#: than the work); larger ones in the parse thread.
+PARSE_INLINE_MAX = 64 * 1024
 
 
 def error_ack(status: int, message: str) -> Ack:
@@ -55,6 +77,12 @@ class Ingestor:
         #: Metric children by label values: `labels()` validates and locks on every call.
         self._counters: dict[tuple[str, str], Any] = {}
         self._latency: dict[str, Any] = {}
+        #: One thread for large bodies: at most one of them competes with the loop at a time.
+        self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-parse")
+
+    def close(self) -> None:
+        """Stop the parse thread (app shutdown); work queued there is dropped unanswered."""
+        self._heavy.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, adapter: InboundAdapter, request: InboundRequest) -> Ack:
         """Answer one webhook; never raises for anything the client sent."""
@@ -65,39 +93,26 @@ class Ingestor:
             expected = ", ".join(sorted(adapter.content_types))
             return error_ack(415, f"content type must be {expected}")
         try:
-            adapter.verify(request)
+            nonce = await self._run(adapter.verify, request)
+            if nonce is not None:
+                await self._check_first_use(source, nonce, request)
         except SignatureError as exc:
-            self._count(source, "unauthorized")
-            log.info(
-                "rejected",
-                source=source,
-                stage="verify",
-                outcome="unauthorized",
-                reason=exc.reason,
-                correlation_id=request.correlation_id,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-            return error_ack(401, f"signature check failed: {exc.reason}")
+            return self._refuse(source, request, exc.reason, started)
+        except LimitExceeded as exc:
+            self._count(source, "too_large")
+            return error_ack(413, str(exc))
+        except StoreUnavailable as exc:
+            return self._unavailable(source, request, exc, started)
         try:
-            parsed = adapter.parse(request)
+            parsed = await self._run(adapter.parse, request)
         except Exception as exc:  # a parser bug must not become a 500 or lose the body
             return await self._quarantine(source, request, exc)
         try:
-            outcome = await self._commit(adapter, request, parsed)
+            outcome = await self._commit(adapter, request, parsed, nonce)
         except UnstorableEvent as exc:  # a parser bug seen by the store: same as a raising parser
             return await self._quarantine(source, request, exc)
         except StoreUnavailable as exc:
-            self._count(source, "unavailable")
-            log.error(
-                "store unavailable",
-                source=source,
-                stage="commit",
-                outcome="unavailable",
-                error=str(exc),
-                correlation_id=request.correlation_id,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-            return UNAVAILABLE
+            return self._unavailable(source, request, exc, started)
         if outcome is IngestOutcome.REPLAY:
             self._count(source, "replay")
             return error_ack(401, "signature check failed: token already used")
@@ -105,8 +120,59 @@ class Ingestor:
         self._log_events(parsed.events, outcome, started)
         return parsed.ack
 
+    async def _run(self, step: Callable[[InboundRequest], T], request: InboundRequest) -> T:
+        """`step(request)`, in the parse thread when the body is large."""
+        if len(request.body) <= PARSE_INLINE_MAX:
+            return step(request)
+        return await asyncio.get_running_loop().run_in_executor(self._heavy, step, request)
+
+    async def _check_first_use(self, source: str, nonce: str, request: InboundRequest) -> None:
+        """SignatureError if `nonce` was committed before with another body.
+
+        The same body again is a redelivery, left to the dedupe; two first uses racing each
+        other are settled by the store at commit (REPLAY).
+        """
+        first = await self._store.nonce_first_body(source, nonce)
+        if first is None:
+            return
+        if first.blob is not None:
+            same = await self._run(_sha256_hex, request) == first.blob
+        else:
+            same = first.body == request.body
+        if not same:
+            self._count(source, "replay")
+            raise SignatureError("token already used")
+
+    def _refuse(self, source: str, request: InboundRequest, reason: str, started: float) -> Ack:
+        self._count(source, "unauthorized")
+        log.info(
+            "rejected",
+            source=source,
+            stage="verify",
+            outcome="unauthorized",
+            reason=reason,
+            correlation_id=request.correlation_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return error_ack(401, f"signature check failed: {reason}")
+
+    def _unavailable(
+        self, source: str, request: InboundRequest, exc: StoreUnavailable, started: float
+    ) -> Ack:
+        self._count(source, "unavailable")
+        log.error(
+            "store unavailable",
+            source=source,
+            stage="commit",
+            outcome="unavailable",
+            error=str(exc),
+            correlation_id=request.correlation_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return UNAVAILABLE
+
     async def _commit(
-        self, adapter: InboundAdapter, request: InboundRequest, parsed: Parsed
+        self, adapter: InboundAdapter, request: InboundRequest, parsed: Parsed, nonce: str | None
     ) -> IngestOutcome | None:
         if not parsed.events:
             return None
@@ -121,7 +187,7 @@ class Ingestor:
                 raw_body=request.body,
                 raw_blob=raw_blob,
                 content_type=request.content_type,
-                nonce=parsed.nonce,
+                nonce=nonce,
             )
             outcome = await self._store.ingest(item)
             ignored = outcome is IngestOutcome.STORED and event.status is EventStatus.IGNORED
@@ -198,6 +264,7 @@ class Ingestor:
         return error_ack(400, f"malformed payload: {reason}")
 
     def _count(self, source: str, outcome: str) -> None:
+        """Count one webhook outcome (`stored`, `unauthorized`, `too_large`, `replay`...)."""
         counter = self._counters.get((source, outcome))
         if counter is None:
             counter = self._metrics.webhooks.labels(source, outcome)
@@ -226,3 +293,7 @@ class Ingestor:
                 contact=mask_address(event.contact.address if event.contact else None),
                 duration_ms=duration_ms,
             )
+
+
+def _sha256_hex(request: InboundRequest) -> str:
+    return hashlib.sha256(request.body).hexdigest()

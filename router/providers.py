@@ -48,6 +48,26 @@ def inbound_adapters(settings: Settings, clock: Clock) -> dict[str, InboundAdapt
     return routes
 
 
+def body_limits(settings: Settings) -> dict[str, int]:
+    """`{route: bytes}`: the source's `max_body_bytes`, never above `server.max_body_bytes`."""
+    sources = settings.sources
+    per_route: dict[str, int] = {}
+    if sources.twilio:
+        per_route["twilio/messages"] = per_route["twilio/status"] = sources.twilio.max_body_bytes
+    if sources.slack:
+        per_route["slack/events"] = per_route["slack/interactions"] = sources.slack.max_body_bytes
+    if sources.stripe:
+        per_route["stripe"] = sources.stripe.max_body_bytes
+    if sources.mailgun:
+        per_route["email/mailgun"] = sources.mailgun.max_body_bytes
+    if sources.sendgrid:
+        per_route["email/sendgrid"] = sources.sendgrid.max_body_bytes
+    for name, custom in sources.custom.items():
+        per_route[f"custom/{name}"] = custom.max_body_bytes
+    ceiling = settings.server.max_body_bytes
+    return {route: min(limit, ceiling) for route, limit in per_route.items()}
+
+
 def accept_types(settings: Settings) -> dict[str, list[str]]:
     """`{source: patterns}`: event types outside them are stored as `ignored`."""
     sources = settings.sources

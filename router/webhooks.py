@@ -85,11 +85,11 @@ async def _answer(ctx: AppContext, scope: Scope, receive: Receive) -> Answer | N
         return Answer.error(404, f"no source is configured at /webhooks/{key}")
     headers = _headers(scope)
     try:
-        body = await _read_body(receive, headers, ctx.settings.server.max_body_bytes)
+        body = await _read_body(receive, headers, ctx.body_limits[key])
     except _ClientGone:
         return None
     if body is None:
-        return Answer.error(413, "Request Entity Too Large")
+        return Answer.error(413, f"body larger than {ctx.body_limits[key]} bytes")
     query: bytes = scope.get("query_string", b"")
     now = ctx.clock.now()
     request_id = headers.get("x-request-id", "")

@@ -93,6 +93,10 @@ class Store(Protocol):
         """Forget one-time tokens first seen before `before`."""
         ...
 
+    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
+        """The raw body a one-time token was first committed with; None if it is unused."""
+        ...
+
     async def list_events(self, where: EventFilter) -> list[Event]:
         """Events matching `where`, newest first."""
         ...

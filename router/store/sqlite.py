@@ -305,11 +305,11 @@ class SQLiteStore:
         return _event_from_row(rows[0]) if rows else None
 
     async def get_raw(self, event_id: str) -> StoredRaw | None:
-        rows = await self._read(self._sql["get_raw"], {"id": event_id})
-        if not rows:
-            return None
-        content_type, body, blob = rows[0]
-        return StoredRaw(content_type=content_type, body=body, blob=blob)
+        return _raw(await self._read(self._sql["get_raw"], {"id": event_id}))
+
+    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
+        params = {"source": source, "nonce": nonce}
+        return _raw(await self._read(self._sql["nonce_first_body"], params))
 
     async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
         rows = await self._read(self._sql["list_quarantine"], {"limit": limit})
@@ -354,6 +354,13 @@ class SQLiteStore:
         if conn is None:
             raise StoreUnavailable("store is not open")
         return conn
+
+
+def _raw(rows: list[Any]) -> StoredRaw | None:
+    if not rows:
+        return None
+    content_type, body, blob = rows[0]
+    return StoredRaw(content_type=content_type, body=body, blob=blob)
 
 
 def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:

@@ -5,6 +5,8 @@ Requests are signed with stripe-python's `WebhookSignature.generate_signature_he
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
 import time
@@ -19,6 +21,7 @@ from stripe import SignatureVerificationError, WebhookSignature
 from channels.base import InboundRequest, SignatureError
 from channels.stripe import StripeAdapter, contact_of
 from router.clock import FrozenClock, SystemClock
+from tests.cases.base import SignedRequest
 from tests.cases.stripe import PATH, invoice, signed, stripe_event
 from tests.support import SECRETS, WRONG_SECRETS, LiveServer
 
@@ -164,6 +167,25 @@ def test_malformed_after_valid_signature_is_400_and_quarantined(
     assert server.events() == []
     with sqlite3.connect(tmp_path / "var" / "switchboard.db") as db:
         assert db.execute("SELECT source FROM quarantine").fetchall() == [("stripe",)]
+
+
+def test_authentic_body_that_is_not_utf8_is_400_and_quarantined(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """A correct HMAC over bytes that are not UTF-8: authentic, so malformed, not unsigned."""
+    body = PAYLOAD.encode().replace(b"invoice.payment_failed", b"invoice.\xff")
+    at = int(time.time())
+    digest = hmac.new(SECRET.encode(), b"%d.%s" % (at, body), hashlib.sha256).hexdigest()
+    request = SignedRequest(
+        PATH, body, {"Content-Type": "application/json", "Stripe-Signature": f"t={at},v1={digest}"}
+    )
+    response = server.post(request)
+    assert response.status_code == 400, response.text
+    assert server.events() == []
+    with sqlite3.connect(tmp_path / "var" / "switchboard.db") as db:
+        assert db.execute("SELECT source, raw_body FROM quarantine").fetchall() == [
+            ("stripe", body)
+        ]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,12 @@ ON CONFLICT (source, nonce) DO NOTHING;
 -- name: nonce_owner
 SELECT dedupe_key FROM nonces WHERE source = :source AND nonce = :nonce;
 
+-- name: nonce_first_body
+-- The raw body of the event a one-time token was first used with.
+SELECT e.content_type, e.raw_body, e.raw_blob
+FROM nonces n JOIN events e ON e.dedupe_key = n.dedupe_key
+WHERE n.source = :source AND n.nonce = :nonce;
+
 -- name: prune_nonces
 DELETE FROM nonces WHERE seen_at < :before;
 
