@@ -192,7 +192,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await the_store.open()
-        await ctx.rules.start()
+        try:
+            await ctx.rules.start()  # RulesUnavailable: no valid rules, the app must not start
+        except BaseException:
+            await the_store.close()  # its thread would otherwise keep the process alive
+            raise
         upkeep = asyncio.create_task(upkeep_forever(the_store, ctx.clock, settings))
         flusher = asyncio.create_task(flush_logs_forever())
         try:

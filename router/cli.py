@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from router.cli_rules import rules
+from router.cli_rules import require_rules, rules
 from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
@@ -114,6 +114,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         app = create_app(settings)
     except ValueError as exc:
         raise Failure(str(exc)) from exc
+    require_rules(app.state.ctx.rules)  # invalid rules: located errors on stderr, exit 1
     uvicorn.run(
         app,
         host=host or settings.server.host,

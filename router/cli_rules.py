@@ -21,6 +21,7 @@ from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
 from router.events import Event
 from router.rules import RuleSet, RulesInvalid, evaluate
+from router.rules_live import LiveRules
 from router.rules_tools import (
     DiffReport,
     InputError,
@@ -84,6 +85,21 @@ def _load(folder: Path, settings: Settings) -> RuleSet:
             click.echo(f"{folder / error.file}:{error.line}:{error.column}: {error.message}")
         count = len(exc.errors)
         raise RulesFailure(f"{count} error{'s' * (count != 1)} in {folder}") from exc
+
+
+def require_rules(live: LiveRules) -> None:
+    """`serve` before it listens: load the rules, or print every located error and exit 1.
+
+    At start-up there is no previous version to keep routing with, so a server without valid
+    rules must not start (a supervisor then shows the failure instead of a silent, rule-less
+    server).
+    """
+    errors = live.first_load()
+    if not errors:
+        return
+    for line in errors:
+        click.echo(line, err=True)
+    raise RulesFailure(f"rules in {live.folder} cannot be loaded; the server did not start")
 
 
 def _print_json(payload: Any) -> None:

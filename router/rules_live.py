@@ -4,8 +4,11 @@ A valid change becomes live by swapping one reference, so a reader sees either t
 the new one, never a mix. An invalid change never replaces the live version: it is logged with
 file:line:col, shown on /readyz as `rules_error` and counted in the metrics, and the previous
 version keeps routing. A missing rules folder is treated like an invalid change (an accidental
-`rm -r` must not drop every rule): at start-up it means no rules and an error on /readyz, while
-webhooks are still taken in. An empty folder is a valid, empty rule set.
+`rm -r` must not drop every rule). At start-up there is no previous version to keep, so rules
+that cannot be loaded are fatal: `start` raises RulesUnavailable (and `serve` checks with
+`first_load` before it listens, to print the located errors and exit 1). An empty folder is a
+valid, empty rule set. A failing watcher is reported the same way (/readyz, metrics) while the
+poll keeps the rules fresh.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ _SHOWN_ERRORS = 10
 _RULE_SUFFIXES = (".yaml",)
 
 
+#: How often a working watcher says so (clearing an earlier watch error), in milliseconds.
+WATCH_HEARTBEAT_MS = 1000
 #: How often `poll` compares the files on disk with what the last reload read.
 POLL_SECONDS = 2.0
+
+
+class RulesUnavailable(Exception):
+    """No valid rules could be loaded at start-up; the message lists the located errors."""
 
 
 class _Live:
@@ -80,6 +89,8 @@ class LiveRules:
         self._poller: asyncio.Task[None] | None = None
         #: The on-disk version the last reload read (valid or not), for `poll`.
         self._seen: str | None = None
+        #: Why the watcher failed last, until it watches again.
+        self._watch_error: str | None = None
 
     @property
     def ruleset(self) -> RuleSet | None:
@@ -94,8 +105,9 @@ class LiveRules:
 
     @property
     def error(self) -> str | None:
-        """Why the files on disk are not live, or None when they are."""
-        return self._live.error
+        """Why the files on disk are not live (or may not be followed), or None."""
+        found = [error for error in (self._live.error, self._watch_error) if error]
+        return "; ".join(found) or None
 
     @property
     def errors(self) -> tuple[RuleError, ...]:
@@ -107,10 +119,26 @@ class LiveRules:
         with self._lock:
             return self._reload_locked()
 
+    def first_load(self) -> list[str]:
+        """Load at start-up; the located errors (`file:line:col: message`), empty when live."""
+        self.reload()
+        if self.ruleset is not None:
+            return []
+        located = [f"{self.folder / e.file}:{e.line}:{e.column}: {e.message}" for e in self.errors]
+        return located or [self.error or "no rules loaded"]
+
     def _reload_locked(self) -> bool:
-        self._seen = self._on_disk()
         previous = self._live.ruleset
         kept = previous.version if previous is not None else None
+        try:
+            return self._load(previous, kept)
+        except Exception as exc:  # never let a reload crash the watcher or the start-up
+            message = f"rules could not be loaded: {type(exc).__name__}: {exc}"
+            _log.error("rules.invalid", error=message, live_version=kept)
+            return self._fail(_Live(previous, message))
+
+    def _load(self, previous: RuleSet | None, kept: str | None) -> bool:
+        self._seen = self._on_disk()
         if not self.folder.is_dir():
             message = f"rules folder {self.folder} does not exist"
             _log.warning("rules.invalid", error=message, live_version=kept)
@@ -157,7 +185,22 @@ class LiveRules:
     def _count(self, outcome: str, *, valid: bool) -> None:
         if self._metrics is not None:
             self._metrics.rules_reload.labels(outcome=outcome).inc()
-            self._metrics.rules_valid.set(1 if valid else 0)
+            self._metrics.rules_valid.set(1 if valid and self._watch_error is None else 0)
+
+    def _watch_failed(self, exc: BaseException) -> None:
+        """The watcher stopped: say so on /readyz and in the metrics until it watches again."""
+        self._watch_error = (
+            f"watching rules folder {self.folder} failed: {exc or type(exc).__name__}"
+        )
+        _log.warning("rules.watch_error", error=self._watch_error)
+        self._count("watch_error", valid=False)
+
+    def _watching_again(self) -> None:
+        if self._watch_error is not None:
+            self._watch_error = None
+            _log.info("rules.watching", folder=str(self.folder))
+            if self._metrics is not None:
+                self._metrics.rules_valid.set(1 if self._live.error is None else 0)
 
     async def reload_async(self) -> bool:
         """`reload` off the event loop (reading and compiling files is blocking work)."""
@@ -181,8 +224,13 @@ class LiveRules:
                 await self.reload_async()
 
     async def start(self) -> None:
-        """Load the folder, then follow its changes and SIGHUP (app start-up)."""
+        """Load the folder, then follow its changes and SIGHUP (app start-up).
+
+        Raises RulesUnavailable when no valid version is live (nothing to route with).
+        """
         await self.reload_async()
+        if self.ruleset is None:
+            raise RulesUnavailable("; ".join(str(e) for e in self.errors) or str(self.error))
         self._watcher = asyncio.create_task(self.watch(), name="rules-watcher")
         self._poller = asyncio.create_task(self.poll(), name="rules-poller")
         if not self.install_sighup():
@@ -212,8 +260,8 @@ class LiveRules:
             self._interrupt = asyncio.Event()
             try:
                 await self._watch_once(self._interrupt)
-            except (OSError, RuntimeError) as exc:
-                _log.warning("rules.watch_error", error=str(exc))
+            except Exception as exc:  # the watcher itself failed: report it, retry in a second
+                self._watch_failed(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._interrupt.wait(), timeout=1.0)
 
@@ -235,7 +283,12 @@ class LiveRules:
             step=100,
             stop_event=interrupt,
             recursive=target[1],
+            rust_timeout=WATCH_HEARTBEAT_MS,
+            yield_on_timeout=True,
         ):
+            self._watching_again()  # an empty batch is the heartbeat: the watcher works
+            if not changes:
+                continue
             _log.debug("rules.changed", files=len(changes))
             await self.reload_async()
             if self._watch_target() != target:

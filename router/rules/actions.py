@@ -9,7 +9,7 @@ from typing import Any
 from router.rules.conditions import FIELDS, expected
 from router.rules.located import Pos, Site, item_pos, key_pos, kind, plain, value_pos
 from router.rules.model import ActionSpec
-from router.rules.templates import compile_template, is_template
+from router.rules.templates import Template, compile_template, is_template
 
 CHANNELS = ("sms", "whatsapp", "email", "slack")
 CATEGORIES = ("transactional", "conversational", "marketing")
@@ -34,6 +34,8 @@ class ActionCompiler:
     def __init__(self, site: Site, forwards: Collection[str] | None = None) -> None:
         self.site = site
         self.forwards = sorted(forwards) if forwards is not None else None
+        #: Every template compiled, with where it is: `rules check` renders each one.
+        self.templates: list[tuple[Pos, Template]] = []
 
     def then(self, node: Any, pos: Pos) -> tuple[ActionSpec, ...] | None:
         if not isinstance(node, list) or not node:
@@ -123,10 +125,12 @@ class ActionCompiler:
         if not is_template(value):
             return str(value)
         try:
-            return compile_template(str(value), TEMPLATE_NAMES)
+            template = compile_template(str(value), TEMPLATE_NAMES)
         except ValueError as exc:
             self.site.error(pos, str(exc))
             return None
+        self.templates.append((pos, template))
+        return template
 
     def tag(self, params: Any, pos: Pos) -> dict[str, Any] | None:
         if isinstance(params, dict):

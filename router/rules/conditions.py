@@ -48,6 +48,8 @@ FIELDS: dict[str, tuple[str, ...] | str] = {
     "conversation": ("state", "attributes"),
 }
 COMBINATORS = ("all", "any", "not", "during")
+#: Deepest nesting of `all`/`any`/`not` accepted (real rules rarely need more than three).
+MAX_NESTING = 10
 #: Index keys, most selective first (engine.py): equality on type, source and channel, and
 #: `words`: the first word of each `text: {contains_any: ...}` phrase.
 INDEXED = ("type", "words", "source", "channel")
@@ -72,6 +74,7 @@ class ConditionCompiler:
         self.site = site
         self.windows = windows
         self._parsed: dict[str, Window | str] = {}
+        self._nesting = 0
 
     def when(self, node: Any, pos: Pos) -> tuple[Condition | None, Hints]:
         hints: Hints = {}
@@ -105,6 +108,20 @@ class ConditionCompiler:
         return self.field(key, value, kpos, vpos, hints)
 
     def condition(self, value: Any, pos: Pos, hints: Hints | None) -> Condition | None:
+        if self._nesting >= MAX_NESTING:
+            self.site.error(
+                pos,
+                f"conditions nested too deeply, expected at most {MAX_NESTING} levels of "
+                "all/any/not",
+            )
+            return None
+        self._nesting += 1
+        try:
+            return self.nested(value, pos, hints)
+        finally:
+            self._nesting -= 1
+
+    def nested(self, value: Any, pos: Pos, hints: Hints | None) -> Condition | None:
         if isinstance(value, list):
             parts = self.condition_list("not", value, pos, None)
             return all_of(parts) if parts is not None else None

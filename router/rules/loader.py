@@ -1,4 +1,4 @@
-"""Read `rules/*.yaml` (ruamel.yaml keeps line and column numbers) and compile them into a RuleSet.
+"""Read `rules/*.yaml` (`yamlread` keeps line and column numbers) and compile them into a RuleSet.
 
 Every error of every file is collected before anything is raised, so one `switchboard rules check`
 shows all of them. The files are read once: the version hashes exactly the bytes that were compiled.
@@ -13,22 +13,27 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import AliasEvent
-
 from router.rules.actions import ActionCompiler
 from router.rules.conditions import INDEXED, ConditionCompiler
 from router.rules.engine import RuleSet
 from router.rules.located import Pos, Site, item_pos, key_pos, kind, node_pos, value_pos
 from router.rules.model import Rule, RuleError, RulesInvalid
 from router.rules.windows import load_zone
+from router.rules.yamlread import load as read_yaml
 
 _TOP_KEYS = ("version", "rules")
 _RULE_KEYS = ("id", "description", "when", "then", "stop")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-#: Largest rules file accepted (a guard against pasting something huge by mistake).
+#: Caps on what one load may cost (rules/README.md lists them): a guard against pasting something
+#: huge by mistake, and against a file made to stall the server.
+#: Largest rules file accepted.
 MAX_FILE_BYTES = 1_000_000
+#: Most rules files in the folder.
+MAX_FILES = 100
+#: Largest total size of the folder's rules files.
+MAX_TOTAL_BYTES = 4_000_000
+#: Most rules in the folder, all files together.
+MAX_RULES = 10_000
 
 
 def rule_files(folder: Path) -> list[Path]:
@@ -41,13 +46,24 @@ def rule_files(folder: Path) -> list[Path]:
 
 
 def read_files(folder: Path) -> list[tuple[str, bytes]]:
-    """(name, content) of each rules file; a file deleted while listing is left out."""
+    """(name, content) of each rules file; a file deleted while listing is left out.
+
+    Reading stops past the caps (one file more than MAX_FILES, MAX_FILE_BYTES + 1 bytes of a
+    file, just past MAX_TOTAL_BYTES in all), so a huge folder costs no more than a full one;
+    the loader then reports the cap that was passed.
+    """
     entries: list[tuple[str, bytes]] = []
-    for path in rule_files(folder):
+    total = 0
+    for path in rule_files(folder)[: MAX_FILES + 1]:
         try:
-            entries.append((path.name, path.read_bytes()))
+            with path.open("rb") as file:
+                content = file.read(MAX_FILE_BYTES + 1)
         except FileNotFoundError:
             continue
+        entries.append((path.name, content))
+        total += len(content)
+        if total > MAX_TOTAL_BYTES:
+            break
     return entries
 
 
@@ -90,17 +106,69 @@ def load_ruleset(
         entries = read_files(folder)
     except OSError as exc:
         raise RulesInvalid([RuleError(str(folder), 1, 1, f"cannot read: {exc}")]) from exc
+    _check_folder(folder, entries)
     errors: list[RuleError] = []
     rules: list[Rule] = []
-    seen: dict[str, str] = {}
+    shared = _Shared()
     for name, raw in entries:
         site = Site(name)
-        rules.extend(_FileLoader(site, windows or {}, forwards, seen).load(raw))
+        rules.extend(_load_file(_FileLoader(site, windows or {}, forwards, shared), raw))
         errors.extend(sorted(site.errors, key=lambda error: (error.line, error.column)))
     if errors:
         raise RulesInvalid(errors)
     files = tuple(name for name, _ in entries)
     return RuleSet(version=_digest(entries), rules=tuple(rules), files=files, default_zone=zone)
+
+
+def _check_folder(folder: Path, entries: list[tuple[str, bytes]]) -> None:
+    """The folder-wide caps; one error, located at the file that passes the cap."""
+    if len(entries) > MAX_FILES:
+        raise RulesInvalid(
+            [
+                RuleError(
+                    entries[MAX_FILES][0],
+                    1,
+                    1,
+                    f"too many rules files in {folder}, "
+                    f"expected at most {MAX_FILES} (merge some files)",
+                )
+            ]
+        )
+    total = sum(len(content) for _, content in entries)
+    if total > MAX_TOTAL_BYTES:
+        raise RulesInvalid(
+            [
+                RuleError(
+                    entries[-1][0],
+                    1,
+                    1,
+                    f"rules files too large in total (over "
+                    f"{MAX_TOTAL_BYTES} bytes with this file), expected at most "
+                    f"{MAX_TOTAL_BYTES} bytes in {folder}",
+                )
+            ]
+        )
+
+
+def _load_file(loader: _FileLoader, raw: bytes) -> list[Rule]:
+    """Belt and braces: whatever goes wrong inside one file becomes a located error."""
+    try:
+        return loader.load(raw)
+    except RecursionError:
+        loader.site.error((0, 0), "nested too deeply to read, expected a simpler file")
+    except Exception as exc:  # a bug must never surface as a traceback or stop a reload
+        loader.site.error(
+            (0, 0), f"cannot be loaded ({type(exc).__name__}: {exc}), expected a rules file"
+        )
+    return []
+
+
+class _Shared:
+    """What the files of one folder share: rule ids seen (and where), rules counted."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+        self.count = 0
 
 
 def _unknown_key(key: Any, where: str, allowed: tuple[str, ...]) -> str:
@@ -115,10 +183,11 @@ class _FileLoader:
         site: Site,
         windows: Mapping[str, str],
         forwards: Collection[str] | None,
-        seen: dict[str, str],
+        shared: _Shared,
     ) -> None:
         self.site = site
-        self.seen = seen
+        self.shared = shared
+        self.seen = shared.seen
         self.conditions = ConditionCompiler(site, windows)
         self.actions = ActionCompiler(site, forwards)
 
@@ -137,6 +206,15 @@ class _FileLoader:
         if not isinstance(items, list):
             self.site.error(value_pos(doc, "rules"), f"'rules' must be a list, got {kind(items)}")
             return []
+        room = MAX_RULES - self.shared.count
+        if len(items) > room:
+            self.site.error(
+                item_pos(items, max(room, 0)),
+                f"too many rules: this one passes the folder's cap, expected at most "
+                f"{MAX_RULES} rules in all files together",
+            )
+            items = items[: max(room, 0)]
+        self.shared.count += len(items)
         rules = [self.rule(item, item_pos(items, i)) for i, item in enumerate(items)]
         return [rule for rule in rules if rule is not None]
 
@@ -150,12 +228,10 @@ class _FileLoader:
             line = raw[: exc.start].count(b"\n")
             self.site.error((line, 0), "not UTF-8 text, expected a UTF-8 YAML file")
             return None
-        try:
-            if self.unsupported_syntax(text):
-                return None
-            doc = YAML(typ="rt", pure=True).load(text)
-        except YAMLError as exc:
-            self.site.error(_mark(exc), f"invalid YAML: {_problem(exc)}")
+        doc, problems = read_yaml(text)
+        for problem in problems:
+            self.site.error(problem.pos, problem.message)
+        if problems:
             return None
         if not isinstance(doc, dict):
             self.site.error(
@@ -163,21 +239,6 @@ class _FileLoader:
             )
             return None
         return doc
-
-    def unsupported_syntax(self, text: str) -> bool:
-        """Refuse aliases (`*name`: a few can make a small file expand enormously) and tags."""
-        found = False
-        for event in YAML(typ="rt", pure=True).parse(text):
-            mark = event.start_mark
-            if isinstance(event, AliasEvent):
-                message = "YAML aliases (*name) are not supported, expected the value written out"
-            elif getattr(event, "tag", None) is not None:
-                message = f"YAML tags ({event.tag}) are not supported, expected a plain value"
-            else:
-                continue
-            self.site.error((mark.line, mark.column), message)
-            found = True
-        return found
 
     def version(self, doc: dict[Any, Any]) -> None:
         if "version" not in doc:
@@ -193,7 +254,7 @@ class _FileLoader:
                 pos, f"each rule must be a mapping with id, when and then, got {kind(node)}"
             )
             return None
-        before = len(self.site.errors)
+        before, first_template = len(self.site.errors), len(self.actions.templates)
         for key in node:
             if key not in _RULE_KEYS:
                 self.site.error(key_pos(node, key), _unknown_key(key, "a rule", _RULE_KEYS))
@@ -222,6 +283,10 @@ class _FileLoader:
             stop=bool(stop),
             index_field=field,
             index_values=hints[field] if field else frozenset(),
+            templates=tuple(
+                (line + 1, column + 1, template)
+                for (line, column), template in self.actions.templates[first_template:]
+            ),
         )
 
     def rule_id(self, node: dict[Any, Any]) -> str | None:
@@ -252,18 +317,3 @@ class _FileLoader:
             self.site.error(value_pos(node, key), f"'{key}' must be {what}, got {kind(value)}")
             return None
         return value
-
-
-def _mark(exc: YAMLError) -> Pos:
-    if isinstance(exc, MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        if mark is not None:
-            return (mark.line, mark.column)
-    return (0, 0)
-
-
-def _problem(exc: YAMLError) -> str:
-    if isinstance(exc, MarkedYAMLError):
-        parts = [part for part in (exc.context, exc.problem) if part]
-        return ", ".join(parts) or str(exc)
-    return str(exc).splitlines()[0]

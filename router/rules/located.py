@@ -1,12 +1,12 @@
-"""Positions in a ruamel.yaml document and the per-file error collector."""
+"""Positions in a document read by `yamlread` and the per-file error collector."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from router.rules.model import RuleError
-
-Pos = tuple[int, int]  # 0-based line and column, as ruamel.yaml keeps them
+from router.rules.yamlread import Pos as Pos
+from router.rules.yamlread import YList, YMap
 
 
 class Site:
@@ -21,36 +21,33 @@ class Site:
 
 
 def node_pos(node: Any, fallback: Pos = (0, 0)) -> Pos:
-    lc = getattr(node, "lc", None)
-    return (lc.line, lc.col) if lc is not None and lc.line is not None else fallback
+    """Where a mapping or list starts (scalars do not know: `fallback`)."""
+    return node.at if isinstance(node, YMap | YList) else fallback
 
 
 def key_pos(mapping: Any, key: Any) -> Pos:
-    try:
-        line, col = mapping.lc.key(key)
-        return (line, col)
-    except (AttributeError, KeyError, TypeError):
-        return node_pos(mapping)
+    """Where a mapping's key starts."""
+    if isinstance(mapping, YMap) and key in mapping.key_at:
+        return mapping.key_at[key]
+    return node_pos(mapping)
 
 
 def value_pos(mapping: Any, key: Any) -> Pos:
-    try:
-        line, col = mapping.lc.value(key)
-        return (line, col)
-    except (AttributeError, KeyError, TypeError):
-        return key_pos(mapping, key)
+    """Where the value of a mapping's key starts."""
+    if isinstance(mapping, YMap) and key in mapping.value_at:
+        return mapping.value_at[key]
+    return key_pos(mapping, key)
 
 
 def item_pos(sequence: Any, index: int) -> Pos:
-    try:
-        line, col = sequence.lc.item(index)
-        return (line, col)
-    except (AttributeError, KeyError, TypeError, IndexError):
-        return node_pos(sequence)
+    """Where a list's item starts."""
+    if isinstance(sequence, YList) and 0 <= index < len(sequence.item_at):
+        return sequence.item_at[index]
+    return node_pos(sequence)
 
 
 def plain(value: Any) -> Any:
-    """ruamel.yaml's round-trip scalars and containers as plain builtins."""
+    """A read document's mappings and lists as plain dicts and lists."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, str):

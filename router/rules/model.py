@@ -94,3 +94,5 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     #: Index hint: the rule can only match when event[index_field] is one of index_values.
     index_field: str | None = None
     index_values: frozenset[str] = frozenset()
+    #: The rule's templates as (line, column, template), for `rules check` to try each one.
+    templates: tuple[tuple[int, int, Any], ...] = ()

@@ -6,13 +6,19 @@
   huge strings.
 - StrictUndefined: a missing variable is an error (recorded on the decision); `| default('')`
   makes a value optional.
-- Templates are parsed once at load; syntax errors and unknown top-level names are load errors.
+- Templates are checked at load: syntax errors, unknown top-level names, names starting with `_`
+  (`''.__class__`, `__mro__`), calls (`'x'.ljust(9)`, `data.items()`) and `%` are load errors.
+- Loading stays cheap: the commonest templates (`{{ data.a }}`, `{{ x | default('y') }}`) are
+  read by one regex instead of jinja's parser; jinja compiles a template only when it must render
+  it, once per distinct text (shared across reloads).
 """
 
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import jinja2
@@ -107,7 +113,7 @@ Parts = tuple[str | _Lookup, ...]
 
 
 class Template:
-    """A parsed template; render() raises jinja2 errors, the caller records them.
+    """A checked template; render() raises jinja2 errors, the caller records them.
 
     Most templates only print values by path (`Hi {{ contact.name | default('there') }}`);
     those render without jinja when every path resolves through mappings (or has a constant
@@ -116,24 +122,23 @@ class Template:
     fails without a default, goes to jinja, so errors always come from the sandbox.
     """
 
-    __slots__ = ("_parts", "_template", "source")
+    __slots__ = ("_parts", "source")
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, parts: Parts | None) -> None:
         self.source = source
-        self._template = ENV.from_string(source)
-        self._parts = _simple_parts(ENV.parse(source))
+        self._parts = parts
 
     def render(self, context: Mapping[str, Any]) -> str:
         text = self._fast(context) if self._parts is not None else _FAIL
         if text is _FAIL:
-            text = self._template.render(context)
+            text = self.render_with_jinja(context)
         if len(text) > MAX_OUTPUT:
             raise SecurityError("the rendered text is too long")
         return str(text)
 
     def render_with_jinja(self, context: Mapping[str, Any]) -> str:
         """The same render, always through jinja (tests compare the two)."""
-        return self._template.render(context)
+        return _jinja(self.source).render(context)
 
     def _fast(self, context: Mapping[str, Any]) -> Any:
         out: list[str] = []
@@ -199,29 +204,140 @@ def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text or "{#" in text
 
 
+@lru_cache(maxsize=4096)
+def _jinja(source: str) -> jinja2.Template:
+    """jinja's compiled template of a text: compiled on first use, shared by every reload."""
+    return ENV.from_string(source)
+
+
 def compile_template(source: str, names: Iterable[str]) -> Template:
-    """Parse once; ValueError naming the problem (syntax, unknown variable) otherwise."""
+    """Check once; ValueError naming the problem (syntax, unknown variable, unsafe reach)."""
+    return _checked(source, tuple(sorted(set(names))))
+
+
+@lru_cache(maxsize=16384)
+def _checked(source: str, names: tuple[str, ...]) -> Template:
+    """Cached by text, so reloading an unchanged rules file re-checks nothing."""
+    parts = quick_parts(source, names)
+    if parts is not None:
+        return Template(source, parts)
+    tree = _parse(source)
+    _check_names(tree, names)
+    check_reach(tree)
+    template = Template(source, _simple_parts(tree))
+    if template._parts is None:  # jinja will render it every time: compile now, not mid-routing
+        _compile(source)
+    return template
+
+
+def _parse(source: str) -> nodes.Template:
     try:
-        tree = ENV.parse(source)
+        return ENV.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"template syntax error: {exc.message}") from exc
-    known = set(names)
+
+
+def _check_names(tree: nodes.Template, names: tuple[str, ...]) -> None:
     try:
-        unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - known)
+        unknown = sorted(jinja2.meta.find_undeclared_variables(tree) - set(names))
     except jinja2.TemplateError as exc:  # e.g. a filter that is not available
         raise ValueError(
             f"template error: {exc.message}, expected filters: {FILTER_NAMES}"
         ) from exc
     if unknown:
         raise ValueError(
-            f"unknown template variable {unknown[0]!r}, expected one of: {', '.join(sorted(known))}"
+            f"unknown template variable {unknown[0]!r}, expected one of: {', '.join(names)}"
         )
+
+
+def _compile(source: str) -> None:
     try:
-        return Template(source)
-    except jinja2.TemplateError as exc:  # e.g. a filter that is not available
+        _jinja(source)
+    except jinja2.TemplateError as exc:
         raise ValueError(
             f"template error: {exc.message}, expected filters: {FILTER_NAMES}"
         ) from exc
+
+
+def check_reach(tree: nodes.Node) -> None:
+    """Refuse what can only reach past the event's fields: `_` names, calls, `%`.
+
+    The sandbox refuses them at render anyway; refusing them at load tells the author at once.
+    """
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Call, nodes.Mod)):
+        if isinstance(node, nodes.Call):
+            raise ValueError(
+                "templates cannot call anything (like .upper() or .items()), "
+                f"expected fields and filters: {FILTER_NAMES}"
+            )
+        if isinstance(node, nodes.Mod):
+            raise ValueError("the % operator is not available in templates, expected fields")
+        name = _reached(node)
+        if isinstance(name, str) and name.startswith("_"):
+            raise ValueError(
+                f"templates cannot reach {name!r} (names starting with '_' are internal), "
+                "expected a field of the event"
+            )
+
+
+def _reached(node: nodes.Node) -> Any:
+    """The name `a.name` or `a['name']` reaches for (None when it is not a constant)."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+        return node.arg.value
+    return None
+
+
+_IDENT = r"[A-Za-z][A-Za-z0-9_]*"
+_KEY = rf"(?:\.{_IDENT}|\['[A-Za-z0-9][^'\\\n\r{{}}]*'\])"
+_LITERAL = r"'[^'\\\n\r{}]*'|\"[^\"\\\n\r{}]*\"|0|[1-9][0-9]{0,15}"
+_OUTPUT = re.compile(
+    rf"\{{\{{ *({_IDENT})((?:{_KEY})*) *(?:\| *(?:default|d)\(({_LITERAL})\) *)?\}}\}}"
+)
+_SEGMENT = re.compile(rf"\.({_IDENT})|\['([^']*)'\]")
+_JINJA_WORDS = frozenset({"true", "false", "none", "True", "False", "None", "not"})
+
+
+def quick_parts(source: str, names: Iterable[str]) -> Parts | None:
+    """The parts of a template made only of text and `{{ path }}` or `{{ path | default(x) }}`
+    with a known name, read without jinja; None for anything else (jinja reads it).
+
+    What it accepts, jinja reads as exactly these parts (a property test compares them).
+    """
+    if "\r" in source:  # jinja normalises line endings: let it
+        return None
+    parts: list[str | _Lookup] = []
+    position = 0
+    for found in _OUTPUT.finditer(source):
+        if not _plain_text(source[position : found.start()]):
+            return None
+        lookup = _quick_lookup(found, names)
+        if lookup is None:
+            return None
+        if found.start() > position:
+            parts.append(source[position : found.start()])
+        parts.append(lookup)
+        position = found.end()
+    if not _plain_text(source[position:]):
+        return None
+    if position < len(source):
+        parts.append(source[position:])
+    return tuple(parts)
+
+
+def _plain_text(text: str) -> bool:
+    return "{{" not in text and "{%" not in text and "{#" not in text
+
+
+def _quick_lookup(found: re.Match[str], names: Iterable[str]) -> _Lookup | None:
+    head, rest, literal = found.group(1), found.group(2), found.group(3)
+    if head in _JINJA_WORDS or head not in names:
+        return None
+    path = (head, *(attr or key for attr, key in _SEGMENT.findall(rest)))
+    if literal is None:
+        return _Lookup(path)
+    return _Lookup(path, literal[1:-1] if literal[0] in "'\"" else int(literal))
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:

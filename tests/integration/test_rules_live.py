@@ -98,20 +98,119 @@ def test_edits_go_live_and_mistakes_never_do(tmp_path: Path) -> None:
         assert _metric(url, "switchboard_rules_valid") == 1
 
 
-def test_missing_folder_is_an_error_until_it_appears(tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    with live_server(tmp_path, extra=_rules_extra(rules)) as server:
-        body = _ready(server.base_url)  # webhooks are still taken in: the server is ready
-        assert body["rules_version"] is None
-        assert "does not exist" in body["rules_error"]
+#: The attacks of issue 7: `when:` under 500 nested `{not: ` (ruamel recursed: a traceback, then
+#: a server that never listened), 8,000 levels of flow nesting (43 s in ruamel).
+DEEP_NOT = (
+    "version: 1\nrules:\n  - id: x\n    when: "
+    + "{not: " * 500
+    + "{channel: sms}"
+    + "}" * 500
+    + "\n    then: [drop: {}]\n"
+)
+DEEP_FLOW = "version: 1\nrules: " + "[" * 8000 + "]" * 8000 + "\n"
+#: (file content, where and what `serve` must report)
+START_FAILURES = {
+    "deep-not": (DEEP_NOT, "deep.yaml:4:185: nested too deeply, expected at most 32 levels"),
+    "deep-flow": (DEEP_FLOW, "deep.yaml:2:1007: nested too deeply, expected at most 32 levels"),
+    "typo": (BROKEN, "deep.yaml:5:14: unknown operator 'contain'"),
+    "missing-folder": (None, "does not exist"),
+}
 
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        (staging / "support.yaml").write_text(GOOD % "Open 9 to 5.")
-        staging.rename(rules)
-        version = rules_version(rules)
-        body = _wait_ready(server.base_url, lambda body: body["rules_version"] == version)
-        assert body["rules_error"] is None
+
+def _serve(tmp_path: Path, rules: Path) -> subprocess.Popen[bytes]:
+    config = tmp_path / "switchboard.toml"
+    port = free_port()
+    config.write_text(config_text(tmp_path / "var" / "s.db", port=port, extra=_rules_extra(rules)))
+    return subprocess.Popen(
+        [sys.executable, "-m", "router", "--config", str(config), "serve"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", START_FAILURES)
+def test_serve_exits_1_with_the_located_error_when_rules_cannot_load(
+    tmp_path: Path, case: str
+) -> None:
+    text, expected = START_FAILURES[case]
+    rules = tmp_path / "rules"
+    if text is not None:
+        rules.mkdir()
+        (rules / "deep.yaml").write_text(text)
+    process = _serve(tmp_path, rules)
+    try:
+        _, stderr = process.communicate(timeout=60)  # the deadline: it must never hang
+    finally:
+        process.kill()
+    message = stderr.decode()
+    assert process.returncode == 1, message
+    assert expected in message and "Traceback" not in message
+    assert "the server did not start" in message
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnhandledThreadExceptionWarning"
+)  # uvicorn exits 3
+def test_an_app_without_valid_rules_does_not_start(tmp_path: Path) -> None:
+    """Embedded (no `serve` pre-check): the lifespan refuses to start, it never serves rule-less."""
+    with (
+        pytest.raises(AssertionError, match="server did not start"),
+        live_server(tmp_path, extra=_rules_extra(tmp_path / "missing")),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("text", [DEEP_NOT, DEEP_FLOW], ids=["deep-not", "deep-flow"])
+def test_attacks_dropped_into_a_running_server_are_reported(tmp_path: Path, text: str) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "support.yaml").write_text(GOOD % "Open 9 to 5.")
+    version = rules_version(rules)
+    with live_server(tmp_path, extra=_rules_extra(rules)) as server:
+        url = server.base_url
+        (rules / "deep.yaml").write_text(text)
+        body = _wait_ready(url, lambda body: body["rules_error"] is not None)
+        assert body["rules_version"] == version
+        assert body["rules_error"].startswith("deep.yaml:")
+        assert "nested too deeply" in body["rules_error"]
+        assert _metric(url, "switchboard_rules_valid") == 0
+        assert _metric(url, 'switchboard_rules_reload_total{outcome="invalid"}') >= 1
+
+        (rules / "deep.yaml").unlink()
+        body = _wait_ready(url, lambda body: body["rules_error"] is None)
+        assert body["rules_version"] == version
+        assert _metric(url, "switchboard_rules_valid") == 1
+
+
+def test_a_failing_watcher_is_reported_until_it_watches_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher library failing (here: as when the inotify watch limit is reached) shows on
+    /readyz and in the metrics; edits still go live through the poll meanwhile."""
+    import watchfiles
+
+    real_awatch = watchfiles.awatch
+
+    def failing_awatch(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "inotify watch limit reached")
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "support.yaml").write_text(GOOD % "Open 9 to 5.")
+    monkeypatch.setattr(watchfiles, "awatch", failing_awatch)
+    with live_server(tmp_path, extra=_rules_extra(rules)) as server:
+        url = server.base_url
+        body = _wait_ready(url, lambda body: body["rules_error"] is not None)
+        assert "watching rules folder" in body["rules_error"]
+        assert "inotify watch limit reached" in body["rules_error"]
+        assert _metric(url, 'switchboard_rules_reload_total{outcome="watch_error"}') >= 1
+        assert _metric(url, "switchboard_rules_valid") == 0
+
+        monkeypatch.setattr(watchfiles, "awatch", real_awatch)
+        body = _wait_ready(url, lambda body: body["rules_error"] is None)
+        assert _metric(url, "switchboard_rules_valid") == 1
 
 
 def test_deleting_the_folder_keeps_the_live_rules(tmp_path: Path) -> None:
