@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from click.testing import CliRunner
 from router.app import create_app
 from router.cli import cli
 from router.config import Settings, load_settings
+from router.http_server import uvicorn_config
 
 if TYPE_CHECKING:
     from tests.cases.base import SignedRequest
@@ -60,11 +63,13 @@ def config_text(
     max_body_bytes: int = 1_048_576,
     busy_timeout_ms: int = 2000,
     source_options: dict[str, str] | None = None,
+    server_options: str = "",
 ) -> str:
     """A complete config with every source configured with two secrets each.
 
     `source_options` adds TOML lines to a source's table (key `twilio`, ..., `custom`), e.g.
-    `{"twilio": 'accept_types = ["message.received"]'}`; `extra` is appended at the end.
+    `{"twilio": 'accept_types = ["message.received"]'}`; `server_options` adds lines to
+    `[server]` (e.g. `header_timeout_seconds = 0.5`); `extra` is appended at the end.
     """
     opts = source_options or {}
     return f"""
@@ -74,6 +79,7 @@ port = {port}
 public_url = "{public_url}"
 max_body_bytes = {max_body_bytes}
 admin_token = "{ADMIN_TOKEN}"
+{server_options}
 
 [storage]
 url = "sqlite:///{db_path}"
@@ -170,11 +176,8 @@ def live_server(tmp_path: Path, **config: Any) -> Iterator[LiveServer]:
     config_path = tmp_path / "switchboard.toml"
     config_path.write_text(config_text(tmp_path / "var" / "switchboard.db", port=port, **config))
     settings = load_settings(config_path)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
-        )
-    )
+    # The config `serve` uses, so the connection limits of [server] apply here too.
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings.server))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive())
@@ -202,3 +205,69 @@ def run_cli(config_path: Path, *args: str) -> CliResult:
         cli, ["--config", str(config_path), *args], prog_name="switchboard", catch_exceptions=False
     )
     return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServerProcess:
+    """`switchboard serve` in a process of its own (for kills, and for load that must not
+    share the test process's GIL)."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    config_path: Path
+    db_path: Path
+
+    def post(self, request: SignedRequest, **options: Any) -> httpx.Response:
+        """POST a prepared webhook (httpx options such as `timeout=` pass through)."""
+        return httpx.post(
+            self.base_url + request.path,
+            content=request.body,
+            headers=request.headers,
+            auth=request.auth,
+            **{"timeout": 30, **options},
+        )
+
+    def events(self, *filters: str) -> list[dict[str, Any]]:
+        result = run_cli(self.config_path, "events", "list", "--json", "--limit", "10000", *filters)
+        assert result.exit_code == 0, result.stderr
+        events: list[dict[str, Any]] = result.json()
+        return events
+
+
+def _process_ready(base_url: str, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"server exited with {process.returncode}")
+    try:
+        return httpx.get(base_url + "/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextmanager
+def server_process(
+    tmp_path: Path, *, port: int | None = None, log_name: str = "server.log", **config: Any
+) -> Iterator[ServerProcess]:
+    """`python -m router --config ... serve` on `port` (default: a free one), with
+    `config_text(**config)`; killed, if still alive, on exit. Its output goes to `log_name`."""
+    port = port or free_port()
+    db_path = tmp_path / "var" / "switchboard.db"
+    config_path = tmp_path / "switchboard.toml"
+    config_path.write_text(config_text(db_path, port=port, **config))
+    base_url = f"http://127.0.0.1:{port}"
+    with (tmp_path / log_name).open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router", "--config", str(config_path), "serve"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: _process_ready(base_url, process), timeout=15, interval=0.05)
+        yield ServerProcess(process, base_url, config_path, db_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)

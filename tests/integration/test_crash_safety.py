@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,54 +21,13 @@ import pytest
 
 from tests.cases.base import SignedRequest
 from tests.cases.twilio import message_params, signed
-from tests.support import PUBLIC_URL, SECRETS, config_text, free_port, run_cli, wait_for
+from tests.support import PUBLIC_URL, SECRETS, free_port, run_cli, server_process, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 THREADS = 8
 REQUESTS = 400
 KILL_AFTER_ACKS = 120
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    config_path: Path
-    db_path: Path
-
-
-def _ready(base_url: str, process: subprocess.Popen[bytes]) -> bool:
-    if process.poll() is not None:
-        raise AssertionError(f"server exited with {process.returncode}")
-    try:
-        return httpx.get(base_url + "/readyz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@contextmanager
-def serve(tmp_path: Path, port: int, log_name: str) -> Iterator[Server]:
-    """`python -m router --config ... serve` on `port`; killed (if still alive) on exit."""
-    db_path = tmp_path / "var" / "switchboard.db"
-    config_path = tmp_path / "switchboard.toml"
-    config_path.write_text(config_text(db_path, port=port))
-    base_url = f"http://127.0.0.1:{port}"
-    with (tmp_path / log_name).open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "router", "--config", str(config_path), "serve"],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: _ready(base_url, process), timeout=15, interval=0.05)
-        yield Server(process, base_url, config_path, db_path)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
 
 
 def delivery(n: int) -> SignedRequest:
@@ -123,7 +79,7 @@ def stored_keys(config_path: Path) -> list[str]:
 def test_every_acknowledged_delivery_survives_kill_9(tmp_path: Path) -> None:
     port = free_port()
     load = Load()
-    with serve(tmp_path, port, "first.log") as first:
+    with server_process(tmp_path, port=port, log_name="first.log") as first:
         shares = [list(range(i, REQUESTS, THREADS)) for i in range(THREADS)]
         with ThreadPoolExecutor(max_workers=THREADS) as pool:
             senders = [pool.submit(send_all, first.base_url, share, load) for share in shares]
@@ -138,7 +94,7 @@ def test_every_acknowledged_delivery_survives_kill_9(tmp_path: Path) -> None:
     acked = set(load.acked)
     assert KILL_AFTER_ACKS <= len(acked) < REQUESTS, "the kill did not land mid-load"
 
-    with serve(tmp_path, port, "second.log") as second:
+    with server_process(tmp_path, port=port, log_name="second.log") as second:
         keys = stored_keys(second.config_path)
         assert len(keys) == len(set(keys))
         missing = {dedupe_key(n) for n in acked} - set(keys)
