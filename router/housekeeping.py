@@ -26,8 +26,21 @@ def nonce_retention(settings: Settings) -> timedelta:
 
 
 async def upkeep_once(store: Store, clock: Clock, settings: Settings) -> None:
-    """One pass: forget one-time tokens no verifier would accept any more."""
+    """One pass: remove blob temp files of writes that died (the first pass runs at start-up),
+    forget one-time tokens no verifier would accept any more."""
+    await sweep_blob_temp_files(store)
     await store.prune_nonces(clock.now() - nonce_retention(settings))
+
+
+async def sweep_blob_temp_files(store: Store) -> None:
+    """`BlobStore.sweep_temp_files` in a thread; a disk error is logged, never fatal."""
+    try:
+        removed = await asyncio.to_thread(store.blobs.sweep_temp_files)
+    except OSError as exc:
+        log.warning("blob sweep failed", stage="housekeeping", error=str(exc))
+        return
+    if removed:
+        log.info("blob temp files removed", stage="housekeeping", count=removed)
 
 
 async def upkeep_forever(store: Store, clock: Clock, settings: Settings) -> None:

@@ -1,11 +1,22 @@
-"""Content-addressed files for large payloads: each distinct content is stored once."""
+"""Content-addressed files for large payloads: each distinct content is stored once.
+
+A blob is written to a temp file named `.<sha>.<pid>.<random>.tmp` beside its final place,
+fsync'd, then renamed. A failed write removes its temp file; one left by a process that died
+mid-write is swept at start-up and by housekeeping.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
+
+#: A temp file of a live process is left alone unless it is older than this (a write that
+#: takes an hour is stuck, and the process reusing a dead one's pid cannot be told apart).
+STALE_TEMP_SECONDS = 3600.0
 
 
 class BlobStore:
@@ -29,11 +40,16 @@ class BlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Unique per call: two requests carrying the same attachment write it concurrently.
         temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
-        with open(temp, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
         folder = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
@@ -46,3 +62,36 @@ class BlobStore:
         if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
             raise FileNotFoundError(digest)
         return self.path(digest).read_bytes()
+
+    def sweep_temp_files(self, now: float | None = None) -> int:
+        """Remove temp files of writes that cannot finish any more: their process is gone,
+        or they are older than STALE_TEMP_SECONDS. Returns how many were removed. Blocking."""
+        moment = time.time() if now is None else now
+        removed = 0
+        for temp in self.root.glob("??/.*.tmp"):
+            with contextlib.suppress(OSError):  # another sweep, or the writer, got there first
+                age = moment - temp.stat().st_mtime
+                if age > STALE_TEMP_SECONDS or not _process_alive(_writer_pid(temp.name)):
+                    temp.unlink()
+                    removed += 1
+        return removed
+
+
+def _writer_pid(name: str) -> int:
+    """The pid in `.<sha>.<pid>.<random>.tmp`; 0 if the name is not ours."""
+    parts = name.split(".")
+    return int(parts[2]) if len(parts) == 5 and parts[2].isdigit() else 0
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
