@@ -1,10 +1,12 @@
 """The framework floor for bench/ingest.py: litestar on the webhook path, body read, 200.
 
 No verification, no parsing, no store: what one uvicorn worker with this litestar can answer
-at best. Served exactly as `switchboard serve` serves the real app (router.cli.UVICORN_OPTIONS),
-so the ratio durable/floor measures the ingest path alone.
+at best. Served exactly as `switchboard serve` serves the real app (router.http_server, with the
+default `[server]` connection limits), so the ratio durable/floor measures the ingest path alone.
+`--no-limits` serves it with uvicorn's plain httptools protocol instead: the difference is what
+the limits cost (bench/ingest.py --limits-cost).
 
-Run: python bench/floor_app.py --port 8099
+Run: python bench/floor_app.py --port 8099 [--no-limits]
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
 
-from router.cli import UVICORN_OPTIONS
+from router.config import ServerConfig
+from router.http_server import UVICORN_OPTIONS, uvicorn_config
 
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
@@ -48,8 +51,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument(
+        "--no-limits", action="store_true", help="uvicorn's own httptools protocol, no limits"
+    )
     args = parser.parse_args()
-    uvicorn.run(app, host=args.host, port=args.port, **UVICORN_OPTIONS)
+    if args.no_limits:
+        uvicorn.run(app, host=args.host, port=args.port, **UVICORN_OPTIONS)
+    else:
+        config = uvicorn_config(app, ServerConfig(), host=args.host, port=args.port)
+        uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

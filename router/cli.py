@@ -27,17 +27,6 @@ from router.timeutil import parse_since
 
 T = TypeVar("T")
 
-#: How `serve` runs uvicorn (bench/floor_app.py serves the framework floor the same way):
-#: uvloop and httptools (uvicorn[standard]) rather than asyncio and h11, no access log.
-UVICORN_OPTIONS: dict[str, Any] = {
-    "loop": "uvloop",
-    "http": "httptools",
-    "log_level": "warning",
-    "access_log": False,
-    "server_header": False,
-    "timeout_graceful_shutdown": 10,
-}
-
 
 class Failure(click.ClickException):
     """A failure the user can act on: message on stderr, exit code 1."""
@@ -103,8 +92,7 @@ def cli(ctx: click.Context, config: str | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the HTTP server (webhooks, health, admin API)."""
-    import uvicorn
-
+    from router import http_server  # uvicorn: only `serve` needs it
     from router.app import create_app
     from router.logs import configure_logging
 
@@ -115,11 +103,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     except ValueError as exc:
         raise Failure(str(exc)) from exc
     require_rules(app.state.ctx.rules)  # invalid rules: located errors on stderr, exit 1
-    uvicorn.run(
+    http_server.run(
         app,
+        settings.server,
         host=host or settings.server.host,
         port=port if port is not None else settings.server.port,
-        **UVICORN_OPTIONS,
     )
 
 
