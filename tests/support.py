@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -248,16 +249,18 @@ def _process_ready(base_url: str, process: subprocess.Popen[bytes]) -> bool:
 
 @contextmanager
 def server_process(
-    tmp_path: Path, *, port: int | None = None, log_name: str = "server.log", **config: Any
+    tmp_path: Path, *, port: int | None = None, log_name: str | None = "server.log", **config: Any
 ) -> Iterator[ServerProcess]:
     """`python -m router --config ... serve` on `port` (default: a free one), with
-    `config_text(**config)`; killed, if still alive, on exit. Its output goes to `log_name`."""
+    `config_text(**config)`; killed, if still alive, on exit. Its output goes to `log_name`
+    in `tmp_path`, or nowhere if None."""
     port = port or free_port()
     db_path = tmp_path / "var" / "switchboard.db"
     config_path = tmp_path / "switchboard.toml"
     config_path.write_text(config_text(db_path, port=port, **config))
     base_url = f"http://127.0.0.1:{port}"
-    with (tmp_path / log_name).open("wb") as log:
+    log_path = tmp_path / log_name if log_name else Path(os.devnull)
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "router", "--config", str(config_path), "serve"],
             cwd=ROOT,

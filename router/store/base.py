@@ -114,5 +114,6 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise StoreUnavailable unless a read and a write lock can be had right now."""
+        """Raise StoreUnavailable unless a read and a write lock can be had right now, and,
+        after an ingest commit failed, unless a commit lands again."""
         ...

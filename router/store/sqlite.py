@@ -80,6 +80,9 @@ class SQLiteStore:
         self._identity: tuple[int, int] | None = None
         #: Ingest transactions committed: with group commit, far fewer than ingests.
         self.batches_committed = 0
+        #: Why the last ingest commit failed, until a commit succeeds (a full disk: reads and
+        #: the write lock still work, so only a commit tells that the store is ready again).
+        self._commit_error: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -194,9 +197,11 @@ class SQLiteStore:
                 outcomes = await self._call(self._writer, lambda c: self._write_batch(c, items))
         except Exception as exc:  # whatever it is, the writer lives on and every caller hears
             reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
+            self._commit_error = reason
             for _, future in batch:
                 _fail(future, StoreUnavailable(reason))
             return
+        self._commit_error = None
         self.batches_committed += 1
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
@@ -337,6 +342,18 @@ class SQLiteStore:
         writer = self._require(self._writer)
         with wrap_exceptions():
             await self._call(writer, _probe_write_lock)
+        if self._commit_error is not None:
+            await self._probe_commit()
+
+    async def _probe_commit(self) -> None:
+        """After a failed ingest commit: commit one small row; ready again only if it lands."""
+        failed = self._commit_error
+        try:
+            await self._write(self._sql["probe_commit"], {"at": timestamp(datetime.now(UTC))})
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"cannot commit: {exc}") from exc
+        if self._commit_error == failed:
+            self._commit_error = None
 
     def _check_file(self) -> None:
         """Raise unless the path still names the file opened: SQLite in WAL mode keeps

@@ -52,5 +52,9 @@ SELECT body, status FROM events WHERE id = :id;
 -- name: get_raw
 SELECT content_type, raw_body, raw_blob FROM events WHERE id = :id;
 
+-- name: probe_commit
+INSERT INTO store_probe (id, at) VALUES (1, :at)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at;
+
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
