@@ -310,7 +310,8 @@ def quick_parts(source: str, names: Iterable[str]) -> Parts | None:
     parts: list[str | _Lookup] = []
     position = 0
     for found in _OUTPUT.finditer(source):
-        if not _plain_text(source[position : found.start()]):
+        before = source[position : found.start()]
+        if not _plain_text(before) or before.endswith("{"):  # `{{{x}}`: jinja reads `{{ {x}}`
             return None
         lookup = _quick_lookup(found, names)
         if lookup is None:
