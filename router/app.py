@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 from litestar import Litestar, Request, Response, get
@@ -20,7 +22,7 @@ from channels.base import InboundAdapter
 from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
-from router.events import EventStatus, encode_event, event_detail
+from router.events import Event, EventStatus, encode_event, event_detail
 from router.housekeeping import upkeep_forever
 from router.ingest import Ingestor
 from router.logs import flush_logs, flush_logs_forever
@@ -124,9 +126,17 @@ async def metrics(request: Request[Any, Any, Any], state: State) -> Response[byt
     )
 
 
+#: Most events one page of /api/events holds, and most bytes: a page stops at whichever
+#: comes first, and the `Link: <...>; rel="next"` header gives the rest.
+MAX_PAGE_EVENTS = 200
+MAX_PAGE_BYTES = 1024 * 1024
+_CURSOR = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
 @get("/api/events", include_in_schema=False)
 async def api_events(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
-    """Events, newest first; filters `source`, `type`, `status`, `since`, `limit`."""
+    """Events, newest first; filters `source`, `type`, `status`, `since`, `limit`; pages by
+    `cursor` (from the `Link` header of the previous page)."""
     ctx = _ctx(state)
     denied = _authorised(request, ctx)
     if denied:
@@ -136,25 +146,57 @@ async def api_events(request: Request[Any, Any, Any], state: State) -> Response[
     except ValueError as exc:
         return _json(400, {"error": f"bad query: {exc}"})
     try:
-        events = await ctx.store.list_events(where)
+        events = await ctx.store.list_events(msgspec.structs.replace(where, limit=where.limit + 1))
     except StoreUnavailable:
         return _json(503, {"error": "store unavailable"})
-    body = b"[" + b",".join(encode_event(e) for e in events) + b"]"
-    return _respond(200, "application/json", body)
+    encoded, more = _page(events, where.limit)
+    response = _respond(200, "application/json", b"[" + b",".join(encoded) + b"]")
+    if more:
+        shown = events[len(encoded) - 1].id
+        query = {**request.query_params.dict(), "cursor": [shown]}
+        link = urlencode([(name, value) for name, values in query.items() for value in values])
+        response.headers["link"] = f'</api/events?{link}>; rel="next"'
+    return response
+
+
+def _page(events: list[Event], limit: int) -> tuple[list[bytes], bool]:
+    """The encoded events of one page (at least one, at most `limit` or MAX_PAGE_BYTES), and
+    whether more are left."""
+    encoded: list[bytes] = []
+    size = 0
+    for event in events[:limit]:
+        body = encode_event(event)
+        size += len(body) + 1
+        if encoded and size > MAX_PAGE_BYTES:
+            return encoded, True
+        encoded.append(body)
+    return encoded, len(events) > limit
 
 
 def _event_filter(params: Mapping[str, str], now: datetime) -> EventFilter:
     """The /api/events query as a filter; ValueError names what is wrong."""
-    limit = int(params.get("limit") or 100)
-    if not 1 <= limit <= 1000:
-        raise ValueError("limit must be between 1 and 1000")
+    limit = _query_int(params, "limit", default=100, low=1, high=MAX_PAGE_EVENTS)
+    cursor = params.get("cursor")
+    if cursor is not None and not _CURSOR.match(cursor):
+        raise ValueError("cursor must be an event id, as given by the Link header")
     return EventFilter(
         source=params.get("source"),
         type=params.get("type"),
         status=EventStatus(params["status"]) if params.get("status") else None,
         since=parse_since(params["since"], now) if params.get("since") else None,
+        before=cursor,
         limit=limit,
     )
+
+
+def _query_int(params: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
+    """A query integer in plain ASCII digits (`int()` also takes full-width digits and `1_000`)."""
+    text = params.get(name)
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and low <= int(text) <= high):
+        raise ValueError(f"{name} must be a whole number from {low} to {high}")
+    return int(text)
 
 
 @get("/api/events/{event_id:str}", include_in_schema=False)

@@ -56,6 +56,8 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
     status: EventStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
+    #: Only events whose id sorts before this one (the cursor of the next page).
+    before: str | None = None
     limit: int = 100
 
 

@@ -300,6 +300,7 @@ class SQLiteStore:
             "status": where.status.value if where.status else None,
             "since": timestamp(where.since) if where.since else None,
             "until": timestamp(where.until) if where.until else None,
+            "before": where.before,
             "limit": where.limit,
         }
         rows = await self._read(self._sql["list_events"], params)

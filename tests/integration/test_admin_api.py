@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cases.base import SignedRequest
+from tests.cases.stripe import invoice, stripe_event
+from tests.cases.stripe import signed as stripe_signed
 from tests.cases.twilio import message_params, signed, status_params
 from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server
 
@@ -113,6 +116,41 @@ def test_api_events_filters(server: LiveServer) -> None:
     assert keys(since="2999-01-01T00:00:00Z") == []
 
 
+def test_api_events_pages_with_a_cursor_until_all_are_seen(server: LiveServer) -> None:
+    sent = [f"PAGE{n:02d}" for n in range(7)]
+    for key in sent:
+        assert server.post(twilio(key)).status_code == 200
+    seen: list[str] = []
+    path = "/api/events?limit=3&source=twilio"
+    pages = 0
+    while path:
+        response = get(server, path)
+        assert response.status_code == 200, response.text
+        seen += [e["dedupe_key"] for e in response.json()]
+        pages += 1
+        path = response.links.get("next", {}).get("url", "").removeprefix(server.base_url)
+    assert pages == 3
+    assert seen == [f"twilio:SM{key}" for key in reversed(sent)]
+
+
+def test_api_events_page_stops_at_its_byte_budget(server: LiveServer) -> None:
+    """A page holds at most about 1 MiB of events, whatever `limit` says; the rest follows."""
+    for n in range(8):
+        obj = {**invoice(str(n)), "description": "x" * 200_000}
+        payload = stripe_event(f"evt_big{n}", "invoice.payment_failed", obj)
+        assert (
+            server.post(stripe_signed(payload, SECRETS["stripe"][0], int(time.time()))).status_code
+            == 200
+        )
+    response = get(server, "/api/events?limit=200")
+    first = response.json()
+    assert len(response.content) <= 1024 * 1024 and len(first) == 5
+    rest = get(server, response.links["next"]["url"].removeprefix(server.base_url)).json()
+    assert [e["dedupe_key"] for e in first + rest] == [
+        f"stripe:evt_big{n}" for n in reversed(range(8))
+    ]
+
+
 def test_api_event_by_id(server: LiveServer) -> None:
     assert server.post(twilio("ONE")).status_code == 200
     [listed] = get(server, "/api/events").json()
@@ -137,8 +175,14 @@ def test_api_event_unknown_id_is_404(shared: LiveServer, event_id: str) -> None:
         {"limit": "abc"},
         {"limit": "0"},
         {"limit": "-1"},
-        {"limit": "1001"},
+        {"limit": "201"},
         {"limit": "9" * 5000},
+        {"limit": "\uff11\uff10"},  # full-width digits: int() reads them, we do not
+        {"limit": "1_0"},
+        {"limit": " 10"},
+        {"limit": "+10"},
+        {"since": "\uff11\uff10m"},
+        {"cursor": "not-an-id"},
         {"status": "bogus"},
         {"since": "yesterday"},
         {"since": "99999999w"},

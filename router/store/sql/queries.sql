@@ -44,6 +44,7 @@ WHERE (:source IS NULL OR source = :source)
   AND (:status IS NULL OR status = :status)
   AND (:since IS NULL OR received_at >= :since)
   AND (:until IS NULL OR received_at < :until)
+  AND (:before IS NULL OR id < :before)
 ORDER BY id DESC LIMIT :limit;
 
 -- name: get_event
