@@ -94,8 +94,8 @@ class Ingestor:
             return error_ack(415, f"content type must be {expected}")
         try:
             nonce = await self._run(adapter.verify, request)
-            if nonce is not None:
-                await self._check_first_use(source, nonce, request)
+            if nonce is not None and await self._reused(source, nonce, request):
+                return self._replay(source)
         except SignatureError as exc:
             return self._refuse(source, request, exc.reason, started)
         except LimitExceeded as exc:
@@ -114,8 +114,7 @@ class Ingestor:
         except StoreUnavailable as exc:
             return self._unavailable(source, request, exc, started)
         if outcome is IngestOutcome.REPLAY:
-            self._count(source, "replay")
-            return error_ack(401, "signature check failed: token already used")
+            return self._replay(source)
         self._observe(source, time.perf_counter() - started)
         self._log_events(parsed.events, outcome, started)
         return parsed.ack
@@ -126,22 +125,22 @@ class Ingestor:
             return step(request)
         return await asyncio.get_running_loop().run_in_executor(self._heavy, step, request)
 
-    async def _check_first_use(self, source: str, nonce: str, request: InboundRequest) -> None:
-        """SignatureError if `nonce` was committed before with another body.
+    async def _reused(self, source: str, nonce: str, request: InboundRequest) -> bool:
+        """Was `nonce` committed before with another body?
 
         The same body again is a redelivery, left to the dedupe; two first uses racing each
         other are settled by the store at commit (REPLAY).
         """
         first = await self._store.nonce_first_body(source, nonce)
         if first is None:
-            return
+            return False
         if first.blob is not None:
-            same = await self._run(_sha256_hex, request) == first.blob
-        else:
-            same = first.body == request.body
-        if not same:
-            self._count(source, "replay")
-            raise SignatureError("token already used")
+            return await self._run(_sha256_hex, request) != first.blob
+        return first.body != request.body
+
+    def _replay(self, source: str) -> Ack:
+        self._count(source, "replay")
+        return error_ack(401, "signature check failed: token already used")
 
     def _refuse(self, source: str, request: InboundRequest, reason: str, started: float) -> Ack:
         self._count(source, "unauthorized")
