@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import msgspec
@@ -20,7 +20,7 @@ from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
 from router.events import Event
-from router.rules import RuleSet, RulesInvalid, evaluate
+from router.rules import RuleError, RuleSet, RulesInvalid, evaluate
 from router.rules_live import LiveRules
 from router.rules_tools import (
     DiffReport,
@@ -31,6 +31,7 @@ from router.rules_tools import (
     compare,
     decision_payload,
     decode_test_input,
+    deep_check,
     load_folder,
     routable,
     summary_line,
@@ -81,10 +82,15 @@ def _load(folder: Path, settings: Settings) -> RuleSet:
     except RulesFolderMissing as exc:
         raise RulesFailure(str(exc)) from exc
     except RulesInvalid as exc:
-        for error in exc.errors:
-            click.echo(f"{folder / error.file}:{error.line}:{error.column}: {error.message}")
-        count = len(exc.errors)
-        raise RulesFailure(f"{count} error{'s' * (count != 1)} in {folder}") from exc
+        _fail_with(folder, exc.errors)
+
+
+def _fail_with(folder: Path, errors: list[RuleError]) -> NoReturn:
+    """Print every located error and exit 1."""
+    for error in errors:
+        click.echo(f"{folder / error.file}:{error.line}:{error.column}: {error.message}")
+    count = len(errors)
+    raise RulesFailure(f"{count} error{'s' * (count != 1)} in {folder}")
 
 
 def require_rules(live: LiveRules) -> None:
@@ -124,6 +130,9 @@ def rules_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
         _check_json(folder, settings)
         return
     ruleset = _load(folder, settings)
+    found = deep_check(ruleset)
+    if found:
+        _fail_with(folder, found)
     count = len(ruleset.rules)
     click.echo(
         f"OK: {count} rule{'s' * (count != 1)} in {len(ruleset.files)} file"
@@ -141,7 +150,10 @@ def _check_json(folder: Path, settings: Settings) -> None:
         errors = [msgspec.to_builtins(error) for error in exc.errors]
         _print_json({"valid": False, "rules_version": None, "errors": errors})
         raise SystemExit(1) from exc
-    _print_json({"valid": True, "rules_version": ruleset.version, "errors": []})
+    found = [msgspec.to_builtins(error) for error in deep_check(ruleset)]
+    _print_json({"valid": not found, "rules_version": ruleset.version, "errors": found})
+    if found:
+        raise SystemExit(1)
 
 
 @rules.command("test")

@@ -8,15 +8,27 @@ partial event a marketer writes for `rules test`, and compare live and draft dec
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from router.config import Settings
-from router.events import Event, EventStatus
-from router.rules import Decision, RuleSet, Snapshot, evaluate, load_ruleset
+from router.events import Attachment, Channel, Contact, Event, EventStatus
+from router.rules import (
+    ConversationView,
+    Decision,
+    Rule,
+    RuleError,
+    RuleSet,
+    Snapshot,
+    evaluate,
+    load_ruleset,
+)
+from router.rules.engine import template_context
+from router.rules.regexes import probe
+from router.rules.templates import describe
 
 #: Keys of an EVENT.json besides the event's own fields (SPEC §3).
 _SNAPSHOT_KEYS = ("conversation", "contact_timezone")
@@ -43,6 +55,88 @@ def load_folder(folder: Path, settings: Settings, *, check_forwards: bool = True
         windows=settings.windows,
         default_timezone=settings.compliance.default_timezone,
         forwards=settings.channels.http.forwards.keys() if check_forwards else None,
+    )
+
+
+#: Channel of each built-in source's events, for the sample event `rules check` renders with.
+_SOURCE_CHANNELS = {"twilio": "sms", "slack": "slack", "mailgun": "email", "sendgrid": "email"}
+_ADDRESSES = {"email": "sam@example.com", "slack": "U0SAMPLE"}
+_SAMPLE_AT = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+_SAMPLE_ATTACHMENT = Attachment(
+    url="https://example.com/sample.jpg", filename="sample.jpg", content_type="image/jpeg", size=1
+)
+
+
+def deep_check(ruleset: RuleSet) -> list[RuleError]:
+    """What loading cannot tell: every template rendered on a sample event of the rule's
+    source/channel (a missing optional value is fine, any other failure is an error), and every
+    `matches` pattern probed with pumped texts (a timeout is an error). Slower than loading,
+    so `rules check` does it and the server does not."""
+    errors: list[RuleError] = []
+    for rule in ruleset.rules:
+        errors += _render_errors(rule)
+        errors += [
+            RuleError(
+                rule.file,
+                line,
+                column,
+                f"regular expression {pattern!r} timed out on "
+                f"the text {slow}; expected a pattern that cannot backtrack for long",
+            )
+            for line, column, pattern in rule.patterns
+            if (slow := probe(pattern)) is not None
+        ]
+    return errors
+
+
+def _render_errors(rule: Rule) -> list[RuleError]:
+    import jinja2
+
+    if not rule.templates:
+        return []
+    event = sample_event(rule)
+    context = template_context(
+        event, Snapshot(conversation=ConversationView(state="bot", attributes={}))
+    )
+    errors = []
+    for line, column, template in rule.templates:
+        try:
+            template.render(context)
+        except jinja2.UndefinedError:  # a value this sample does not carry: fine
+            continue
+        except Exception as exc:
+            message = f"template fails on a sample {event.source} event: {describe(exc)}"
+            errors.append(RuleError(rule.file, line, column, message))
+    return errors
+
+
+def sample_event(rule: Rule) -> Event:
+    """A representative event for the rule (every §3 field filled), of the source, type or
+    channel its index says it needs."""
+    hint = next(iter(sorted(rule.index_values)), None) if rule.index_field else None
+    source = hint if rule.index_field == "source" and hint else "twilio"
+    channel = (
+        hint if rule.index_field == "channel" and hint else _SOURCE_CHANNELS.get(source, "sms")
+    )
+    kind = hint if rule.index_field == "type" and hint else "message.received"
+    if channel not in set(Channel):
+        channel = "sms"
+    address = _ADDRESSES.get(channel, "+15551230001")
+    return Event(
+        id="01SAMPLE",
+        source=source,
+        type=kind,
+        provider_type=kind,
+        dedupe_key=f"{source}:sample",
+        channel=Channel(channel),
+        contact=Contact(address=address, name="Sam Sample"),
+        conversation_key=f"{channel}:{address}",
+        text="Hello, a sample message",
+        attachments=(_SAMPLE_ATTACHMENT,),
+        data={},
+        received_at=_SAMPLE_AT,
+        occurred_at=_SAMPLE_AT,
+        correlation_id="01SAMPLE",
     )
 
 

@@ -75,6 +75,8 @@ class ConditionCompiler:
         self.windows = windows
         self._parsed: dict[str, Window | str] = {}
         self._nesting = 0
+        #: Every `matches` pattern compiled, with where it is: `rules check` probes each one.
+        self.patterns: list[tuple[Pos, str]] = []
 
     def when(self, node: Any, pos: Pos) -> tuple[Condition | None, Hints]:
         hints: Hints = {}
@@ -272,7 +274,10 @@ class ConditionCompiler:
             self.site.error(kpos, f"unknown operator {name!r}{expected(str(name), ALL_OPERATORS)}")
             return None
         try:
-            return OPERATORS[name](plain(arg))
+            checker = OPERATORS[name](plain(arg))
         except OperatorError as exc:
             self.site.error(vpos, str(exc))
             return None
+        if name == "matches":
+            self.patterns.append((vpos, str(arg)))
+        return checker

@@ -255,6 +255,7 @@ class _FileLoader:
             )
             return None
         before, first_template = len(self.site.errors), len(self.actions.templates)
+        first_pattern = len(self.conditions.patterns)
         for key in node:
             if key not in _RULE_KEYS:
                 self.site.error(key_pos(node, key), _unknown_key(key, "a rule", _RULE_KEYS))
@@ -286,6 +287,10 @@ class _FileLoader:
             templates=tuple(
                 (line + 1, column + 1, template)
                 for (line, column), template in self.actions.templates[first_template:]
+            ),
+            patterns=tuple(
+                (line + 1, column + 1, pattern)
+                for (line, column), pattern in self.conditions.patterns[first_pattern:]
             ),
         )
 

@@ -96,3 +96,5 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     index_values: frozenset[str] = frozenset()
     #: The rule's templates as (line, column, template), for `rules check` to try each one.
     templates: tuple[tuple[int, int, Any], ...] = ()
+    #: The rule's `matches` patterns as (line, column, pattern), for `rules check` to probe.
+    patterns: tuple[tuple[int, int, str], ...] = ()

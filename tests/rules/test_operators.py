@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from router.events import Channel, Contact
-from router.rules import ConversationView, Snapshot
+from router.rules import ConversationView, RulesInvalid, Snapshot
 from tests.rules.support import decide, make_event, one_rule
 
 DATA = {
@@ -219,8 +219,36 @@ def test_whatsapp_channel_and_contact(tmp_path: Path) -> None:
 
 
 def test_regex_timeout_is_recorded_not_raised(tmp_path: Path) -> None:
-    # Alternation with overlapping branches escapes the static check; the timeout catches it.
-    ruleset = one_rule(tmp_path, {"text": {"matches": "^(a|aa)*$"}})
-    decision = decide(ruleset, make_event(text="a" * 5000 + "b"))
+    # Polynomial backtracking (no nesting, no alternation) escapes the static checks; the
+    # timeout catches it (and `rules check` would have, by probing).
+    ruleset = one_rule(tmp_path, {"text": {"matches": r"\s*\s*\s*\s*$"}})
+    decision = decide(ruleset, make_event(text=" " * 20_000 + "x"))
     assert decision.matched == []
     assert decision.errors and "timed out" in decision.errors[0]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["^(a|a)*$", "(a|ab)*", r"(\w|\d)+", "((a|a)b)*", "(?i)(a|A)+", "(x|xy){2,}", "(?:ab|a)+$"],
+)
+def test_ambiguous_repeated_alternations_are_load_errors(tmp_path: Path, pattern: str) -> None:
+    with pytest.raises(RulesInvalid, match="repeats alternatives that can start with the same"):
+        one_rule(tmp_path, {"text": {"matches": pattern}})
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(a|b)*",
+        "(foo|bar)+",
+        r"(https?://|www\.)\S+",
+        r"(?:[a-z]|-)+",
+        r"(?:\s|,)+",
+        r"(x|xy){2,5}",
+        r"(\.\d|,\d)*",
+        r"(?i)\border\s*#?\d{3,}",
+        r"^(a|a)$",
+    ],
+)
+def test_unambiguous_or_bounded_alternations_load(tmp_path: Path, pattern: str) -> None:
+    assert one_rule(tmp_path, {"text": {"matches": pattern}}).rules[0].patterns[0][2] == pattern
