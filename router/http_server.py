@@ -61,6 +61,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
 LINGER_SECONDS = 2.0
 
 _INF = float("inf")
+_Base = HttpToolsProtocol  # its methods called directly: `super()` costs ~500 instructions a call
 _log = get_logger("switchboard.http")
 
 
@@ -103,6 +104,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[HttpLimits] = HttpLimits.from_config(ServerConfig())
 
+    # Our state lives in slots, not in the instance dict: uvicorn already keeps 28 attributes
+    # there, and past 30 CPython stops sharing the dict's keys and de-optimises every `self.x`
+    # of uvicorn's own hot path (callgrind: ~4,000 instructions a request).
+    __slots__ = (
+        "_body_timeout",
+        "_deadline",
+        "_header_budget",
+        "_header_timeout",
+        "_in_headers",
+        "_lingering",
+        "_max_header_bytes",
+        "_over_cap",
+        "_time",
+        "_timer",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -110,11 +127,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        _Base.__init__(self, config, server_state, app_state, _loop)
+        limits = self.limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._header_timeout = limits.header_timeout
+        self._body_timeout = limits.body_timeout
+        self._time = self.loop.time
         #: True between requests and inside a request's headers: the bytes read count.
         self._in_headers = True
         #: Header bytes the current request may still send; below 0, `_past_budget` decides.
-        self._header_budget = self.limits.max_header_bytes
+        self._header_budget = limits.max_header_bytes
         #: Loop time at which the current phase times out (inf: none, the app is working).
         self._deadline = _INF
         self._timer: asyncio.TimerHandle | None = None
@@ -124,45 +146,43 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the header deadline now (a connection that sends nothing is closed too)."""
-        super().connection_made(transport)
-        limits = self.limits
-        self._over_cap = len(self.connections) > limits.max_connections
+        _Base.connection_made(self, transport)
+        self._over_cap = len(self.connections) > self.limits.max_connections
         if self._over_cap:
             self._header_budget = -1  # the first bytes go to `_past_budget`, which answers 503
-        self._deadline = self.loop.time() + limits.header_timeout
+        self._deadline = self._time() + self._header_timeout
         self._arm(self._deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop the timer with the connection."""
-        super().connection_lost(exc)
+        _Base.connection_lost(self, exc)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
         """Count header bytes before the parser buffers them; refuse past the budget."""
-        if self._lingering:
-            return
         if self._in_headers:
             if self._deadline == _INF:  # first bytes of the next request on this connection
-                self._deadline = self.loop.time() + self.limits.header_timeout
-            self._header_budget -= len(data)
-            if self._header_budget < 0:
+                self._deadline = self._time() + self._header_timeout
+            budget = self._header_budget - len(data)
+            self._header_budget = budget
+            if budget < 0:  # also every read once refused (see `_linger`)
                 self._past_budget(data)
                 return
-        super().data_received(data)
+        _Base.data_received(self, data)
 
     def on_headers_complete(self) -> None:
         """Headers done: the body deadline starts."""
         self._in_headers = False
-        self._deadline = self.loop.time() + self.limits.body_timeout
-        super().on_headers_complete()
+        self._deadline = self._time() + self._body_timeout
+        _Base.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         """Body done: no deadline while the app works; the next request gets a fresh budget."""
-        super().on_message_complete()
+        _Base.on_message_complete(self)
         self._in_headers = True
-        self._header_budget = self.limits.max_header_bytes
+        self._header_budget = self._max_header_bytes
         self._deadline = _INF
 
     def handle_websocket_upgrade(self) -> None:
@@ -170,23 +190,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        super().handle_websocket_upgrade()
+        _Base.handle_websocket_upgrade(self)
 
     def _past_budget(self, data: bytes) -> None:
         """This read crosses the header budget: parse what fits, and refuse unless the
-        headers were complete within it."""
+        headers were complete within it. Once refused, reads are dropped."""
+        if self._lingering:
+            return
         if self._over_cap:
             self._refuse(503)
             return
         fits = len(data) + self._header_budget  # the budget before this read
         if fits > 0:
-            super().data_received(data[:fits])
+            _Base.data_received(self, data[:fits])
         if self.transport.is_closing():  # the parser refused the request itself (400)
             return
         if self._in_headers:
             self._refuse(431)
         else:
-            super().data_received(data[fits:])
+            _Base.data_received(self, data[fits:])
 
     def _arm(self, when: float) -> None:
         self._timer = self.loop.call_at(when, self._on_timer)
@@ -196,10 +218,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
         Polling at the shortest timeout is enough: a deadline set later is at least that far
         away, so the timer wakes before it and re-arms on it exactly."""
-        now = self.loop.time()
+        now = self._time()
         if now < self._deadline:
-            limits = self.limits
-            poll = now + min(limits.header_timeout, limits.body_timeout)
+            poll = now + min(self._header_timeout, self._body_timeout)
             self._arm(min(self._deadline, poll))
             return
         self._timer = None
@@ -209,7 +230,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """A deadline passed: 408 if an answer can go out in order now, else just close."""
         if self._lingering or self._over_cap or not self._answerable():
             self.transport.close()
-        elif self._in_headers and self._header_budget == self.limits.max_header_bytes:
+        elif self._in_headers and self._header_budget == self._max_header_bytes:
             self.transport.close()  # no byte of a request: nothing to answer
         else:
             self._refuse(408)
@@ -235,6 +256,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """Send FIN and drain reads for LINGER_SECONDS: closing with unread data would send
         an RST, and the client could lose the answer before reading it."""
         self._lingering = True
+        self._in_headers, self._header_budget = True, -1  # every read goes to `_past_budget`
         self.flow.resume_reading()
         if not self.transport.can_write_eof():
             self.transport.close()
@@ -242,7 +264,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         if self._timer is not None:
             self._timer.cancel()
-        self._deadline = self.loop.time() + LINGER_SECONDS
+        self._deadline = self._time() + LINGER_SECONDS
         self._arm(self._deadline)
 
 
