@@ -32,7 +32,7 @@ from router.rules_live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.timeutil import parse_since
-from router.webhooks import webhooks
+from router.webhooks import BodyBudget, webhooks
 
 
 class AppContext:
@@ -56,6 +56,7 @@ class AppContext:
         self.adapters: dict[str, InboundAdapter] = inbound_adapters(settings, clock)
         #: Largest body each route reads, by the path after /webhooks/.
         self.body_limits = body_limits(settings)
+        self.body_budget = BodyBudget(settings.server.max_body_memory_bytes)
         self.ingestor = Ingestor(
             store,
             store.blobs,

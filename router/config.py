@@ -42,6 +42,9 @@ class ServerConfig(msgspec.Struct, **_STRICT):
     keepalive_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
     #: Connections open at once; beyond it a connection is answered 503 and closed.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    #: Webhook body bytes held in memory at once, over every connection; a request that would
+    #: go past it is answered 503 (providers retry) rather than the process growing unbounded.
+    max_body_memory_bytes: BodyLimit = 256 * MiB
 
 
 class StorageConfig(msgspec.Struct, **_STRICT):

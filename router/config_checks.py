@@ -39,6 +39,11 @@ def _server(settings: Settings) -> Iterator[Problem]:
         yield "server.public_url", "expected the URL providers call, e.g. https://hooks.example.com"
     if not settings.storage.url.startswith("sqlite:///"):
         yield "storage.url", "expected sqlite:///PATH (PostgreSQL is not supported yet)"
+    if settings.server.max_body_memory_bytes < settings.server.max_body_bytes:
+        yield (
+            "server.max_body_memory_bytes",
+            "must be at least server.max_body_bytes, or the largest body could never be taken in",
+        )
 
 
 def _custom_sources(settings: Settings) -> Iterator[Problem]:

@@ -18,7 +18,7 @@ from litestar.enums import ScopeType
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from channels.base import InboundRequest
+from channels.base import InboundAdapter, InboundRequest
 from router.ids import new_ulid
 
 if TYPE_CHECKING:
@@ -32,6 +32,30 @@ class _ClientGone(Exception):
     """The client disconnected before its body was complete: nothing to answer."""
 
 
+class _OverBudget(Exception):
+    """Taking this body in would hold more body bytes than the server allows at once."""
+
+
+class BodyBudget:
+    """Webhook body bytes held in memory at once, over every request (one event loop, so no
+    lock). Bounds what many slow or large uploads together can make the process hold."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        """Hold `size` more bytes, or raise _OverBudget."""
+        if self.held + size > self.limit:
+            raise _OverBudget
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class Answer:
     """A complete answer as an ASGI app: status, content type, length, body."""
 
@@ -43,7 +67,7 @@ class Answer:
         self.headers = [
             (b"content-type", _content_type(media_type)),
             (b"content-length", str(len(body)).encode()),
-            *((name.encode(), value.encode()) for name, value in extra.items()),
+            *((name.replace("_", "-").encode(), value.encode()) for name, value in extra.items()),
         ]
 
     @classmethod
@@ -74,22 +98,44 @@ async def webhooks(scope: Scope, receive: Receive, send: Send) -> None:
         await answer(scope, receive, send)
 
 
-async def _answer(ctx: AppContext, scope: Scope, receive: Receive) -> Answer | None:
+def _path(scope: Scope) -> tuple[str, str]:
+    """The request path as sent, and the route key after /webhooks/ (`twilio/messages`)."""
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     path = raw_path.decode("latin-1")
-    key = path.removeprefix(_PREFIX).strip("/")
+    return path, path.removeprefix(_PREFIX).strip("/")
+
+
+async def _answer(ctx: AppContext, scope: Scope, receive: Receive) -> Answer | None:
+    path, key = _path(scope)
     if scope.get("method") != "POST":
         return Answer.error(405, "Method Not Allowed", allow="POST")
     adapter = ctx.adapters.get(key)
     if adapter is None:
         return Answer.error(404, f"no source is configured at /webhooks/{key}")
     headers = _headers(scope)
+    limit = ctx.body_limits[key]
     try:
-        body = await _read_body(receive, headers, ctx.body_limits[key])
+        body = await _read_body(receive, headers, limit, ctx.body_budget)
     except _ClientGone:
         return None
+    except _OverBudget:
+        return Answer.error(503, "too many request bodies in flight, retry", retry_after="1")
     if body is None:
-        return Answer.error(413, f"body larger than {ctx.body_limits[key]} bytes")
+        return Answer.error(413, f"body larger than {limit} bytes")
+    try:
+        return await _ingest(ctx, scope, path, adapter, headers, body)
+    finally:
+        ctx.body_budget.give(2 * len(body))
+
+
+async def _ingest(
+    ctx: AppContext,
+    scope: Scope,
+    path: str,
+    adapter: InboundAdapter,
+    headers: dict[str, str],
+    body: bytes,
+) -> Answer:
     query: bytes = scope.get("query_string", b"")
     now = ctx.clock.now()
     request_id = headers.get("x-request-id", "")
@@ -113,21 +159,33 @@ def _headers(scope: Scope) -> dict[str, str]:
     return found
 
 
-async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
-    """The whole body, or None as soon as it is known to exceed `limit` bytes."""
+async def _read_body(
+    receive: Receive, headers: dict[str, str], limit: int, budget: BodyBudget
+) -> bytes | None:
+    """The whole body, or None as soon as it is known to exceed `limit` bytes.
+
+    Each chunk is taken from `budget` twice over (the chunks, then their join); a body that
+    is returned stays taken, for the caller to give back once it is answered.
+    """
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message: Any = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message: Any = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                budget.give(2 * (size - len(chunk)))
+                return None
+            budget.take(2 * len(chunk))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    except BaseException:
+        budget.give(2 * sum(map(len, chunks)))
+        raise
