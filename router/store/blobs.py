@@ -24,6 +24,8 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        #: Why the last write failed, until one succeeds (a full disk): /readyz reports it.
+        self.failing: str | None = None
 
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest
@@ -33,6 +35,31 @@ class BlobStore:
 
         Blocking: call it in a thread. Writing an existing digest again is a no-op.
         """
+        try:
+            digest = self._put(content)
+        except OSError as exc:
+            self.failing = exc.strerror or str(exc)
+            raise
+        self.failing = None
+        return digest
+
+    def probe(self) -> None:
+        """Write, fsync and remove a small temp file: OSError unless blobs can be written now.
+        Blocking. Clears `failing` when it succeeds."""
+        folder = self.root / "00"
+        folder.mkdir(parents=True, exist_ok=True)
+        temp = folder / f".probe.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(bytes(4096))
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+        self.failing = None
+
+    def _put(self, content: bytes) -> str:
         digest = hashlib.sha256(content).hexdigest()
         target = self.path(digest)
         if target.exists():

@@ -345,6 +345,11 @@ class SQLiteStore:
             await self._call(writer, _probe_write_lock)
         if self._commit_error is not None:
             await self._probe_commit()
+        if self.blobs.failing is not None:
+            try:
+                await asyncio.to_thread(self.blobs.probe)
+            except OSError as exc:
+                raise StoreUnavailable(f"blob store: {exc.strerror or exc}") from exc
 
     async def _probe_commit(self) -> None:
         """After a failed ingest commit: commit one small row; ready again only if it lands."""

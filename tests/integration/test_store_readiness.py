@@ -10,11 +10,13 @@ disk with no space left; raising it again is freeing space.
 from __future__ import annotations
 
 import resource
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.cases.email import mailgun_fields, multipart_request
 from tests.cases.twilio import message_params, signed
 from tests.support import PUBLIC_URL, SECRETS, ServerProcess, server_process
 
@@ -54,3 +56,28 @@ def test_readyz_is_503_while_commits_fail_and_recovers_with_space(tmp_path: Path
         assert post_message(server, "AFTER") == 200
         stored = {event["dedupe_key"] for event in server.events()}
         assert "twilio:SMAFTER" in stored
+
+
+def test_readyz_is_503_while_blobs_cannot_be_written(tmp_path: Path) -> None:
+    """Large bodies and attachments go to the blob folder: when it cannot be written, the
+    email is answered 503 and /readyz says so, until it can be written again."""
+    with server_process(tmp_path, log_name=None) as server:
+        blobs = server.db_path.parent / "blobs"
+        blobs.mkdir(exist_ok=True)
+        blobs.rename(tmp_path / "blobs-away")
+        blobs.write_bytes(b"not a folder")  # every blob write now fails
+        key = SECRETS["mailgun"][0]
+        big = multipart_request(
+            "/webhooks/email/mailgun",
+            mailgun_fields("blob-down", key, int(time.time())),
+            {"attachment-1": ("a.bin", b"z" * 200_000, "application/octet-stream")},
+        )
+        assert server.post(big).status_code == 503
+        assert readyz(server) == 503
+        assert post_message(server, "SMALL") == 200  # the database itself is fine
+        assert readyz(server) == 503
+
+        blobs.unlink()
+        (tmp_path / "blobs-away").rename(blobs)
+        assert readyz(server) == 200
+        assert server.post(big).status_code == 200
