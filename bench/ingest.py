@@ -11,8 +11,13 @@ RequestValidator, each with its own MessageSid (identical bodies would flatter b
 litestar caches form parses and the store dedupes). Prints requests/s, p50/p99, non-2xx,
 the ratio durable/floor, peak RSS, and checks that the store holds one row per 2xx.
 
+Both are served by router.http_server with the default `[server]` connection limits;
+`--limits-cost` also serves the floor on uvicorn's plain httptools protocol and prints what
+the limits cost.
+
 Run: .venv/bin/python bench/ingest.py            (15 s per server, 64 connections)
      .venv/bin/python bench/ingest.py --quick    (3 s smoke run)
+     .venv/bin/python bench/ingest.py --rounds 3 --limits-cost
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import proc_stats
@@ -242,6 +248,12 @@ def parse_args() -> argparse.Namespace:
         help="durable then floor, this many times, with medians (steadier on a busy machine)",
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the framework floor")
+    parser.add_argument(
+        "--limits-cost",
+        action="store_true",
+        help="also serve the floor on uvicorn's plain httptools protocol, without the [server]"
+        " connection limits, and print what the limits cost",
+    )
     parser.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for wrk (1)")
     parser.add_argument(
@@ -263,6 +275,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.duration = 3
+    if args.limits_cost and args.no_floor:
+        parser.error("--limits-cost measures the floor: drop --no-floor")
     if args.requests is None:
         args.requests = max(20_000, 20_000 * args.duration)
     if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
@@ -287,10 +301,55 @@ def run_durable(
     return durable, count_events(db)
 
 
-def run_floor(args: argparse.Namespace, wrk: str, requests_file: Path, folder: Path) -> Result:
+def run_floor(
+    args: argparse.Namespace, wrk: str, requests_file: Path, folder: Path, *, plain: bool = False
+) -> Result:
+    """The floor as `serve` serves it, or with `plain` on uvicorn's own httptools protocol."""
     port = free_port()
     cmd = [sys.executable, str(BENCH / "floor_app.py"), "--port", str(port)]
-    return measure("floor", cmd, port, args, wrk, requests_file, None, folder / "floor.log")
+    name = "floor-plain" if plain else "floor"
+    cmd += ["--no-limits"] if plain else []
+    return measure(name, cmd, port, args, wrk, requests_file, None, folder / f"{name}.log")
+
+
+def cpu_us_per_request(result: Result) -> float:
+    return (result.cpu.user_s + result.cpu.system_s) * 1e6 / max(int(result.wrk["requests"]), 1)
+
+
+def print_limits_cost(pairs: list[tuple[Result, Result]], first: int = 1) -> None:
+    """The floor with the [server] connection limits against uvicorn's plain httptools
+    (rounds numbered from `first`)."""
+    print("\n== Cost of the connection limits (floor with limits vs floor-plain)")
+    for number, (limited, plain) in enumerate(pairs, start=first):
+        print(
+            f"  round {number}: {limited.rps:.0f} vs {plain.rps:.0f} req/s "
+            f"({limited.rps / plain.rps:.3f}x); server CPU per request "
+            f"{cpu_us_per_request(limited):.1f} vs {cpu_us_per_request(plain):.1f} us; "
+            f"other {limited.cpu.others:.0%}/{plain.cpu.others:.0%}"
+        )
+    ratios = [limited.rps / plain.rps for limited, plain in pairs]
+    extra = [cpu_us_per_request(limited) - cpu_us_per_request(plain) for limited, plain in pairs]
+    print(
+        f"  median: req/s ratio {median(ratios):.3f}x, "
+        f"server CPU per request {median(extra):+.1f} us with the limits"
+    )
+
+
+def floors(
+    args: argparse.Namespace, wrk: str, requests_file: Path, folder: Path, number: int
+) -> tuple[Result | None, Result | None]:
+    """This round's floor, and with --limits-cost the plain floor too (in alternating order,
+    so that drift of a busy machine does not always favour the same one)."""
+    if args.no_floor:
+        return None, None
+    if not args.limits_cost:
+        return run_floor(args, wrk, requests_file, folder), None
+    if number % 2:
+        return run_floor(args, wrk, requests_file, folder), run_floor(
+            args, wrk, requests_file, folder, plain=True
+        )
+    plain = run_floor(args, wrk, requests_file, folder, plain=True)
+    return run_floor(args, wrk, requests_file, folder), plain
 
 
 def main() -> None:
@@ -303,16 +362,22 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-", dir=args.db_dir))
     print(f"  store   : {tmp}, {proc_stats.fsync_latency(tmp)}")
     rounds = []
+    limits_cost: list[tuple[Result, Result]] = []
     try:
         for number in range(1, args.rounds + 1):
             if args.rounds > 1:
                 print(f"\n######## round {number} of {args.rounds}")
             durable, stored = run_durable(args, wrk, requests_file, spare, tmp / f"r{number}")
-            floor = None if args.no_floor else run_floor(args, wrk, requests_file, tmp)
+            floor, plain = floors(args, wrk, requests_file, tmp, number)
             print_results(durable, floor, stored, preflights=1)
             rounds.append((durable, floor))
+            if floor is not None and plain is not None:
+                limits_cost.append((floor, plain))
+                print_limits_cost(limits_cost[-1:], first=number)
         if len(rounds) > 1:
             print_summary(rounds)
+        if len(limits_cost) > 1:
+            print_limits_cost(limits_cost)
     finally:
         if args.keep:
             print(f"\n  kept {tmp}")

@@ -227,8 +227,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._expire()
 
     def _expire(self) -> None:
-        """A deadline passed: 408 if an answer can go out in order now, else just close."""
-        if self._lingering or self._over_cap or not self._answerable():
+        """A deadline passed: 408, or a plain close when there is no request to answer."""
+        if self._lingering or self._over_cap:
             self.transport.close()
         elif self._in_headers and self._header_budget == self._max_header_bytes:
             self.transport.close()  # no byte of a request: nothing to answer
@@ -243,8 +243,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return not self.pipeline and not self.cycle.response_started
 
     def _refuse(self, status: int) -> None:
-        """Answer `status` and close; the app, if it runs this request, sees a disconnect."""
+        """Answer `status` and close; the app, if it runs this request, sees a disconnect.
+
+        If the answer cannot go out in order (an earlier pipelined request is still being
+        answered, or the app has begun answering this one), the connection is just closed."""
         _log.info("http.refused", status=status, client=self.client and self.client[0])
+        if not self._answerable():
+            self.transport.close()
+            return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # its receive() says http.disconnect, its send() is dropped

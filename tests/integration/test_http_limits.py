@@ -205,6 +205,15 @@ def test_a_body_sent_a_byte_at_a_time_is_answered_408_and_not_stored(
     assert len(strict_server.events()) == 1
 
 
+def test_a_body_still_trickling_after_its_answer_is_cut_off(strict_server: LiveServer) -> None:
+    too_large = f"POST {MESSAGES} HTTP/1.1\r\nHost: t\r\nContent-Length: 50000000\r\n\r\n"
+    with hostile(strict_server) as client:
+        client.send(too_large.encode())
+        assert status(client.one_response()) == 413  # answered before the body was read
+        client.trickle(b"")
+        assert client.until_closed() == b""  # a second answer would be out of place
+
+
 def test_connections_beyond_the_cap_are_answered_503(tmp_path: Path) -> None:
     options = "max_connections = 2\nkeepalive_seconds = 60"
     with live_server(tmp_path, server_options=options) as server:

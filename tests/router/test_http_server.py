@@ -8,6 +8,7 @@ pyproject.toml. The behaviour itself is tested against a live server in that fil
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import tomllib
@@ -18,6 +19,7 @@ import pytest
 from packaging.requirements import Requirement
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 
 from router.config import ConfigError, ServerConfig, parse_settings
 from router.http_server import HttpLimits, LimitedHttpToolsProtocol, protocol_class, uvicorn_config
@@ -128,3 +130,19 @@ def test_defaults() -> None:
         server.keepalive_seconds,
         server.max_connections,
     ) == (32 * 1024, 10.0, 60.0, 5, 1000)
+
+
+def test_the_protocol_state_stays_out_of_uvicorns_instance_dict() -> None:
+    """uvicorn keeps ~28 attributes in the instance dict; past 30, CPython stops sharing its
+    keys and every `self.x` on uvicorn's hot path gets slower (see __slots__)."""
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn_config(object(), ServerConfig())
+        config.load()
+        protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+    finally:
+        loop.close()
+    assert not set(vars(protocol)) & set(LimitedHttpToolsProtocol.__slots__)
+    assert len(vars(protocol)) <= 30, sorted(vars(protocol))
