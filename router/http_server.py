@@ -31,11 +31,14 @@ they move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router.config import ServerConfig
@@ -299,5 +302,10 @@ def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.
 
 
 def run(app: Any, server: ServerConfig, **overrides: Any) -> None:
-    """Serve `app` until SIGINT/SIGTERM, with the limits of `server`."""
-    uvicorn.Server(uvicorn_config(app, server, **overrides)).run()
+    """Serve `app` until SIGINT/SIGTERM, with the limits of `server`; exit as `uvicorn.run`
+    does (0 after a signal, 3 when the server never started)."""
+    runner = uvicorn.Server(uvicorn_config(app, server, **overrides))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT once shut down
+        runner.run()
+    if not runner.started:
+        sys.exit(STARTUP_FAILURE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import select
+import signal
 import socket
 import time
 import uuid
@@ -23,7 +24,15 @@ import pytest
 
 from tests.cases.base import SignedRequest
 from tests.cases.twilio import message_params, signed
-from tests.support import PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
+from tests.support import (
+    PUBLIC_URL,
+    SECRETS,
+    LiveServer,
+    ServerProcess,
+    live_server,
+    server_process,
+    wait_for,
+)
 
 #: How long a client waits for an answer or a close: far above every timeout configured here.
 DEADLINE = 20.0
@@ -36,7 +45,7 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
 class Hostile:
     """A client on a raw socket that sends what it likes, when it likes."""
 
-    def __init__(self, server: LiveServer) -> None:
+    def __init__(self, server: LiveServer | ServerProcess) -> None:
         url = urlsplit(server.base_url)
         self.sock = socket.create_connection((url.hostname, url.port or 80), timeout=DEADLINE)
 
@@ -263,3 +272,19 @@ def test_a_webhook_sent_while_attacks_hold_connections_is_served_and_stored(
         assert [event["dedupe_key"] for event in server.events()] == [f"twilio:SM{unique}"]
         # The attacks are still in progress: nothing answered, nothing closed.
         assert not any(client.answered() for client in (slow_header, slow_body, idle))
+
+
+@pytest.mark.integration
+def test_serve_applies_the_limits_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    options = "max_header_bytes = 4096\nheader_timeout_seconds = 600"
+    with server_process(tmp_path, server_options=options) as server:
+        client = Hostile(server)
+        try:
+            client.send_until_answered(itertools.chain([UNFINISHED], itertools.repeat(b"a" * 1024)))
+            assert status(client.until_closed()) == 431
+        finally:
+            client.close()
+        assert server.post(inbound()).status_code == 200
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=DEADLINE) == 0
+    assert "Aborted" not in (tmp_path / "server.log").read_text()
