@@ -37,6 +37,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import msgspec
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -91,12 +92,12 @@ class HttpLimits:
 
 
 def _refusal(status: int, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A complete plain-text answer that closes the connection."""
+    """A complete answer that closes the connection, in the app's `{"error"}` JSON shape."""
     phrase = http.HTTPStatus(status).phrase
     lines = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
     lines += [name + b": " + value + b"\r\n" for name, value in default_headers]
-    body = phrase.encode()
-    lines.append(b"content-type: text/plain; charset=utf-8\r\n")
+    body = msgspec.json.encode({"error": phrase})
+    lines.append(b"content-type: application/json\r\n")
     lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
     return b"".join(lines) + body
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import select
 import signal
 import socket
@@ -107,6 +108,14 @@ def status(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 
 
+def error_of(response: bytes) -> str:
+    """The `{"error"}` of a refusal, the app's own shape."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-type: application/json" in head.lower()
+    error: str = json.loads(body)["error"]
+    return error
+
+
 def closes_connection(response: bytes) -> bool:
     head = response.partition(b"\r\n\r\n")[0].lower()
     return b"\r\nconnection: close" in head
@@ -151,6 +160,7 @@ def test_an_oversized_header_is_answered_431_and_closed(tmp_path: Path) -> None:
         client.send_until_answered(itertools.chain([UNFINISHED], itertools.repeat(b"a" * 1024)))
         response = client.until_closed()
         assert status(response) == 431
+        assert error_of(response) == "Request Header Fields Too Large"
         assert closes_connection(response)
         # The server itself is fine.
         assert server.post(inbound()).status_code == 200
@@ -173,6 +183,7 @@ def test_a_header_sent_a_byte_at_a_time_is_answered_408_and_closed(
         client.trickle(UNFINISHED)
         response = client.until_closed()
         assert status(response) == 408
+        assert error_of(response) == "Request Timeout"
         assert closes_connection(response)
 
 
@@ -235,6 +246,7 @@ def test_connections_beyond_the_cap_are_answered_503(tmp_path: Path) -> None:
                 third.send(HEALTHZ)
                 response = third.until_closed()
                 assert status(response) == 503
+                assert error_of(response) == "Service Unavailable"
                 assert closes_connection(response)
             held.pop().close()
             wait_for(lambda: httpx.get(server.base_url + "/healthz").status_code == 200)
