@@ -18,7 +18,7 @@ from litestar.enums import ScopeType
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
-from channels.base import InboundAdapter, InboundRequest
+from channels.base import MAX_FORM_FIELDS, InboundAdapter, InboundRequest, LimitExceeded
 from router.ids import new_ulid
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _PREFIX = "/webhooks"
+_FORM = "application/x-www-form-urlencoded"
 
 
 class _ClientGone(Exception):
@@ -120,6 +121,8 @@ async def _answer(ctx: AppContext, scope: Scope, receive: Receive) -> Answer | N
         return None
     except _OverBudget:
         return Answer.error(503, "too many request bodies in flight, retry", retry_after="1")
+    except LimitExceeded as exc:
+        return Answer.error(413, str(exc))
     if body is None:
         return Answer.error(413, f"body larger than {limit} bytes")
     try:
@@ -170,6 +173,10 @@ async def _read_body(
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
+    # A form's fields are counted as it arrives: a million of them is refused at its first
+    # chunk, not read, joined and scanned (the adapter's own check stays the guarantee).
+    form = headers.get("content-type", "").lower().startswith(_FORM)
+    separators = 0
     chunks: list[bytes] = []
     size = 0
     try:
@@ -182,6 +189,10 @@ async def _read_body(
             if size > limit:
                 budget.give(2 * (size - len(chunk)))
                 return None
+            if form:
+                separators += chunk.count(b"&")
+                if separators >= MAX_FORM_FIELDS:
+                    raise LimitExceeded(f"form has more than {MAX_FORM_FIELDS} fields")
             budget.take(2 * len(chunk))
             chunks.append(chunk)
             if not message.get("more_body", False):
