@@ -123,7 +123,7 @@ def form_fields(body: bytes, names: frozenset[str], max_value: int = 1024) -> di
     body, whatever the other fields hold. Values longer than `max_value` bytes are left out.
     """
     check_field_count(body)
-    longest = max(len(name) for name in names) * 3  # every byte %-escaped
+    longest = max(len(name.encode()) for name in names) * 3  # every byte %-escaped
     found: dict[str, str] = {}
     for field in body.split(b"&"):
         raw_name, _, raw_value = field.partition(b"=")
