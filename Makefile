@@ -27,6 +27,7 @@ lint: $(BIN)/switchboard
 bench: $(BIN)/switchboard
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/hostile.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

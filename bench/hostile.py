@@ -9,7 +9,9 @@ loop one hostile request each:
   body limit raised to 16 MiB for the run, so the field cap is what holds);
 - `mime-replay`: a Mailgun signature used once, replayed with 20,000 nested MIME parts;
 - `mime-fresh`: freshly signed Mailgun posts of 20,000 nested MIME parts (quarantined);
-- `escapes`: an unsigned url-encoded Mailgun body of 10 MiB of `%41`.
+- `escapes`: an unsigned url-encoded Mailgun body of 10 MiB of `%41`;
+- `bytes-10MiB`, the control: an unsigned 10 MiB body with nothing to parse, i.e. what
+  receiving that many bytes costs; attacks of that size cannot cost less.
 
 Prints, per scenario: the signed webhooks' p50/p99 and their ratio to the quiet run, the
 attackers' answers per second and statuses. Before issue 7, `fields` alone took signed
@@ -140,7 +142,15 @@ def escapes(_: int = 0) -> Request:
     return MAILGUN, body, {"Content-Type": FORM}
 
 
+@functools.cache
+def plain_bytes(_: int = 0) -> Request:
+    """The control: 10 MiB of one unsigned field's bytes, nothing to parse. What receiving
+    that many bytes costs is the floor of every attack of that size."""
+    return MAILGUN, b"body-plain=" + b"x" * (10 * MiB), {"Content-Type": FORM}
+
+
 ATTACKS: dict[str, Callable[[int], Request]] = {
+    "bytes-10MiB": plain_bytes,
     "fields": field_bomb,
     "mime-replay": mime_replay,
     "mime-fresh": mime_fresh,
