@@ -74,13 +74,18 @@ def _gentle() -> Iterator[None]:
     (1) the loop gets it back within 0.5 ms instead of 5 ms, and (2) the cyclic garbage
     collector waits until the compile is done: the many objects it allocates would otherwise
     trigger full collections of the whole heap, 30-200 ms each with a large rules file
-    (bench/rules.py --reload-latency measures both). Reloads are serialised by LiveRules'
-    lock, so nothing else changes these process-wide settings meanwhile."""
+    (bench/rules.py --reload-latency measures both). (3) After a successful compile the heap is
+    frozen (`gc.freeze`): the new rule set is long-lived and holds no reference cycles (a
+    replaced one is freed by reference counting, frozen or not), so no later collection walks
+    it; otherwise the first collection after the reload walks every object it allocated, on
+    whichever thread allocates next, often the event loop's. Reloads are serialised by
+    LiveRules' lock, so nothing else changes these process-wide settings meanwhile."""
     interval, collecting = sys.getswitchinterval(), gc.isenabled()
     sys.setswitchinterval(RELOAD_SWITCH_INTERVAL_S)
     gc.disable()
     try:
         yield
+        gc.freeze()
     finally:
         sys.setswitchinterval(interval)
         if collecting:
