@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import sys
 from datetime import UTC, datetime
@@ -108,6 +109,9 @@ def configure_logging(level: str = "info", *, debug: bool = False, stream: Any =
     _DEBUG = debug
     _Output.level = _LEVELS[level.lower()]
     _Output.stream = stream
+    # watchfiles logs every change it sees at INFO, in the stdlib format litestar gives the
+    # root logger: not JSON, and the rules reload logs the change itself.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def flush_logs() -> None:
