@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sized
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +21,7 @@ from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
 from router.events import Event
-from router.rules import RuleError, RuleSet, RulesInvalid, evaluate
+from router.rules import FileCheck, RuleError, RuleSet, RulesInvalid, evaluate
 from router.rules_live import LiveRules
 from router.rules_tools import (
     DiffReport,
@@ -32,7 +33,9 @@ from router.rules_tools import (
     decision_payload,
     decode_test_input,
     deep_check,
+    load_file,
     load_folder,
+    read_by_server,
     routable,
     summary_line,
 )
@@ -85,12 +88,12 @@ def _load(folder: Path, settings: Settings) -> RuleSet:
         _fail_with(folder, exc.errors)
 
 
-def _fail_with(folder: Path, errors: list[RuleError]) -> NoReturn:
+def _fail_with(folder: Path, errors: list[RuleError], where: Path | None = None) -> NoReturn:
     """Print every located error and exit 1."""
     for error in errors:
         click.echo(f"{folder / error.file}:{error.line}:{error.column}: {error.message}")
     count = len(errors)
-    raise RulesFailure(f"{count} error{'s' * (count != 1)} in {folder}")
+    raise RulesFailure(f"{count} error{'s' * (count != 1)} in {where or folder}")
 
 
 def require_rules(live: LiveRules) -> None:
@@ -123,21 +126,80 @@ def rules() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {valid, rules_version, errors}.")
 @click.pass_context
 def rules_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
-    """Validate a rules folder (default: rules.path from the config)."""
+    """Validate a rules folder (default: rules.path from the config) or one rules file.
+
+    A file gets every check the folder would give it; its rule ids are also checked against
+    the other files of its folder, whose own errors are only counted.
+    """
     settings = _settings(ctx)
-    folder = path or Path(settings.rules.path)
-    if as_json:
-        _check_json(folder, settings)
-        return
-    ruleset = _load(folder, settings)
+    target = path or Path(settings.rules.path)
+    if target.suffix == ".yaml" and not target.exists():
+        raise RulesFailure(f"rules file {target} does not exist")
+    if target.is_file():
+        _check_file(target, settings, as_json=as_json)
+    elif as_json:
+        _check_json(target, settings)
+    else:
+        ruleset = _load(target, settings)
+        _deep_or_fail(ruleset, target)
+        click.echo(
+            f"OK: {_count(ruleset.rules, 'rule')} in {_count(ruleset.files, 'file')}, "
+            f"version {ruleset.version}"
+        )
+
+
+def _count(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' * (len(items) != 1)}"
+
+
+def _deep_or_fail(ruleset: RuleSet, folder: Path, where: Path | None = None) -> None:
     found = deep_check(ruleset)
     if found:
-        _fail_with(folder, found)
-    count = len(ruleset.rules)
+        _fail_with(folder, found, where)
+
+
+def _check_file(path: Path, settings: Settings, *, as_json: bool) -> None:
+    """`rules check FILE`: the file's own errors fail the check; the folder's are a note."""
+    folder = path.parent
+    try:
+        checked = load_file(path, settings, check_forwards=settings is not _NO_CONFIG)
+    except RulesInvalid as exc:
+        if as_json:
+            errors = [msgspec.to_builtins(error) for error in exc.errors]
+            _print_json({"valid": False, "rules_version": None, "errors": errors})
+            raise SystemExit(1) from exc
+        _fail_with(folder, exc.errors, path)
+    _file_notes(path, checked)
+    if as_json:
+        found = [msgspec.to_builtins(error) for error in deep_check(checked.ruleset)]
+        payload = {"valid": not found, "rules_version": checked.ruleset.version, "errors": found}
+        _print_json({**payload, "other_file_errors": checked.other_errors})
+        if found:
+            raise SystemExit(1)
+        return
+    _deep_or_fail(checked.ruleset, folder, path)
     click.echo(
-        f"OK: {count} rule{'s' * (count != 1)} in {len(ruleset.files)} file"
-        f"{'s' * (len(ruleset.files) != 1)}, version {ruleset.version}"
+        f"OK: {_count(checked.ruleset.rules, 'rule')} in {path}, ids unique in {folder}; "
+        f"folder version {checked.ruleset.version}"
     )
+
+
+def _file_notes(path: Path, checked: FileCheck) -> None:
+    """What a file check cannot vouch for, on stderr: it is not read by the server, or the
+    folder's other files have errors (their ids may be unchecked)."""
+    if not read_by_server(path):
+        click.echo(
+            f"note: the server reads only *.yaml files not starting with '.'; "
+            f"{path.name} was checked as if it were one",
+            err=True,
+        )
+    if checked.other_errors:
+        click.echo(
+            f"note: {_count(range(checked.other_errors), 'error')} in other files of "
+            f"{path.parent} (their rule ids may be unchecked); "
+            f"run: switchboard rules check {path.parent}",
+            err=True,
+        )
 
 
 def _check_json(folder: Path, settings: Settings) -> None:

@@ -19,11 +19,13 @@ from router.events import Attachment, Channel, Contact, Event, EventStatus
 from router.rules import (
     ConversationView,
     Decision,
+    FileCheck,
     Rule,
     RuleError,
     RuleSet,
     Snapshot,
     evaluate,
+    load_rules_file,
     load_ruleset,
 )
 from router.rules.engine import template_context
@@ -40,7 +42,7 @@ class InputError(ValueError):
 
 
 class RulesFolderMissing(FileNotFoundError):
-    """The rules folder does not exist (or is not a folder)."""
+    """The rules folder (or file, for `rules check`) does not exist."""
 
 
 def load_folder(folder: Path, settings: Settings, *, check_forwards: bool = True) -> RuleSet:
@@ -56,6 +58,26 @@ def load_folder(folder: Path, settings: Settings, *, check_forwards: bool = True
         default_timezone=settings.compliance.default_timezone,
         forwards=settings.channels.http.forwards.keys() if check_forwards else None,
     )
+
+
+def load_file(path: Path, settings: Settings, *, check_forwards: bool = True) -> FileCheck:
+    """One rules file checked as part of its folder (`rules check FILE`); raises RulesInvalid.
+
+    Every check a folder load makes of the file, its rule ids against the folder's other files.
+    """
+    if not path.is_file():
+        raise RulesFolderMissing(f"rules file {path} does not exist")
+    return load_rules_file(
+        path,
+        windows=settings.windows,
+        default_timezone=settings.compliance.default_timezone,
+        forwards=settings.channels.http.forwards.keys() if check_forwards else None,
+    )
+
+
+def read_by_server(path: Path) -> bool:
+    """Whether the server would read `path` as a rules file of its folder (`*.yaml`, not hidden)."""
+    return path.suffix == ".yaml" and not path.name.startswith(".")
 
 
 #: Channel of each built-in source's events, for the sample event `rules check` renders with.

@@ -8,7 +8,7 @@ The contract the CLI and the server use; see the modules for the details:
 from __future__ import annotations
 
 from router.rules.engine import RuleSet, evaluate
-from router.rules.loader import load_ruleset, rules_version
+from router.rules.loader import FileCheck, load_rules_file, load_ruleset, rules_version
 from router.rules.model import (
     Action,
     ConversationView,
@@ -23,12 +23,14 @@ __all__ = [
     "Action",
     "ConversationView",
     "Decision",
+    "FileCheck",
     "Rule",
     "RuleError",
     "RuleSet",
     "RulesInvalid",
     "Snapshot",
     "evaluate",
+    "load_rules_file",
     "load_ruleset",
     "rules_version",
 ]

@@ -11,7 +11,8 @@ import hashlib
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from router.rules.actions import ActionCompiler
 from router.rules.conditions import INDEXED, ConditionCompiler
@@ -98,26 +99,87 @@ def load_ruleset(
         raise RulesInvalid(
             [RuleError(str(folder), 1, 1, "rules folder not found, expected a folder")]
         )
-    try:
-        zone = load_zone(default_timezone)
-    except ValueError as exc:
-        raise RulesInvalid([RuleError("(config)", 1, 1, f"default_timezone: {exc}")]) from exc
-    try:
-        entries = read_files(folder)
-    except OSError as exc:
-        raise RulesInvalid([RuleError(str(folder), 1, 1, f"cannot read: {exc}")]) from exc
+    zone = _zone(default_timezone)
+    entries = _read_folder(folder)
     _check_folder(folder, entries)
-    errors: list[RuleError] = []
-    rules: list[Rule] = []
-    shared = _Shared()
-    for name, raw in entries:
-        site = Site(name)
-        rules.extend(_load_file(_FileLoader(site, windows or {}, forwards, shared), raw))
-        errors.extend(sorted(site.errors, key=lambda error: (error.line, error.column)))
+    rules, errors = _compile(entries, windows or {}, forwards, _Shared())
     if errors:
         raise RulesInvalid(errors)
     files = tuple(name for name, _ in entries)
     return RuleSet(version=_digest(entries), rules=tuple(rules), files=files, default_zone=zone)
+
+
+class FileCheck(NamedTuple):
+    """One rules file checked as part of its folder (`switchboard rules check FILE`)."""
+
+    #: The file's own rules; its version is the folder's with this file as it is now.
+    ruleset: RuleSet
+    #: Errors in the folder's other files: not this file's, but the folder cannot go live.
+    other_errors: int
+
+
+def load_rules_file(
+    path: Path,
+    *,
+    windows: Mapping[str, str] | None = None,
+    default_timezone: str = "UTC",
+    forwards: Collection[str] | None = None,
+) -> FileCheck:
+    """Compile one file with every check a folder load makes of it; RulesInvalid with its errors.
+
+    The folder's other rules files are compiled first, so a rule id they already use is a
+    duplicate located in this file, and the folder-wide caps count this file. Their own errors
+    are only counted: a marketer checking one file is told about that file.
+    """
+    path = Path(path)
+    zone = _zone(default_timezone)
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise RulesInvalid([RuleError(path.name, 1, 1, f"cannot read: {exc}")]) from exc
+    others = [entry for entry in _read_folder(path.parent) if entry[0] != path.name]
+    entries = sorted([*others, (path.name, raw)], key=lambda entry: entry[0])
+    _check_folder(path.parent, entries)
+    shared = _Shared()
+    _, other_errors = _compile(others, windows or {}, forwards, shared)
+    rules, errors = _compile([(path.name, raw)], windows or {}, forwards, shared)
+    if errors:
+        raise RulesInvalid(errors)
+    ruleset = RuleSet(
+        version=_digest(entries), rules=tuple(rules), files=(path.name,), default_zone=zone
+    )
+    return FileCheck(ruleset, len(other_errors))
+
+
+def _zone(default_timezone: str) -> ZoneInfo:
+    try:
+        return load_zone(default_timezone)
+    except ValueError as exc:
+        raise RulesInvalid([RuleError("(config)", 1, 1, f"default_timezone: {exc}")]) from exc
+
+
+def _read_folder(folder: Path) -> list[tuple[str, bytes]]:
+    try:
+        return read_files(folder)
+    except OSError as exc:
+        raise RulesInvalid([RuleError(str(folder), 1, 1, f"cannot read: {exc}")]) from exc
+
+
+def _compile(
+    entries: list[tuple[str, bytes]],
+    windows: Mapping[str, str],
+    forwards: Collection[str] | None,
+    shared: _Shared,
+) -> tuple[list[Rule], list[RuleError]]:
+    """The rules of `entries` in order, and every error, sorted by place within each file."""
+    errors: list[RuleError] = []
+    rules: list[Rule] = []
+    for name, raw in entries:
+        site = Site(name)
+        rules.extend(_load_file(_FileLoader(site, windows, forwards, shared), raw))
+        errors.extend(sorted(site.errors, key=lambda error: (error.line, error.column)))
+    return rules, errors
 
 
 def _check_folder(folder: Path, entries: list[tuple[str, bytes]]) -> None:

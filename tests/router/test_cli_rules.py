@@ -411,3 +411,105 @@ def test_starter_rules_decisions(
     assert payload["matched"] == matched
     if actions is not None:
         assert [(a["kind"], a["params"]) for a in payload["actions"]] == actions
+
+
+# --- check of one file ---------------------------------------------------------------------
+
+PROMO = """\
+version: 1
+rules:
+  - id: spring-sale
+    when: {channel: sms, text: {contains_any: [sale]}}
+    then:
+      - reply: {text: "20% off until Sunday."}
+"""
+
+
+def test_check_one_file_gives_ok_and_the_folder_version(config: Path, tmp_path: Path) -> None:
+    """The file a marketer just edited, by its path: the version is the folder's with it."""
+    draft = _folder(tmp_path, "draft", {"support.yaml": SUPPORT, "promo.yaml": PROMO})
+    result = run_cli(config, "rules", "check", str(draft / "promo.yaml"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"OK: 1 rule in {draft / 'promo.yaml'}")
+    assert rules_version(draft) in result.stdout
+    assert result.stderr == ""
+
+
+def test_check_one_file_locates_its_errors_at_its_path(config: Path, tmp_path: Path) -> None:
+    draft = _folder(tmp_path, "draft", {"support.yaml": SUPPORT, "promo.yaml": BROKEN})
+    result = run_cli(config, "rules", "check", str(draft / "promo.yaml"))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{draft}/promo.yaml:6:14: " + _message(result.stdout, "6:14"),
+        f"{draft}/promo.yaml:9:9: " + _message(result.stdout, "9:9"),
+    ]
+    assert f"2 errors in {draft / 'promo.yaml'}" in result.stderr
+
+
+def _message(stdout: str, where: str) -> str:
+    return next(line for line in stdout.splitlines() if f":{where}: " in line).split(": ", 1)[1]
+
+
+def test_check_one_file_finds_an_id_taken_by_another_file(config: Path, tmp_path: Path) -> None:
+    """promo.yaml sorts first, so a folder check blames support.yaml; the file check blames
+    the file being edited, and names where the id is already used."""
+    taken = PROMO.replace("spring-sale", "hours")
+    draft = _folder(tmp_path, "draft", {"support.yaml": SUPPORT, "promo.yaml": taken})
+    result = run_cli(config, "rules", "check", str(draft / "promo.yaml"))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{draft}/promo.yaml:3:9: duplicate rule id 'hours', already used at "
+        "support.yaml:11:9; expected a unique id"
+    ]
+    folder = run_cli(config, "rules", "check", str(draft))
+    assert folder.exit_code == 1 and folder.stdout.startswith(f"{draft}/support.yaml:11:9: ")
+
+
+def test_check_one_file_notes_but_passes_errors_of_other_files(
+    config: Path, tmp_path: Path
+) -> None:
+    draft = _folder(tmp_path, "draft", {"broken.yaml": BROKEN, "promo.yaml": PROMO})
+    result = run_cli(config, "rules", "check", str(draft / "promo.yaml"))
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("OK: 1 rule in")
+    assert f"2 errors in other files of {draft}" in result.stderr
+    as_json = run_cli(config, "rules", "check", str(draft / "promo.yaml"), "--json")
+    assert as_json.exit_code == 0
+    assert as_json.json() == {
+        "valid": True,
+        "rules_version": rules_version(draft),
+        "errors": [],
+        "other_file_errors": 2,
+    }
+
+
+def test_check_one_file_counts_the_folder_caps(config: Path, tmp_path: Path) -> None:
+    """The folder-wide rule cap counts the other files first: this file is the one past it."""
+    from router.rules import loader
+
+    many = "version: 1\nrules:\n" + "".join(
+        f"  - id: r{i}\n    when: {{channel: sms}}\n    then: [drop: {{}}]\n"
+        for i in range(loader.MAX_RULES)
+    )
+    draft = _folder(tmp_path, "draft", {"zz-many.yaml": many, "promo.yaml": PROMO})
+    result = run_cli(config, "rules", "check", str(draft / "promo.yaml"))
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{draft}/promo.yaml:3:5: too many rules")
+
+
+def test_check_one_file_json_errors_and_missing_file(config: Path, tmp_path: Path) -> None:
+    draft = _folder(tmp_path, "draft", {"promo.yaml": BROKEN})
+    bad = run_cli(config, "rules", "check", str(draft / "promo.yaml"), "--json")
+    assert bad.exit_code == 1
+    located = {(e["file"], e["line"], e["column"]) for e in bad.json()["errors"]}
+    assert located == {("promo.yaml", 6, 14), ("promo.yaml", 9, 9)}
+    missing = run_cli(config, "rules", "check", str(draft / "gone.yaml"))
+    assert missing.exit_code == 1
+    assert f"rules file {draft / 'gone.yaml'} does not exist" in missing.stderr
+
+
+def test_check_a_file_the_server_would_not_read_says_so(config: Path, tmp_path: Path) -> None:
+    draft = _folder(tmp_path, "draft", {"promo.yml": PROMO})
+    result = run_cli(config, "rules", "check", str(draft / "promo.yml"))
+    assert result.exit_code == 0
+    assert "reads only *.yaml" in result.stderr

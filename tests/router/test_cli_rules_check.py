@@ -25,10 +25,13 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def _check(config: Path, folder: Path, text: str) -> tuple[int, list[str]]:
+def _check(
+    config: Path, folder: Path, text: str, *, one_file: bool = False
+) -> tuple[int, list[str]]:
+    """`rules check` of the folder, or (`one_file`) of x.yaml alone: the same checks apply."""
     folder.mkdir(exist_ok=True)
     (folder / "x.yaml").write_text(text)
-    result = run_cli(config, "rules", "check", str(folder))
+    result = run_cli(config, "rules", "check", str(folder / "x.yaml" if one_file else folder))
     return result.exit_code, result.stdout.splitlines()
 
 
@@ -46,10 +49,11 @@ def _check(config: Path, folder: Path, text: str) -> tuple[int, list[str]]:
     ],
     ids=["mro", "a-or-a", "a-or-ab", "word-or-digit"],
 )
+@pytest.mark.parametrize("one_file", [False, True], ids=["folder", "file"])
 def test_check_refuses_what_used_to_pass(
-    config: Path, tmp_path: Path, text: str, where: str, fragment: str
+    config: Path, tmp_path: Path, text: str, where: str, fragment: str, one_file: bool
 ) -> None:
-    code, lines = _check(config, tmp_path / "rules", text)
+    code, lines = _check(config, tmp_path / "rules", text, one_file=one_file)
     assert code == 1
     assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'rules' / 'x.yaml'}:{where}: ")
     assert fragment in lines[0]
