@@ -173,6 +173,8 @@ class ComplianceConfig(msgspec.Struct, **_STRICT):
         "You are unsubscribed and will receive no more messages. Reply START to resubscribe."
     )
     start_confirmation: str = "You are resubscribed. Reply STOP to unsubscribe."
+    #: US numbers also get the stricter window of their area code's state (the strictest wins).
+    state_windows: bool = True
 
 
 class EscalationConfig(msgspec.Struct, **_STRICT):

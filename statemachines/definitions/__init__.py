@@ -1,0 +1,1 @@
+"""Machine definitions as data: each module gives `STATES` and `TRANSITIONS` for `transitions`."""
