@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import socket
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,7 +44,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router.config import ServerConfig
-from router.logs import get_logger
+from router.logs import flush_logs, get_logger
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -302,10 +303,31 @@ def uvicorn_config(app: Any, server: ServerConfig, **overrides: Any) -> uvicorn.
     return uvicorn.Config(app, **options)
 
 
+def listening_url(sockname: Any) -> str:
+    """`http://127.0.0.1:8080` for a bound socket's name (IPv6 hosts in brackets)."""
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, saying where it listens once bound: the operator (and a script that
+    asked for port 0) learns the real address from the log, not from the config."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        for bound in self.servers:
+            for sock in bound.sockets:
+                url = listening_url(sock.getsockname())
+                _log.info("http.listening", url=url, message=f"listening on {url}")
+        flush_logs()  # at once: a supervisor or script may be waiting for this line
+
+
 def run(app: Any, server: ServerConfig, **overrides: Any) -> None:
     """Serve `app` until SIGINT/SIGTERM, with the limits of `server`; exit as `uvicorn.run`
     does (0 after a signal, 3 when the server never started)."""
-    runner = uvicorn.Server(uvicorn_config(app, server, **overrides))
+    runner = AnnouncingServer(uvicorn_config(app, server, **overrides))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT once shut down
         runner.run()
     if not runner.started:
