@@ -9,6 +9,7 @@ revocation was honoured.
 from __future__ import annotations
 
 import re
+import string
 import unicodedata
 from datetime import datetime
 from enum import StrEnum
@@ -49,6 +50,8 @@ OPT_OUT_TYPES: dict[str, KeywordKind] = {
     "HELP": KeywordKind.HELP,
 }
 _SPACES = re.compile(r"\s+")
+#: ASCII punctuation as people mean it (`<`, `+`, `~` are Unicode symbols, not punctuation).
+_ASCII_PUNCTUATION = frozenset(string.punctuation)
 
 
 class Keyword(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,9 +78,15 @@ def _normalise(text: str) -> str:
     """`  Opt   out!! ` -> `OPT OUT`: trailing punctuation and spaces go, inner runs of
     whitespace become one space."""
     trimmed = text.strip()
-    while trimmed and (unicodedata.category(trimmed[-1]).startswith("P") or trimmed[-1].isspace()):
+    while trimmed and _is_trailing_noise(trimmed[-1]):
         trimmed = trimmed[:-1]
     return _SPACES.sub(" ", trimmed).upper()
+
+
+def _is_trailing_noise(char: str) -> bool:
+    return (
+        char.isspace() or char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
+    )
 
 
 def contact_key(address: str) -> str:
