@@ -51,6 +51,7 @@ class AppContext:
             default_timezone=settings.compliance.default_timezone,
             forwards=settings.channels.http.forwards.keys(),
             metrics=metrics,
+            poll_seconds=settings.rules.poll_seconds,
         )
         self.public_url = settings.server.public_url.rstrip("/")
         self.adapters: dict[str, InboundAdapter] = inbound_adapters(settings, clock)

@@ -57,6 +57,9 @@ class StorageConfig(msgspec.Struct, **_STRICT):
 
 class RulesConfig(msgspec.Struct, **_STRICT):
     path: str = "rules"
+    #: How often the server compares the files on disk with the live version, under the
+    #: watcher (which can miss a change, e.g. on a network file system); 0 turns it off.
+    poll_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
 
 
 class TwilioSource(msgspec.Struct, **_STRICT):

@@ -36,7 +36,7 @@ _RULE_SUFFIXES = (".yaml",)
 
 #: How often a working watcher says so (clearing an earlier watch error), in milliseconds.
 WATCH_HEARTBEAT_MS = 1000
-#: How often `poll` compares the files on disk with what the last reload read.
+#: How often `poll` compares the files on disk with what the last reload read, by default.
 POLL_SECONDS = 2.0
 
 
@@ -103,8 +103,11 @@ class LiveRules:
         default_timezone: str = "UTC",
         forwards: Collection[str] | None = None,
         metrics: Metrics | None = None,
+        poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self.folder = folder
+        #: Interval of `poll` (config `rules.poll_seconds`); 0: no poll, only watcher and SIGHUP.
+        self.poll_seconds = poll_seconds
         self._forwards = None if forwards is None else frozenset(forwards)
         self._windows = dict(windows or {})
         self._default_timezone = default_timezone
@@ -248,9 +251,9 @@ class LiveRules:
         """Safety net under the watcher: reload whenever the files on disk differ from what
         the last reload read. A watcher can miss a change (made while it re-targets after a
         symlink swap, or on a file system without change events); this catches it within
-        POLL_SECONDS."""
+        `poll_seconds`."""
         while not self._stopped:
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(self.poll_seconds)
             if await asyncio.to_thread(self._on_disk) != self._seen:
                 await self.reload_async()
 
@@ -263,7 +266,8 @@ class LiveRules:
         if self.ruleset is None:
             raise RulesUnavailable("; ".join(str(e) for e in self.errors) or str(self.error))
         self._watcher = asyncio.create_task(self.watch(), name="rules-watcher")
-        self._poller = asyncio.create_task(self.poll(), name="rules-poller")
+        if self.poll_seconds > 0:
+            self._poller = asyncio.create_task(self.poll(), name="rules-poller")
         if not self.install_sighup():
             _log.debug("rules.sighup_unavailable")  # not the main thread (tests, embedding)
 

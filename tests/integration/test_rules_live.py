@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -228,7 +229,10 @@ def test_deleting_the_folder_keeps_the_live_rules(tmp_path: Path) -> None:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
-    """`switchboard serve` as a subprocess whose rules.path is a symlink (a deploy pattern)."""
+    """`switchboard serve` as a subprocess whose rules.path is a symlink (a deploy pattern),
+    with the poll off (`rules.poll_seconds = 0`): only the watcher and SIGHUP reload, so a
+    swap the watcher cannot see goes live through the signal or not at all. It logs at info
+    to `serve.log`, so the test can see what caused each reload."""
     releases = tmp_path / "releases"
     for name, text in (("a", "Open 9 to 5."), ("b", "Open 8 to 6.")):
         (releases / name).mkdir(parents=True)
@@ -237,19 +241,23 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
     link.symlink_to(releases / "a", target_is_directory=True)
     port = free_port()
     config = tmp_path / "switchboard.toml"
-    config.write_text(
-        config_text(tmp_path / "var" / "switchboard.db", port=port, extra=_rules_extra(link))
+    text = config_text(
+        tmp_path / "var" / "switchboard.db",
+        port=port,
+        extra=_rules_extra(link) + "poll_seconds = 0\n",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router", "--config", str(config), "serve"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    config.write_text(text.replace('level = "warning"', 'level = "info"'))
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "router", "--config", str(config), "serve"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _answers(url) or process.poll() is not None, timeout=30)
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert process.poll() is None, (tmp_path / "serve.log").read_text()
         yield url, tmp_path, process.pid
     finally:
         process.terminate()
@@ -263,22 +271,40 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _rules_log(root: Path) -> list[tuple[str, str | None]]:
+    """(event, version) of the server's `rules.*` log records so far, in order."""
+    found = []
+    for line in (root / "serve.log").read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line still being written
+        if isinstance(record, dict) and str(record.get("event", "")).startswith("rules."):
+            found.append((record["event"], record.get("version")))
+    return found
+
+
 @pytest.mark.integration
 def test_sighup_reloads_after_a_symlink_swap(served: tuple[str, Path, int]) -> None:
     url, root, pid = served
     releases = root / "releases"
-    assert _ready(url)["rules_version"] == rules_version(releases / "a")
+    old, new = rules_version(releases / "a"), rules_version(releases / "b")
+    assert _ready(url)["rules_version"] == old
 
-    # Re-point the `rules` symlink atomically: no file under the watched folder changes,
-    # so only the SIGHUP can make the new release live.
+    # Re-point the `rules` symlink atomically: no file under the watched folder changes and
+    # the poll is off, so only the SIGHUP can make the new release live.
     fresh = root / "rules.new"
     fresh.symlink_to(releases / "b", target_is_directory=True)
     os.replace(fresh, root / "rules")
-    assert _ready(url)["rules_version"] == rules_version(releases / "a")
+    assert _ready(url)["rules_version"] == old
 
     os.kill(pid, signal.SIGHUP)
-    _wait_ready(url, lambda body: body["rules_version"] == rules_version(releases / "b"))
+    _wait_ready(url, lambda body: body["rules_version"] == new)
+    # The signal caused the reload: the server took it before the new version went live.
+    wait_for(lambda: ("rules.live", new) in _rules_log(root))  # lines are flushed every 0.5 s
+    events = _rules_log(root)
+    assert events.index(("rules.sighup", None)) < events.index(("rules.live", new)), events
 
-    # After the swap the watcher follows the new release folder.
+    # After the swap the watcher (not a poll: there is none) follows the new release folder.
     (releases / "b" / "support.yaml").write_text(GOOD % "Open 7 to 7.")
     _wait_ready(url, lambda body: body["rules_version"] == rules_version(releases / "b"))

@@ -49,6 +49,13 @@ def test_out_of_range_port(port: int) -> None:
     assert_located(f"[server]\nport = {port}\n", "server.port", 2, "Expected `int`")
 
 
+def test_rules_poll_seconds_is_a_non_negative_interval() -> None:
+    """0 turns the poll off (SIGHUP and the watcher only); a negative interval is a typo."""
+    assert parse_settings("[rules]\npoll_seconds = 0\n", "s.toml").rules.poll_seconds == 0
+    assert Settings().rules.poll_seconds == 2.0
+    assert_located("[rules]\npoll_seconds = -1\n", "rules.poll_seconds", 2, ">= 0")
+
+
 def test_invalid_enum_value_names_its_own_table() -> None:
     text = '[channels.sms]\nmode = "live"\n\n[channels.slack]\nmode = "loud"\n'
     assert_located(text, "channels.slack.mode", 5, "loud")
