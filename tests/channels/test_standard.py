@@ -6,13 +6,17 @@ equal the library's own `Webhook.verify` (tried with each configured secret).
 
 from __future__ import annotations
 
+import base64
 import json
+import string
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -134,6 +138,98 @@ def test_verdict_matches_the_reference_library(name: str) -> None:
     request = make(int(now.timestamp()))
     assert library_accepts(request) is expected
     assert ours_accepts(request, now) is expected
+
+
+#: Secrets as a sender issues them: `whsec_` + base64 of 1 to 64 random bytes.
+SW_SECRET = st.binary(min_size=1, max_size=64).map(
+    lambda key: "whsec_" + base64.b64encode(key).decode()
+)
+MSG_ID = st.text(string.ascii_letters + string.digits + "_-.", min_size=1, max_size=40)
+#: Seconds from now; the 300 s edge is left out (the library reads the clock a moment later).
+SW_OFFSET = st.sampled_from([-3600, -601, -450, -306, -294, 0, 294, 306, 450, 3600]) | st.integers(
+    -1000, 1000
+).filter(lambda offset: not 295 <= abs(offset) <= 305)
+
+
+def _flip(signature: str, pick: int) -> str:
+    """`v1,<base64>` with one base64 character changed (still base64, no longer the MAC)."""
+    version, _, mac = signature.partition(",")
+    at = pick % (len(mac) - 1)  # not the final padding
+    return f"{version},{mac[:at]}{'A' if mac[at] != 'A' else 'B'}{mac[at + 1 :]}"
+
+
+#: Ways a request goes wrong after signing: (request, pick) -> the request sent.
+SW_TAMPERINGS: dict[str, Callable[[SignedRequest, int], SignedRequest]] = {
+    "none": lambda request, pick: request,
+    "body": lambda request, pick: replace(request, body=request.body + b" "),
+    "id": lambda request, pick: request.with_headers(
+        webhook_id=request.headers["webhook-id"] + "x"
+    ),
+    "timestamp": lambda request, pick: request.with_headers(
+        webhook_timestamp=str(int(request.headers["webhook-timestamp"]) + 1 + pick % 100)
+    ),
+    "signature": lambda request, pick: with_signature(
+        request, _flip(request.headers["webhook-signature"], pick)
+    ),
+    "other-version": lambda request, pick: with_signature(
+        request, request.headers["webhook-signature"].replace("v1,", "v2,")
+    ),
+    "good-second": lambda request, pick: with_signature(
+        request, f"v1,{'A' * 43}= {request.headers['webhook-signature']}"
+    ),
+    "bad-only": lambda request, pick: with_signature(
+        request, f"v1,{'A' * 43}= {_flip(request.headers['webhook-signature'], pick)}"
+    ),
+}
+
+
+def _library_verdict(secrets: list[str], request: SignedRequest) -> bool:
+    """The library's verdict on the signature alone (json_parse off: bodies need not be JSON)."""
+    for secret in secrets:
+        try:
+            Webhook(secret).verify(request.body, dict(request.headers), json_parse=False)
+        except (WebhookVerificationError, ValueError):
+            continue
+        return True
+    return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.text(max_size=200),
+    msg_id=MSG_ID,
+    configured=st.lists(SW_SECRET, min_size=1, max_size=2),
+    signer=st.integers(0, 2),
+    stranger=SW_SECRET,
+    offset=SW_OFFSET,
+    tampering=st.just("none") | st.sampled_from(sorted(SW_TAMPERINGS)),
+    pick=st.integers(0, 63),
+)
+def test_verdict_matches_the_reference_library_on_generated_requests(
+    body: str,
+    msg_id: str,
+    configured: list[str],
+    signer: int,
+    stranger: str,
+    offset: int,
+    tampering: str,
+    pick: int,
+) -> None:
+    """Signed with `Webhook.sign` by a configured secret (or a stranger's), at any time, then
+    maybe tampered with: ours and the library's `verify` give the same verdict. The library
+    reads the wall clock, so ours is frozen at the real time."""
+    now = datetime.now(UTC)
+    secret = [*configured, stranger][min(signer, len(configured))]
+    request = SW_TAMPERINGS[tampering](
+        signed(secret, msg_id, int(now.timestamp()) + offset, body), pick
+    )
+    ours = StandardWebhooksAdapter(CUSTOM_SOURCE, configured, 300, FrozenClock(now))
+    try:
+        ours.verify(inbound(request, now))
+        accepted = True
+    except SignatureError:
+        accepted = False
+    assert accepted == _library_verdict(configured, request)
 
 
 @pytest.mark.parametrize(("offset", "accepted"), [(-60, True), (-61, False), (61, False)])
