@@ -52,12 +52,7 @@ def load_folder(folder: Path, settings: Settings, *, check_forwards: bool = True
     """
     if not folder.is_dir():
         raise RulesFolderMissing(f"rules folder {folder} does not exist")
-    return load_ruleset(
-        folder,
-        windows=settings.windows,
-        default_timezone=settings.compliance.default_timezone,
-        forwards=settings.channels.http.forwards.keys() if check_forwards else None,
-    )
+    return load_ruleset(folder, **_loader_options(settings, check_forwards))
 
 
 def load_file(path: Path, settings: Settings, *, check_forwards: bool = True) -> FileCheck:
@@ -67,12 +62,16 @@ def load_file(path: Path, settings: Settings, *, check_forwards: bool = True) ->
     """
     if not path.is_file():
         raise RulesFolderMissing(f"rules file {path} does not exist")
-    return load_rules_file(
-        path,
-        windows=settings.windows,
-        default_timezone=settings.compliance.default_timezone,
-        forwards=settings.channels.http.forwards.keys() if check_forwards else None,
-    )
+    return load_rules_file(path, **_loader_options(settings, check_forwards))
+
+
+def _loader_options(settings: Settings, check_forwards: bool) -> dict[str, Any]:
+    """What the loader takes from config: windows, default zone, forward names to check."""
+    return {
+        "windows": settings.windows,
+        "default_timezone": settings.compliance.default_timezone,
+        "forwards": settings.channels.http.forwards.keys() if check_forwards else None,
+    }
 
 
 def read_by_server(path: Path) -> bool:

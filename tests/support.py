@@ -238,6 +238,19 @@ class ServerProcess:
         return events
 
 
+def spawn_serve(
+    config_path: Path, stdout: Any, *, stderr: Any = subprocess.STDOUT, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """`python -m router --config CONFIG serve` as a process of its own (output to `stdout`,
+    stderr with it unless told otherwise)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "router", "--config", str(config_path), "serve"],
+        cwd=cwd,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
 def _process_ready(base_url: str, process: subprocess.Popen[bytes]) -> bool:
     if process.poll() is not None:
         raise AssertionError(f"server exited with {process.returncode}")
@@ -261,12 +274,7 @@ def server_process(
     base_url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / log_name if log_name else Path(os.devnull)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "router", "--config", str(config_path), "serve"],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = spawn_serve(config_path, log)
     try:
         wait_for(lambda: _process_ready(base_url, process), timeout=15, interval=0.05)
         yield ServerProcess(process, base_url, config_path, db_path)

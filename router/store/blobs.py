@@ -50,10 +50,7 @@ class BlobStore:
         folder.mkdir(parents=True, exist_ok=True)
         temp = folder / f".probe.{os.getpid()}.{secrets.token_hex(8)}.tmp"
         try:
-            with open(temp, "wb") as handle:
-                handle.write(bytes(4096))
-                handle.flush()
-                os.fsync(handle.fileno())
+            _write_synced(temp, bytes(4096))
         finally:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -68,10 +65,7 @@ class BlobStore:
         # Unique per call: two requests carrying the same attachment write it concurrently.
         temp = target.with_name(f".{digest}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
         try:
-            with open(temp, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
+            _write_synced(temp, content)
             os.replace(temp, target)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -102,6 +96,14 @@ class BlobStore:
                     temp.unlink()
                     removed += 1
         return removed
+
+
+def _write_synced(path: Path, content: bytes) -> None:
+    """Write `content` to a new file at `path` and fsync it."""
+    with open(path, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _writer_pid(name: str) -> int:

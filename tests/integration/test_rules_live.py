@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from router.rules import rules_version
-from tests.support import ADMIN_TOKEN, config_text, free_port, live_server, wait_for
+from tests.support import ADMIN_TOKEN, config_text, free_port, live_server, spawn_serve, wait_for
 
 GOOD = """\
 version: 1
@@ -122,12 +121,7 @@ def _serve(tmp_path: Path, rules: Path) -> subprocess.Popen[bytes]:
     config = tmp_path / "switchboard.toml"
     port = free_port()
     config.write_text(config_text(tmp_path / "var" / "s.db", port=port, extra=_rules_extra(rules)))
-    return subprocess.Popen(
-        [sys.executable, "-m", "router", "--config", str(config), "serve"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return spawn_serve(config, subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
 
 
 @pytest.mark.integration
@@ -248,12 +242,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
     )
     config.write_text(text.replace('level = "warning"', 'level = "info"'))
     with (tmp_path / "serve.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "router", "--config", str(config), "serve"],
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = spawn_serve(config, log, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _answers(url) or process.poll() is not None, timeout=30)

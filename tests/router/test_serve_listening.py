@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import httpx
 import pytest
 
 from router.http_server import listening_url
-from tests.support import ROOT, config_text, free_port, wait_for
+from tests.support import config_text, free_port, spawn_serve, wait_for
 
 
 def _listening(log: Path) -> list[dict[str, Any]]:
@@ -44,12 +42,7 @@ def test_serve_says_where_it_listens(tmp_path: Path, any_port: bool) -> None:
     log = tmp_path / "serve.log"
     config = _info_config(tmp_path, port)
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "router", "--config", str(config), "serve"],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        process = spawn_serve(config, out)
     try:
         wait_for(lambda: bool(_listening(log)) or process.poll() is not None, timeout=30)
         assert process.poll() is None, log.read_text()
