@@ -1,7 +1,7 @@
 """The framework floor for bench/ingest.py: litestar on the webhook path, body read, 200.
 
 No verification, no parsing, no store: what one uvicorn worker with this litestar can answer
-at best. Served exactly as `switchboard serve` serves the real app (router.http_server, with the
+at best. Served exactly as `switchboard serve` serves the real app (router.http.server, with the
 default `[server]` connection limits), so the ratio durable/floor measures the ingest path alone.
 `--no-limits` serves it with uvicorn's plain httptools protocol instead: the difference is what
 the limits cost (bench/ingest.py --limits-cost).
@@ -18,7 +18,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.params import FromPath
 
 from router.config import ServerConfig
-from router.http_server import UVICORN_OPTIONS, uvicorn_config
+from router.http.server import UVICORN_OPTIONS, uvicorn_config
 
 TWIML_EMPTY = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 

@@ -11,7 +11,7 @@ RequestValidator, each with its own MessageSid (identical bodies would flatter b
 litestar caches form parses and the store dedupes). Prints requests/s, p50/p99, non-2xx,
 the ratio durable/floor, peak RSS, and checks that the store holds one row per 2xx.
 
-Both are served by router.http_server with the default `[server]` connection limits;
+Both are served by router.http.server with the default `[server]` connection limits;
 `--limits-cost` also serves the floor on uvicorn's plain httptools protocol and prints what
 the limits cost.
 

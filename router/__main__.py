@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from router.cli import main
+from router.cli.main import main
 
 main()

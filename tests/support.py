@@ -19,10 +19,10 @@ import httpx
 import uvicorn
 from click.testing import CliRunner
 
-from router.app import create_app
-from router.cli import cli
+from router.cli.main import cli
 from router.config import Settings, load_settings
-from router.http_server import uvicorn_config
+from router.http.app import create_app
+from router.http.server import uvicorn_config
 
 if TYPE_CHECKING:
     from tests.cases.base import SignedRequest

@@ -2,7 +2,7 @@
 the headers, time to send the body, idle keep-alive, open connections.
 
 Every attack is sent for real, on a raw socket, to the app served the way `serve` serves it
-(tests/support.py `live_server` uses router.http_server). A refused client waits for its answer
+(tests/support.py `live_server` uses router.http.server). A refused client waits for its answer
 and the close within a generous deadline; nothing here asserts a timing.
 """
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from router.clock import FrozenClock
 from router.config import parse_settings
-from router.housekeeping import upkeep_once
 from router.store.blobs import STALE_TEMP_SECONDS, BlobStore
+from router.store.housekeeping import upkeep_once
 from router.store.sqlite import SQLiteStore
 
 #: In a child process: file size capped at 64 KiB, SIGXFSZ ignored, so writing past it fails

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from router.cli import cli
+from router.cli.main import cli
 from router.rules import rules_version
 from tests.cases.twilio import message_params, signed
 from tests.support import PUBLIC_URL, SECRETS, config_text, live_server, run_cli
@@ -148,10 +148,10 @@ def test_rules_commands_do_not_import_the_http_app(config: Path, live_rules: Pat
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from router.cli import cli\n"
+        "from router.cli.main import cli\n"
         f"r = CliRunner().invoke(cli, ['--config', {str(config)!r}, 'rules', 'check'])\n"
         "assert r.exit_code == 0, r.output\n"
-        "print(sorted(m for m in ('litestar', 'router.app', 'uvicorn') if m in sys.modules))\n"
+        "print(sorted(m for m in ('litestar', 'router.http.app', 'uvicorn') if m in sys.modules))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from router.clock import FrozenClock
 from router.config import parse_settings
-from router.housekeeping import nonce_retention, upkeep_once
 from router.store.base import IngestOutcome
+from router.store.housekeeping import nonce_retention, upkeep_once
 from router.store.sqlite import SQLiteStore
 from tests.router.test_store import event, item
 

@@ -1,7 +1,7 @@
-"""router.http_server leans on uvicorn internals: these tests fail loudly when they move.
+"""router.http.server leans on uvicorn internals: these tests fail loudly when they move.
 
 If one fails after a uvicorn upgrade, re-read uvicorn/protocols/http/httptools_impl.py against
-router/http_server.py (parser callbacks, `cycle`, `pipeline`, `flow`, the keep-alive timer),
+router/http/server.py (parser callbacks, `cycle`, `pipeline`, `flow`, the keep-alive timer),
 fix what changed, run tests/integration/test_http_limits.py, then widen the pin in
 pyproject.toml. The behaviour itself is tested against a live server in that file.
 """
@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 
 from router.config import ConfigError, ServerConfig, parse_settings
-from router.http_server import HttpLimits, LimitedHttpToolsProtocol, protocol_class, uvicorn_config
+from router.http.server import HttpLimits, LimitedHttpToolsProtocol, protocol_class, uvicorn_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

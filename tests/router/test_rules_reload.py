@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import router.rules_live
+import router.rules.live
 from router.events import Channel, Event
 from router.metrics import Metrics
 from router.rules import RulesInvalid, Snapshot, evaluate, load_ruleset, rules_version
-from router.rules_live import LiveRules
+from router.rules.live import LiveRules
 
 BASE = """\
 version: 1
@@ -129,7 +129,7 @@ async def test_poll_catches_a_change_no_watcher_reported(
 ) -> None:
     """The safety net: with no watcher running, edits still go live (and broken ones don't)."""
 
-    monkeypatch.setattr(router.rules_live, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(router.rules.live, "POLL_SECONDS", 0.01)
     (tmp_path / "a.yaml").write_text(BASE)
     live = LiveRules(tmp_path)
     live.reload()

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.http_server import listening_url
+from router.http.server import listening_url
 from tests.support import config_text, free_port, spawn_serve, wait_for
 
 

@@ -28,8 +28,8 @@ from channels.twilio import TwilioAdapter
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Contact, Event, EventStatus
 from router.ids import new_ulid
-from router.ingest import Ingestor
 from router.metrics import Metrics
+from router.pipeline.ingest import Ingestor
 from router.store.base import (
     EventFilter,
     IngestItem,

@@ -11,9 +11,9 @@ import pytest
 
 from router.rules import RuleError, RulesInvalid, load_ruleset
 from router.rules.conditions import MAX_NESTING
+from router.rules.live import LiveRules
 from router.rules.loader import MAX_FILE_BYTES, MAX_FILES, MAX_RULES, MAX_TOTAL_BYTES
 from router.rules.yamlread import MAX_DEPTH
-from router.rules_live import LiveRules
 from tests.rules.support import write_rules
 
 RULE = "  - {{id: r{n}, when: {{source: twilio}}, then: [drop: {{}}]}}\n"

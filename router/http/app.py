@@ -23,16 +23,16 @@ from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.events import Event, EventStatus, encode_event, event_detail
-from router.housekeeping import upkeep_forever
-from router.ingest import Ingestor
+from router.http.providers import accept_types, body_limits, inbound_adapters
+from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
-from router.providers import accept_types, body_limits, inbound_adapters
-from router.rules_live import LiveRules
+from router.pipeline.ingest import Ingestor
+from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
+from router.store.housekeeping import upkeep_forever
 from router.timeutil import parse_since
-from router.webhooks import BodyBudget, webhooks
 
 
 class AppContext:

@@ -1,6 +1,6 @@
 """`switchboard rules check|test|diff` (SPEC §9): try a rules change before it goes live.
 
-Kept apart from `router/cli.py` so the rules commands stay light (no HTTP app) and the main
+Kept apart from `router/cli/main.py` so the rules commands stay light (no HTTP app) and the main
 CLI module short. Exit codes: 0 ok, 1 invalid rules or input, 2 usage (click's own).
 """
 
@@ -22,8 +22,8 @@ from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
 from router.events import Event
 from router.rules import FileCheck, RuleError, RuleSet, RulesInvalid, evaluate
-from router.rules_live import LiveRules
-from router.rules_tools import (
+from router.rules.live import LiveRules
+from router.rules.tools import (
     DiffReport,
     InputError,
     RulesFolderMissing,

@@ -4,7 +4,7 @@ This is the ingest hot path, so it skips litestar's per-request machinery (Reque
 handler signature model, Response conversion): under callgrind that machinery cost more than
 verifying and parsing a Twilio webhook. What it gave us is done here in a few lines: the
 body-size limit (413), the method check (405), JSON errors in the app's `{"error"}` shape.
-Everything else is `router.ingest.Ingestor`: verify -> parse -> commit -> answer.
+Everything else is `router.pipeline.ingest.Ingestor`: verify -> parse -> commit -> answer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from channels.base import MAX_FORM_FIELDS, InboundAdapter, InboundRequest, Limit
 from router.ids import new_ulid
 
 if TYPE_CHECKING:
-    from router.app import AppContext
+    from router.http.app import AppContext
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _PREFIX = "/webhooks"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from router.cli_rules import require_rules, rules
+from router.cli.rules import require_rules, rules
 from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
@@ -92,8 +92,8 @@ def cli(ctx: click.Context, config: str | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Run the HTTP server (webhooks, health, admin API)."""
-    from router import http_server  # uvicorn: only `serve` needs it
-    from router.app import create_app
+    from router.http import server as http_server  # uvicorn: only `serve` needs it
+    from router.http.app import create_app
     from router.logs import configure_logging
 
     settings = _settings(ctx)
@@ -269,7 +269,7 @@ def simulate(
     """Send a correctly signed sample webhook to a running server."""
     import httpx
 
-    from router.simulate import build_sample
+    from router.cli.simulate import build_sample
 
     settings = _settings(ctx)
     try:
