@@ -1,0 +1,201 @@
+"""The Slack payloads an agent sees for escalations, reminders and relayed messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from router import logs
+from router.pipeline import render
+from statemachines.definitions.conversation import TRANSITIONS
+from statemachines.effects import HistoryLine, PostEscalation, PostReminder, RelayToThread
+
+PHONE = "+15551230001"
+KEY = f"sms:{PHONE}:+15550009999"
+T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _logs_not_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_DEBUG", False)
+
+
+def escalation(history: list[HistoryLine] | None = None, **fields: Any) -> PostEscalation:
+    values: dict[str, Any] = {
+        "slack_channel": "C0ESCALATE",
+        "contact": PHONE,
+        "reason": "asked for a human",
+        "rule_id": "vip-escalate",
+        "history": tuple(history or ()),
+    }
+    return PostEscalation(**{**values, **fields})
+
+
+def line(i: int, text: str | None = None, direction: str = "in") -> HistoryLine:
+    return HistoryLine(
+        direction=direction, text=text or f"message {i}", at=T0 + timedelta(minutes=i)
+    )
+
+
+def texts(node: Any) -> Iterator[str]:
+    """Every text an agent can read: the `text` of each text object, anywhere in the payload."""
+    if isinstance(node, dict):
+        if node.get("type") in ("plain_text", "mrkdwn"):
+            yield node["text"]
+        for value in node.values():
+            yield from texts(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from texts(item)
+
+
+def history_text(payload: dict[str, Any]) -> str:
+    return "\n".join(
+        b["text"]["text"] for b in payload["blocks"] if b["type"] == "section" and "text" in b
+    )
+
+
+def check_block_kit(payload: dict[str, Any]) -> None:
+    """Slack's published limits for the blocks we use; Slack rejects the post otherwise."""
+    assert json.loads(json.dumps(payload)) == payload
+    blocks = payload["blocks"]
+    assert 0 < len(blocks) <= 50
+    assert len(payload["text"]) <= 40_000
+    for block in blocks:
+        kind = block["type"]
+        if kind == "header":
+            assert block["text"]["type"] == "plain_text"
+            assert 0 < len(block["text"]["text"]) <= 150
+        elif kind == "section":
+            assert "text" in block or "fields" in block
+            if "text" in block:
+                assert 0 < len(block["text"]["text"]) <= 3000
+            assert len(block.get("fields", [])) <= 10
+            assert all(0 < len(f["text"]) <= 2000 for f in block.get("fields", []))
+        elif kind == "context":
+            assert 0 < len(block["elements"]) <= 10
+        elif kind == "actions":
+            assert 0 < len(block["elements"]) <= 25
+            ids = [e["action_id"] for e in block["elements"]]
+            assert len(set(ids)) == len(ids)
+            for button in block["elements"]:
+                assert button["type"] == "button"
+                assert button["text"]["type"] == "plain_text"
+                assert 0 < len(button["text"]["text"]) <= 75
+                assert len(button["action_id"]) <= 255
+                assert 0 < len(button["value"]) <= 2000
+                assert button.get("style", "primary") in ("primary", "danger")
+        else:
+            pytest.fail(f"unexpected block type {kind}")
+
+
+def test_escalation_masks_the_contact_unless_debug() -> None:
+    masked = render.escalation_payload(escalation([line(1)]), KEY, debug=False)
+    check_block_kit(masked)
+    shown = "\n".join(texts(masked)) + masked["text"]
+    assert PHONE not in shown
+    assert "+1555*****01" in shown
+    assert "asked for a human" in shown
+    assert "vip-escalate" in shown
+
+    clear = render.escalation_payload(escalation([line(1)]), KEY, debug=True)
+    assert PHONE in "\n".join(texts(clear))
+    assert clear["conversation_key"] == KEY
+
+
+def test_escalation_buttons_map_back_to_the_conversation() -> None:
+    payload = render.escalation_payload(escalation(), KEY, debug=False)
+    check_block_kit(payload)
+    (actions,) = [b for b in payload["blocks"] if b["type"] == "actions"]
+    buttons = {b["action_id"]: b for b in actions["elements"]}
+    assert list(buttons) == ["switchboard.claim", "switchboard.resolve", "switchboard.back_to_bot"]
+    assert {b["value"] for b in buttons.values()} == {KEY}
+    assert buttons["switchboard.claim"]["style"] == "primary"
+    assert "style" not in buttons["switchboard.resolve"]
+    triggers = {t["trigger"] for t in TRANSITIONS}
+    assert render.ACTION_TRIGGERS == {
+        "switchboard.claim": "claim",
+        "switchboard.resolve": "resolve",
+        "switchboard.back_to_bot": "back_to_bot",
+    }
+    assert set(render.ACTION_TRIGGERS.values()) <= triggers
+
+
+def test_escalation_without_context_still_valid() -> None:
+    payload = render.escalation_payload(
+        escalation(contact=None, reason=None, rule_id=None), KEY, debug=False
+    )
+    check_block_kit(payload)
+    shown = "\n".join(texts(payload))
+    assert "unknown" in shown
+    assert "No messages recorded" in shown
+
+
+def test_history_shows_direction_time_and_text_oldest_first() -> None:
+    history = [line(1, "hello"), line(2, "Hi! How can I help?", "out"), line(3, "a person please")]
+    text = history_text(render.escalation_payload(escalation(history), KEY, debug=False))
+    assert text.index("hello") < text.index("How can I help") < text.index("a person please")
+    assert "*→ customer*" in text and "*← reply*" in text
+    at = int((T0 + timedelta(minutes=3)).timestamp())
+    assert f"<!date^{at}^{{date_short_pretty}} {{time}}|2026-11-23 15:03 UTC>" in text
+
+
+def test_long_history_keeps_the_most_recent_within_limits() -> None:
+    history = [line(i, f"msg-{i:03d} " + "x" * 2000) for i in range(200)]
+    payload = render.escalation_payload(escalation(history), KEY, debug=False)
+    check_block_kit(payload)
+    text = history_text(payload)
+    assert "msg-199" in text
+    assert "msg-000" not in text
+    shown = [i for i in range(200) if f"msg-{i:03d}" in text]
+    assert shown == list(range(shown[0], 200))  # a contiguous, most-recent run, in order
+    assert text.index("msg-198") < text.index("msg-199")
+    assert f"({shown[0]} earlier not shown)" in "\n".join(texts(payload))
+    assert "…" in text  # each long message was cut
+
+
+def test_customer_text_cannot_mention_or_link() -> None:
+    attack = "<!channel> see <https://evil.example|your bank> & <@U123>"
+    payload = render.escalation_payload(
+        escalation([line(1, attack)], reason="<!here>", contact="<!everyone>"), KEY, debug=True
+    )
+    check_block_kit(payload)
+    for text in [*texts(payload), payload["text"]]:
+        assert "<!channel>" not in text and "<!here>" not in text and "<!everyone>" not in text
+        assert "<https://" not in text and "<@U123>" not in text
+    assert (
+        "&lt;!channel&gt; see &lt;https://evil.example|your bank&gt; &amp; &lt;@U123&gt;"
+        in history_text(payload)
+    )
+
+
+def test_truncation_never_splits_an_escape() -> None:
+    history = [line(1, "&" * 5000)]
+    text = history_text(render.escalation_payload(escalation(history), KEY, debug=False))
+    body = text.split("\n", 1)[1]
+    assert body.endswith("&amp;…")
+    assert body[:-1].replace("&amp;", "") == ""
+
+
+def test_reminder_goes_to_the_thread() -> None:
+    payload = render.reminder_payload(PostReminder(slack_channel="C0ESCALATE", thread_ts="17.01"))
+    assert payload["thread_ts"] == "17.01"
+    assert "nobody has claimed this conversation yet" in payload["text"]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_relay_shows_the_customer_text_escaped(debug: bool) -> None:
+    effect = RelayToThread(slack_channel="C0ESCALATE", thread_ts="17.01", text="call me <!channel>")
+    payload = render.relay_payload(effect, debug=debug)
+    assert payload == {"text": "Customer: call me &lt;!channel&gt;", "thread_ts": "17.01"}
+
+
+def test_relay_of_a_huge_message_fits_slack() -> None:
+    effect = RelayToThread(slack_channel="C0ESCALATE", thread_ts=None, text="y" * 50_000)
+    payload = render.relay_payload(effect, debug=False)
+    assert len(payload["text"]) <= 40_000
+    assert payload["text"].startswith("Customer: yyy") and payload["thread_ts"] is None
