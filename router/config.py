@@ -185,6 +185,24 @@ class EscalationConfig(msgspec.Struct, **_STRICT):
     inactivity_close: str = "24h"
 
 
+class WorkerConfig(msgspec.Struct, **_STRICT):
+    """The routing worker (SPEC §7-8): it runs inside `serve`, or alone as `switchboard worker`."""
+
+    #: `serve` runs the worker in the same process; false leaves it to `switchboard worker`.
+    in_serve: bool = True
+    #: How long a claim on a conversation lasts; a worker that dies leaves it to expire.
+    lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: The safety-net poll: an ingest in the same process wakes the worker at once.
+    poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    #: Tries of an event whose processing raises, before it is marked `failed`.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    #: Conversations claimed at once, and events of one conversation per claim.
+    batch_conversations: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    batch_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
+    #: Messages per conversation kept in its history (both directions).
+    history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
+
+
 class LoggingConfig(msgspec.Struct, **_STRICT):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: Only with debug on do logs show full phone numbers and message bodies.
@@ -199,6 +217,7 @@ class Settings(msgspec.Struct, **_STRICT):
     channels: ChannelsConfig = ChannelsConfig()
     compliance: ComplianceConfig = ComplianceConfig()
     escalation: EscalationConfig = EscalationConfig()
+    worker: WorkerConfig = WorkerConfig()
     logging: LoggingConfig = LoggingConfig()
     #: Named time windows for rules' `during:` (e.g. `business = "Mon-Fri 09:00-17:00"`).
     windows: dict[str, str] = {}

@@ -36,6 +36,24 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.routed = Counter(
+            "switchboard_events_routed_total",
+            "Events routed by the worker, by outcome (processed, failed, retry, fenced).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.outbox_rows = Counter(
+            "switchboard_outbox_rows_created_total",
+            "Outbox rows made by routing (a replay that finds its rows makes none).",
+            registry=self.registry,
+        )
+        self.route_batch_seconds = Histogram(
+            "switchboard_route_batch_seconds",
+            "Time to route and commit one claimed batch.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

@@ -28,6 +28,7 @@ from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
 from router.pipeline.ingest import Ingestor
+from router.pipeline.worker import Worker
 from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
@@ -58,12 +59,19 @@ class AppContext:
         #: Largest body each route reads, by the path after /webhooks/.
         self.body_limits = body_limits(settings)
         self.body_budget = BodyBudget(settings.server.max_body_memory_bytes)
+        #: The routing worker, when it runs in this process (`worker.in_serve`).
+        self.worker = (
+            Worker(store, settings, lambda: self.rules.ruleset, clock, metrics)
+            if settings.worker.in_serve
+            else None
+        )
         self.ingestor = Ingestor(
             store,
             store.blobs,
             metrics,
             accept_types=accept_types(settings),
             blob_threshold_bytes=settings.storage.blob_threshold_bytes,
+            on_stored=self.worker.wake if self.worker is not None else None,
         )
 
 
@@ -242,12 +250,16 @@ def create_app(
             await the_store.close()  # its thread would otherwise keep the process alive
             raise
         upkeep = asyncio.create_task(upkeep_forever(the_store, ctx.clock, settings))
+        if ctx.worker is not None:
+            ctx.worker.start()
         flusher = asyncio.create_task(flush_logs_forever())
         try:
             yield
         finally:
             upkeep.cancel()
             flusher.cancel()
+            if ctx.worker is not None:
+                await ctx.worker.stop()
             flush_logs()
             ctx.ingestor.close()
             await ctx.rules.stop()

@@ -68,8 +68,11 @@ class Ingestor:
         *,
         accept_types: Mapping[str, Sequence[str]],
         blob_threshold_bytes: int,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        #: Called after a commit that stored a new event: wakes the worker in this process.
+        self._on_stored = on_stored
         self._blobs = blobs
         self._metrics = metrics
         self._accept = accept_types
@@ -115,6 +118,8 @@ class Ingestor:
             return self._unavailable(source, request, exc, started)
         if outcome is IngestOutcome.REPLAY:
             return self._replay(source)
+        if outcome is IngestOutcome.STORED and self._on_stored is not None:
+            self._on_stored()
         self._observe(source, time.perf_counter() - started)
         self._log_events(parsed.events, outcome, started)
         return parsed.ack

@@ -10,6 +10,17 @@ import msgspec
 
 from router.events import Event, EventStatus
 from router.store.blobs import BlobStore
+from router.store.records import (
+    ClaimedLane,
+    CommitOutcome,
+    ContactRecord,
+    ConversationRecord,
+    LaneCommit,
+    OutboxFilter,
+    OutboxRow,
+    RunRecord,
+    TimerRecord,
+)
 
 
 class IngestOutcome(StrEnum):
@@ -113,6 +124,60 @@ class Store(Protocol):
 
     async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
         """Quarantined requests, newest first."""
+        ...
+
+    # -- routing (the worker) ---------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, now: datetime, lease_seconds: float, max_lanes: int, max_events: int
+    ) -> list[ClaimedLane]:
+        """Lease up to `max_lanes` lanes with unfinished events, oldest first, each with up to
+        `max_events` of its events in arrival order. A lane is a conversation (Slack thread
+        events count in the conversation the thread escalated) or one event without one. A
+        lane leased by someone else is skipped until its lease expires; one waiting for a
+        retry is skipped until then."""
+        ...
+
+    async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
+        """Apply each lane's outcome and release its lease, all in one transaction; a lane whose
+        lease is no longer held with its token is refused as a whole (fencing)."""
+        ...
+
+    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
+        """Consent of the given contact keys (without ledger); unknown keys are left out."""
+        ...
+
+    async def mark_sent(self, outbox_id: str, provider_message_id: str, at: datetime) -> None:
+        """A row was handed to its provider. For an escalation post, the message id is the
+        Slack thread's ts: the thread is mapped to the conversation from now on."""
+        ...
+
+    async def timers(self) -> list[TimerRecord]:
+        """Every armed timer (the scheduler rebuilds itself from these at start-up)."""
+        ...
+
+    # -- reads of the routing side ---------------------------------------------------------
+
+    async def runs(self, event_id: str) -> list[RunRecord]:
+        """The routing runs of one event, oldest first."""
+        ...
+
+    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
+        """Outbox rows matching `where`, newest first."""
+        ...
+
+    async def get_conversation(self, key: str) -> ConversationRecord | None:
+        """One conversation by key."""
+        ...
+
+    async def list_conversations(
+        self, state: str | None, limit: int = 100
+    ) -> list[ConversationRecord]:
+        """Conversations, most recently updated first; `state` narrows (support's queue)."""
+        ...
+
+    async def get_contact(self, key: str) -> ContactRecord | None:
+        """One contact with its whole consent ledger, oldest entry first."""
         ...
 
     async def ping(self) -> None:

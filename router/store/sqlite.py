@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import functools
 import re
+import secrets
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,20 @@ from router.store.base import (
 )
 from router.store.blobs import BlobStore
 from router.store.queries import migrations, queries
+from router.store.records import (
+    ClaimedLane,
+    CommitOutcome,
+    ContactRecord,
+    ConversationRecord,
+    LaneCommit,
+    Lease,
+    LedgerRecord,
+    OutboxFilter,
+    OutboxRow,
+    OutboxStatus,
+    RunRecord,
+    TimerRecord,
+)
 
 T = TypeVar("T")
 #: An item and its row, encoded by the caller: an event that cannot be stored fails alone.
@@ -291,6 +306,267 @@ class SQLiteStore:
         with wrap_exceptions():
             await self._call(writer, run)
 
+    # -- routing (the worker) ---------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, now: datetime, lease_seconds: float, max_lanes: int, max_events: int
+    ) -> list[ClaimedLane]:
+        until = now + timedelta(seconds=lease_seconds)
+        return await self._transact(
+            lambda conn: self._claim(conn, owner, now, until, max_lanes, max_events)
+        )
+
+    def _claim(
+        self,
+        conn: sqlite3.Connection,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        max_lanes: int,
+        max_events: int,
+    ) -> list[ClaimedLane]:
+        scan = conn.execute(
+            self._sql["claim_scan"], {"limit": min(max_lanes * max_events, _MAX_SCAN)}
+        ).fetchall()
+        if not scan:
+            return []
+        seen = list(dict.fromkeys(lane for _, lane in scan))
+        busy = {
+            lane
+            for (lane,) in conn.execute(
+                self._sql["busy_lanes"], {"now": timestamp(now), "lanes": _json_list(seen)}
+            )
+        }
+        lanes: dict[str, list[str]] = {}
+        for event_id, lane in scan:
+            if lane in busy:
+                continue
+            ids = lanes.get(lane)
+            if ids is None:
+                if len(lanes) >= max_lanes:
+                    continue
+                ids = lanes[lane] = []
+            if len(ids) < max_events:
+                ids.append(event_id)
+        if not lanes:
+            return []
+        leases = {lane: Lease(lane=lane, token=new_token(), until=until) for lane in lanes}
+        conn.executemany(
+            self._sql["take_lease"],
+            [
+                {
+                    "lane": lease.lane,
+                    "token": lease.token,
+                    "owner": owner,
+                    "until": timestamp(until),
+                }
+                for lease in leases.values()
+            ],
+        )
+        all_ids = _json_list([event_id for ids in lanes.values() for event_id in ids])
+        conn.execute(self._sql["mark_processing"], {"ids": all_ids})
+        found = {
+            row[0]: (_event_from_row((row[1], row[2])), row[3])
+            for row in conn.execute(self._sql["claimed_events"], {"ids": all_ids})
+        }
+        conversations = {
+            row[0]: _conversation_from_row(row)
+            for row in conn.execute(
+                self._sql["conversations_by_key"], {"keys": _json_list(list(lanes))}
+            )
+        }
+        return [
+            ClaimedLane(
+                lease=leases[lane],
+                events=[found[event_id][0] for event_id in ids],
+                attempts={event_id: found[event_id][1] for event_id in ids},
+                conversation=conversations.get(lane),
+            )
+            for lane, ids in lanes.items()
+        ]
+
+    async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
+        return await self._transact(lambda conn: self._commit_lanes(conn, lanes, now))
+
+    def _commit_lanes(
+        self, conn: sqlite3.Connection, lanes: list[LaneCommit], now: datetime
+    ) -> CommitOutcome:
+        sql = self._sql
+        applied: list[bool] = []
+        new_ids: list[str] = []
+        cancelled: list[str] = []
+        for lane in lanes:
+            held = conn.execute(sql["lease_token"], {"lane": lane.lease.lane}).fetchone()
+            if held is None or held[0] != lane.lease.token:
+                applied.append(False)  # fenced: the lease expired and was taken over
+                continue
+            applied.append(True)
+            for result in lane.results:
+                conn.execute(
+                    sql["finish_event"], {"status": result.status.value, "id": result.event_id}
+                )
+                conn.execute(
+                    sql["insert_run"],
+                    {
+                        "event_id": result.event_id,
+                        "at": timestamp(result.run.at),
+                        "body": _run_encoder.encode(result.run),
+                    },
+                )
+            if lane.failed_attempt is not None:
+                conn.execute(sql["failed_attempt"], {"id": lane.failed_attempt})
+            if lane.conversation is not None:
+                conn.execute(sql["upsert_conversation"], _conversation_row(lane.conversation))
+            for contact_key, reason in lane.cancel_contacts:
+                cancelled += [
+                    row[0]
+                    for row in conn.execute(
+                        sql["cancel_waiting"], {"contact_key": contact_key, "reason": reason}
+                    )
+                ]
+            for row in lane.outbox:
+                if conn.execute(sql["insert_outbox"], _outbox_row(row)).rowcount:
+                    new_ids.append(row.id)
+            for contact, entry in lane.contacts:
+                conn.execute(
+                    sql["upsert_contact"],
+                    {
+                        "key": contact.address,
+                        "consent": contact.consent,
+                        "opted_out_at": _ts(contact.opted_out_at),
+                        "timezone": contact.timezone,
+                        "updated_at": timestamp(now),
+                    },
+                )
+                if entry is not None:
+                    conn.execute(
+                        sql["insert_ledger"],
+                        {
+                            "contact_key": contact.address,
+                            "at": timestamp(entry.at),
+                            "event_id": entry.event_id,
+                            "channel": entry.channel,
+                            "change": entry.change,
+                            "reason": entry.reason,
+                        },
+                    )
+            for timer in lane.timers_set:
+                conn.execute(
+                    sql["set_timer"],
+                    {
+                        "key": timer.conversation_key,
+                        "timer": timer.timer,
+                        "due_at": timestamp(timer.due_at),
+                    },
+                )
+            for key, name, due_at in lane.timers_cleared:
+                conn.execute(sql["clear_timer"], {"key": key, "timer": name, "due_at": _ts(due_at)})
+            if lane.retry_at is not None:
+                conn.execute(
+                    sql["hold_lease_until"],
+                    {"lane": lane.lease.lane, "until": timestamp(lane.retry_at)},
+                )
+            else:
+                conn.execute(
+                    sql["release_lease"], {"lane": lane.lease.lane, "token": lane.lease.token}
+                )
+        return CommitOutcome(
+            applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
+        )
+
+    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
+        if not keys:
+            return {}
+        rows = await self._read(self._sql["contacts_by_key"], {"keys": _json_list(keys)})
+        return {
+            row[0]: ContactRecord(
+                address=row[0], consent=row[1], opted_out_at=_dt(row[2]), timezone=row[3]
+            )
+            for row in rows
+        }
+
+    async def mark_sent(self, outbox_id: str, provider_message_id: str, at: datetime) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                self._sql["mark_sent"],
+                {"id": outbox_id, "provider_message_id": provider_message_id},
+            ).fetchone()
+            if row is not None and row[0] == "escalation" and row[2] is not None:
+                conn.execute(
+                    self._sql["map_thread"],
+                    {
+                        "thread_key": f"slack:{row[1]}:{provider_message_id}",
+                        "conversation_key": row[2],
+                    },
+                )
+
+        await self._transact(run)
+
+    async def timers(self) -> list[TimerRecord]:
+        rows = await self._read(self._sql["list_timers"], {})
+        return [
+            TimerRecord(conversation_key=row[0], timer=row[1], due_at=_parse_ts(row[2]))
+            for row in rows
+        ]
+
+    async def runs(self, event_id: str) -> list[RunRecord]:
+        rows = await self._read(self._sql["runs_of_event"], {"event_id": event_id})
+        return [_run_decoder.decode(row[0]) for row in rows]
+
+    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
+        params = {
+            "status": where.status.value if where.status else None,
+            "channel": where.channel,
+            "recipient": where.to,
+            "event_id": where.event_id,
+            "before": where.before,
+            "limit": where.limit,
+        }
+        return [_outbox_from_row(row) for row in await self._read(self._sql["list_outbox"], params)]
+
+    async def get_conversation(self, key: str) -> ConversationRecord | None:
+        rows = await self._read(self._sql["get_conversation"], {"key": key})
+        return _conversation_from_row(rows[0]) if rows else None
+
+    async def list_conversations(
+        self, state: str | None, limit: int = 100
+    ) -> list[ConversationRecord]:
+        rows = await self._read(self._sql["list_conversations"], {"state": state, "limit": limit})
+        return [_conversation_from_row(row) for row in rows]
+
+    async def get_contact(self, key: str) -> ContactRecord | None:
+        found = await self.contacts([key])
+        contact = found.get(key)
+        if contact is None:
+            return None
+        ledger = [
+            LedgerRecord(
+                at=_parse_ts(row[0]), event_id=row[1], channel=row[2], change=row[3], reason=row[4]
+            )
+            for row in await self._read(self._sql["contact_ledger"], {"key": key})
+        ]
+        return msgspec.structs.replace(contact, ledger=ledger)
+
+    async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one write transaction on the writer connection (after or between ingest
+        batches: the connection's thread runs one call at a time)."""
+        writer = self._require(self._writer)
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_file()
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        with wrap_exceptions():
+            return await self._call(writer, run)
+
     # -- reads ----------------------------------------------------------------------------
 
     async def list_events(self, where: EventFilter) -> list[Event]:
@@ -377,6 +653,97 @@ class SQLiteStore:
         if conn is None:
             raise StoreUnavailable("store is not open")
         return conn
+
+
+#: Most unfinished events one claim looks at.
+_MAX_SCAN = 8192
+_run_encoder = msgspec.json.Encoder()
+_run_decoder = msgspec.json.Decoder(RunRecord)
+_payload_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def new_token() -> str:
+    """A lease's fencing token: unique, so a lane released and claimed again never matches an
+    old holder's token."""
+    return secrets.token_hex(12)
+
+
+def _json_list(values: list[str]) -> str:
+    return msgspec.json.encode(values).decode()
+
+
+def _ts(moment: datetime | None) -> str | None:
+    return timestamp(moment) if moment is not None else None
+
+
+def _parse_ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
+    return {
+        "key": record.key,
+        "state": record.state,
+        "channel": record.channel,
+        "contact": record.contact,
+        "body": record.body,
+        "updated_at": timestamp(record.updated_at),
+    }
+
+
+def _conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
+    return ConversationRecord(
+        key=row[0],
+        state=row[1],
+        channel=row[2],
+        contact=row[3],
+        body=bytes(row[4]),
+        updated_at=_parse_ts(row[5]),
+    )
+
+
+def _outbox_row(row: OutboxRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "event_id": row.event_id,
+        "conversation_key": row.conversation_key,
+        "contact_key": row.contact_key,
+        "channel": row.channel,
+        "recipient": row.to,
+        "category": row.category,
+        "kind": row.kind,
+        "status": row.status.value,
+        "not_before": _ts(row.not_before),
+        "created_at": timestamp(row.created_at),
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "provider_message_id": row.provider_message_id,
+        "payload": msgspec.json.encode(row.payload),
+    }
+
+
+def _outbox_from_row(row: Sequence[Any]) -> OutboxRow:
+    return OutboxRow(
+        id=row[0],
+        event_id=row[1],
+        conversation_key=row[2],
+        contact_key=row[3],
+        channel=row[4],
+        to=row[5],
+        category=row[6],
+        kind=row[7],
+        status=OutboxStatus(row[8]),
+        not_before=_dt(row[9]),
+        created_at=_parse_ts(row[10]),
+        attempts=row[11],
+        last_error=row[12],
+        provider_message_id=row[13],
+        payload=_payload_decoder.decode(row[14]),
+    )
 
 
 def _raw(rows: list[Any]) -> StoredRaw | None:

@@ -59,3 +59,129 @@ ON CONFLICT (id) DO UPDATE SET at = excluded.at;
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
+
+-- name: claim_scan
+-- Unfinished events in arrival order with their lane: the conversation (a Slack thread counts
+-- in the conversation it escalated), else the event alone.
+SELECT e.id, coalesce(t.conversation_key, e.conversation_key, 'event:' || e.id) AS lane
+FROM events e LEFT JOIN threads t ON t.thread_key = e.conversation_key
+WHERE e.status IN ('received', 'processing')
+ORDER BY e.id LIMIT :limit;
+
+-- name: busy_lanes
+SELECT lane FROM leases WHERE until > :now AND lane IN (SELECT value FROM json_each(:lanes));
+
+-- name: take_lease
+INSERT INTO leases (lane, token, owner, until) VALUES (:lane, :token, :owner, :until)
+ON CONFLICT (lane) DO UPDATE SET token = excluded.token, owner = excluded.owner,
+                                 until = excluded.until;
+
+-- name: mark_processing
+UPDATE events SET status = 'processing'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'received';
+
+-- name: claimed_events
+SELECT id, body, status, attempts FROM events WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: conversations_by_key
+SELECT key, state, channel, contact, body, updated_at FROM conversations
+WHERE key IN (SELECT value FROM json_each(:keys));
+
+-- name: lease_token
+SELECT token FROM leases WHERE lane = :lane;
+
+-- name: release_lease
+DELETE FROM leases WHERE lane = :lane AND token = :token;
+
+-- name: hold_lease_until
+UPDATE leases SET token = NULL, owner = NULL, until = :until WHERE lane = :lane;
+
+-- name: finish_event
+UPDATE events SET status = :status WHERE id = :id;
+
+-- name: failed_attempt
+UPDATE events SET attempts = attempts + 1 WHERE id = :id;
+
+-- name: insert_run
+INSERT INTO runs (event_id, at, body) VALUES (:event_id, :at, :body);
+
+-- name: upsert_conversation
+INSERT INTO conversations (key, state, channel, contact, body, updated_at)
+VALUES (:key, :state, :channel, :contact, :body, :updated_at)
+ON CONFLICT (key) DO UPDATE SET state = excluded.state, channel = excluded.channel,
+    contact = excluded.contact, body = excluded.body, updated_at = excluded.updated_at;
+
+-- name: insert_outbox
+INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipient, category,
+                    kind, status, not_before, created_at, attempts, last_error,
+                    provider_message_id, payload)
+VALUES (:id, :event_id, :conversation_key, :contact_key, :channel, :recipient, :category,
+        :kind, :status, :not_before, :created_at, :attempts, :last_error,
+        :provider_message_id, :payload)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: cancel_waiting
+UPDATE outbox SET status = 'cancelled', last_error = :reason
+WHERE contact_key = :contact_key AND status IN ('pending', 'deferred')
+RETURNING id;
+
+-- name: upsert_contact
+INSERT INTO contacts (key, consent, opted_out_at, timezone, updated_at)
+VALUES (:key, :consent, :opted_out_at, :timezone, :updated_at)
+ON CONFLICT (key) DO UPDATE SET consent = excluded.consent,
+    opted_out_at = excluded.opted_out_at, timezone = coalesce(excluded.timezone, timezone),
+    updated_at = excluded.updated_at;
+
+-- name: insert_ledger
+INSERT INTO consent_ledger (contact_key, at, event_id, channel, change, reason)
+VALUES (:contact_key, :at, :event_id, :channel, :change, :reason);
+
+-- name: set_timer
+INSERT INTO timers (conversation_key, timer, due_at) VALUES (:key, :timer, :due_at)
+ON CONFLICT (conversation_key, timer) DO UPDATE SET due_at = excluded.due_at;
+
+-- name: clear_timer
+DELETE FROM timers WHERE conversation_key = :key AND timer = :timer
+  AND (:due_at IS NULL OR due_at = :due_at);
+
+-- name: list_timers
+SELECT conversation_key, timer, due_at FROM timers ORDER BY due_at;
+
+-- name: contacts_by_key
+SELECT key, consent, opted_out_at, timezone FROM contacts
+WHERE key IN (SELECT value FROM json_each(:keys));
+
+-- name: contact_ledger
+SELECT at, event_id, channel, change, reason FROM consent_ledger
+WHERE contact_key = :key ORDER BY seq;
+
+-- name: mark_sent
+UPDATE outbox SET status = 'sent', provider_message_id = :provider_message_id,
+    attempts = attempts + 1
+WHERE id = :id RETURNING kind, recipient, conversation_key;
+
+-- name: map_thread
+INSERT INTO threads (thread_key, conversation_key) VALUES (:thread_key, :conversation_key)
+ON CONFLICT (thread_key) DO NOTHING;
+
+-- name: runs_of_event
+SELECT body FROM runs WHERE event_id = :event_id ORDER BY seq;
+
+-- name: list_outbox
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload
+FROM outbox
+WHERE (:status IS NULL OR status = :status)
+  AND (:channel IS NULL OR channel = :channel)
+  AND (:recipient IS NULL OR recipient = :recipient)
+  AND (:event_id IS NULL OR event_id = :event_id)
+  AND (:before IS NULL OR seq < (SELECT seq FROM outbox WHERE id = :before))
+ORDER BY seq DESC LIMIT :limit;
+
+-- name: get_conversation
+SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE key = :key;
+
+-- name: list_conversations
+SELECT key, state, channel, contact, body, updated_at FROM conversations
+WHERE (:state IS NULL OR state = :state)
+ORDER BY updated_at DESC LIMIT :limit;

@@ -1,0 +1,192 @@
+"""What the store keeps besides events: conversations, contacts and their consent ledger, the
+outbox, routing runs, timers, and the leases that order the work (SPEC §7-9).
+
+The store knows these as plain records. A conversation's machine value travels as opaque JSON
+(`ConversationRecord.body`): only the core decodes it, so the store stays free of the machines.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from router.events import Event, EventStatus
+
+
+class OutboxStatus(StrEnum):
+    """SPEC §9. `pending` and `deferred` rows wait; the dispatcher moves the rest."""
+
+    PENDING = "pending"
+    #: Held by quiet hours until `not_before`.
+    DEFERRED = "deferred"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: Rows an opt-out cancels: everything not yet handed to a provider.
+WAITING = (OutboxStatus.PENDING, OutboxStatus.DEFERRED)
+
+
+class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One side effect to perform, made in the transaction of the event that caused it."""
+
+    #: Deterministic: event id + rule id + action index, or event id + effect key.
+    id: str
+    event_id: str
+    conversation_key: str | None
+    #: `sms`, `whatsapp`, `email`, `slack` or `http` (a forward).
+    channel: str
+    #: Phone number, email address, Slack channel, or forward destination name.
+    to: str
+    category: str
+    status: OutboxStatus
+    #: What made it: `reply`, `send`, `forward`, `escalation`, `relay_to_thread`, `reminder`,
+    #: `relay_to_customer`, `opt_out_confirmation`, `opt_in_confirmation`, `help`.
+    kind: str
+    #: The rendered message: `{text}`, `{text, subject}`, `{blocks, text}`, `{event}`; plus
+    #: `from` (the sender number the customer wrote to) and `thread_ts` where they apply.
+    payload: dict[str, Any]
+    created_at: datetime
+    not_before: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    provider_message_id: str | None = None
+    #: `consent.contact_key` of the recipient (rows to customers only): what an opt-out cancels.
+    contact_key: str | None = None
+
+
+class OutboxFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which outbox rows to list; None means any."""
+
+    status: OutboxStatus | None = None
+    channel: str | None = None
+    to: str | None = None
+    event_id: str | None = None
+    #: Only rows whose id sorts before this one (the next page).
+    before: str | None = None
+    limit: int = 100
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One routing of one event (SPEC §9): what the rules and the machine decided."""
+
+    event_id: str
+    at: datetime
+    rules_version: str | None
+    matched: list[str] = []
+    actions: list[dict[str, Any]] = []
+    #: `{trigger, source, dest}` when the conversation machine fired; `{trigger, refused}` when
+    #: it refused an illegal transition.
+    transition: dict[str, Any] | None = None
+    outbox_ids: list[str] = []
+    error: str | None = None
+    #: What compliance did first: `opt_out`, `opt_in`, `help`, or None.
+    compliance: str | None = None
+
+
+class LedgerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One consent change: proof of when a revocation was honoured."""
+
+    at: datetime
+    event_id: str
+    channel: str | None
+    #: The consent after the change: `subscribed` or `opted_out`.
+    change: str
+    reason: str
+
+
+class ContactRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Consent and time zone of one person across channels (SPEC §9 contact JSON)."""
+
+    #: `consent.contact_key`: E.164 for phones on any channel, lower-cased email.
+    address: str
+    consent: str = "subscribed"
+    opted_out_at: datetime | None = None
+    timezone: str | None = None
+    ledger: list[LedgerRecord] = []
+
+
+class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation as stored: the searchable columns plus the machine's value as JSON."""
+
+    key: str
+    state: str
+    channel: str | None
+    contact: str | None
+    #: `statemachines.conversation.Conversation`, JSON-encoded by the core.
+    body: bytes
+    updated_at: datetime
+
+
+class TimerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An armed conversation timer; at `due_at` it becomes a `timer.<name>` event."""
+
+    conversation_key: str
+    timer: str
+    due_at: datetime
+
+
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker's hold on one lane (a conversation, or one event without one). The token is
+    the fencing token: a commit carrying any other token is refused."""
+
+    lane: str
+    token: str
+    until: datetime
+
+
+class ClaimedLane(msgspec.Struct, frozen=True, kw_only=True):
+    """Work handed to one worker: a lane's unfinished events in arrival order."""
+
+    lease: Lease
+    events: list[Event]
+    #: Tries so far of each event (by id): a poison event is marked failed after the last.
+    attempts: dict[str, int] = {}
+    conversation: ConversationRecord | None = None
+
+
+class EventResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How one event of a lane ended."""
+
+    event_id: str
+    status: EventStatus
+    run: RunRecord
+
+
+class LaneCommit(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one lane's processing writes, applied only if its lease is still held."""
+
+    lease: Lease
+    results: list[EventResult] = []
+    conversation: ConversationRecord | None = None
+    outbox: list[OutboxRow] = []
+    #: `(contact_key, reason)`: cancel that contact's waiting rows, in this transaction.
+    cancel_contacts: list[tuple[str, str]] = []
+    #: Consent changes: the contact's new state, and the ledger entry to append.
+    contacts: list[tuple[ContactRecord, LedgerRecord | None]] = []
+    timers_set: list[TimerRecord] = []
+    #: `(conversation_key, timer, due_at)` to disarm; with a due time, only if the armed timer
+    #: is still that one (a timer that fired must not disarm its own re-arming).
+    timers_cleared: list[tuple[str, str, datetime | None]] = []
+    #: An event whose processing raised: its tries go up by one, and the lane waits until
+    #: `retry_at` before it is claimed again.
+    failed_attempt: str | None = None
+    retry_at: datetime | None = None
+
+
+class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Per lane, in order: applied, or refused because its lease was lost (fenced)."""
+
+    applied: list[bool]
+    #: Rows inserted (rows already there are left as they are: replays make none twice).
+    new_outbox_ids: list[str] = []
+    #: Rows an opt-out cancelled.
+    cancelled_outbox_ids: list[str] = []
