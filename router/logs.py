@@ -112,6 +112,8 @@ def configure_logging(level: str = "info", *, debug: bool = False, stream: Any =
     # watchfiles logs every change it sees at INFO, in the stdlib format litestar gives the
     # root logger: not JSON, and the rules reload logs the change itself.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    # apscheduler logs every job added, removed and run at INFO: one line per timer change.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 def flush_logs() -> None:

@@ -25,6 +25,7 @@ from router.http.app import create_app
 from router.http.server import uvicorn_config
 
 if TYPE_CHECKING:
+    from router.clock import Clock
     from tests.cases.base import SignedRequest
 
 #: Per source: the active secrets in config (index 0 = current, 1 = rotated-in), and a wrong one.
@@ -170,7 +171,9 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(tmp_path: Path, **config: Any) -> Iterator[LiveServer]:
+def live_server(
+    tmp_path: Path, *, clock: Clock | None = None, **config: Any
+) -> Iterator[LiveServer]:
     """Start the real app on a free loopback port; stop it on exit."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -178,7 +181,7 @@ def live_server(tmp_path: Path, **config: Any) -> Iterator[LiveServer]:
     config_path.write_text(config_text(tmp_path / "var" / "switchboard.db", port=port, **config))
     settings = load_settings(config_path)
     # The config `serve` uses, so the connection limits of [server] apply here too.
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings.server))
+    server = uvicorn.Server(uvicorn_config(create_app(settings, clock=clock), settings.server))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive())

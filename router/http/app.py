@@ -28,7 +28,8 @@ from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
 from router.pipeline.ingest import Ingestor
-from router.pipeline.worker import Worker
+from router.pipeline.timers import TimerScheduler
+from router.pipeline.worker import Worker, routing
 from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
@@ -60,11 +61,12 @@ class AppContext:
         self.body_limits = body_limits(settings)
         self.body_budget = BodyBudget(settings.server.max_body_memory_bytes)
         #: The routing worker, when it runs in this process (`worker.in_serve`).
-        self.worker = (
-            Worker(store, settings, lambda: self.rules.ruleset, clock, metrics)
-            if settings.worker.in_serve
-            else None
-        )
+        self.worker: Worker | None = None
+        self.timers: TimerScheduler | None = None
+        if settings.worker.in_serve:
+            self.worker, self.timers = routing(
+                store, settings, lambda: self.rules.ruleset, clock, metrics
+            )
         self.ingestor = Ingestor(
             store,
             store.blobs,
@@ -250,7 +252,8 @@ def create_app(
             await the_store.close()  # its thread would otherwise keep the process alive
             raise
         upkeep = asyncio.create_task(upkeep_forever(the_store, ctx.clock, settings))
-        if ctx.worker is not None:
+        if ctx.worker is not None and ctx.timers is not None:
+            await ctx.timers.start()
             ctx.worker.start()
         flusher = asyncio.create_task(flush_logs_forever())
         try:
@@ -258,8 +261,9 @@ def create_app(
         finally:
             upkeep.cancel()
             flusher.cancel()
-            if ctx.worker is not None:
+            if ctx.worker is not None and ctx.timers is not None:
                 await ctx.worker.stop()
+                await ctx.timers.stop()
             flush_logs()
             ctx.ingestor.close()
             await ctx.rules.stop()

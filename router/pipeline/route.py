@@ -184,8 +184,14 @@ class LaneRouter:
             rows += work.rows
             cancels += work.cancels
             contacts += work.contacts
-            timers_set += work.timers_set
-            timers_cleared += work.timers_cleared
+            for cleared in work.timers_cleared:  # the later order wins: set, then cleared
+                timers_set = [t for t in timers_set if (t.conversation_key, t.timer) != cleared[:2]]
+                timers_cleared.append(cleared)
+            for armed in work.timers_set:  # the store applies sets before clears
+                named = (armed.conversation_key, armed.timer)
+                timers_set = [t for t in timers_set if (t.conversation_key, t.timer) != named]
+                timers_cleared = [c for c in timers_cleared if c[:2] != named or c[2] is not None]
+                timers_set.append(armed)
             results.append(self._result(event, work, now))
         return self._assemble(
             commit, results, current, key, rows, cancels, contacts, timers_set, timers_cleared, now

@@ -20,6 +20,7 @@ from router.ids import new_ulid
 from router.logs import get_logger
 from router.metrics import Metrics
 from router.pipeline.route import ContactBook, LaneRouter
+from router.pipeline.timers import TimerScheduler
 from router.rules import RuleSet
 from router.store.base import Store
 from router.store.records import ClaimedLane, CommitOutcome, LaneCommit, TimerRecord
@@ -136,6 +137,28 @@ class Worker:
         self._metrics.route_batch_seconds.observe(seconds)
         if self._on_timers is not None and (armed or disarmed):
             self._on_timers(armed, disarmed)
+
+
+def routing(
+    store: Store,
+    settings: Settings,
+    ruleset: Callable[[], RuleSet | None],
+    clock: Clock,
+    metrics: Metrics,
+) -> tuple[Worker, TimerScheduler]:
+    """A worker and the timer scheduler that feeds it: timers it arms are scheduled, and a
+    timer that fires is an event that wakes it."""
+    worker: Worker
+
+    def follow(armed: list[TimerRecord], disarmed: list[tuple[str, str]]) -> None:
+        for key, timer in disarmed:
+            timers.disarm(key, timer)
+        for record in armed:
+            timers.arm(record)
+
+    timers = TimerScheduler(store, clock, lambda: worker.wake())
+    worker = Worker(store, settings, ruleset, clock, metrics, on_timers=follow)
+    return worker, timers
 
 
 def _contact_keys(lanes: list[ClaimedLane]) -> list[str]:
