@@ -20,12 +20,25 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
+_last = 0
+
+
 def new_ulid(at: datetime) -> str:
-    """A 26-character ULID whose time part is `at` (milliseconds since the epoch)."""
+    """A 26-character ULID whose time part is `at` (milliseconds since the epoch).
+
+    Monotonic within a process for one millisecond: an id made in the same millisecond as the
+    previous one is at least the previous one plus one, so ids sort in the order they were
+    made. Conversations are routed in id order, so two messages of one conversation that
+    arrive within a millisecond keep their arrival order.
+    """
+    global _last
     # Integer arithmetic: `int(at.timestamp() * 1000)` is a float and can land a millisecond early.
     aware = at if at.tzinfo is not None else at.astimezone()
     millis = (aware - _EPOCH) // _MILLISECOND
     value = (millis << 80) | _RANDOM.getrandbits(80)
+    if value <= _last and millis == _last >> 80:
+        value = _last + 1
+    _last = value
     pairs = _PAIRS
     return "".join(
         (

@@ -135,8 +135,14 @@ class LaneRouter:
         """The lane's commit: each event routed in order; a raising event stops the lane (it is
         retried later) unless it has used its tries, then it is `failed` and the lane goes on."""
         key = lane.lease.lane
-        current = _decode_conversation(lane.conversation)
         commit = LaneCommit(lease=lane.lease)
+        try:
+            current = _decode_conversation(lane.conversation)
+        except msgspec.DecodeError as exc:  # every event of the lane fails until it is mended
+            current = None
+            broken: Exception | None = exc
+        else:
+            broken = None
         results: list[EventResult] = []
         rows: list[OutboxRow] = []
         cancels: list[tuple[str, str]] = []
@@ -145,6 +151,8 @@ class LaneRouter:
         timers_cleared: list[tuple[str, str, datetime | None]] = []
         for event in lane.events:
             try:
+                if broken is not None:
+                    raise ValueError(f"stored conversation cannot be read: {broken}")
                 work = await self._route_event(key, event, current, book, now)
             except Exception as exc:  # a poison event: never stalls the worker
                 tries = lane.attempts.get(event.id, 0) + 1
@@ -665,13 +673,13 @@ class LaneRouter:
             contact_key=contact_key,
         )
 
-    @staticmethod
-    def _record_bot(work: _EventWork, text: str, now: datetime) -> None:
+    def _record_bot(self, work: _EventWork, text: str, now: datetime) -> None:
         if work.conversation is None:
             return
         message = Message(direction=Direction.OUTBOUND, text=text, at=now, author="bot")
-        limit = len(work.conversation.history) + 1  # the machine's policy trims on inbound
-        work.conversation = conversation.record_message(work.conversation, message, limit)
+        work.conversation = conversation.record_message(
+            work.conversation, message, self.policy.history_limit
+        )
 
 
 def _decode_conversation(record: ConversationRecord | None) -> Conversation | None:

@@ -79,6 +79,9 @@ class Worker:
             except StoreUnavailable as exc:
                 log.warning("routing paused", stage="route", error=str(exc))
                 busy = False
+            except Exception as exc:  # a bug must not end routing: log it, retry at the poll
+                log.error("routing batch failed", stage="route", error=repr(exc)[:500])
+                busy = False
             if busy:
                 await asyncio.sleep(0)  # let ingest answer between batches
                 continue

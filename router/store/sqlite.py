@@ -350,6 +350,22 @@ class SQLiteStore:
                 ids.append(event_id)
         if not lanes:
             return []
+        all_ids = _json_list([event_id for ids in lanes.values() for event_id in ids])
+        found: dict[str, tuple[Event, int]] = {}
+        for event_id, body, status, attempts in conn.execute(
+            self._sql["claimed_events"], {"ids": all_ids}
+        ).fetchall():
+            try:
+                found[event_id] = (_event_from_row((body, status)), attempts)
+            except (msgspec.DecodeError, ValueError) as exc:  # never stalls its lane
+                self._fail_unreadable(conn, event_id, now, exc)
+        lanes = {
+            lane: kept
+            for lane, ids in lanes.items()
+            if (kept := [event_id for event_id in ids if event_id in found])
+        }
+        if not lanes:
+            return []
         leases = {lane: Lease(lane=lane, token=new_token(), until=until) for lane in lanes}
         conn.executemany(
             self._sql["take_lease"],
@@ -363,12 +379,8 @@ class SQLiteStore:
                 for lease in leases.values()
             ],
         )
-        all_ids = _json_list([event_id for ids in lanes.values() for event_id in ids])
-        conn.execute(self._sql["mark_processing"], {"ids": all_ids})
-        found = {
-            row[0]: (_event_from_row((row[1], row[2])), row[3])
-            for row in conn.execute(self._sql["claimed_events"], {"ids": all_ids})
-        }
+        ids_kept = _json_list([event_id for ids in lanes.values() for event_id in ids])
+        conn.execute(self._sql["mark_processing"], {"ids": ids_kept})
         conversations = {
             row[0]: _conversation_from_row(row)
             for row in conn.execute(
@@ -384,6 +396,23 @@ class SQLiteStore:
             )
             for lane, ids in lanes.items()
         ]
+
+    def _fail_unreadable(
+        self, conn: sqlite3.Connection, event_id: str, now: datetime, exc: Exception
+    ) -> None:
+        """An event whose stored form cannot be decoded is `failed` at once, with its error
+        on a run: retrying cannot help, and the events after it must go on."""
+        run = RunRecord(
+            event_id=event_id,
+            at=now,
+            rules_version=None,
+            error=f"stored event cannot be read: {exc}"[:1000],
+        )
+        conn.execute(self._sql["finish_event"], {"status": "failed", "id": event_id})
+        conn.execute(
+            self._sql["insert_run"],
+            {"event_id": event_id, "at": timestamp(now), "body": _run_encoder.encode(run)},
+        )
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
         return await self._transact(lambda conn: self._commit_lanes(conn, lanes, now))

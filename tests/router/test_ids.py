@@ -73,3 +73,10 @@ def test_unique_across_100k_in_the_same_millisecond() -> None:
     at = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
     ids = {new_ulid(at) for _ in range(100_000)}
     assert len(ids) == 100_000
+
+
+def test_ids_made_in_one_millisecond_sort_in_creation_order() -> None:
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    made = [new_ulid(at) for _ in range(10_000)]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)

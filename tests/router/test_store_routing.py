@@ -80,7 +80,9 @@ async def test_claim_gives_each_lane_its_events_in_arrival_order(store: Store) -
     assert list(by_lane) == ["sms:+1:+2", "sms:+3:+2", f"event:{stripe.id}"]
     assert by_lane["sms:+1:+2"] == [e.id for e in a[:3]]
     assert by_lane["sms:+3:+2"] == [e.id for e in b[:3]]
-    assert all(lane.events[0].status is EventStatus.PROCESSING for lane in lanes)
+    for lane in lanes:
+        stored = await store.get_event(lane.events[0].id)
+        assert stored is not None and stored.status is EventStatus.PROCESSING
 
 
 async def test_a_leased_lane_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
