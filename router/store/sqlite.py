@@ -730,7 +730,7 @@ def _conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
         state=row[1],
         channel=row[2],
         contact=row[3],
-        body=bytes(row[4]),
+        body=row[4].encode() if isinstance(row[4], str) else bytes(row[4]),
         updated_at=_parse_ts(row[5]),
     )
 
