@@ -36,10 +36,12 @@ from router.rules.tools import (
     load_file,
     load_folder,
     read_by_server,
+    recorded_snapshot,
     routable,
     summary_line,
 )
 from router.store.base import EventFilter
+from router.store.records import RunRecord
 from router.timeutil import parse_since
 
 
@@ -280,10 +282,12 @@ def rules_diff(ctx: click.Context, draft_path: Path, since: str, limit: int, as_
         raise click.BadParameter(str(exc), param_hint="--since") from exc
     live = _load(Path(settings.rules.path), settings)
     draft = _load(draft_path, settings)
-    events = routable(_recorded(settings, EventFilter(since=since_at, limit=limit)))
+    recorded = _recorded(settings, EventFilter(since=since_at, limit=limit))
+    events = routable(event for event, _ in recorded.values())
     report = DiffReport(live_version=live.version, draft_version=draft.version)
     for event in _progress(events, show=sys.stderr.isatty()):
-        change = compare(report, live, draft, event)
+        snapshot = recorded_snapshot(recorded[event.id][1])
+        change = compare(report, live, draft, event, snapshot)
         if change is not None and not as_json:
             click.echo("\n".join(change_lines(change)))
     if as_json:
@@ -292,15 +296,17 @@ def rules_diff(ctx: click.Context, draft_path: Path, since: str, limit: int, as_
     click.echo(summary_line(report))
 
 
-def _recorded(settings: Settings, where: EventFilter) -> list[Event]:
-    """The stored events `where` selects (the store may be in use by a running server)."""
+def _recorded(settings: Settings, where: EventFilter) -> dict[str, tuple[Event, list[RunRecord]]]:
+    """The stored events `where` selects, each with its routing runs (the store may be in use
+    by a running server)."""
     from router.store.factory import store_from_settings
 
-    async def run() -> list[Event]:
+    async def run() -> dict[str, tuple[Event, list[RunRecord]]]:
         store = store_from_settings(settings)
         await store.open()
         try:
-            return await store.list_events(where)
+            events = await store.list_events(where)
+            return {event.id: (event, await store.runs(event.id)) for event in events}
         finally:
             await store.close()
 

@@ -113,6 +113,8 @@ class _EventWork:
     transition: dict[str, Any] | None = None
     compliance: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: The conversation as the rules saw it.
+    view: ConversationView | None = None
 
 
 class LaneRouter:
@@ -255,6 +257,7 @@ class LaneRouter:
             outbox_ids=[row.id for row in work.rows],
             error="; ".join(errors) if errors else None,
             compliance=work.compliance,
+            conversation=msgspec.to_builtins(work.view) if work.view is not None else None,
         )
         return EventResult(event_id=event.id, status=EventStatus.PROCESSED, run=run)
 
@@ -328,6 +331,7 @@ class LaneRouter:
             contact_timezone=None,
         )
         work.decision = evaluate(ruleset, event, snapshot, now)
+        work.view = snapshot.conversation
         for action in work.decision.actions:
             await self._action(work, event, action, book, now)
         return work

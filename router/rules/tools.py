@@ -31,6 +31,7 @@ from router.rules import (
 from router.rules.engine import template_context
 from router.rules.regexes import probe
 from router.rules.templates import describe
+from router.store.records import RunRecord
 
 #: Keys of an EVENT.json besides the event's own fields (SPEC §3).
 _SNAPSHOT_KEYS = ("conversation", "contact_timezone")
@@ -274,9 +275,16 @@ def routable(events: Iterable[Event]) -> list[Event]:
     return sorted(kept, key=lambda event: (event.received_at, event.id))
 
 
-def compare(report: DiffReport, live: RuleSet, draft: RuleSet, event: Event) -> Change | None:
-    """Run one event through both rule sets as at its arrival; record it in `report`."""
-    snapshot = Snapshot()
+def compare(
+    report: DiffReport,
+    live: RuleSet,
+    draft: RuleSet,
+    event: Event,
+    snapshot: Snapshot | None = None,
+) -> Change | None:
+    """Run one event through both rule sets as at its arrival, with the conversation as the
+    router saw it then (`snapshot`); record it in `report`."""
+    snapshot = snapshot or Snapshot()
     before = Outcome.of(evaluate(live, event, snapshot, event.received_at))
     after = Outcome.of(evaluate(draft, event, snapshot, event.received_at))
     report.events_checked += 1
@@ -294,6 +302,15 @@ def compare(report: DiffReport, live: RuleSet, draft: RuleSet, event: Event) -> 
     report.changed += 1
     report.changes.append(change)
     return change
+
+
+def recorded_snapshot(runs: Iterable[RunRecord]) -> Snapshot:
+    """The conversation the rules saw when the event was first routed (SPEC: `rules diff`
+    evaluates with the stored state); no conversation if it was never routed."""
+    for run in runs:
+        if run.conversation is not None:
+            return msgspec.convert({"conversation": run.conversation}, Snapshot)
+    return Snapshot()
 
 
 def change_lines(change: Change) -> list[str]:

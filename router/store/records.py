@@ -90,6 +90,11 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     #: What compliance did first: `opt_out`, `opt_in`, `help`, or None.
     compliance: str | None = None
+    #: The conversation as the rules saw it (`{state, attributes}`), so `rules diff` decides
+    #: a draft with the same state; None when the event had no conversation or no rules ran.
+    conversation: dict[str, Any] | None = None
+    #: True for a run made by `switchboard replay`.
+    replay: bool = False
 
 
 class LedgerRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,307 @@
+"""Events start doing things: end to end through HTTP, a real SQLite file, the worker in the
+server, a frozen clock; read back as a user reads it (`switchboard ... --json`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.clock import FrozenClock
+from tests.cases import slack, stripe, twilio
+from tests.cases.base import SignedRequest
+from tests.support import PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
+
+CUSTOMER = "+15551230001"
+OURS = "+15559870000"
+CONVERSATION = f"sms:{CUSTOMER}:{OURS}"
+SUPPORT = "C0ESCALATE"
+RULES = """version: 1
+rules:
+  - id: human-please
+    when: {channel: sms, text: {contains_any: [human, agent]}}
+    then:
+      - escalate: {reason: "asked for a human"}
+      - reply: {text: "A person will text you back shortly."}
+  - id: hours
+    when: {channel: sms, text: {contains_any: [hours]}}
+    then:
+      - reply: {text: "We are open 9 to 5."}
+  - id: winback
+    when: {source: stripe, type: customer.subscription.deleted}
+    then:
+      - send: {channel: sms, to: "{{ data.phone }}", category: marketing,
+               text: "Come back: 20% off"}
+  - id: receipt
+    when: {source: stripe, type: invoice.paid}
+    then:
+      - send: {channel: sms, to: "{{ data.phone }}", category: transactional,
+               text: "Thanks for your payment"}
+"""
+#: A Friday, 22:00 in New York (quiet hours 21:00-08:00 there).
+FRIDAY_NIGHT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(FRIDAY_NIGHT)
+
+
+@pytest.fixture
+def server(tmp_path: Path, clock: FrozenClock) -> Iterator[LiveServer]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "flows.yaml").write_text(RULES)
+    extra = f"""
+[rules]
+path = "{rules}"
+[channels.slack]
+escalation_channel = "{SUPPORT}"
+[compliance]
+quiet_hours = "21:00-08:00"
+default_timezone = "America/New_York"
+"""
+    with live_server(tmp_path, clock=clock, extra=extra) as running:
+        yield running
+
+
+class Flow:
+    """Sends webhooks like the providers do and waits for the worker to route them."""
+
+    def __init__(self, server: LiveServer, clock: FrozenClock) -> None:
+        self.server, self.clock = server, clock
+        self.sent = 0
+
+    def deliver(self, request: SignedRequest) -> None:
+        response = self.server.post(request)
+        assert response.status_code == 200, response.text
+        self.sent += 1
+        wait_for(lambda: self.routed() == self.sent, timeout=10)
+
+    def routed(self) -> int:
+        events = self.server.events()
+        return sum(event["status"] in ("processed", "failed") for event in events)
+
+    def sms(self, text: str, sid: str, **extra: str) -> None:
+        params = {
+            "MessageSid": sid,
+            "AccountSid": "AC" + "1" * 32,
+            "From": CUSTOMER,
+            "To": OURS,
+            "Body": text,
+            **extra,
+        }
+        secret = SECRETS["twilio"][0]
+        self.deliver(twilio.signed(PUBLIC_URL, "/webhooks/twilio/messages", params, secret))
+
+    def stripe(self, event_type: str, event_id: str, phone: str = CUSTOMER) -> None:
+        payload = stripe.stripe_event(event_id, event_type, {"id": "obj_1", "phone": phone})
+        now = int(self.clock.now().timestamp())
+        self.deliver(stripe.signed(payload, SECRETS["stripe"][0], now))
+
+    def thread_reply(self, text: str, thread_ts: str, event_id: str) -> None:
+        now = int(self.clock.now().timestamp())
+        inner = {
+            "type": "message",
+            "channel": SUPPORT,
+            "channel_type": "channel",
+            "user": slack.AGENT,
+            "text": text,
+            "ts": f"{now}.000200",
+            "thread_ts": thread_ts,
+            "event_ts": f"{now}.000200",
+        }
+        body = slack.callback(event_id, inner, event_time=now)
+        secret = SECRETS["slack"][0]
+        self.deliver(slack.signed(slack.EVENTS_PATH, body, "application/json", secret, now))
+
+    def button(self, action_id: str, thread_ts: str, trigger: str) -> None:
+        now = int(self.clock.now().timestamp())
+        payload = slack.block_actions(trigger, value=CONVERSATION)
+        payload["container"]["message_ts"] = thread_ts
+        payload["message"]["ts"] = thread_ts
+        payload["actions"][0]["action_id"] = action_id
+        secret = SECRETS["slack"][0]
+        body = slack.form_body(payload)
+        self.deliver(
+            slack.signed(
+                slack.INTERACTIONS_PATH, body, "application/x-www-form-urlencoded", secret, now
+            )
+        )
+
+    def cli_json(self, *args: str) -> Any:
+        result = self.server.cli(*args, "--json")
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def conversation(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.cli_json("conversations", "show", CONVERSATION)
+        return found
+
+    def outbox(self, *filters: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.cli_json("outbox", "list", *filters)
+        return sorted(rows, key=lambda row: row["id"])
+
+    def mark_escalation_sent(self, ts: str) -> None:
+        """What the dispatcher does once Slack has the post: its ts names the thread."""
+        import asyncio
+
+        from router.store.factory import store_from_settings
+
+        [post] = [row for row in self.outbox() if row["kind"] == "escalation"]
+
+        async def mark() -> None:
+            store = store_from_settings(self.server.settings)
+            await store.open()
+            try:
+                await store.mark_sent(post["id"], ts, self.clock.now())
+            finally:
+                await store.close()
+
+        asyncio.run(mark())
+
+
+@pytest.fixture
+def flow(server: LiveServer, clock: FrozenClock) -> Flow:
+    return Flow(server, clock)
+
+
+def test_a_customer_who_asks_for_a_human_is_handed_to_support_and_back(flow: Flow) -> None:
+    flow.sms("Can I talk to a human please?", "SM1")
+    conversation = flow.conversation()
+    assert conversation["state"] == "escalated"
+    [post] = flow.outbox("--channel", "slack")
+    assert (post["kind"], post["to"], post["status"]) == ("escalation", SUPPORT, "pending")
+    shown = json.dumps(post["payload"]["blocks"])
+    assert "asked for a human" in shown and "human-please" in shown
+    assert "Can I talk to a human please?" in shown  # the last messages, for the agent
+    assert CUSTOMER not in post["payload"]["text"]  # the contact is masked
+    [reply] = flow.outbox("--channel", "sms")
+    assert reply["payload"]["text"] == "A person will text you back shortly."
+
+    # While with people the bot is silent: the customer's words go to the thread instead.
+    flow.mark_escalation_sent("1700000000.000100")
+    flow.sms("what are your hours?", "SM2")
+    relays = [row for row in flow.outbox("--channel", "slack") if row["kind"] == "relay_to_thread"]
+    assert [row["payload"]["text"] for row in relays] == ["Customer: what are your hours?"]
+    assert len(flow.outbox("--channel", "sms")) == 1  # no "We are open 9 to 5"
+
+    flow.thread_reply("Hi, this is Ann. How can I help?", "1700000000.000100", "EvReply1")
+    assert flow.conversation()["state"] == "agent"
+    to_customer = [
+        row for row in flow.outbox("--channel", "sms") if row["kind"] == "relay_to_customer"
+    ]
+    assert [(r["to"], r["payload"]["text"], r["category"]) for r in to_customer] == [
+        (CUSTOMER, "Hi, this is Ann. How can I help?", "conversational")
+    ]
+
+    flow.button("switchboard.resolve", "1700000000.000100", "1337.1.resolve")
+    assert flow.conversation()["state"] == "closed"
+
+    flow.sms("what are your hours?", "SM3")
+    assert flow.conversation()["state"] == "bot"
+    texts = [row["payload"]["text"] for row in flow.outbox("--channel", "sms")]
+    assert "We are open 9 to 5." in texts
+    history = [(line["direction"], line["text"]) for line in flow.conversation()["history"]]
+    assert history[0] == ("in", "Can I talk to a human please?")
+    assert ("out", "Hi, this is Ann. How can I help?") in history
+    assert history[-2:] == [("in", "what are your hours?"), ("out", "We are open 9 to 5.")]
+
+
+def test_an_illegal_transition_changes_nothing_and_is_recorded(flow: Flow) -> None:
+    flow.sms("a human please", "SM1")
+    flow.mark_escalation_sent("1700000000.000100")
+    flow.button("switchboard.resolve", "1700000000.000100", "1337.1.resolve")
+    assert flow.conversation()["state"] == "closed"
+    rows_before = flow.outbox()
+    flow.button("switchboard.claim", "1700000000.000100", "1337.2.claim")  # nothing to claim
+    assert flow.conversation()["state"] == "closed"
+    assert flow.outbox() == rows_before
+    [_, late] = [e for e in flow.server.events() if e["type"] == "agent.action"][::-1]
+    shown = flow.cli_json("events", "show", late["id"])
+    assert shown["outbox"] == []
+    [run] = shown["runs"]
+    assert run["transition"]["trigger"] == "claim"
+    assert "not allowed in state 'closed'" in run["transition"]["refused"]
+
+
+def test_stop_cancels_waiting_messages_blocks_later_ones_and_start_resubscribes(
+    flow: Flow,
+) -> None:
+    flow.stripe("customer.subscription.deleted", "evt_winback1")  # marketing, at 22:00: held
+    [held] = flow.outbox()
+    assert held["status"] == "deferred"
+    assert held["not_before"] == "2026-11-28T13:00:00Z"  # 08:00 in New York
+
+    flow.sms("Stop!", "SM1")
+    rows = {row["kind"]: row for row in flow.outbox()}
+    assert rows["send"]["status"] == "cancelled"
+    confirmation = rows["opt_out_confirmation"]
+    assert confirmation["status"] == "pending"  # at once: never held by quiet hours
+    assert confirmation["to"] == CUSTOMER
+
+    flow.stripe("invoice.paid", "evt_receipt1")  # even a transactional send is not live now
+    [after] = [
+        row
+        for row in flow.outbox()
+        if row["event_id"] != held["event_id"] and row["kind"] == "send"
+    ]
+    assert after["status"] == "cancelled"
+
+    flow.sms("start", "SM2")
+    contact = flow.cli_json("contacts", "show", f"whatsapp:{CUSTOMER}")  # one contact
+    assert contact["consent"] == "subscribed"
+    assert [(e["change"], e["reason"]) for e in contact["ledger"]] == [
+        ("opted_out", "STOP"),
+        ("subscribed", "START"),
+    ]
+    confirmations = [row for row in flow.outbox() if row["kind"] == "opt_in_confirmation"]
+    assert len(confirmations) == 1
+    # The rules never saw the keywords: no rule matched either message.
+    for event in flow.server.events("--source", "twilio"):
+        [run] = flow.cli_json("events", "show", event["id"])["runs"]
+        assert run["matched"] == []
+
+
+def test_twilio_opt_out_type_and_opt_out_with_a_space_count(flow: Flow) -> None:
+    flow.sms("Opt out.", "SM1")
+    assert flow.cli_json("contacts", "show", CUSTOMER)["consent"] == "opted_out"
+    flow.sms("arrête", "SM2", OptOutType="START")
+    ledger = flow.cli_json("contacts", "show", CUSTOMER)["ledger"]
+    assert [entry["reason"] for entry in ledger] == ["OPT OUT", "OptOutType=START"]
+
+
+def test_help_is_answered_with_the_configured_text(flow: Flow, server: LiveServer) -> None:
+    flow.sms("HELP", "SM1")
+    [row] = flow.outbox()
+    assert (row["kind"], row["payload"]["text"]) == ("help", server.settings.compliance.help_text)
+
+
+@pytest.mark.parametrize(
+    ("now", "phone", "opens"),
+    [
+        # New York, the night DST ends (Sun 1 Nov 2026, 02:00 -> 01:00): 08:00 EST = 13:00 UTC.
+        (datetime(2026, 11, 1, 5, 30, tzinfo=UTC), "+12125550100", "2026-11-01T13:00:00Z"),
+        # Los Angeles, the night DST starts (Sun 8 Mar 2026): 08:00 PDT = 15:00 UTC.
+        (datetime(2026, 3, 8, 9, 0, tzinfo=UTC), "+14155550100", "2026-03-08T15:00:00Z"),
+        # Texas on a Sunday: 08:00 ends quiet hours, but the state allows noon on Sundays.
+        (datetime(2026, 11, 29, 6, 0, tzinfo=UTC), "+15125550100", "2026-11-29T18:00:00Z"),
+        # Florida in the evening: 20:30 is outside the state's 8-20 window, before 21:00.
+        (datetime(2026, 11, 25, 1, 30, tzinfo=UTC), "+13055550100", "2026-11-25T13:00:00Z"),
+    ],
+)
+def test_marketing_waits_for_the_window_in_the_recipients_zone(
+    flow: Flow, clock: FrozenClock, now: datetime, phone: str, opens: str
+) -> None:
+    clock.set(now)
+    flow.stripe("customer.subscription.deleted", "evt_dst", phone=phone)
+    [row] = flow.outbox()
+    assert (row["status"], row["not_before"]) == ("deferred", opens)
+    clock.set(datetime.fromisoformat(opens) + timedelta(seconds=1))
+    flow.stripe("customer.subscription.deleted", "evt_dst_open", phone=phone)
+    fresh = [r for r in flow.outbox() if r["id"] != row["id"]]
+    assert [(r["status"], r["not_before"]) for r in fresh] == [("pending", None)]
