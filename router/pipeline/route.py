@@ -69,6 +69,9 @@ from statemachines.effects import (
 CUSTOMER_CHANNELS = frozenset({"sms", "whatsapp", "email"})
 #: Event types of a customer writing in.
 _CUSTOMER_MESSAGES = frozenset({EventType.MESSAGE_RECEIVED, EventType.EMAIL_RECEIVED})
+#: What a replay performs again: the actions that only make rows. `escalate`, `tag` and `set`
+#: would move a conversation that has moved on since; a replay leaves them alone.
+REPLAYED_ACTIONS = frozenset({"reply", "send", "forward"})
 _TIMER_TRIGGERS = {"timer.claim_reminder": "remind", "timer.inactivity": "inactive"}
 _conversation_encoder = msgspec.json.Encoder()
 _conversation_decoder = msgspec.json.Decoder(Conversation)
@@ -260,6 +263,27 @@ class LaneRouter:
             conversation=msgspec.to_builtins(work.view) if work.view is not None else None,
         )
         return EventResult(event_id=event.id, status=EventStatus.PROCESSED, run=run)
+
+    async def replay(
+        self,
+        event: Event,
+        ruleset: RuleSet,
+        snapshot: Snapshot,
+        book: ContactBook,
+        now: datetime,
+    ) -> tuple[Decision, list[OutboxRow], list[str]]:
+        """The rules again for a routed event, with the conversation it had then: the rows of
+        its `reply`, `send` and `forward` actions (consent and quiet hours as of `now`), and
+        the actions left alone because they would move the conversation again."""
+        work = _EventWork(conversation=None)
+        decision = evaluate(ruleset, event, snapshot, now)
+        skipped: list[str] = []
+        for action in decision.actions:
+            if action.kind in REPLAYED_ACTIONS:
+                await self._action(work, event, action, book, now)
+            elif action.kind != "drop":
+                skipped.append(f"{action.rule_id}:{action.index} {action.kind}")
+        return decision, work.rows, skipped
 
     # -- one event ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from router.store.records import (
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
+    EventResult,
     LaneCommit,
     OutboxFilter,
     OutboxRow,
@@ -154,6 +155,15 @@ class Store(Protocol):
 
     async def timers(self) -> list[TimerRecord]:
         """Every armed timer (the scheduler rebuilds itself from these at start-up)."""
+        ...
+
+    async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
+        """Record replayed runs (and each event's new status) and make the rows that do not
+        exist yet, in one transaction; returns the ids of the rows made."""
+        ...
+
+    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
+        """Which of these outbox ids are already made (a dry-run replay tells new from old)."""
         ...
 
     # -- reads of the routing side ---------------------------------------------------------

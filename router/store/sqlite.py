@@ -39,6 +39,7 @@ from router.store.records import (
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
+    EventResult,
     LaneCommit,
     Lease,
     LedgerRecord,
@@ -502,6 +503,35 @@ class SQLiteStore:
         return CommitOutcome(
             applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
         )
+
+    async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            for result in results:
+                conn.execute(
+                    self._sql["finish_event"],
+                    {"status": result.status.value, "id": result.event_id},
+                )
+                conn.execute(
+                    self._sql["insert_run"],
+                    {
+                        "event_id": result.event_id,
+                        "at": timestamp(result.run.at),
+                        "body": _run_encoder.encode(result.run),
+                    },
+                )
+            return [
+                row.id
+                for row in rows
+                if conn.execute(self._sql["insert_outbox"], _outbox_row(row)).rowcount
+            ]
+
+        return await self._transact(run)
+
+    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = await self._read(self._sql["existing_outbox_ids"], {"ids": _json_list(ids)})
+        return {row[0] for row in rows}
 
     async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
         if not keys:

@@ -185,3 +185,6 @@ SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE k
 SELECT key, state, channel, contact, body, updated_at FROM conversations
 WHERE (:state IS NULL OR state = :state)
 ORDER BY updated_at DESC LIMIT :limit;
+
+-- name: existing_outbox_ids
+SELECT id FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
