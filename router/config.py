@@ -197,8 +197,8 @@ class WorkerConfig(msgspec.Struct, **_STRICT):
     #: Tries of an event whose processing raises, before it is marked `failed`.
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
     #: Conversations claimed at once, and events of one conversation per claim.
-    batch_conversations: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
-    batch_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
+    batch_conversations: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 128
+    batch_events: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
     #: Messages per conversation kept in its history (both directions).
     history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
 

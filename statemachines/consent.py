@@ -8,6 +8,7 @@ revocation was honoured.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -89,9 +90,11 @@ def _is_trailing_noise(char: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=65_536)
 def contact_key(address: str) -> str:
     """One key per person across channels: `whatsapp:+1 555...` and `+1555...` -> `+1555...`;
-    emails are lower-cased; anything else (a Slack user id) is kept as given."""
+    emails are lower-cased; anything else (a Slack user id) is kept as given. Cached: parsing
+    a number costs more than the rest of routing a message, and a batch asks several times."""
     bare = address.strip().removeprefix("whatsapp:").removeprefix("sms:").strip()
     if bare.startswith("+"):
         try:
@@ -199,10 +202,6 @@ class _Run:
         self.context, self.reason, self.compliance = context, reason, compliance
         self.effects: list[Effect] = []
         self.changed = False
-
-    def trigger(self, name: str) -> bool:
-        """Replaced by the machine in `add_model` (`model_override=True` binds declared stubs)."""
-        raise NotImplementedError
 
     def ledger(self, change: ConsentState) -> LedgerEntry:
         ctx = self.context

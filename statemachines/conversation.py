@@ -197,10 +197,6 @@ class _Run:
         self.conversation, self.context, self.policy = conversation, context, policy
         self.effects: list[Effect] = []
 
-    def trigger(self, name: str) -> bool:
-        """Replaced by the machine in `add_model` (`model_override=True` binds declared stubs)."""
-        raise NotImplementedError
-
     # Guards
 
     def has_agent(self) -> bool:

@@ -35,6 +35,9 @@ log = get_logger("switchboard.timers")
 TIMER_SOURCE = "switchboard"
 #: Seconds before a firing whose ingest failed (store unavailable) is tried again.
 RETRY_SECONDS = 5.0
+#: Timers due within this window are held as jobs; later ones (a 24 h inactivity timer, re-armed
+#: by every message) stay in the store until a refresh, every half window, brings them near.
+HORIZON = timedelta(minutes=15)
 
 
 def timer_event(record: TimerRecord, now: datetime) -> Event:
@@ -86,7 +89,9 @@ class TimerScheduler:
         wake: Callable[[], None],
         *,
         retry_seconds: float = RETRY_SECONDS,
+        horizon: timedelta = HORIZON,
     ) -> None:
+        self._horizon = horizon
         self._store = store
         self._clock = clock
         self._wake = wake
@@ -106,19 +111,41 @@ class TimerScheduler:
         """Start on the running loop, then schedule every timer the store holds."""
         self._stopping = False
         self._scheduler.start()
-        for record in await self._store.timers():
+        await self._refresh()
+        self._scheduler.add_job(
+            self._refresh,
+            "interval",
+            seconds=self._horizon.total_seconds() / 2,
+            id="timers.refresh",
+            replace_existing=True,
+        )
+
+    async def _refresh(self) -> None:
+        """Hold every stored timer due within the horizon (at start, and every half horizon)."""
+        try:
+            # apscheduler runs on real time, so the horizon is real time too.
+            due_soon = await self._store.timers(due_before=datetime.now(UTC) + self._horizon)
+        except Exception as exc:  # the next refresh tries again; the rows are safe in the store
+            log.warning("timer_refresh_failed", error=scrub(str(exc)))
+            return
+        for record in due_soon:
             # One armed while the store was being read is newer than the row read.
             if job_id(record.conversation_key, record.timer) not in self._armed:
                 self.arm(record)
 
     def arm(self, record: TimerRecord) -> None:
-        """Schedule `record`, replacing any timer of the same name in its conversation."""
+        """Schedule `record`, replacing any timer of the same name in its conversation; one due
+        beyond the horizon replaces it too, and is held once a refresh brings it near."""
+        if record.due_at > datetime.now(UTC) + self._horizon:
+            self.disarm(record.conversation_key, record.timer)
+            return
         self._schedule(record, record.due_at)
 
     def disarm(self, conversation_key: str, timer: str) -> None:
         """Forget a timer; nothing happens if it is not armed."""
         key = job_id(conversation_key, timer)
-        self._armed.pop(key, None)
+        if self._armed.pop(key, None) is None:
+            return
         with contextlib.suppress(JobLookupError):
             self._scheduler.remove_job(key)
 

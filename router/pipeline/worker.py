@@ -28,6 +28,8 @@ from statemachines import consent
 
 log = get_logger("switchboard.worker")
 
+#: Lanes routed between two chances for the event loop to answer webhooks.
+_YIELD_EVERY_LANES = 8
 #: Called after a commit with the timers it armed and disarmed (the scheduler follows them).
 TimerListener = Callable[[list[TimerRecord], list[tuple[str, str]]], None]
 
@@ -102,8 +104,10 @@ class Worker:
         book = ContactBook(self._store.contacts)
         await book.prefetch(_contact_keys(lanes))
         commits: list[LaneCommit] = []
-        for lane in lanes:
+        for position, lane in enumerate(lanes, 1):
             commits.append(await self._router.route(lane, book, now))
+            if position % _YIELD_EVERY_LANES == 0:
+                await asyncio.sleep(0)  # webhooks answer while a large batch is routed
         outcome = await self._store.commit(commits, self._clock.now())
         self._after_commit(commits, outcome, time.perf_counter() - started)
         return True

@@ -153,8 +153,9 @@ class Store(Protocol):
         Slack thread's ts: the thread is mapped to the conversation from now on."""
         ...
 
-    async def timers(self) -> list[TimerRecord]:
-        """Every armed timer (the scheduler rebuilds itself from these at start-up)."""
+    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
+        """Armed timers, soonest first; with `due_before`, only those due before it (the
+        scheduler holds the next few minutes' timers and reads the rest as they come near)."""
         ...
 
     async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:

@@ -561,8 +561,8 @@ class SQLiteStore:
 
         await self._transact(run)
 
-    async def timers(self) -> list[TimerRecord]:
-        rows = await self._read(self._sql["list_timers"], {})
+    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
+        rows = await self._read(self._sql["list_timers"], {"due_before": _ts(due_before)})
         return [
             TimerRecord(conversation_key=row[0], timer=row[1], due_at=_parse_ts(row[2]))
             for row in rows

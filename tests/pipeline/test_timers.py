@@ -67,8 +67,8 @@ class SeededStore:
         self.failures = failures
         self.ingests = 0
 
-    async def timers(self) -> list[TimerRecord]:
-        return list(self.seeded)
+    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
+        return [t for t in self.seeded if due_before is None or t.due_at < due_before]
 
     async def ingest(self, item: IngestItem) -> IngestOutcome:
         self.ingests += 1
@@ -292,3 +292,21 @@ async def test_stop_lets_a_firing_under_way_finish(store: SQLiteStore, clock: Fr
     await asyncio.wait_for(stopping, 2)
     assert wakes.count == 1
     assert len(await reminders(store)) == 1
+
+
+async def test_a_timer_beyond_the_horizon_waits_in_the_store_until_it_comes_near(
+    store: SQLiteStore, clock: FrozenClock
+) -> None:
+    record = TimerRecord(conversation_key=KEY, timer="inactivity", due_at=soon(1.2))
+    seeded = SeededStore(store, [record])
+    wakes = Wakes()
+    scheduler = await started(seeded, clock, wakes, horizon=timedelta(seconds=0.8))
+    try:
+        assert scheduler.armed() == []  # far off: not held as a job
+        scheduler.arm(record)  # re-armed by a message: still far off, still not held
+        assert scheduler.armed() == []
+        await eventually(lambda: scheduler.armed() == [record])  # a refresh brought it near
+        await eventually(lambda: wakes.count == 1)
+        assert len(await store.list_events(EventFilter(type="timer.inactivity"))) == 1
+    finally:
+        await scheduler.stop()

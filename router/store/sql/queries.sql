@@ -145,7 +145,9 @@ DELETE FROM timers WHERE conversation_key = :key AND timer = :timer
   AND (:due_at IS NULL OR due_at = :due_at);
 
 -- name: list_timers
-SELECT conversation_key, timer, due_at FROM timers ORDER BY due_at;
+SELECT conversation_key, timer, due_at FROM timers
+WHERE (:due_before IS NULL OR due_at < :due_before)
+ORDER BY due_at;
 
 -- name: contacts_by_key
 SELECT key, consent, opted_out_at, timezone FROM contacts

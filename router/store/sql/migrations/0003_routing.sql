@@ -96,3 +96,4 @@ CREATE TABLE timers (
     due_at           TEXT NOT NULL,
     PRIMARY KEY (conversation_key, timer)
 ) WITHOUT ROWID;
+CREATE INDEX timers_by_due ON timers (due_at);
