@@ -326,29 +326,36 @@ class SQLiteStore:
         max_lanes: int,
         max_events: int,
     ) -> list[ClaimedLane]:
-        scan = conn.execute(
-            self._sql["claim_scan"], {"limit": min(max_lanes * max_events, _MAX_SCAN)}
-        ).fetchall()
-        if not scan:
-            return []
-        seen = list(dict.fromkeys(lane for _, lane in scan))
-        busy = {
-            lane
-            for (lane,) in conn.execute(
-                self._sql["busy_lanes"], {"now": timestamp(now), "lanes": _json_list(seen)}
-            )
-        }
         lanes: dict[str, list[str]] = {}
-        for event_id, lane in scan:
-            if lane in busy:
-                continue
-            ids = lanes.get(lane)
-            if ids is None:
-                if len(lanes) >= max_lanes:
+        busy: set[str] = set()
+        page = _SCAN_PAGE
+        after: str | None = None
+        # Pages of unfinished events in arrival order, until enough lanes are found: a flood in
+        # one conversation (or a held lane's backlog) must not hide the conversations after it.
+        for _ in range(_MAX_SCAN // page):
+            scan = conn.execute(self._sql["claim_scan"], {"limit": page, "after": after}).fetchall()
+            if not scan:
+                break
+            fresh = [lane for lane in dict.fromkeys(lane for _, lane in scan) if lane not in lanes]
+            busy.update(
+                lane
+                for (lane,) in conn.execute(
+                    self._sql["busy_lanes"], {"now": timestamp(now), "lanes": _json_list(fresh)}
+                )
+            )
+            for event_id, lane in scan:
+                if lane in busy:
                     continue
-                ids = lanes[lane] = []
-            if len(ids) < max_events:
-                ids.append(event_id)
+                ids = lanes.get(lane)
+                if ids is None:
+                    if len(lanes) >= max_lanes:
+                        continue
+                    ids = lanes[lane] = []
+                if len(ids) < max_events:
+                    ids.append(event_id)
+            if len(lanes) >= max_lanes or len(scan) < page:
+                break
+            after = scan[-1][0]
         if not lanes:
             return []
         all_ids = _json_list([event_id for ids in lanes.values() for event_id in ids])
@@ -714,8 +721,9 @@ class SQLiteStore:
         return conn
 
 
-#: Most unfinished events one claim looks at.
-_MAX_SCAN = 8192
+#: Unfinished events one claim reads at a time, and at most in all.
+_SCAN_PAGE = 2048
+_MAX_SCAN = 32768
 _run_encoder = msgspec.json.Encoder()
 _run_decoder = msgspec.json.Decoder(RunRecord)
 _payload_decoder = msgspec.json.Decoder(dict[str, Any])

@@ -206,3 +206,12 @@ async def test_thread_events_join_the_conversation_they_escalated(store: Store) 
     }
     [sent] = await store.list_outbox(OutboxFilter(status=OutboxStatus.SENT))
     assert sent.provider_message_id == "1700000000.000100"
+
+
+async def test_a_flood_in_one_conversation_does_not_hide_the_others(store: Store) -> None:
+    flood = [message(i, "sms:+1:+2", at_ms=i) for i in range(5000)]
+    await put(store, *flood)
+    late = message(9999, "sms:+3:+2", at_ms=6000)
+    await put(store, late)
+    lanes = await store.claim("w1", T0, LEASE, max_lanes=10, max_events=4)
+    assert {lane.lease.lane: len(lane.events) for lane in lanes} == {"sms:+1:+2": 4, "sms:+3:+2": 1}

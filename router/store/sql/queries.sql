@@ -65,7 +65,7 @@ SELECT coalesce(max(version), 0) FROM schema_migrations;
 -- in the conversation it escalated), else the event alone.
 SELECT e.id, coalesce(t.conversation_key, e.conversation_key, 'event:' || e.id) AS lane
 FROM events e LEFT JOIN threads t ON t.thread_key = e.conversation_key
-WHERE e.status IN ('received', 'processing')
+WHERE e.status IN ('received', 'processing') AND (:after IS NULL OR e.id > :after)
 ORDER BY e.id LIMIT :limit;
 
 -- name: busy_lanes
