@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from router.config import Settings
 from router.logs import get_logger
 from router.metrics import Metrics
 from router.rules import RuleError, RuleSet, RulesInvalid, load_ruleset, rules_version
@@ -124,6 +125,19 @@ class LiveRules:
         self._seen: str | None = None
         #: Why the watcher failed last, until it watches again.
         self._watch_error: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> LiveRules:
+        """The live rules as `serve` and `worker` run them: `[rules]`, `[windows]`, the
+        compliance time zone and the forward names of the config."""
+        return cls(
+            Path(settings.rules.path),
+            windows=settings.windows,
+            default_timezone=settings.compliance.default_timezone,
+            forwards=settings.channels.http.forwards.keys(),
+            metrics=metrics,
+            poll_seconds=settings.rules.poll_seconds,
+        )
 
     @property
     def ruleset(self) -> RuleSet | None:

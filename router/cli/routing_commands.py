@@ -1,0 +1,219 @@
+"""`switchboard worker` (the routing worker alone) and `switchboard replay` (SPEC §9)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from router.cli.common import Failure, print_json, settings_of, with_store
+from router.cli.rules import require_rules
+from router.clock import SystemClock
+from router.config import Settings
+from router.errors import StoreUnavailable
+from router.logs import configure_logging, flush_logs, get_logger
+from router.metrics import Metrics
+from router.pipeline.replay import ReplayReport, replay, select
+from router.pipeline.worker import routing
+from router.rules import RuleSet
+from router.rules.live import LiveRules
+from router.rules.tools import RulesFolderMissing, load_folder
+from router.store.base import EventFilter
+from router.store.factory import store_from_settings
+from router.store.sqlite import SQLiteStore
+from router.timeutil import parse_since
+
+log = get_logger("switchboard.worker")
+
+
+@click.command("worker")
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run the routing worker and its timers alone, without HTTP (same config and store).
+
+    `serve` runs one already unless `[worker] in_serve = false`. Ingest in another process
+    does not wake this one: it finds new events at its poll (`worker.poll_seconds`).
+    SIGINT or SIGTERM stops it after the batch in hand.
+    """
+    settings = settings_of(ctx)
+    configure_logging(settings.logging.level, debug=settings.logging.debug)
+    rules = LiveRules.from_settings(settings, Metrics())
+    require_rules(rules)  # invalid rules: located errors on stderr, exit 1
+    try:
+        asyncio.run(_work(settings, rules))
+    except StoreUnavailable as exc:
+        raise Failure(f"store unavailable: {exc}") from exc
+    except ValueError as exc:
+        raise Failure(str(exc)) from exc
+    finally:
+        flush_logs()
+
+
+async def _work(settings: Settings, rules: LiveRules) -> None:
+    store = store_from_settings(settings)
+    await store.open()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    metrics = Metrics()
+    routed, timers = routing(store, settings, lambda: rules.ruleset, SystemClock(), metrics)
+    try:
+        await rules.start()
+        await timers.start()
+        routed.start()
+        log.info("worker.started", stage="route", owner=routed.owner)
+        await stop.wait()
+    finally:
+        await routed.stop()
+        await timers.stop()
+        await rules.stop()
+        await store.close()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(signum)
+        log.info("worker.stopped", stage="route", routed=routed.routed)
+
+
+@click.command("replay")
+@click.option("--source", help="Only events of this source.")
+@click.option("--type", "type_", help="Only events of this type.")
+@click.option("--since", help="Only events received since, e.g. 24h or an ISO time.")
+@click.option("--until", help="Only events received before, e.g. 1h or an ISO time.")
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(path_type=Path),
+    help="Decide with this rules folder instead of the live one ([rules] path).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the decisions and rows; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.pass_context
+def replay_command(
+    ctx: click.Context,
+    source: str | None,
+    type_: str | None,
+    since: str | None,
+    until: str | None,
+    rules_path: Path | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Route recorded events through the rules again, oldest first.
+
+    Rows keep their ids, so a row made the first time is not made again; only new actions
+    (a rule added or changed since) make rows. Consent and quiet hours apply as of now.
+    `escalate`, `tag` and `set` are not performed again: the conversation has moved on.
+    """
+    settings = settings_of(ctx)
+    now = SystemClock().now()
+    try:
+        where = EventFilter(
+            source=source,
+            type=type_,
+            since=parse_since(since, now) if since else None,
+            until=parse_since(until, now) if until else None,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    ruleset = _ruleset(rules_path or Path(settings.rules.path), settings)
+
+    async def run(store: SQLiteStore) -> ReplayReport:
+        events = await select(store, where)
+        progress = _progress(len(events), show=sys.stderr.isatty() and not as_json)
+        with progress as bar:
+            return await replay(
+                store,
+                settings,
+                ruleset,
+                events,
+                SystemClock().now,
+                dry_run=dry_run,
+                advance=bar.advance,
+            )
+
+    report = with_store(ctx, run)
+    if as_json:
+        print_json(report)
+        return
+    for line in report_lines(report):
+        click.echo(line)
+
+
+def _ruleset(path: Path, settings: Settings) -> RuleSet:
+    try:
+        return load_folder(path, settings)
+    except RulesFolderMissing as exc:
+        raise Failure(str(exc)) from exc
+    except Exception as exc:  # RulesInvalid: its located errors, one per line
+        raise Failure(f"rules in {path} cannot be loaded:\n{exc}") from exc
+
+
+def report_lines(report: ReplayReport) -> list[str]:
+    """How a replay reads for people: each event that has new rows, then a summary."""
+    lines: list[str] = []
+    verb = "would make" if report.dry_run else "made"
+    for item in report.replayed:
+        if not item.new_rows and not item.errors:
+            continue
+        lines.append(f"{item.event_id}  {item.source} {item.type}  matched {item.matched}")
+        for row in item.new_rows:
+            lines.append(
+                f"    {verb} {row['id']}  {row['channel']} -> {row['to']}  {row['status']}"
+            )
+        for error in item.errors:
+            lines.append(f"    error: {error}")
+    lines.append(
+        f"{'dry run: ' if report.dry_run else ''}{report.events} events replayed with rules "
+        f"{report.rules_version[:12]}: {report.rows_made} rows {verb}, "
+        f"{report.rows_existing} already there"
+    )
+    return lines
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def advance(self, count: int) -> None:
+        del count
+
+
+class _Bar:
+    """A rich progress bar on stderr, advanced by batches."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._progress = Progress(console=Console(stderr=True), transient=True)
+        self._task = self._progress.add_task("replaying", total=total)
+
+    def __enter__(self) -> _Bar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self, count: int) -> None:
+        self._progress.advance(self._task, count)
+
+
+def _progress(total: int, *, show: bool) -> _Bar | _NoBar:
+    return _Bar(total) if show and total else _NoBar()
+
+
+def replay_report_payload(report: ReplayReport) -> dict[str, Any]:
+    """The report as JSON builtins (the API answers this)."""
+    payload: dict[str, Any] = msgspec.to_builtins(report)
+    return payload
