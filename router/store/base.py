@@ -11,10 +11,14 @@ import msgspec
 from router.events import Event, EventStatus
 from router.store.blobs import BlobStore
 from router.store.records import (
+    AttemptRecord,
+    AttemptResult,
     ClaimedLane,
+    ClaimedRow,
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
+    DueRow,
     EventResult,
     LaneCommit,
     OutboxFilter,
@@ -165,6 +169,62 @@ class Store(Protocol):
 
     async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
         """Which of these outbox ids are already made (a dry-run replay tells new from old)."""
+        ...
+
+    # -- dispatch (SPEC §8) ------------------------------------------------------------------
+
+    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+        """The due head of each lane (rows of a lane leave in creation order), conversational
+        and transactional before marketing: `pending` rows whose retry time passed, `deferred`
+        rows whose quiet hours ended, and `sending` rows whose lease expired (in doubt). A
+        lane whose head is in flight or waiting for a retry gives nothing."""
+        ...
+
+    async def claim_rows(
+        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
+    ) -> list[ClaimedRow]:
+        """Lease those rows that are still as `due_rows` saw them (`sending`, with a token)."""
+        ...
+
+    async def finish_attempt(self, result: AttemptResult) -> bool:
+        """Record an attempt's outcome, if the row is still held with its token (fencing)."""
+        ...
+
+    async def escalation_thread(self, conversation_key: str) -> str | None:
+        """The Slack ts of the conversation's latest sent escalation post (its thread)."""
+        ...
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        """When the next waiting row becomes due (a retry, or the end of quiet hours)."""
+        ...
+
+    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
+        """Every attempt of one row, oldest first (kept across `dlq retry`)."""
+        ...
+
+    async def requeue_dead(self, outbox_id: str) -> bool:
+        """`dlq retry`: a dead row is pending again with its attempts reset; False if it is
+        not dead."""
+        ...
+
+    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
+        """`dlq discard`: a dead row is cancelled for good; False if it is not dead."""
+        ...
+
+    async def outbox_counts(self) -> dict[tuple[str, str], int]:
+        """Rows by (status, channel), for /metrics."""
+        ...
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        """Since when the oldest due row has been waiting (queue age, for /metrics)."""
+        ...
+
+    async def rate_slots(self) -> dict[str, datetime]:
+        """The next free send slot of each rate-limited destination."""
+        ...
+
+    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
+        """Keep the next free send slots, so a restart keeps the spacing."""
         ...
 
     # -- reads of the routing side ---------------------------------------------------------

@@ -61,6 +61,23 @@ class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
     provider_message_id: str | None = None
     #: `consent.contact_key` of the recipient (rows to customers only): what an opt-out cancels.
     contact_key: str | None = None
+    #: When a row waiting for a retry may be tried again (a `pending` row with attempts).
+    next_attempt_at: datetime | None = None
+    #: The provider's code of the last failure or delivery receipt.
+    error_code: str | None = None
+
+    @property
+    def lane(self) -> str:
+        """Rows of one lane leave in creation order: a conversation's rows on one channel (the
+        customer's texts, the escalation thread's posts), or the row alone."""
+        if self.conversation_key is None:
+            return f"row:{self.id}"
+        return f"{self.conversation_key}|{self.channel}"
+
+    @property
+    def priority(self) -> int:
+        """Claimed first: 0 (conversational, transactional), then 1 (marketing)."""
+        return 1 if self.category == "marketing" else 0
 
 
 class OutboxFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,6 +198,8 @@ class LaneCommit(msgspec.Struct, frozen=True, kw_only=True):
     #: `(conversation_key, timer, due_at)` to disarm; with a due time, only if the armed timer
     #: is still that one (a timer that fired must not disarm its own re-arming).
     timers_cleared: list[tuple[str, str, datetime | None]] = []
+    #: Delivery receipts (message.status events) to apply to the rows they name.
+    receipts: list[Receipt] = []
     #: An event whose processing raised: its tries go up by one, and the lane waits until
     #: `retry_at` before it is claimed again.
     failed_attempt: str | None = None
@@ -195,3 +214,70 @@ class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
     new_outbox_ids: list[str] = []
     #: Rows an opt-out cancelled.
     cancelled_outbox_ids: list[str] = []
+
+
+class DueRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The head of a lane, due now: what the dispatcher may claim."""
+
+    row: OutboxRow
+    #: Left `sending` by an attempt whose lease expired: it may have been sent.
+    in_doubt: bool = False
+    previous_attempt_at: datetime | None = None
+
+
+class ClaimedRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An outbox row leased to one dispatcher for one attempt."""
+
+    row: OutboxRow
+    token: str
+    #: The previous attempt's lease expired while `sending`: it may have been sent.
+    in_doubt: bool = False
+    #: When that previous attempt started (what `Sender.find` searches from).
+    previous_attempt_at: datetime | None = None
+
+
+class AttemptOutcome(StrEnum):
+    SENT = "sent"
+    #: Failed transiently: `pending` again until `next_attempt_at`.
+    RETRY = "retry"
+    DEAD = "dead"
+    #: Not sent and never will be: the contact opted out (before the send, or 21610).
+    CANCELLED = "cancelled"
+
+
+class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
+    """How one attempt ended; applied only under the lease token it was claimed with."""
+
+    id: str
+    token: str
+    outcome: AttemptOutcome
+    at: datetime
+    duration_ms: float
+    error: str | None = None
+    error_code: str | None = None
+    provider_message_id: str | None = None
+    next_attempt_at: datetime | None = None
+    #: 21610: the contact is opted out from now on (its record and ledger entry), and every
+    #: waiting row to it is cancelled in the same transaction.
+    opted_out: ContactRecord | None = None
+    ledger: LedgerRecord | None = None
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery receipt (Twilio status callback) for a sent message."""
+
+    provider_message_id: str
+    #: `sent`, `delivered`, `undelivered`, `failed`, ...
+    status: str
+    error_code: str | None = None
+    at: datetime
+
+
+class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One try of one row, as `outbox show` and `dlq list` tell it."""
+
+    at: datetime
+    outcome: str
+    error: str | None = None
+    error_code: str | None = None
+    duration_ms: float | None = None

@@ -35,10 +35,15 @@ from router.store.base import (
 from router.store.blobs import BlobStore
 from router.store.queries import migrations, queries
 from router.store.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    AttemptResult,
     ClaimedLane,
+    ClaimedRow,
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
+    DueRow,
     EventResult,
     LaneCommit,
     Lease,
@@ -46,6 +51,7 @@ from router.store.records import (
     OutboxFilter,
     OutboxRow,
     OutboxStatus,
+    Receipt,
     RunRecord,
     TimerRecord,
 )
@@ -487,6 +493,8 @@ class SQLiteStore:
                             "reason": entry.reason,
                         },
                     )
+            for receipt in lane.receipts:
+                self._apply_receipt(conn, receipt)
             for timer in lane.timers_set:
                 conn.execute(
                     sql["set_timer"],
@@ -539,6 +547,247 @@ class SQLiteStore:
             return set()
         rows = await self._read(self._sql["existing_outbox_ids"], {"ids": _json_list(ids)})
         return {row[0] for row in rows}
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+        rows = await self._read(self._sql["dispatch_scan"], {"limit": _DISPATCH_SCAN})
+        moment = timestamp(now)
+        heads: dict[str, DueRow | None] = {}
+        for row in rows:
+            lane, status, lease_until, started = row[17], row[8], row[18], row[19]
+            if lane in heads:
+                continue
+            if status == "sending":  # in flight, or left in doubt by a dead dispatcher
+                expired = lease_until is None or lease_until <= moment
+                heads[lane] = (
+                    DueRow(
+                        row=_outbox_from_row(row), in_doubt=True, previous_attempt_at=_dt(started)
+                    )
+                    if expired
+                    else None
+                )
+            elif status == "deferred":
+                if row[9] is None or row[9] <= moment:
+                    heads[lane] = DueRow(row=_outbox_from_row(row))
+                # else: quiet hours hold this row, not the rest of its lane
+            elif row[15] is None or row[15] <= moment:
+                heads[lane] = DueRow(row=_outbox_from_row(row))
+            else:
+                heads[lane] = None  # waiting for a retry: later rows of its lane wait too
+        due = [head for head in heads.values() if head is not None]
+        due.sort(key=lambda head: head.row.priority)  # stable: creation order within a priority
+        return due[:limit]
+
+    async def claim_rows(
+        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
+    ) -> list[ClaimedRow]:
+        until = timestamp(now + timedelta(seconds=lease_seconds))
+
+        def run(conn: sqlite3.Connection) -> list[ClaimedRow]:
+            claimed: list[ClaimedRow] = []
+            for head in due:
+                token = new_token()
+                taken = conn.execute(
+                    self._sql["claim_row"],
+                    {"id": head.row.id, "token": token, "until": until, "now": timestamp(now)},
+                ).rowcount
+                if taken:
+                    claimed.append(
+                        ClaimedRow(
+                            row=head.row,
+                            token=token,
+                            in_doubt=head.in_doubt,
+                            previous_attempt_at=head.previous_attempt_at,
+                        )
+                    )
+            return claimed
+
+        del owner  # rows carry the token only; the owner shows in the logs
+        return await self._transact(run)
+
+    async def finish_attempt(self, result: AttemptResult) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            held = conn.execute(self._sql["row_lease"], {"id": result.id}).fetchone()
+            if held is None or held[0] != result.token or held[1] != "sending":
+                return False  # fenced: the lease expired and another attempt took the row
+            outcome = result.outcome
+            if outcome is AttemptOutcome.SENT:
+                conn.execute(
+                    self._sql["finish_sent"],
+                    {"id": result.id, "provider_message_id": result.provider_message_id},
+                )
+                if result.provider_message_id:
+                    self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
+            elif outcome is AttemptOutcome.RETRY:
+                conn.execute(
+                    self._sql["finish_retry"],
+                    {
+                        "id": result.id,
+                        "error": result.error,
+                        "error_code": result.error_code,
+                        "next_attempt_at": _ts(result.next_attempt_at),
+                    },
+                )
+            else:
+                conn.execute(
+                    self._sql["finish_dead"],
+                    {
+                        "id": result.id,
+                        "status": "dead" if outcome is AttemptOutcome.DEAD else "cancelled",
+                        "error": result.error,
+                        "error_code": result.error_code,
+                    },
+                )
+            if result.opted_out is not None:
+                self._opt_out(conn, result.opted_out, result.ledger, result.at)
+            conn.execute(
+                self._sql["insert_attempt"],
+                {
+                    "outbox_id": result.id,
+                    "at": timestamp(result.at),
+                    "outcome": outcome.value,
+                    "error": result.error,
+                    "error_code": result.error_code,
+                    "duration_ms": result.duration_ms,
+                },
+            )
+            return True
+
+        return await self._transact(run)
+
+    def _opt_out(
+        self,
+        conn: sqlite3.Connection,
+        contact: ContactRecord,
+        entry: LedgerRecord | None,
+        now: datetime,
+    ) -> None:
+        """A carrier-held STOP (Twilio 21610): consent, its ledger entry, waiting rows."""
+        conn.execute(
+            self._sql["upsert_contact"],
+            {
+                "key": contact.address,
+                "consent": contact.consent,
+                "opted_out_at": _ts(contact.opted_out_at),
+                "timezone": contact.timezone,
+                "updated_at": timestamp(now),
+            },
+        )
+        if entry is not None:
+            conn.execute(
+                self._sql["insert_ledger"],
+                {
+                    "contact_key": contact.address,
+                    "at": timestamp(entry.at),
+                    "event_id": entry.event_id,
+                    "channel": entry.channel,
+                    "change": entry.change,
+                    "reason": entry.reason,
+                },
+            )
+        conn.execute(
+            self._sql["cancel_waiting"],
+            {"contact_key": contact.address, "reason": "contact opted out at the carrier"},
+        ).fetchall()
+
+    def _apply_receipt(self, conn: sqlite3.Connection, receipt: Receipt) -> None:
+        found = conn.execute(
+            self._sql["row_by_provider_id"], {"provider_message_id": receipt.provider_message_id}
+        ).fetchone()
+        if found is None:  # the callback beat the dispatcher's commit: keep it for then
+            conn.execute(
+                self._sql["insert_receipt"],
+                {
+                    "provider_message_id": receipt.provider_message_id,
+                    "status": receipt.status,
+                    "error_code": receipt.error_code,
+                    "at": timestamp(receipt.at),
+                },
+            )
+            return
+        self._deliver(conn, found[0], found[1], receipt.status, receipt.error_code)
+
+    def _apply_waiting_receipts(
+        self, conn: sqlite3.Connection, row_id: str, provider_message_id: str
+    ) -> None:
+        waiting = conn.execute(
+            self._sql["receipts_of"], {"provider_message_id": provider_message_id}
+        ).fetchall()
+        status = "sent"
+        for receipt_status, error_code, _ in waiting:
+            status = self._deliver(conn, row_id, status, receipt_status, error_code)
+        if waiting:
+            conn.execute(self._sql["drop_receipts"], {"provider_message_id": provider_message_id})
+
+    def _deliver(
+        self,
+        conn: sqlite3.Connection,
+        row_id: str,
+        current: str,
+        reported: str,
+        error_code: str | None,
+    ) -> str:
+        """Move a sent row on by a receipt, never back: a late `sent` after `delivered`, a
+        duplicate, or a second terminal status changes nothing."""
+        target = _RECEIPT_STATUS.get(reported)
+        if target is None or current not in _RANK or _RANK[target] <= _RANK[current]:
+            return current
+        conn.execute(
+            self._sql["set_delivery"], {"id": row_id, "status": target, "error_code": error_code}
+        )
+        return target
+
+    async def escalation_thread(self, conversation_key: str) -> str | None:
+        rows = await self._read(self._sql["escalation_thread"], {"key": conversation_key})
+        return rows[0][0] if rows else None
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        rows = await self._read(self._sql["next_due"], {"now": timestamp(now)})
+        return _dt(rows[0][0]) if rows else None
+
+    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
+        rows = await self._read(self._sql["attempts_of_row"], {"id": outbox_id})
+        return [
+            AttemptRecord(
+                at=_parse_ts(r[0]), outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4]
+            )
+            for r in rows
+        ]
+
+    async def requeue_dead(self, outbox_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(self._sql["requeue_dead"], {"id": outbox_id}).rowcount)
+
+        return await self._transact(run)
+
+    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            params = {"id": outbox_id, "reason": reason}
+            return bool(conn.execute(self._sql["discard_dead"], params).rowcount)
+
+        return await self._transact(run)
+
+    async def outbox_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._read(self._sql["outbox_counts"], {})
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        rows = await self._read(self._sql["oldest_due"], {"now": timestamp(now)})
+        return _dt(rows[0][0]) if rows else None
+
+    async def rate_slots(self) -> dict[str, datetime]:
+        rows = await self._read(self._sql["rate_slots"], {})
+        return {row[0]: _parse_ts(row[1]) for row in rows}
+
+    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                self._sql["save_rate_slot"],
+                [{"key": key, "next_at": timestamp(at)} for key, at in slots.items()],
+            )
+
+        await self._transact(run)
 
     async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
         if not keys:
@@ -721,6 +970,20 @@ class SQLiteStore:
         return conn
 
 
+#: Unfinished outbox rows one dispatch scan reads.
+_DISPATCH_SCAN = 4096
+#: Delivery receipts: the row status each Twilio status means, and how far along it is.
+_RECEIPT_STATUS = {
+    "queued": "sent",
+    "accepted": "sent",
+    "sending": "sent",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+}
+_RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
 #: Unfinished events one claim reads at a time, and at most in all.
 _SCAN_PAGE = 2048
 _MAX_SCAN = 32768
@@ -790,6 +1053,8 @@ def _outbox_row(row: OutboxRow) -> dict[str, Any]:
         "last_error": row.last_error,
         "provider_message_id": row.provider_message_id,
         "payload": msgspec.json.encode(row.payload),
+        "lane": row.lane,
+        "priority": row.priority,
     }
 
 
@@ -810,6 +1075,8 @@ def _outbox_from_row(row: Sequence[Any]) -> OutboxRow:
         last_error=row[12],
         provider_message_id=row[13],
         payload=_payload_decoder.decode(row[14]),
+        next_attempt_at=_dt(row[15]),
+        error_code=row[16],
     )
 
 

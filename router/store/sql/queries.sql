@@ -114,10 +114,10 @@ ON CONFLICT (key) DO UPDATE SET state = excluded.state, channel = excluded.chann
 -- name: insert_outbox
 INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipient, category,
                     kind, status, not_before, created_at, attempts, last_error,
-                    provider_message_id, payload)
+                    provider_message_id, payload, lane, priority)
 VALUES (:id, :event_id, :conversation_key, :contact_key, :channel, :recipient, :category,
         :kind, :status, :not_before, :created_at, :attempts, :last_error,
-        :provider_message_id, :payload)
+        :provider_message_id, :payload, :lane, :priority)
 ON CONFLICT (id) DO NOTHING;
 
 -- name: cancel_waiting
@@ -171,7 +171,8 @@ SELECT body FROM runs WHERE event_id = :event_id ORDER BY seq;
 
 -- name: list_outbox
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
-       not_before, created_at, attempts, last_error, provider_message_id, payload
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code
 FROM outbox
 WHERE (:status IS NULL OR status = :status)
   AND (:channel IS NULL OR channel = :channel)
@@ -190,3 +191,95 @@ ORDER BY updated_at DESC LIMIT :limit;
 
 -- name: existing_outbox_ids
 SELECT id FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: dispatch_scan
+-- Rows not finished, in creation order: the dispatcher takes the due head of each lane.
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code, lane, lease_until, attempt_started_at
+FROM outbox WHERE status IN ('pending', 'deferred', 'sending')
+ORDER BY seq LIMIT :limit;
+
+-- name: claim_row
+UPDATE outbox SET status = 'sending', lease_token = :token, lease_until = :until,
+                  attempt_started_at = :now
+WHERE id = :id AND (status IN ('pending', 'deferred')
+                    OR (status = 'sending' AND lease_until <= :now));
+
+-- name: row_lease
+SELECT lease_token, status, contact_key, event_id FROM outbox WHERE id = :id;
+
+-- name: finish_sent
+UPDATE outbox SET status = 'sent', provider_message_id = :provider_message_id,
+    attempts = attempts + 1, last_error = NULL, error_code = NULL, lease_token = NULL,
+    lease_until = NULL, next_attempt_at = NULL
+WHERE id = :id;
+
+-- name: finish_retry
+UPDATE outbox SET status = 'pending', attempts = attempts + 1, last_error = :error,
+    error_code = :error_code, next_attempt_at = :next_attempt_at, lease_token = NULL,
+    lease_until = NULL, attempt_started_at = NULL
+WHERE id = :id;
+
+-- name: finish_dead
+UPDATE outbox SET status = :status, attempts = attempts + 1, last_error = :error,
+    error_code = :error_code, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+WHERE id = :id;
+
+-- name: insert_attempt
+INSERT INTO outbox_attempts (outbox_id, at, outcome, error, error_code, duration_ms)
+VALUES (:outbox_id, :at, :outcome, :error, :error_code, :duration_ms);
+
+-- name: attempts_of_row
+SELECT at, outcome, error, error_code, duration_ms FROM outbox_attempts
+WHERE outbox_id = :id ORDER BY seq;
+
+-- name: row_by_provider_id
+SELECT id, status FROM outbox WHERE provider_message_id = :provider_message_id;
+
+-- name: set_delivery
+UPDATE outbox SET status = :status, error_code = coalesce(:error_code, error_code)
+WHERE id = :id;
+
+-- name: insert_receipt
+INSERT INTO receipts (provider_message_id, status, error_code, at)
+VALUES (:provider_message_id, :status, :error_code, :at)
+ON CONFLICT (provider_message_id, status) DO NOTHING;
+
+-- name: receipts_of
+SELECT status, error_code, at FROM receipts WHERE provider_message_id = :provider_message_id
+ORDER BY at;
+
+-- name: drop_receipts
+DELETE FROM receipts WHERE provider_message_id = :provider_message_id;
+
+-- name: escalation_thread
+SELECT provider_message_id FROM outbox
+WHERE conversation_key = :key AND kind = 'escalation' AND provider_message_id IS NOT NULL
+ORDER BY seq DESC LIMIT 1;
+
+-- name: next_due
+SELECT min(coalesce(next_attempt_at, not_before)) FROM outbox
+WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before) > :now;
+
+-- name: requeue_dead
+UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+    lease_token = NULL, lease_until = NULL, attempt_started_at = NULL
+WHERE id = :id AND status = 'dead';
+
+-- name: discard_dead
+UPDATE outbox SET status = 'cancelled', last_error = :reason WHERE id = :id AND status = 'dead';
+
+-- name: outbox_counts
+SELECT status, channel, count(*) FROM outbox GROUP BY status, channel;
+
+-- name: oldest_due
+SELECT min(coalesce(next_attempt_at, not_before, created_at)) FROM outbox
+WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before, created_at) <= :now;
+
+-- name: rate_slots
+SELECT key, next_at FROM rate_slots;
+
+-- name: save_rate_slot
+INSERT INTO rate_slots (key, next_at) VALUES (:key, :next_at)
+ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at;
