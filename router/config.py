@@ -148,6 +148,9 @@ class EmailChannelConfig(msgspec.Struct, **_STRICT):
     from_: str | None = msgspec.field(default=None, name="from")
     mode: Mode = "sandbox"
     starttls: bool = False
+    #: SMTP cannot tell whether a message left in doubt by a crash was accepted: `resend`
+    #: (the same Message-ID, so a duplicate is recognisable) or mark it `dead` for a person.
+    in_doubt: Literal["resend", "dead"] = "resend"
 
 
 class HttpForward(msgspec.Struct, **_STRICT):
@@ -203,6 +206,27 @@ class WorkerConfig(msgspec.Struct, **_STRICT):
     history_limit: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
 
 
+class DispatchConfig(msgspec.Struct, **_STRICT):
+    """The dispatcher (SPEC §8): it runs wherever the worker runs (`serve`, `worker`)."""
+
+    #: How long a row may stay `sending` before another attempt treats it as in doubt.
+    lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: Attempts before a row that keeps failing transiently is dead.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    #: Sends in flight at once, all destinations together.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+    #: The safety-net poll; routing commits wake the dispatcher at once.
+    poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    #: Retry delays: capped exponential backoff with full jitter.
+    backoff_base_seconds: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    backoff_cap_seconds: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    #: Circuit breaker per destination: this many failures in a row open it for so long.
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    breaker_open_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    #: How long one send may take before it counts as failed (in doubt).
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+
 class LoggingConfig(msgspec.Struct, **_STRICT):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: Only with debug on do logs show full phone numbers and message bodies.
@@ -218,6 +242,7 @@ class Settings(msgspec.Struct, **_STRICT):
     compliance: ComplianceConfig = ComplianceConfig()
     escalation: EscalationConfig = EscalationConfig()
     worker: WorkerConfig = WorkerConfig()
+    dispatch: DispatchConfig = DispatchConfig()
     logging: LoggingConfig = LoggingConfig()
     #: Named time windows for rules' `during:` (e.g. `business = "Mon-Fri 09:00-17:00"`).
     windows: dict[str, str] = {}

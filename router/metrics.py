@@ -54,6 +54,44 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.send_attempts = Counter(
+            "switchboard_send_attempts_total",
+            "Send attempts by channel and outcome (sent, retry, in_doubt, dead, cancelled, "
+            "fenced).",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
+        self.send_seconds = Histogram(
+            "switchboard_send_seconds",
+            "Time of one send attempt, by channel.",
+            ["channel"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "switchboard_dead_letters_total",
+            "Outbox rows that went dead, by channel.",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "switchboard_breaker_state",
+            "1 for the current state of each destination's circuit breaker.",
+            ["destination", "state"],
+            registry=self.registry,
+        )
+        self.outbox = Gauge(
+            "switchboard_outbox_rows",
+            "Outbox rows by status and channel (read from the store when scraped).",
+            ["status", "channel"],
+            registry=self.registry,
+        )
+        self.queue_age = Gauge(
+            "switchboard_outbox_oldest_due_seconds",
+            "How long the oldest due row has been waiting (0 when none is).",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)

@@ -243,6 +243,9 @@ class AttemptOutcome(StrEnum):
     DEAD = "dead"
     #: Not sent and never will be: the contact opted out (before the send, or 21610).
     CANCELLED = "cancelled"
+    #: It may have been accepted (a timeout after the request went out): the row stays
+    #: `sending` until `next_attempt_at`, then the next attempt asks the provider first.
+    IN_DOUBT = "in_doubt"
 
 
 class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,6 +259,8 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     error_code: str | None = None
     provider_message_id: str | None = None
+    #: The provider's status on acceptance (`queued`; `delivered` in sandbox mode).
+    provider_status: str | None = None
     next_attempt_at: datetime | None = None
     #: 21610: the contact is opted out from now on (its record and ledger entry), and every
     #: waiting row to it is cancelled in the same transaction.

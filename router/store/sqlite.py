@@ -618,7 +618,20 @@ class SQLiteStore:
                     {"id": result.id, "provider_message_id": result.provider_message_id},
                 )
                 if result.provider_message_id:
+                    self._map_thread(conn, result.id, result.provider_message_id)
                     self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
+                if result.provider_status:
+                    self._deliver(conn, result.id, "sent", result.provider_status, None)
+            elif outcome is AttemptOutcome.IN_DOUBT:
+                conn.execute(
+                    self._sql["finish_in_doubt"],
+                    {
+                        "id": result.id,
+                        "error": result.error,
+                        "error_code": result.error_code,
+                        "until": _ts(result.next_attempt_at) or timestamp(result.at),
+                    },
+                )
             elif outcome is AttemptOutcome.RETRY:
                 conn.execute(
                     self._sql["finish_retry"],
@@ -802,20 +815,23 @@ class SQLiteStore:
 
     async def mark_sent(self, outbox_id: str, provider_message_id: str, at: datetime) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
+            conn.execute(
                 self._sql["mark_sent"],
                 {"id": outbox_id, "provider_message_id": provider_message_id},
-            ).fetchone()
-            if row is not None and row[0] == "escalation" and row[2] is not None:
-                conn.execute(
-                    self._sql["map_thread"],
-                    {
-                        "thread_key": f"slack:{row[1]}:{provider_message_id}",
-                        "conversation_key": row[2],
-                    },
-                )
+            ).fetchall()
+            self._map_thread(conn, outbox_id, provider_message_id)
 
         await self._transact(run)
+
+    def _map_thread(self, conn: sqlite3.Connection, outbox_id: str, ts: str) -> None:
+        """An escalation post is sent: its Slack thread belongs to the conversation from now
+        on (agent replies and button presses there are routed with it)."""
+        row = conn.execute(self._sql["row_for_thread"], {"id": outbox_id}).fetchone()
+        if row is not None and row[0] == "escalation" and row[2] is not None:
+            conn.execute(
+                self._sql["map_thread"],
+                {"thread_key": f"slack:{row[1]}:{ts}", "conversation_key": row[2]},
+            )
 
     async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
         rows = await self._read(self._sql["list_timers"], {"due_before": _ts(due_before)})

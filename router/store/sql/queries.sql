@@ -283,3 +283,12 @@ SELECT key, next_at FROM rate_slots;
 -- name: save_rate_slot
 INSERT INTO rate_slots (key, next_at) VALUES (:key, :next_at)
 ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at;
+
+-- name: finish_in_doubt
+-- Still `sending`, with no holder, until the in-doubt check may run.
+UPDATE outbox SET attempts = attempts + 1, last_error = :error, error_code = :error_code,
+    lease_token = NULL, lease_until = :until
+WHERE id = :id;
+
+-- name: row_for_thread
+SELECT kind, recipient, conversation_key FROM outbox WHERE id = :id;
