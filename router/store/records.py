@@ -262,6 +262,8 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     #: The provider's status on acceptance (`queued`; `delivered` in sandbox mode).
     provider_status: str | None = None
     next_attempt_at: datetime | None = None
+    #: A throttled retry (429): the provider asked to slow down; it uses no attempt.
+    throttled: bool = False
     #: 21610: the contact is opted out from now on (its record and ledger entry), and every
     #: waiting row to it is cancelled in the same transaction.
     opted_out: ContactRecord | None = None

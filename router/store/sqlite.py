@@ -640,6 +640,7 @@ class SQLiteStore:
                         "error": result.error,
                         "error_code": result.error_code,
                         "next_attempt_at": _ts(result.next_attempt_at),
+                        "step": 0 if result.throttled else 1,
                     },
                 )
             else:

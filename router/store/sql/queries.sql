@@ -216,7 +216,7 @@ UPDATE outbox SET status = 'sent', provider_message_id = :provider_message_id,
 WHERE id = :id;
 
 -- name: finish_retry
-UPDATE outbox SET status = 'pending', attempts = attempts + 1, last_error = :error,
+UPDATE outbox SET status = 'pending', attempts = attempts + :step, last_error = :error,
     error_code = :error_code, next_attempt_at = :next_attempt_at, lease_token = NULL,
     lease_until = NULL, attempt_started_at = NULL
 WHERE id = :id;

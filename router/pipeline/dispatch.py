@@ -1,0 +1,444 @@
+"""The dispatcher (SPEC §8): takes due outbox rows and performs them through the senders.
+
+Each round reads the due head of every lane (rows of one conversation leave in creation
+order; conversational and transactional before marketing), keeps those whose destination has a
+free rate slot and a closed breaker, leases them, and sends each in a task of its own. Every
+attempt's outcome is recorded under the lease token, so a dispatcher that lost its lease
+cannot record anything. A row left `sending` by a crash is asked about before any resend.
+
+Woken when the worker commits rows; otherwise it sleeps until the next row falls due (a retry,
+the end of quiet hours), the next rate slot frees, or the poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+import msgspec
+
+from channels.outbound import (
+    FailureKind,
+    NotCheckable,
+    Outgoing,
+    Sender,
+    SendFailed,
+    Sent,
+)
+from router.clock import Clock
+from router.config import Settings
+from router.errors import StoreUnavailable
+from router.ids import new_ulid
+from router.logs import get_logger, mask_address
+from router.metrics import Metrics
+from router.pipeline.limits import Breakers, RateLimiter, retry_delay
+from router.store.base import Store
+from router.store.records import (
+    AttemptOutcome,
+    AttemptResult,
+    ClaimedRow,
+    ContactRecord,
+    DueRow,
+    LedgerRecord,
+)
+
+log = get_logger("switchboard.dispatch")
+
+#: Compliance notices: they leave even to an opted-out contact (consent.may_send).
+NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
+#: Rows read per round; more than the sends in flight, so busy destinations can be skipped.
+_ROUND = 256
+
+
+class Dispatcher:
+    """One dispatch loop over a store and a set of senders (one per channel)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        senders: Mapping[str, Sender],
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._metrics = metrics
+        self._config = settings.dispatch
+        self._senders = dict(senders)
+        channels = settings.channels
+        #: Per sender number (SMS, WhatsApp) and per Slack channel; none in sandbox mode,
+        #: where nobody is called.
+        self._rates = {
+            name: rate
+            for name, rate, mode in (
+                ("sms", channels.sms.rate_per_second, channels.sms.mode),
+                ("whatsapp", channels.sms.rate_per_second, channels.sms.mode),
+                ("slack", channels.slack.rate_per_second, channels.slack.mode),
+            )
+            if mode == "live"
+        }
+        self._in_doubt_policy = {"email": settings.channels.email.in_doubt, "http": "resend"}
+        self.limiter = RateLimiter(self._rate_of, clock)
+        self.breakers = Breakers(
+            clock,
+            failure_threshold=self._config.breaker_failures,
+            open_seconds=self._config.breaker_open_seconds,
+            on_change=self._breaker_changed,
+        )
+        self._rng = rng or random.Random()
+        self._slots = asyncio.Semaphore(self._config.concurrency)
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.owner = f"dispatch-{new_ulid(clock.now())}"
+        self._slots_saved: datetime | None = None
+        #: Attempts finished since start, by outcome (tests and bench read it).
+        self.finished: dict[str, int] = {}
+
+    def _rate_of(self, key: str) -> float:
+        channel = key.split(":", 1)[0]
+        return self._rates.get(channel, float("inf"))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Rows were committed: look for due ones now."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        try:
+            self.limiter.restore(await self._store.rate_slots())
+        except StoreUnavailable as exc:
+            log.warning("rate slots not restored", stage="dispatch", error=str(exc))
+        self._task = asyncio.create_task(self._run(), name="dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._inflight:  # let sends under way record their outcome
+            await asyncio.wait(list(self._inflight.values()), timeout=self._config.timeout_seconds)
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.save_rate_slots(self.limiter.state())
+        for sender in {id(s): s for s in self._senders.values()}.values():
+            with contextlib.suppress(Exception):
+                await sender.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                sleep = await self.run_once()
+            except StoreUnavailable as exc:
+                log.warning("dispatch paused", stage="dispatch", error=str(exc))
+                sleep = self._config.poll_seconds
+            except Exception as exc:  # a bug must not end dispatch
+                log.error("dispatch round failed", stage="dispatch", error=repr(exc)[:500])
+                sleep = self._config.poll_seconds
+            if sleep <= 0:
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), sleep)
+
+    # -- one round -----------------------------------------------------------------------
+
+    async def run_once(self) -> float:
+        """Start the sends of one round; the seconds until there may be more to do."""
+        now = self._clock.now()
+        free = self._config.concurrency - len(self._inflight)
+        if free <= 0:
+            return self._config.poll_seconds
+        due = await self._store.due_rows(now, _ROUND)
+        chosen: list[DueRow] = []
+        soonest: datetime | None = None
+        for head in due:
+            if len(chosen) >= free:
+                break
+            row = head.row
+            if row.id in self._inflight:
+                continue
+            key = self._destination(head)
+            if key is not None:
+                slot = self.limiter.next_free(key)
+                if slot > now:
+                    soonest = slot if soonest is None else min(soonest, slot)
+                    continue
+                if not self.breakers.allow(key):  # in half-open: this row is the one probe
+                    continue
+                self.limiter.take(key)
+            chosen.append(head)
+        if chosen:
+            claimed_rows = await self._store.claim_rows(
+                chosen, self.owner, now, self._config.lease_seconds
+            )
+            taken = {claimed.row.id for claimed in claimed_rows}
+            for head in chosen:
+                key = self._destination(head)
+                if head.row.id not in taken and key is not None:
+                    self.breakers.release(key)  # another dispatcher had it: no probe spent
+            for claimed in claimed_rows:
+                self._inflight[claimed.row.id] = asyncio.create_task(self._attempt(claimed))
+            await self._save_slots(now)
+        waits = [self._config.poll_seconds]
+        if soonest is not None:
+            waits.append((soonest - now).total_seconds())
+        next_due = await self._store.next_due(now)
+        if next_due is not None:
+            waits.append((next_due - now).total_seconds())
+        if len(chosen) == free or (due and len(due) >= _ROUND):
+            waits.append(0)
+        return max(0.0, min(waits))
+
+    async def _save_slots(self, now: datetime) -> None:
+        """Keep the rate slots in the store at most once a second, so a restart (even after
+        `kill -9`) keeps the spacing."""
+        if self._slots_saved is not None and now - self._slots_saved < timedelta(seconds=1):
+            return
+        self._slots_saved = now
+        slots = self.limiter.state()
+        if slots:
+            await self._store.save_rate_slots(slots)
+
+    def _destination(self, head: DueRow) -> str | None:
+        sender = self._senders.get(head.row.channel)
+        if sender is None:
+            return None
+        try:
+            return f"{head.row.channel}:{sender.destination(_outgoing(head))}"
+        except Exception:  # a row the sender cannot read fails in its attempt, not here
+            return None
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    async def _attempt(self, claimed: ClaimedRow) -> None:
+        row = claimed.row
+        started = time.perf_counter()
+        try:
+            async with self._slots:
+                result = await self._perform(claimed)
+            result = _with_duration(result, started)
+            recorded = await self._store.finish_attempt(result)
+            self._observe(claimed, result, recorded)
+        except StoreUnavailable as exc:  # the lease expires; the next attempt asks first
+            log.error("attempt not recorded", stage="dispatch", outbox_id=row.id, error=str(exc))
+        except Exception as exc:
+            log.error("attempt failed", stage="dispatch", outbox_id=row.id, error=repr(exc)[:500])
+        finally:
+            self._inflight.pop(row.id, None)
+            self.wake()  # the lane's next row may go now
+
+    async def _perform(self, claimed: ClaimedRow) -> AttemptResult:
+        row = claimed.row
+        now = self._clock.now()
+        sender = self._senders.get(row.channel)
+        if sender is None:
+            return self._result(
+                claimed, AttemptOutcome.DEAD, f"no sender for channel {row.channel!r}"
+            )
+        if row.contact_key and row.kind not in NOTICES:
+            contact = (await self._store.contacts([row.contact_key])).get(row.contact_key)
+            if contact is not None and contact.consent == "opted_out":
+                # An opt-out committed a moment before the send wins.
+                return self._result(claimed, AttemptOutcome.CANCELLED, "contact opted out")
+        message = await self._prepared(claimed)
+        key = f"{row.channel}:{sender.destination(message)}"
+        if claimed.in_doubt:
+            checked = await self._check(claimed, sender, message, key)
+            if checked is not None:
+                return checked
+        try:
+            async with asyncio.timeout(self._config.timeout_seconds):
+                sent = await sender.send(message)
+        except SendFailed as failed:
+            return self._failed(claimed, key, failed, now)
+        except TimeoutError:
+            late = SendFailed(FailureKind.IN_DOUBT, "no answer in time: it may have been sent")
+            return self._failed(claimed, key, late, now)
+        self.breakers.success(key)
+        return self._sent(claimed, sent)
+
+    async def _prepared(self, claimed: ClaimedRow) -> Outgoing:
+        """The row as its sender sees it; a thread post learns its escalation's thread."""
+        message = _outgoing(claimed)
+        row = claimed.row
+        if (
+            row.channel == "slack"
+            and row.kind in ("relay_to_thread", "reminder")
+            and not (message.payload.get("thread_ts"))
+        ):
+            thread = await self._store.escalation_thread(row.conversation_key or "")
+            if thread is not None:
+                payload = {**message.payload, "thread_ts": thread}
+                message = msgspec.structs.replace(message, payload=payload)
+        return message
+
+    async def _check(
+        self, claimed: ClaimedRow, sender: Sender, message: Outgoing, key: str
+    ) -> AttemptResult | None:
+        """A row a crash left in doubt: ask the provider before any resend. None: send."""
+        since = claimed.previous_attempt_at or claimed.row.created_at
+        try:
+            found = await sender.find(message, since - timedelta(seconds=5))
+        except NotCheckable:
+            policy = self._in_doubt_policy.get(claimed.row.channel, "resend")
+            if policy == "dead":
+                return self._result(
+                    claimed,
+                    AttemptOutcome.DEAD,
+                    f"in doubt after a crash and {claimed.row.channel} cannot be checked: "
+                    f"not resent (channels.{claimed.row.channel}.in_doubt = dead)",
+                )
+            log.warning(
+                "in doubt, resending", stage="dispatch", outbox_id=claimed.row.id, policy=policy
+            )
+            return None
+        except SendFailed as failed:  # the check itself failed: ask again later
+            return self._failed(claimed, key, failed, self._clock.now())
+        self.breakers.success(key)
+        if found is not None:
+            log.info("in doubt, found sent", stage="dispatch", outbox_id=claimed.row.id)
+            return self._sent(claimed, found)
+        return None
+
+    def _sent(self, claimed: ClaimedRow, sent: Sent) -> AttemptResult:
+        return AttemptResult(
+            id=claimed.row.id,
+            token=claimed.token,
+            outcome=AttemptOutcome.SENT,
+            at=self._clock.now(),
+            duration_ms=0.0,
+            provider_message_id=sent.provider_message_id,
+            provider_status=sent.status if sent.status != "sent" else None,
+        )
+
+    def _failed(
+        self, claimed: ClaimedRow, key: str, failure: SendFailed, now: datetime
+    ) -> AttemptResult:
+        row = claimed.row
+        kind = failure.kind
+        if kind is FailureKind.OPTED_OUT:
+            self.breakers.success(key)
+            contact = ContactRecord(
+                address=row.contact_key or row.to, consent="opted_out", opted_out_at=now
+            )
+            ledger = LedgerRecord(
+                at=now,
+                event_id=row.event_id,
+                channel=row.channel,
+                change="opted_out",
+                reason=f"{failure.reason}" + (f" ({failure.code})" if failure.code else ""),
+            )
+            return msgspec.structs.replace(
+                self._result(claimed, AttemptOutcome.CANCELLED, failure.reason, failure.code),
+                opted_out=contact,
+                ledger=ledger,
+            )
+        if kind is FailureKind.PERMANENT:
+            self.breakers.success(key)  # the provider answered: the destination is up
+            return self._result(claimed, AttemptOutcome.DEAD, failure.reason, failure.code)
+        if failure.retry_after is not None and kind is FailureKind.TRANSIENT:
+            # Throttled (429, Slack `ratelimited`): slow the destination down; the row is not
+            # failing, so it uses no attempt and does not count against the breaker.
+            self.limiter.penalize(key, failure.retry_after)
+            return msgspec.structs.replace(
+                self._result(claimed, AttemptOutcome.RETRY, failure.reason, failure.code),
+                next_attempt_at=now + timedelta(seconds=failure.retry_after),
+                throttled=True,
+            )
+        self.breakers.failure(key)
+        tries = row.attempts + 1
+        if tries >= self._config.max_attempts:
+            return self._result(
+                claimed,
+                AttemptOutcome.DEAD,
+                f"gave up after {tries} attempts: {failure.reason}",
+                failure.code,
+            )
+        delay = retry_delay(
+            row.attempts,
+            failure.retry_after,
+            self._rng,
+            base=self._config.backoff_base_seconds,
+            cap=self._config.backoff_cap_seconds,
+        )
+        outcome = AttemptOutcome.IN_DOUBT if kind is FailureKind.IN_DOUBT else AttemptOutcome.RETRY
+        return msgspec.structs.replace(
+            self._result(claimed, outcome, failure.reason, failure.code),
+            next_attempt_at=now + timedelta(seconds=delay),
+        )
+
+    def _result(
+        self,
+        claimed: ClaimedRow,
+        outcome: AttemptOutcome,
+        error: str | None = None,
+        code: str | None = None,
+    ) -> AttemptResult:
+        return AttemptResult(
+            id=claimed.row.id,
+            token=claimed.token,
+            outcome=outcome,
+            at=self._clock.now(),
+            duration_ms=0.0,
+            error=error,
+            error_code=code,
+        )
+
+    # -- observation ---------------------------------------------------------------------
+
+    def _observe(self, claimed: ClaimedRow, result: AttemptResult, recorded: bool) -> None:
+        row = claimed.row
+        outcome = result.outcome.value if recorded else "fenced"
+        self.finished[outcome] = self.finished.get(outcome, 0) + 1
+        self._metrics.send_attempts.labels(row.channel, outcome).inc()
+        self._metrics.send_seconds.labels(row.channel).observe(result.duration_ms / 1000)
+        if result.outcome is AttemptOutcome.DEAD and recorded:
+            self._metrics.dead_letters.labels(row.channel).inc()
+        log.info(
+            "attempt",
+            stage="dispatch",
+            outbox_id=row.id,
+            event_id=row.event_id,
+            channel=row.channel,
+            to=mask_address(row.to),
+            outcome=outcome,
+            attempt=row.attempts + 1,
+            error=result.error,
+            error_code=result.error_code,
+            duration_ms=round(result.duration_ms, 3),
+        )
+
+    def _breaker_changed(self, key: str, old: str, new: str) -> None:
+        log.warning(
+            "circuit breaker", stage="dispatch", destination=mask_address(key), old=old, new=new
+        )
+        for state in ("closed", "open", "half_open"):
+            self._metrics.breaker_state.labels(key, state).set(1 if state == new else 0)
+
+
+def _outgoing(head: DueRow | ClaimedRow) -> Outgoing:
+    row = head.row
+    return Outgoing(
+        id=row.id,
+        channel=row.channel,
+        to=row.to,
+        category=row.category,
+        kind=row.kind,
+        payload=row.payload,
+        conversation_key=row.conversation_key,
+        attempts=row.attempts,
+    )
+
+
+def _with_duration(result: AttemptResult, started: float) -> AttemptResult:
+    return msgspec.structs.replace(result, duration_ms=(time.perf_counter() - started) * 1000)
