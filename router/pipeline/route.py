@@ -39,6 +39,7 @@ from router.store.records import (
     LedgerRecord,
     OutboxRow,
     OutboxStatus,
+    Receipt,
     RunRecord,
     TimerRecord,
 )
@@ -118,6 +119,69 @@ class _EventWork:
     errors: list[str] = field(default_factory=list)
     #: The conversation as the rules saw it.
     view: ConversationView | None = None
+    receipts: list[Receipt] = field(default_factory=list)
+
+
+@dataclass
+class _LaneWork:
+    """What the events of one lane have added up to, in order."""
+
+    conversation: Conversation | None
+    results: list[EventResult] = field(default_factory=list)
+    rows: list[OutboxRow] = field(default_factory=list)
+    cancels: list[tuple[str, str]] = field(default_factory=list)
+    contacts: list[tuple[ContactRecord, LedgerRecord | None]] = field(default_factory=list)
+    timers_set: list[TimerRecord] = field(default_factory=list)
+    timers_cleared: list[tuple[str, str, datetime | None]] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+
+    def add(self, work: _EventWork, result: EventResult) -> None:
+        """Merge one cleanly routed event."""
+        for contact_key, reason in work.cancels:  # rows made earlier in the lane, not stored yet
+            self.rows = [
+                _cancelled(row, reason) if _waiting_for(row, contact_key) else row
+                for row in self.rows
+            ]
+        self.conversation = work.conversation
+        self.rows += work.rows
+        self.cancels += work.cancels
+        self.contacts += work.contacts
+        self.receipts += work.receipts
+        for cleared in work.timers_cleared:  # the later order wins
+            named = cleared[:2]
+            self.timers_set = [t for t in self.timers_set if (t.conversation_key, t.timer) != named]
+            self.timers_cleared.append(cleared)
+        for armed in work.timers_set:  # the store applies sets before clears
+            named = (armed.conversation_key, armed.timer)
+            self.timers_set = [t for t in self.timers_set if (t.conversation_key, t.timer) != named]
+            self.timers_cleared = [
+                c for c in self.timers_cleared if c[:2] != named or c[2] is not None
+            ]
+            self.timers_set.append(armed)
+        self.results.append(result)
+
+    def commit(self, lane: ClaimedLane, now: datetime) -> LaneCommit:
+        record = None
+        if self.conversation is not None:
+            record = ConversationRecord(
+                key=lane.lease.lane,
+                state=self.conversation.state.value,
+                channel=self.conversation.channel,
+                contact=self.conversation.contact,
+                body=_conversation_encoder.encode(self.conversation),
+                updated_at=now,
+            )
+        return LaneCommit(
+            lease=lane.lease,
+            results=self.results,
+            conversation=record,
+            outbox=self.rows,
+            cancel_contacts=self.cancels,
+            contacts=self.contacts,
+            timers_set=self.timers_set,
+            timers_cleared=self.timers_cleared,
+            receipts=self.receipts,
+        )
 
 
 class LaneRouter:
@@ -140,7 +204,6 @@ class LaneRouter:
         """The lane's commit: each event routed in order; a raising event stops the lane (it is
         retried later) unless it has used its tries, then it is `failed` and the lane goes on."""
         key = lane.lease.lane
-        commit = LaneCommit(lease=lane.lease)
         try:
             current = _decode_conversation(lane.conversation)
         except msgspec.DecodeError as exc:  # every event of the lane fails until it is mended
@@ -148,37 +211,19 @@ class LaneRouter:
             broken: Exception | None = exc
         else:
             broken = None
-        results: list[EventResult] = []
-        rows: list[OutboxRow] = []
-        cancels: list[tuple[str, str]] = []
-        contacts: list[tuple[ContactRecord, LedgerRecord | None]] = []
-        timers_set: list[TimerRecord] = []
-        timers_cleared: list[tuple[str, str, datetime | None]] = []
+        done = _LaneWork(conversation=current)
         for event in lane.events:
             try:
                 if broken is not None:
                     raise ValueError(f"stored conversation cannot be read: {broken}")
-                work = await self._route_event(key, event, current, book, now)
+                work = await self._route_event(key, event, done.conversation, book, now)
             except Exception as exc:  # a poison event: never stalls the worker
                 tries = lane.attempts.get(event.id, 0) + 1
                 error = f"{type(exc).__name__}: {exc}"[:1000]
                 if tries < self.max_attempts:
-                    backoff = timedelta(seconds=min(2**tries, 60))
+                    retry_at = now + timedelta(seconds=min(2**tries, 60))
                     return msgspec.structs.replace(
-                        self._assemble(
-                            commit,
-                            results,
-                            current,
-                            key,
-                            rows,
-                            cancels,
-                            contacts,
-                            timers_set,
-                            timers_cleared,
-                            now,
-                        ),
-                        failed_attempt=event.id,
-                        retry_at=now + backoff,
+                        done.commit(lane, now), failed_attempt=event.id, retry_at=retry_at
                     )
                 run = RunRecord(
                     event_id=event.id,
@@ -186,63 +231,12 @@ class LaneRouter:
                     rules_version=None,
                     error=f"failed after {tries} tries: {error}",
                 )
-                results.append(EventResult(event_id=event.id, status=EventStatus.FAILED, run=run))
+                done.results.append(
+                    EventResult(event_id=event.id, status=EventStatus.FAILED, run=run)
+                )
                 continue
-            for contact_key, _ in work.cancels:  # rows made earlier in this lane, not yet stored
-                rows = [
-                    _cancelled(row, "contact opted out") if _waiting_for(row, contact_key) else row
-                    for row in rows
-                ]
-            current = work.conversation
-            rows += work.rows
-            cancels += work.cancels
-            contacts += work.contacts
-            for cleared in work.timers_cleared:  # the later order wins: set, then cleared
-                timers_set = [t for t in timers_set if (t.conversation_key, t.timer) != cleared[:2]]
-                timers_cleared.append(cleared)
-            for armed in work.timers_set:  # the store applies sets before clears
-                named = (armed.conversation_key, armed.timer)
-                timers_set = [t for t in timers_set if (t.conversation_key, t.timer) != named]
-                timers_cleared = [c for c in timers_cleared if c[:2] != named or c[2] is not None]
-                timers_set.append(armed)
-            results.append(self._result(event, work, now))
-        return self._assemble(
-            commit, results, current, key, rows, cancels, contacts, timers_set, timers_cleared, now
-        )
-
-    @staticmethod
-    def _assemble(
-        commit: LaneCommit,
-        results: list[EventResult],
-        current: Conversation | None,
-        key: str,
-        rows: list[OutboxRow],
-        cancels: list[tuple[str, str]],
-        contacts: list[tuple[ContactRecord, LedgerRecord | None]],
-        timers_set: list[TimerRecord],
-        timers_cleared: list[tuple[str, str, datetime | None]],
-        now: datetime,
-    ) -> LaneCommit:
-        record = None
-        if current is not None:
-            record = ConversationRecord(
-                key=key,
-                state=current.state.value,
-                channel=current.channel,
-                contact=current.contact,
-                body=_conversation_encoder.encode(current),
-                updated_at=now,
-            )
-        return msgspec.structs.replace(
-            commit,
-            results=results,
-            conversation=record,
-            outbox=rows,
-            cancel_contacts=cancels,
-            contacts=contacts,
-            timers_set=timers_set,
-            timers_cleared=timers_cleared,
-        )
+            done.add(work, self._result(event, work, now))
+        return done.commit(lane, now)
 
     @staticmethod
     def _result(event: Event, work: _EventWork, now: datetime) -> EventResult:
@@ -312,6 +306,9 @@ class LaneRouter:
                     work, event, timer_trigger, Context(event_id=event.id, now=now), book, now
                 )
             return work
+        receipt = _receipt(event, now)
+        if receipt is not None:
+            work.receipts.append(receipt)
         mapped = conversational and event.conversation_key != lane_key
         if mapped and event.type in (EventType.AGENT_REPLY, EventType.AGENT_ACTION):
             await self._agent_event(work, event, book, now)
@@ -708,6 +705,22 @@ class LaneRouter:
         work.conversation = conversation.record_message(
             work.conversation, message, self.policy.history_limit
         )
+
+
+def _receipt(event: Event, now: datetime) -> Receipt | None:
+    """A Twilio status callback is the delivery receipt of the row sent with its sid."""
+    if event.type != EventType.MESSAGE_STATUS:
+        return None
+    sid, status = event.data.get("message_sid"), event.data.get("status")
+    if not isinstance(sid, str) or not isinstance(status, str):
+        return None
+    code = event.data.get("error_code")
+    return Receipt(
+        provider_message_id=sid,
+        status=status,
+        error_code=str(code) if code not in (None, "") else None,
+        at=now,
+    )
 
 
 def _decode_conversation(record: ConversationRecord | None) -> Conversation | None:
