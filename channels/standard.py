@@ -7,24 +7,37 @@ after `whsec_` (base64-decoded); `webhook-signature` holds one or more space-sep
 5-minute window and we need the injected clock and `tolerance_seconds`; it also tries several
 secrets (rotation) in one pass. tests/channels/test_standard.py holds agreement with the
 library's verifier on every fixture.
+
+Outbound, `HttpForwardSender` (at the end) POSTs forwards signed the same way, with the
+reference library's `Webhook.sign`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import httpx
 import msgspec
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from channels.base import Ack, InboundRequest, Parsed, PayloadError, SignatureError
-from router.clock import Clock
+from channels.outbound import FailureKind, NotCheckable, Outgoing, SendFailed, Sent
+from router.clock import Clock, SystemClock
 from router.events import Event
 from router.ids import new_ulid
+
+if TYPE_CHECKING:
+    from router.config import HttpChannelConfig
 
 WHSEC_PREFIX = "whsec_"
 RECEIVED_ACK = Ack(body=b'{"received":true}')
@@ -134,3 +147,159 @@ def occurred_at(value: Any) -> datetime | None:
     except (ValueError, OverflowError, OSError):
         return None
     return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- outbound: HTTP forwards signed with Standard Webhooks ----------------------------------
+
+#: Seconds a forward may take (notes §4: 15-30 s).
+FORWARD_TIMEOUT_SECONDS = 15.0
+#: Most bytes of an answer read (the rest is dropped with the connection); a snippet of an
+#: error answer goes into the reason.
+_ANSWER_MAX = 64 * 1024
+_SNIPPET = 200
+
+
+class HttpForwardSender:
+    """POSTs a forward's `event` as JSON to its destination, signed as Standard Webhooks.
+
+    `webhook-id` is the outbox id, the same on every attempt; `webhook-timestamp` is the
+    attempt's time, so each attempt is signed anew. Receivers dedupe on `webhook-id` (that is
+    the contract of the scheme), which makes a forward safe to send again: a timeout after the
+    request went out is transient, not in doubt, and `find` need not look (NotCheckable, with
+    the dispatcher's default to resend).
+    """
+
+    channels: tuple[str, ...] = ("http",)
+
+    def __init__(
+        self,
+        forwards: Mapping[str, tuple[str, str | None]],
+        *,
+        timeout_seconds: float = FORWARD_TIMEOUT_SECONDS,
+        clock: Clock | None = None,
+    ) -> None:
+        """`forwards`: destination name -> (url, `whsec_` secret or None to send unsigned).
+        ValueError names a forward whose secret is not `whsec_` + base64."""
+        self._forwards: dict[str, tuple[str, Webhook | None]] = {}
+        for name, (url, secret) in forwards.items():
+            try:
+                signer = Webhook(secret) if secret else None
+            except (ValueError, EmptyWebhookSecretError) as exc:  # ValueError: binascii.Error
+                raise ValueError(f"forward {name!r}: the secret is not whsec_ + base64") from exc
+            self._forwards[name] = (url, signer)
+        self._clock = clock or SystemClock()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds),
+            follow_redirects=False,
+            headers={"user-agent": "switchboard"},
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: HttpChannelConfig, *, timeout_seconds: float = FORWARD_TIMEOUT_SECONDS
+    ) -> HttpForwardSender:
+        forwards = {name: (f.url, f.secret) for name, f in config.forwards.items()}
+        return cls(forwards, timeout_seconds=timeout_seconds)
+
+    def destination(self, message: Outgoing) -> str:
+        return message.to
+
+    async def send(self, message: Outgoing) -> Sent:
+        target = self._forwards.get(message.to)
+        if target is None:
+            reason = f"no forward named {message.to!r} in channels.http.forwards"
+            raise SendFailed(FailureKind.PERMANENT, reason)
+        url, signer = target
+        body = _forward_body(message)
+        headers = self._headers(message.id, body, signer)
+        try:
+            async with self._client.stream("POST", url, content=body, headers=headers) as answer:
+                snippet = await _snippet(answer)
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            reason = f"forward {message.to!r} has an unusable url: {exc}"
+            raise SendFailed(FailureKind.PERMANENT, reason) from exc
+        except httpx.TransportError as exc:
+            # Connect errors, and timeouts or resets after the request went out alike: the
+            # receiver dedupes on webhook-id, so sending again cannot deliver twice.
+            detail = str(exc) or type(exc).__name__
+            reason = f"forward {message.to!r} failed: {detail}"
+            raise SendFailed(FailureKind.TRANSIENT, reason) from exc
+        failure = forward_failure(
+            message.to, answer.status_code, answer.headers.get("retry-after"), snippet, self._clock
+        )
+        if failure is not None:
+            raise failure
+        return Sent(provider_message_id=message.id)
+
+    def _headers(self, outbox_id: str, body: bytes, signer: Webhook | None) -> dict[str, str]:
+        timestamp = math.floor(self._clock.now().timestamp())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": outbox_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if signer is not None:
+            at = datetime.fromtimestamp(timestamp, UTC)
+            headers["webhook-signature"] = signer.sign(outbox_id, at, body.decode())
+        return headers
+
+    async def find(self, message: Outgoing, since: datetime) -> Sent | None:
+        raise NotCheckable("a forward cannot be looked up, and resending it is safe")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _forward_body(message: Outgoing) -> bytes:
+    if "event" not in message.payload:
+        raise SendFailed(FailureKind.PERMANENT, "the forward's payload has no event")
+    try:
+        return msgspec.json.encode(message.payload["event"])
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise SendFailed(FailureKind.PERMANENT, f"the event is not JSON: {exc}") from exc
+
+
+async def _snippet(answer: httpx.Response) -> str:
+    """The start of the answer; reading it whole (when small) keeps the connection usable.
+    A body that breaks off changes nothing: the status line has said what happened."""
+    read = bytearray()
+    with contextlib.suppress(httpx.TransportError):
+        async for chunk in answer.aiter_bytes():
+            read += chunk
+            if len(read) >= _ANSWER_MAX:
+                break
+    return " ".join(read[:_SNIPPET].decode("utf-8", "replace").split())
+
+
+def forward_failure(
+    name: str, status: int, retry_after: str | None, snippet: str, clock: Clock
+) -> SendFailed | None:
+    """What a forward's answer means (notes §4); None for a 2xx."""
+    said = f"{name!r} answered {status}" + (f": {snippet}" if snippet else "")
+    if 200 <= status < 300:
+        return None
+    if status == 410:
+        return SendFailed(FailureKind.PERMANENT, f"destination gone (410): {said}", code="410")
+    if 300 <= status < 400:
+        reason = f"{said} (redirects are not followed: configure the final url)"
+        return SendFailed(FailureKind.PERMANENT, reason, code=str(status))
+    if status in (408, 429) or status >= 500:
+        wait = retry_after_seconds(retry_after, clock.now())
+        return SendFailed(FailureKind.TRANSIENT, said, code=str(status), retry_after=wait)
+    return SendFailed(FailureKind.PERMANENT, said, code=str(status))
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """A Retry-After header (delay in seconds or an HTTP date) as seconds from `now`."""
+    if not value or not value.strip():
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            at = parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        seconds = (at - now).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
