@@ -104,9 +104,3 @@ def event_to_builtins(event: Event) -> dict[str, Any]:
     """Plain JSON-ready dict (datetimes as RFC 3339 strings)."""
     result: dict[str, Any] = msgspec.to_builtins(event)
     return result
-
-
-def event_detail(event: Event) -> dict[str, Any]:
-    """One event as `events show` and `GET /api/events/{id}` give it: with its routing `runs`
-    and `outbox` rows (none until the conversation worker routes events)."""
-    return {**event_to_builtins(event), "runs": [], "outbox": []}

@@ -6,70 +6,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import msgspec
 
+from router.cli.common import Failure, print_json, settings_of, with_store
+from router.cli.routing import contacts, conversations, outbox, print_event_detail
 from router.cli.rules import require_rules, rules
 from router.clock import SystemClock
-from router.config import ConfigError, Settings, load_settings
-from router.errors import StoreUnavailable, SwitchboardError
-from router.events import Event, EventStatus, event_detail, event_to_builtins
-from router.store.base import EventFilter, QuarantinedRequest
-from router.store.factory import store_from_settings
-from router.store.sqlite import SQLiteStore
+from router.events import Event, EventStatus, event_to_builtins
+from router.store.base import EventFilter, QuarantinedRequest, Store
 from router.timeutil import parse_since
-
-T = TypeVar("T")
-
-
-class Failure(click.ClickException):
-    """A failure the user can act on: message on stderr, exit code 1."""
-
-    exit_code = 1
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj: dict[str, Any] = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        try:
-            obj["settings"] = load_settings(obj.get("config"))
-        except ConfigError as exc:
-            raise Failure(str(exc)) from exc
-    settings: Settings = obj["settings"]
-    return settings
-
-
-def _with_store(ctx: click.Context, work: Callable[[SQLiteStore], Awaitable[T]]) -> T:
-    settings = _settings(ctx)
-
-    async def run() -> T:
-        try:
-            store = store_from_settings(settings)
-        except ValueError as exc:
-            raise Failure(str(exc)) from exc
-        await store.open()
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except StoreUnavailable as exc:
-        raise Failure(f"store unavailable: {exc}") from exc
-    except SwitchboardError as exc:
-        raise Failure(str(exc)) from exc
-
-
-def _print_json(payload: Any) -> None:
-    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(payload), indent=2) + b"\n")
-    sys.stdout.flush()
+from router.views import event_detail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,7 +47,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     from router.http.app import create_app
     from router.logs import configure_logging
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     configure_logging(settings.logging.level, debug=settings.logging.debug)
     try:
         app = create_app(settings)
@@ -147,9 +98,9 @@ def events_list(
         since=since_at,
         limit=limit,
     )
-    found = _with_store(ctx, lambda store: store.list_events(where))
+    found = with_store(ctx, lambda store: store.list_events(where))
     if as_json:
-        _print_json([event_to_builtins(event) for event in found])
+        print_json([event_to_builtins(event) for event in found])
         return
     _print_table(found)
 
@@ -180,18 +131,20 @@ def _print_table(found: list[Event]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
 def events_show(ctx: click.Context, event_id: str, as_json: bool) -> None:
-    """Show one event with its routing runs and outbox rows."""
-    event = _with_store(ctx, lambda store: store.get_event(event_id))
-    if event is None:
-        raise Failure(f"no event {event_id}")
-    payload = event_detail(event)
-    if as_json:
-        _print_json(payload)
-        return
-    from rich.console import Console
-    from rich.pretty import Pretty
+    """Show one event with its routing runs (what the rules and the conversation decided) and
+    its outbox rows (what it sends), both oldest first. Exits 1 if there is no such event."""
 
-    Console().print(Pretty(payload, expand_all=True))
+    async def detail(store: Store) -> dict[str, Any] | None:
+        event = await store.get_event(event_id)
+        return await event_detail(store, event) if event is not None else None
+
+    payload = with_store(ctx, detail)
+    if payload is None:
+        raise Failure(f"no event {event_id}")
+    if as_json:
+        print_json(payload)
+        return
+    print_event_detail(payload)
 
 
 @cli.group()
@@ -205,10 +158,10 @@ def quarantine() -> None:
 @click.pass_context
 def quarantine_list(ctx: click.Context, limit: int, as_json: bool) -> None:
     """List quarantined requests, newest first, with their raw bodies."""
-    found = _with_store(ctx, lambda store: store.list_quarantine(limit))
+    found = with_store(ctx, lambda store: store.list_quarantine(limit))
     rows = [_quarantined_to_builtins(request) for request in found]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
@@ -271,7 +224,7 @@ def simulate(
 
     from router.cli.simulate import build_sample
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         sample = build_sample(provider, settings, text=text, sender=sender, event_type=type_)
     except LookupError as exc:
@@ -293,6 +246,9 @@ def simulate(
 
 
 cli.add_command(rules)
+cli.add_command(outbox)
+cli.add_command(conversations)
+cli.add_command(contacts)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from channels.base import InboundAdapter
 from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
-from router.events import Event, EventStatus, encode_event, event_detail
+from router.events import Event, EventStatus, encode_event
 from router.http.providers import accept_types, body_limits, inbound_adapters
 from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
@@ -35,6 +35,12 @@ from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.housekeeping import upkeep_forever
 from router.timeutil import parse_since
+from router.views import (
+    conversation_to_builtins,
+    event_detail,
+    outbox_filter,
+    outbox_to_builtins,
+)
 
 
 class AppContext:
@@ -222,11 +228,61 @@ async def api_event(
         return denied
     try:
         event = await ctx.store.get_event(event_id)
+        if event is None:
+            return _json(404, {"error": f"no event {event_id}"})
+        detail = await event_detail(ctx.store, event)
     except StoreUnavailable:
         return _json(503, {"error": "store unavailable"})
-    if event is None:
-        return _json(404, {"error": f"no event {event_id}"})
-    return _json(200, event_detail(event))
+    return _json(200, detail)
+
+
+#: Most outbox rows one page of /api/outbox holds; `Link: <...>; rel="next"` gives the rest.
+MAX_PAGE_ROWS = 200
+
+
+@get("/api/outbox", include_in_schema=False)
+async def api_outbox(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Outbox rows, newest first; filters `status`, `channel`, `to` (as stored: E.164 for
+    phones), `limit`; pages by `cursor` (from the `Link` header of the previous page)."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    params = request.query_params
+    try:
+        limit = _query_int(params, "limit", default=100, low=1, high=MAX_PAGE_ROWS)
+        where = outbox_filter(params, limit=limit + 1)
+    except ValueError as exc:
+        return _json(400, {"error": f"bad query: {exc}"})
+    try:
+        rows = await ctx.store.list_outbox(where)
+    except StoreUnavailable:
+        return _json(503, {"error": "store unavailable"})
+    response = _json(200, [outbox_to_builtins(row) for row in rows[:limit]])
+    if len(rows) > limit:
+        query = {**params.dict(), "cursor": [rows[limit - 1].id]}
+        link = urlencode([(name, value) for name, values in query.items() for value in values])
+        response.headers["link"] = f'</api/outbox?{link}>; rel="next"'
+    return response
+
+
+@get("/api/conversations/{key:str}", include_in_schema=False)
+async def api_conversation(
+    request: Request[Any, Any, Any], key: FromPath[str], state: State
+) -> Response[bytes]:
+    """One conversation by key (`sms:+15551230001:+15559870000`; `+` may be sent as `%2B`):
+    state, history, tags, attributes, escalation."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    try:
+        record = await ctx.store.get_conversation(key)
+    except StoreUnavailable:
+        return _json(503, {"error": "store unavailable"})
+    if record is None:
+        return _json(404, {"error": f"no conversation {key}"})
+    return _json(200, conversation_to_builtins(record))
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -270,7 +326,16 @@ def create_app(
             await the_store.close()
 
     return Litestar(
-        route_handlers=[webhooks, healthz, readyz, metrics, api_events, api_event],
+        route_handlers=[
+            webhooks,
+            healthz,
+            readyz,
+            metrics,
+            api_events,
+            api_event,
+            api_outbox,
+            api_conversation,
+        ],
         state=State({"ctx": ctx}),
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,

@@ -1,0 +1,222 @@
+"""The admin API's routing side (SPEC §10) through real HTTP on loopback: an event with its runs
+and outbox rows, `/api/outbox`, `/api/conversations/{key}`; bearer auth, 400, 404 and 503."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import uvicorn
+
+from router.config import load_settings
+from router.errors import StoreUnavailable
+from router.http.app import create_app
+from router.http.server import uvicorn_config
+from router.store.sqlite import SQLiteStore
+from tests.cases.twilio import message_params, signed
+from tests.support import (
+    ADMIN_TOKEN,
+    PUBLIC_URL,
+    SECRETS,
+    LiveServer,
+    config_text,
+    free_port,
+    live_server,
+    wait_for,
+)
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CUSTOMER = "+15551230001"
+OTHER = "+15551230004"
+OURS = "+15559870000"
+KEY = f"sms:{CUSTOMER}:{OURS}"
+HI_RULES = """version: 1
+rules:
+  - id: hi
+    when: {channel: sms}
+    then:
+      - reply: {text: "hi back"}
+"""
+NEW_PATHS = ["/api/outbox", f"/api/conversations/{KEY}", "/api/events/01ANYTHING"]
+
+
+def get(server: LiveServer, path: str, **kwargs: Any) -> httpx.Response:
+    headers = kwargs.pop("headers", AUTH)
+    return httpx.get(server.base_url + path, headers=headers, timeout=10, **kwargs)
+
+
+def send_sms(server: LiveServer, unique: str, sender: str = CUSTOMER) -> str:
+    """POST a signed Twilio SMS; the id of its event, once the worker has routed it."""
+    params = {**message_params(unique), "From": sender}
+    request = signed(PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0])
+    assert server.post(request).status_code == 200
+    [event] = get(server, "/api/events?source=twilio").json()[:1]
+    assert event["dedupe_key"] == f"twilio:SM{unique}"
+    wait_for(
+        lambda: get(server, f"/api/events/{event['id']}").json()["status"] == "processed",
+        interval=0.05,
+    )
+    event_id: str = event["id"]
+    return event_id
+
+
+def hi_rules(root: Path) -> str:
+    folder = root / "rules"
+    folder.mkdir()
+    (folder / "hi.yaml").write_text(HI_RULES)
+    return f'[rules]\npath = "{folder}"\n'
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, list[str]]]:
+    """A server that has routed two messages from two customers (oldest first)."""
+    root = tmp_path_factory.mktemp("admin-routing")
+    with live_server(root, extra=hi_rules(root)) as server:
+        yield server, [send_sms(server, "API1"), send_sms(server, "API2", OTHER)]
+
+
+def test_event_with_its_run_and_outbox_row(routed: tuple[LiveServer, list[str]]) -> None:
+    server, (event_id, _) = routed
+    response = get(server, f"/api/events/{event_id}")
+    assert response.status_code == 200, response.text
+    event = response.json()
+    [run] = event["runs"]
+    assert run["matched"] == ["hi"] and run["error"] is None
+    [row] = event["outbox"]
+    assert run["outbox_ids"] == [row["id"]]
+    assert (row["to"], row["channel"], row["status"], row["kind"]) == (
+        CUSTOMER,
+        "sms",
+        "pending",
+        "reply",
+    )
+    assert row["payload"]["text"] == "hi back"
+    # The CLI prints the very same object.
+    cli = server.cli("events", "show", event_id, "--json")
+    assert cli.exit_code == 0 and cli.json() == event
+
+
+def test_outbox_lists_and_filters(routed: tuple[LiveServer, list[str]]) -> None:
+    server, (first, second) = routed
+    rows = get(server, "/api/outbox?status=pending").json()
+    assert [row["event_id"] for row in rows] == [second, first]  # newest first
+    assert rows == server.cli("outbox", "list", "--status", "pending", "--json").json()
+    for query in (f"to={quote(CUSTOMER)}", f"to={CUSTOMER}", "to=%2B1%20555%20123%200001"):
+        [mine] = get(server, f"/api/outbox?{query}").json()  # a bare `+` arrives as a space
+        assert mine["event_id"] == first, query
+    assert get(server, "/api/outbox?channel=slack").json() == []
+    assert get(server, "/api/outbox?status=sent").json() == []
+
+
+def test_outbox_pages_by_link(routed: tuple[LiveServer, list[str]]) -> None:
+    server, (first, second) = routed
+    page = get(server, "/api/outbox?limit=1&status=pending")
+    assert [row["event_id"] for row in page.json()] == [second]
+    following = get(server, page.links["next"]["url"])
+    assert [row["event_id"] for row in following.json()] == [first]
+    assert "next" not in following.links
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["status=lost", "channel=fax", "limit=0", "limit=201", "limit=ten", "limit=%EF%BC%91"],
+)
+def test_outbox_bad_query_is_400(routed: tuple[LiveServer, list[str]], query: str) -> None:
+    response = get(routed[0], f"/api/outbox?{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("bad query")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/api/conversations/{KEY}",
+        f"/api/conversations/{quote(KEY, safe='')}",  # sms%3A%2B1555...
+        f"/api/conversations/{quote(KEY, safe=':')}",
+    ],
+)
+def test_conversation_by_key(routed: tuple[LiveServer, list[str]], path: str) -> None:
+    server, (event_id, _) = routed
+    response = get(server, path)
+    assert response.status_code == 200, response.text
+    shown = response.json()
+    assert (shown["key"], shown["state"], shown["contact"]) == (KEY, "bot", CUSTOMER)
+    inbound, reply = shown["history"]
+    assert (inbound["direction"], inbound["event_id"]) == ("in", event_id)
+    assert (reply["direction"], reply["text"]) == ("out", "hi back")
+    assert shown == server.cli("conversations", "show", KEY, "--json").json()
+
+
+@pytest.mark.parametrize(
+    "key", ["sms:+15550000000:+15559870000", "nope", "%00", "sms%3A%2B15550000000"]
+)
+def test_unknown_conversation_is_404(routed: tuple[LiveServer, list[str]], key: str) -> None:
+    response = get(routed[0], f"/api/conversations/{key}")
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]
+
+
+@pytest.mark.parametrize("path", NEW_PATHS)
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer", "Bearer wrong-token", f"Basic {ADMIN_TOKEN}"]
+)
+def test_bearer_token_is_required(
+    routed: tuple[LiveServer, list[str]], path: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = get(routed[0], path, headers=headers)
+    assert response.status_code == 401, response.text
+    assert "history" not in response.text and "payload" not in response.text
+
+
+class LockedOutStore(SQLiteStore):
+    """The SQLite store, whose reads fail as they do when another process holds the database
+    past the busy timeout, while `locked` is set."""
+
+    locked = False
+
+    async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        if self.locked:
+            raise StoreUnavailable("sqlite: database is locked")
+        return await super()._read(sql, params)
+
+
+@contextmanager
+def serving(tmp_path: Path, store: SQLiteStore) -> Iterator[LiveServer]:
+    """`live_server`, with the app given this store."""
+    port = free_port()
+    config_path = tmp_path / "switchboard.toml"
+    config_path.write_text(
+        config_text(tmp_path / "var" / "switchboard.db", port=port, extra=hi_rules(tmp_path))
+    )
+    settings = load_settings(config_path)
+    server = uvicorn.Server(uvicorn_config(create_app(settings, store=store), settings.server))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive())
+    assert server.started, "server did not start"
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", config_path, settings)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_store_unavailable_is_503_and_then_recovers(tmp_path: Path) -> None:
+    store = LockedOutStore(tmp_path / "var" / "switchboard.db")
+    with serving(tmp_path, store) as server:
+        event_id = send_sms(server, "LOCK")
+        paths = [path.replace("01ANYTHING", event_id) for path in NEW_PATHS]
+        store.locked = True
+        for path in paths:
+            response = get(server, path)
+            assert response.status_code == 503, response.text
+            assert response.json() == {"error": "store unavailable"}
+        store.locked = False
+        assert [get(server, path).status_code for path in paths] == [200, 200, 200]
