@@ -23,6 +23,7 @@ from router.cli.main import cli
 from router.config import Settings, load_settings
 from router.http.app import create_app
 from router.http.server import uvicorn_config
+from router.logs import configure_logging
 
 if TYPE_CHECKING:
     from router.clock import Clock
@@ -172,14 +173,29 @@ class LiveServer:
 
 @contextmanager
 def live_server(
-    tmp_path: Path, *, clock: Clock | None = None, **config: Any
+    tmp_path: Path,
+    *,
+    clock: Clock | None = None,
+    quiet: bool = True,
+    routing: bool = False,
+    **config: Any,
 ) -> Iterator[LiveServer]:
-    """Start the real app on a free loopback port; stop it on exit."""
+    """Start the real app on a free loopback port; stop it on exit.
+
+    `routing`: run the worker and the dispatcher in it; without, stored events stay as
+    ingested (what tests of ingest read). `quiet`: logs at the configured level (warning), as
+    `serve` would; False leaves logging as the test set it up."""
+    if not routing:
+        config["extra"] = config.get("extra", "") + "\n[worker]\nin_serve = false\n"
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     config_path = tmp_path / "switchboard.toml"
     config_path.write_text(config_text(tmp_path / "var" / "switchboard.db", port=port, **config))
     settings = load_settings(config_path)
+    # As `serve` does: the configured level. The server's background tasks (worker,
+    # dispatcher) log while the test runs CLI commands in this process, whose stdout is JSON.
+    if quiet:
+        configure_logging(settings.logging.level, debug=settings.logging.debug)
     # The config `serve` uses, so the connection limits of [server] apply here too.
     server = uvicorn.Server(uvicorn_config(create_app(settings, clock=clock), settings.server))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -191,6 +207,8 @@ def live_server(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        if quiet:
+            configure_logging("info")
 
 
 @dataclass

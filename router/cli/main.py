@@ -15,6 +15,7 @@ import msgspec
 
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.routing import contacts, conversations, outbox, print_event_detail
+from router.cli.routing_commands import dlq, replay_command, worker
 from router.cli.rules import require_rules, rules
 from router.clock import SystemClock
 from router.events import Event, EventStatus, event_to_builtins
@@ -249,6 +250,9 @@ cli.add_command(rules)
 cli.add_command(outbox)
 cli.add_command(conversations)
 cli.add_command(contacts)
+cli.add_command(worker)
+cli.add_command(replay_command)
+cli.add_command(dlq)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from router.cli.rules import require_rules
 from router.clock import SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
+from router.http.providers import senders
 from router.logs import configure_logging, flush_logs, get_logger
 from router.metrics import Metrics
 from router.pipeline.replay import ReplayReport, replay, select
@@ -26,8 +27,10 @@ from router.rules.live import LiveRules
 from router.rules.tools import RulesFolderMissing, load_folder
 from router.store.base import EventFilter
 from router.store.factory import store_from_settings
+from router.store.records import OutboxFilter, OutboxStatus
 from router.store.sqlite import SQLiteStore
 from router.timeutil import parse_since
+from router.views import outbox_to_builtins
 
 log = get_logger("switchboard.worker")
 
@@ -35,7 +38,8 @@ log = get_logger("switchboard.worker")
 @click.command("worker")
 @click.pass_context
 def worker(ctx: click.Context) -> None:
-    """Run the routing worker and its timers alone, without HTTP (same config and store).
+    """Run the routing worker, its timers and the dispatcher alone, without HTTP (same config
+    and store).
 
     `serve` runs one already unless `[worker] in_serve = false`. Ingest in another process
     does not wake this one: it finds new events at its poll (`worker.poll_seconds`).
@@ -63,22 +67,22 @@ async def _work(settings: Settings, rules: LiveRules) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     metrics = Metrics()
-    routed, timers = routing(store, settings, lambda: rules.ruleset, SystemClock(), metrics)
+    pipeline = routing(
+        store, settings, lambda: rules.ruleset, SystemClock(), metrics, senders(settings)
+    )
     try:
         await rules.start()
-        await timers.start()
-        routed.start()
-        log.info("worker.started", stage="route", owner=routed.owner)
+        await pipeline.start()
+        log.info("worker.started", stage="route", owner=pipeline.worker.owner)
         await stop.wait()
     finally:
-        await routed.stop()
-        await timers.stop()
+        await pipeline.stop()
         await rules.stop()
         await store.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(signum)
-        log.info("worker.stopped", stage="route", routed=routed.routed)
+        log.info("worker.stopped", stage="route", routed=pipeline.worker.routed)
 
 
 @click.command("replay")
@@ -217,3 +221,65 @@ def replay_report_payload(report: ReplayReport) -> dict[str, Any]:
     """The report as JSON builtins (the API answers this)."""
     payload: dict[str, Any] = msgspec.to_builtins(report)
     return payload
+
+
+@click.group("dlq")
+def dlq() -> None:
+    """Dead letters: outbox rows that will not be sent without a person."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (each with attempts).")
+@click.pass_context
+def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Dead rows, newest first, with why they died and every attempt."""
+
+    async def run(store: SQLiteStore) -> list[dict[str, Any]]:
+        rows = await store.list_outbox(OutboxFilter(status=OutboxStatus.DEAD, limit=limit))
+        shown = []
+        for row in rows:
+            attempts = [msgspec.to_builtins(a) for a in await store.attempts(row.id)]
+            shown.append({**outbox_to_builtins(row), "attempts_made": attempts})
+        return shown
+
+    found = with_store(ctx, run)
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo("no dead letters")
+        return
+    for row in found:
+        click.echo(
+            f"{row['id']}  {row['channel']} -> {row['to']}  {row['attempts']} attempts  "
+            f"{row['last_error'] or ''}"
+        )
+
+
+@dlq.command("retry")
+@click.argument("outbox_id")
+@click.pass_context
+def dlq_retry(ctx: click.Context, outbox_id: str) -> None:
+    """Queue a dead row again: attempts start from zero, its attempt history is kept."""
+
+    async def run(store: SQLiteStore) -> bool:
+        return await store.requeue_dead(outbox_id)
+
+    if not with_store(ctx, run):
+        raise Failure(f"no dead row {outbox_id} (see: switchboard dlq list)")
+    click.echo(f"{outbox_id} queued again")
+
+
+@dlq.command("discard")
+@click.argument("outbox_id")
+@click.pass_context
+def dlq_discard(ctx: click.Context, outbox_id: str) -> None:
+    """Give a dead row up for good: it becomes `cancelled`, and stays for the record."""
+
+    async def run(store: SQLiteStore) -> bool:
+        return await store.discard_dead(outbox_id, "discarded by an operator (switchboard dlq)")
+
+    if not with_store(ctx, run):
+        raise Failure(f"no dead row {outbox_id} (see: switchboard dlq list)")
+    click.echo(f"{outbox_id} discarded")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -13,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
@@ -23,13 +24,13 @@ from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.events import Event, EventStatus, encode_event
-from router.http.providers import accept_types, body_limits, inbound_adapters
+from router.http.providers import accept_types, body_limits, inbound_adapters, senders
 from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
 from router.pipeline.ingest import Ingestor
-from router.pipeline.timers import TimerScheduler
-from router.pipeline.worker import Worker, routing
+from router.pipeline.replay import replay, select
+from router.pipeline.worker import Routing, routing
 from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
@@ -66,13 +67,14 @@ class AppContext:
         #: Largest body each route reads, by the path after /webhooks/.
         self.body_limits = body_limits(settings)
         self.body_budget = BodyBudget(settings.server.max_body_memory_bytes)
-        #: The routing worker, when it runs in this process (`worker.in_serve`).
-        self.worker: Worker | None = None
-        self.timers: TimerScheduler | None = None
+        #: The worker, its timers and the dispatcher, when they run in this process
+        #: (`worker.in_serve`).
+        self.routing: Routing | None = None
         if settings.worker.in_serve:
-            self.worker, self.timers = routing(
-                store, settings, lambda: self.rules.ruleset, clock, metrics
+            self.routing = routing(
+                store, settings, lambda: self.rules.ruleset, clock, metrics, senders(settings)
             )
+        self.worker = self.routing.worker if self.routing is not None else None
         self.ingestor = Ingestor(
             store,
             store.blobs,
@@ -137,11 +139,67 @@ def _authorised(request: Request[Any, Any, Any], ctx: AppContext) -> Response[by
 
 @get("/metrics", include_in_schema=False)
 async def metrics(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
-    """Prometheus text format (admin token)."""
+    """Prometheus text format (admin token); the outbox gauges are read from the store."""
     ctx = _ctx(state)
-    return _authorised(request, ctx) or _respond(
-        200, "text/plain; version=0.0.4", ctx.metrics.render()
-    )
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    with contextlib.suppress(StoreUnavailable):  # the other figures are still worth a scrape
+        await _outbox_gauges(ctx)
+    return _respond(200, "text/plain; version=0.0.4", ctx.metrics.render())
+
+
+async def _outbox_gauges(ctx: AppContext) -> None:
+    now = ctx.clock.now()
+    counts = await ctx.store.outbox_counts()
+    ctx.metrics.outbox.clear()
+    for (status, channel), count in counts.items():
+        ctx.metrics.outbox.labels(status, channel).set(count)
+    oldest = await ctx.store.oldest_due(now)
+    ctx.metrics.queue_age.set((now - oldest).total_seconds() if oldest is not None else 0)
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The body of POST /api/replay (the CLI's filters; rules are always the live ones)."""
+
+    source: str | None = None
+    type: str | None = None
+    since: str | None = None
+    until: str | None = None
+    dry_run: bool = False
+
+
+@post("/api/replay", include_in_schema=False, status_code=200)
+async def api_replay(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Replay recorded events through the live rules (SPEC §9 `replay`); answers the report."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    try:
+        asked = msgspec.json.decode(await request.body() or b"{}", type=ReplayRequest)
+        now = ctx.clock.now()
+        where = EventFilter(
+            source=asked.source,
+            type=asked.type,
+            since=parse_since(asked.since, now) if asked.since else None,
+            until=parse_since(asked.until, now) if asked.until else None,
+        )
+    except (msgspec.DecodeError, ValueError) as exc:
+        return _json(400, {"error": f"bad replay request: {exc}"})
+    ruleset = ctx.rules.ruleset
+    if ruleset is None:
+        return _json(503, {"error": "no rules loaded"})
+    try:
+        events = await select(ctx.store, where)
+        report = await replay(
+            ctx.store, ctx.settings, ruleset, events, ctx.clock.now, dry_run=asked.dry_run
+        )
+    except StoreUnavailable:
+        return _json(503, {"error": "store unavailable"})
+    if ctx.routing is not None and not asked.dry_run:
+        ctx.routing.dispatcher.wake()
+    return _json(200, report)
 
 
 #: Most events one page of /api/events holds, and most bytes: a page stops at whichever
@@ -308,18 +366,16 @@ def create_app(
             await the_store.close()  # its thread would otherwise keep the process alive
             raise
         upkeep = asyncio.create_task(upkeep_forever(the_store, ctx.clock, settings))
-        if ctx.worker is not None and ctx.timers is not None:
-            await ctx.timers.start()
-            ctx.worker.start()
+        if ctx.routing is not None:
+            await ctx.routing.start()
         flusher = asyncio.create_task(flush_logs_forever())
         try:
             yield
         finally:
             upkeep.cancel()
             flusher.cancel()
-            if ctx.worker is not None and ctx.timers is not None:
-                await ctx.worker.stop()
-                await ctx.timers.stop()
+            if ctx.routing is not None:
+                await ctx.routing.stop()
             flush_logs()
             ctx.ingestor.close()
             await ctx.rules.stop()
@@ -335,6 +391,7 @@ def create_app(
             api_event,
             api_outbox,
             api_conversation,
+            api_replay,
         ],
         state=State({"ctx": ctx}),
         lifespan=[lifespan],

@@ -6,12 +6,15 @@ Only the HTTP app and the CLI import this module.
 from __future__ import annotations
 
 from channels.base import InboundAdapter
+from channels.email import SmtpSender
 from channels.mailgun import MailgunAdapter
+from channels.outbound import Sender
+from channels.sandbox import SandboxSender
 from channels.sendgrid import SendgridAdapter
-from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter
-from channels.standard import StandardWebhooksAdapter
+from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter, SlackSender
+from channels.standard import HttpForwardSender, StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
-from channels.twilio import TwilioAdapter
+from channels.twilio import TwilioAdapter, TwilioSender
 from router.clock import Clock
 from router.config import Settings
 
@@ -84,3 +87,48 @@ def accept_types(settings: Settings) -> dict[str, list[str]]:
     }
     found.update({name: cfg.accept_types for name, cfg in sources.custom.items()})
     return found
+
+
+def senders(settings: Settings) -> dict[str, Sender]:
+    """One sender per channel (SPEC §8): the official SDKs in `mode = "live"`, the sandbox
+    (records delivered, calls nobody) otherwise. Each sender's own timeout is a little shorter
+    than the dispatcher's, so a slow provider is classified by its sender, not cut off."""
+    channels = settings.channels
+    timeout = max(settings.dispatch.timeout_seconds - 1.0, settings.dispatch.timeout_seconds / 2)
+    sms = channels.sms
+    texts: Sender = (
+        TwilioSender(
+            account_sid=sms.account_sid,
+            auth_token=sms.auth_token,
+            from_=sms.from_,
+            messaging_service_sid=sms.messaging_service_sid,
+            api_base=sms.api_base,
+            status_callback_url=settings.server.public_url.rstrip("/") + "/webhooks/twilio/status",
+            timeout_seconds=timeout,
+        )
+        if sms.mode == "live"
+        else SandboxSender(("sms", "whatsapp"))
+    )
+    slack = channels.slack
+    posts: Sender = (
+        SlackSender(bot_token=slack.bot_token, api_base=slack.api_base, timeout_seconds=timeout)
+        if slack.mode == "live"
+        else SandboxSender(("slack",))
+    )
+    mail: Sender = (
+        SmtpSender.from_config(channels.email, timeout_seconds=timeout)
+        if channels.email.mode == "live"
+        else SandboxSender(("email",))
+    )
+    forwards: Sender = (
+        HttpForwardSender.from_config(channels.http, timeout_seconds=timeout)
+        if channels.http.mode == "live"
+        else SandboxSender(("http",))
+    )
+    return {
+        "sms": texts,
+        "whatsapp": texts,
+        "slack": posts,
+        "email": mail,
+        "http": forwards,
+    }

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
+from channels.outbound import Sender
 from router.clock import Clock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.ids import new_ulid
 from router.logs import get_logger
 from router.metrics import Metrics
+from router.pipeline.dispatch import Dispatcher
 from router.pipeline.route import ContactBook, LaneRouter
 from router.pipeline.timers import TimerScheduler
 from router.rules import RuleSet
@@ -46,6 +48,7 @@ class Worker:
         metrics: Metrics,
         *,
         on_timers: TimerListener | None = None,
+        on_rows: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -53,6 +56,8 @@ class Worker:
         self._config = settings.worker
         self._router = LaneRouter(settings, ruleset)
         self._on_timers = on_timers
+        #: Called after a commit that made rows or receipts (wakes the dispatcher).
+        self._on_rows = on_rows
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Names this worker's leases (the store keeps it for people reading the table).
@@ -144,6 +149,26 @@ class Worker:
         self._metrics.route_batch_seconds.observe(seconds)
         if self._on_timers is not None and (armed or disarmed):
             self._on_timers(armed, disarmed)
+        if self._on_rows is not None and outcome.new_outbox_ids:
+            self._on_rows()
+
+
+class Routing:
+    """Everything after an event is stored, run together: the worker that routes events, the
+    timers that feed it, and the dispatcher that sends the rows it makes."""
+
+    def __init__(self, worker: Worker, timers: TimerScheduler, dispatcher: Dispatcher) -> None:
+        self.worker, self.timers, self.dispatcher = worker, timers, dispatcher
+
+    async def start(self) -> None:
+        await self.timers.start()
+        self.worker.start()
+        await self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.timers.stop()
+        await self.dispatcher.stop()
 
 
 def routing(
@@ -152,9 +177,10 @@ def routing(
     ruleset: Callable[[], RuleSet | None],
     clock: Clock,
     metrics: Metrics,
-) -> tuple[Worker, TimerScheduler]:
-    """A worker and the timer scheduler that feeds it: timers it arms are scheduled, and a
-    timer that fires is an event that wakes it."""
+    senders: Mapping[str, Sender],
+) -> Routing:
+    """Wire the three: timers the worker arms are scheduled, a timer that fires is an event
+    that wakes the worker, and rows the worker commits wake the dispatcher."""
     worker: Worker
 
     def follow(armed: list[TimerRecord], disarmed: list[tuple[str, str]]) -> None:
@@ -163,9 +189,12 @@ def routing(
         for record in armed:
             timers.arm(record)
 
+    dispatcher = Dispatcher(store, settings, senders, clock, metrics)
     timers = TimerScheduler(store, clock, lambda: worker.wake())
-    worker = Worker(store, settings, ruleset, clock, metrics, on_timers=follow)
-    return worker, timers
+    worker = Worker(
+        store, settings, ruleset, clock, metrics, on_timers=follow, on_rows=dispatcher.wake
+    )
+    return Routing(worker, timers, dispatcher)
 
 
 def _contact_keys(lanes: list[ClaimedLane]) -> list[str]:

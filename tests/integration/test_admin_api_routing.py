@@ -86,7 +86,7 @@ def hi_rules(root: Path) -> str:
 def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, list[str]]]:
     """A server that has routed two messages from two customers (oldest first)."""
     root = tmp_path_factory.mktemp("admin-routing")
-    with live_server(root, extra=hi_rules(root)) as server:
+    with live_server(root, routing=True, extra=hi_rules(root)) as server:
         yield server, [send_sms(server, "API1"), send_sms(server, "API2", OTHER)]
 
 

@@ -81,7 +81,7 @@ def cli_json(server: LiveServer, *args: str) -> Any:
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
     root = tmp_path_factory.mktemp("routing-cli")
-    with live_server(root, extra=rules_folder(root)) as server:
+    with live_server(root, routing=True, extra=rules_folder(root)) as server:
         events = {
             "hello": send_sms(server, "HELLO"),
             "stop": send_sms(server, "STOP1", sender=QUITTER, body="STOP"),
@@ -287,13 +287,6 @@ def test_every_command_has_help(routed: Routed, command: tuple[str, ...]) -> Non
     assert "Usage: switchboard " + " ".join(command) in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="router/store/sqlite.py: SQLiteStore._connect leaks the aiosqlite connection (and "
-    "its non-daemon thread) when a PRAGMA fails, so the command prints its error and then "
-    "never exits",
-)
 def test_a_locked_store_is_unavailable_not_a_crash(tmp_path: Path) -> None:
     """Another process holds the database past the busy timeout: exit 1, nothing on stdout.
     Run as a process of its own, as a user runs it, so a command that never exits shows."""

@@ -40,7 +40,7 @@ def debug_log_buffer() -> Iterator[io.BytesIO]:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[LiveServer]:
-    with live_server(tmp_path) as server:
+    with live_server(tmp_path, quiet=False) as server:
         yield server
 
 
