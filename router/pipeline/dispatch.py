@@ -169,8 +169,8 @@ class Dispatcher:
                 continue
             key = self._destination(head)
             if key is not None:
-                slot = self.limiter.next_free(key)
-                if slot > now:
+                slot = self.limiter.next_free(key)  # "now" when free, read from the clock
+                if slot > self._clock.now():
                     soonest = slot if soonest is None else min(soonest, slot)
                     continue
                 if not self.breakers.allow(key):  # in half-open: this row is the one probe

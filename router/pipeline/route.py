@@ -467,6 +467,11 @@ class LaneRouter:
             if event.contact is None or event.channel is None:
                 work.errors.append(f"rule {action.rule_id}: reply to an event without a sender")
                 return
+            if event.type not in _CUSTOMER_MESSAGES:
+                # A reply answers someone who wrote; to a delivery receipt it would answer our
+                # own message, and the receipt of that answer would be answered again.
+                work.errors.append(f"rule {action.rule_id}: reply to a {event.type} event")
+                return
             text = str(params["text"])
             payload = {"text": text, **_sender(event)}
             await self._customer_row(
