@@ -35,6 +35,7 @@ from router.errors import StoreUnavailable
 from router.ids import new_ulid
 from router.logs import get_logger, mask_address
 from router.metrics import Metrics
+from router.pipeline import render
 from router.pipeline.limits import Breakers, RateLimiter, retry_delay
 from router.store.base import Store
 from router.store.records import (
@@ -250,7 +251,10 @@ class Dispatcher:
             if contact is not None and contact.consent == "opted_out":
                 # An opt-out committed a moment before the send wins.
                 return self._result(claimed, AttemptOutcome.CANCELLED, "contact opted out")
-        message = await self._prepared(claimed)
+        try:
+            message = await self._prepared(claimed)
+        except SendFailed as failed:
+            return self._result(claimed, AttemptOutcome.DEAD, failed.reason, failed.code)
         key = f"{row.channel}:{sender.destination(message)}"
         if claimed.in_doubt:
             checked = await self._check(claimed, sender, message, key)
@@ -268,9 +272,23 @@ class Dispatcher:
         return self._sent(claimed, sent)
 
     async def _prepared(self, claimed: ClaimedRow) -> Outgoing:
-        """The row as its sender sees it; a thread post learns its escalation's thread."""
+        """The row as its sender sees it; a thread post learns its escalation's thread, and an
+        escalation update is the post itself, rewritten."""
         message = _outgoing(claimed)
         row = claimed.row
+        if row.kind == "escalation_update":
+            post = await self._store.escalation_post(row.conversation_key or "")
+            if post is None or post.provider_message_id is None:
+                raise SendFailed(FailureKind.PERMANENT, "the escalation post was never sent")
+            rewritten = render.escalation_update_payload(
+                post.payload,
+                str(row.payload.get("state")),
+                row.payload.get("agent"),
+                row.conversation_key or "",
+            )
+            return msgspec.structs.replace(
+                message, payload={**rewritten, "ts": post.provider_message_id}
+            )
         if (
             row.channel == "slack"
             and row.kind in ("relay_to_thread", "reminder")

@@ -148,3 +148,35 @@ def relay_payload(effect: RelayToThread, *, debug: bool) -> dict[str, Any]:
         "text": _clip(f"Customer: {escape(effect.text)}", MAX_TEXT),
         "thread_ts": effect.thread_ts,
     }
+
+
+#: What an escalation post says once people act on it, by the conversation's new state.
+_OUTCOMES = {
+    "agent": ":raising_hand: Claimed by {who}",
+    "closed": ":white_check_mark: Resolved by {who}",
+    "bot": ":robot_face: Handed back to the bot by {who}",
+}
+
+
+def escalation_update_payload(
+    post: dict[str, Any], state: str, agent: str | None, conversation_key: str
+) -> dict[str, Any]:
+    """The escalation post as `chat.update` rewrites it after a claim, a resolve or a hand-back:
+    the same context, a line saying who did what, and only the buttons still useful (a claimed
+    conversation can still be resolved or handed back; a finished one has none)."""
+    who = f"<@{escape(agent)}>" if agent else "someone"
+    line = _OUTCOMES.get(state, "{who} acted on it").format(who=who)
+    kept = [block for block in post.get("blocks", []) if block.get("type") != "actions"]
+    blocks: list[dict[str, Any]] = [*kept, {"type": "context", "elements": [_mrkdwn(line)]}]
+    if state == "agent":
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    _button("Resolve", ACTION_RESOLVE, conversation_key),
+                    _button("Back to bot", ACTION_BACK_TO_BOT, conversation_key),
+                ],
+            }
+        )
+    text = _clip(f"{post.get('text', 'Escalation')} — {line}", MAX_TEXT)
+    return {"text": text, "blocks": blocks[-MAX_BLOCKS:]}

@@ -420,9 +420,25 @@ class LaneRouter:
         if trigger is None:
             work.errors.append(f"unknown escalation action {action_id!r}")
             return
+        before = work.conversation.escalation if work.conversation is not None else None
         await self._fire(
             work, event, trigger, Context(event_id=event.id, now=now, agent=agent), book, now
         )
+        refused = work.transition is None or "refused" in work.transition
+        if before is not None and work.conversation is not None and not refused:
+            # Show on the escalation post who claimed or closed it (Slack chat.update).
+            payload = {"state": work.conversation.state.value, "agent": agent}
+            work.rows.append(
+                self._slack_row(
+                    event,
+                    f"{event.id}:escalation_update",
+                    "escalation_update",
+                    before.slack_channel,
+                    payload,
+                    now,
+                    work.conversation.key,
+                )
+            )
 
     async def _fire(
         self,

@@ -190,6 +190,10 @@ class Store(Protocol):
         """Record an attempt's outcome, if the row is still held with its token (fencing)."""
         ...
 
+    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
+        """The conversation's latest sent escalation post (what `chat.update` rewrites)."""
+        ...
+
     async def escalation_thread(self, conversation_key: str) -> str | None:
         """The Slack ts of the conversation's latest sent escalation post (its thread)."""
         ...

@@ -756,6 +756,10 @@ class SQLiteStore:
         )
         return target
 
+    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
+        rows = await self._read(self._sql["escalation_post"], {"key": conversation_key})
+        return _outbox_from_row(rows[0]) if rows else None
+
     async def escalation_thread(self, conversation_key: str) -> str | None:
         rows = await self._read(self._sql["escalation_thread"], {"key": conversation_key})
         return rows[0][0] if rows else None

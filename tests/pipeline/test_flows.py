@@ -200,6 +200,10 @@ def test_a_customer_who_asks_for_a_human_is_handed_to_support_and_back(flow: Flo
 
     flow.button("switchboard.resolve", thread, "1337.1.resolve")
     assert flow.conversation()["state"] == "closed"
+    [update] = [
+        row for row in flow.outbox("--channel", "slack") if row["kind"] == "escalation_update"
+    ]
+    assert update["payload"] == {"state": "closed", "agent": slack.AGENT}  # shown on the post
 
     flow.sms("what are your hours?", "SM3")
     assert flow.conversation()["state"] == "bot"

@@ -199,3 +199,18 @@ def test_relay_of_a_huge_message_fits_slack() -> None:
     payload = render.relay_payload(effect, debug=False)
     assert len(payload["text"]) <= 40_000
     assert payload["text"].startswith("Customer: yyy") and payload["thread_ts"] is None
+
+
+def test_an_update_keeps_the_context_says_who_and_keeps_only_useful_buttons() -> None:
+    post = render.escalation_payload(escalation([line(1)]), KEY, debug=False)
+    claimed = render.escalation_update_payload(post, "agent", "U0AGENT", KEY)
+    assert post["blocks"][:-1] == claimed["blocks"][: len(post["blocks"]) - 1]
+    actions = [b for b in claimed["blocks"] if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions[0]["elements"]] == [
+        render.ACTION_RESOLVE,
+        render.ACTION_BACK_TO_BOT,
+    ]
+    assert "Claimed by <@U0AGENT>" in json.dumps(claimed["blocks"])
+    resolved = render.escalation_update_payload(post, "closed", "U0<!channel>", KEY)
+    assert not [b for b in resolved["blocks"] if b["type"] == "actions"]
+    assert "<!channel>" not in json.dumps(resolved)

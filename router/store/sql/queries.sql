@@ -292,3 +292,11 @@ WHERE id = :id;
 
 -- name: row_for_thread
 SELECT kind, recipient, conversation_key FROM outbox WHERE id = :id;
+
+-- name: escalation_post
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code
+FROM outbox
+WHERE conversation_key = :key AND kind = 'escalation' AND provider_message_id IS NOT NULL
+ORDER BY seq DESC LIMIT 1;
