@@ -51,8 +51,6 @@ log = get_logger("switchboard.dispatch")
 
 #: Compliance notices: they leave even to an opted-out contact (consent.may_send).
 NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
-#: Rows read per round; more than the sends in flight, so busy destinations can be skipped.
-_ROUND = 256
 
 
 class Dispatcher:
@@ -100,6 +98,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self.owner = f"dispatch-{new_ulid(clock.now())}"
         self._slots_saved: datetime | None = None
+        self._recorder = _Recorder(store)
         #: Attempts finished since start, by outcome (tests and bench read it).
         self.finished: dict[str, int] = {}
 
@@ -159,7 +158,7 @@ class Dispatcher:
         free = self._config.concurrency - len(self._inflight)
         if free <= 0:
             return self._config.poll_seconds
-        due = await self._store.due_rows(now, _ROUND)
+        due = await self._store.due_rows(now, max(2 * free, 64))
         chosen: list[DueRow] = []
         soonest: datetime | None = None
         for head in due:
@@ -196,8 +195,8 @@ class Dispatcher:
         next_due = await self._store.next_due(now)
         if next_due is not None:
             waits.append((next_due - now).total_seconds())
-        if len(chosen) == free or (due and len(due) >= _ROUND):
-            waits.append(0)
+        if chosen and (len(chosen) == free or len(due) >= max(2 * free, 64)):
+            waits.append(0)  # more may be ready now; when nothing was, sleep (no busy-wait)
         return max(0.0, min(waits))
 
     async def _save_slots(self, now: datetime) -> None:
@@ -228,7 +227,7 @@ class Dispatcher:
             async with self._slots:
                 result = await self._perform(claimed)
             result = _with_duration(result, started)
-            recorded = await self._store.finish_attempt(result)
+            recorded = await self._recorder.record(result)
             self._observe(claimed, result, recorded)
         except StoreUnavailable as exc:  # the lease expires; the next attempt asks first
             log.error("attempt not recorded", stage="dispatch", outbox_id=row.id, error=str(exc))
@@ -442,6 +441,39 @@ class Dispatcher:
         )
         for state in ("closed", "open", "half_open"):
             self._metrics.breaker_state.labels(key, state).set(1 if state == new else 0)
+
+
+class _Recorder:
+    """Group commit of attempt outcomes: the sends that finish while a commit is under way
+    are recorded together in the next one (one fsync for a burst, not one per message)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: list[tuple[AttemptResult, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, result: AttemptResult) -> bool:
+        """True once recorded; False if the row's lease was lost (fenced)."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((result, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await done
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(0)  # outcomes finishing in this same tick join the batch
+            batch, self._waiting = self._waiting, []
+            try:
+                recorded = await self._store.finish_attempts([result for result, _ in batch])
+            except Exception as exc:  # each sender hears it, as with its own commit
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), applied in zip(batch, recorded, strict=True):
+                if not done.done():
+                    done.set_result(applied)
 
 
 def _outgoing(head: DueRow | ClaimedRow) -> Outgoing:

@@ -190,6 +190,10 @@ class Store(Protocol):
         """Record an attempt's outcome, if the row is still held with its token (fencing)."""
         ...
 
+    async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
+        """`finish_attempt` for many, in one transaction (one fsync for a burst of sends)."""
+        ...
+
     async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
         """The conversation's latest sent escalation post (what `chat.update` rewrites)."""
         ...

@@ -557,31 +557,37 @@ class SQLiteStore:
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
         rows = await self._read(self._sql["dispatch_scan"], {"limit": _DISPATCH_SCAN})
         moment = timestamp(now)
-        heads: dict[str, DueRow | None] = {}
+        #: lane -> (priority, in doubt, the row), or None when the lane must wait.
+        heads: dict[str, tuple[int, bool, Any] | None] = {}
+        urgent = 0
         for row in rows:
-            lane, status, lease_until, started = row[17], row[8], row[18], row[19]
+            lane, status, lease_until = row[17], row[8], row[18]
             if lane in heads:
                 continue
             if status == "sending":  # in flight, or left in doubt by a dead dispatcher
                 expired = lease_until is None or lease_until <= moment
-                heads[lane] = (
-                    DueRow(
-                        row=_outbox_from_row(row), in_doubt=True, previous_attempt_at=_dt(started)
-                    )
-                    if expired
-                    else None
-                )
-            elif status == "deferred":
-                if row[9] is None or row[9] <= moment:
-                    heads[lane] = DueRow(row=_outbox_from_row(row))
-                # else: quiet hours hold this row, not the rest of its lane
-            elif row[15] is None or row[15] <= moment:
-                heads[lane] = DueRow(row=_outbox_from_row(row))
-            else:
+                heads[lane] = (0, True, row) if expired else None
+            elif status == "deferred" and row[9] is not None and row[9] > moment:
+                continue  # quiet hours hold this row, not the rest of its lane
+            elif status == "pending" and row[15] is not None and row[15] > moment:
                 heads[lane] = None  # waiting for a retry: later rows of its lane wait too
-        due = [head for head in heads.values() if head is not None]
-        due.sort(key=lambda head: head.row.priority)  # stable: creation order within a priority
-        return due[:limit]
+            else:
+                priority = 1 if row[6] == "marketing" else 0
+                heads[lane] = (priority, False, row)
+                urgent += priority == 0
+            if urgent >= limit:
+                break  # enough of the first priority: later rows could not come first
+        due = sorted(
+            (head for head in heads.values() if head is not None), key=lambda head: head[0]
+        )[:limit]  # stable: creation order within a priority
+        return [
+            DueRow(
+                row=_outbox_from_row(row),
+                in_doubt=in_doubt,
+                previous_attempt_at=_dt(row[19]) if in_doubt else None,
+            )
+            for _, in_doubt, row in due
+        ]
 
     async def claim_rows(
         self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
@@ -611,68 +617,73 @@ class SQLiteStore:
         return await self._transact(run)
 
     async def finish_attempt(self, result: AttemptResult) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            held = conn.execute(self._sql["row_lease"], {"id": result.id}).fetchone()
-            if held is None or held[0] != result.token or held[1] != "sending":
-                return False  # fenced: the lease expired and another attempt took the row
-            outcome = result.outcome
-            if outcome is AttemptOutcome.SENT:
-                conn.execute(
-                    self._sql["finish_sent"],
-                    {"id": result.id, "provider_message_id": result.provider_message_id},
-                )
-                if result.provider_message_id:
-                    self._map_thread(conn, result.id, result.provider_message_id)
-                    self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
-                if result.provider_status:
-                    self._deliver(conn, result.id, "sent", result.provider_status, None)
-            elif outcome is AttemptOutcome.IN_DOUBT:
-                conn.execute(
-                    self._sql["finish_in_doubt"],
-                    {
-                        "id": result.id,
-                        "error": result.error,
-                        "error_code": result.error_code,
-                        "until": _ts(result.next_attempt_at) or timestamp(result.at),
-                    },
-                )
-            elif outcome is AttemptOutcome.RETRY:
-                conn.execute(
-                    self._sql["finish_retry"],
-                    {
-                        "id": result.id,
-                        "error": result.error,
-                        "error_code": result.error_code,
-                        "next_attempt_at": _ts(result.next_attempt_at),
-                        "step": 0 if result.throttled else 1,
-                    },
-                )
-            else:
-                conn.execute(
-                    self._sql["finish_dead"],
-                    {
-                        "id": result.id,
-                        "status": "dead" if outcome is AttemptOutcome.DEAD else "cancelled",
-                        "error": result.error,
-                        "error_code": result.error_code,
-                    },
-                )
-            if result.opted_out is not None:
-                self._opt_out(conn, result.opted_out, result.ledger, result.at)
+        return (await self.finish_attempts([result]))[0]
+
+    async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
+        return await self._transact(
+            lambda conn: [self._finish_one(conn, result) for result in results]
+        )
+
+    def _finish_one(self, conn: sqlite3.Connection, result: AttemptResult) -> bool:
+        held = conn.execute(self._sql["row_lease"], {"id": result.id}).fetchone()
+        if held is None or held[0] != result.token or held[1] != "sending":
+            return False  # fenced: the lease expired and another attempt took the row
+        outcome = result.outcome
+        if outcome is AttemptOutcome.SENT:
             conn.execute(
-                self._sql["insert_attempt"],
+                self._sql["finish_sent"],
+                {"id": result.id, "provider_message_id": result.provider_message_id},
+            )
+            if result.provider_message_id:
+                self._map_thread(conn, result.id, result.provider_message_id)
+                self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
+            if result.provider_status:
+                self._deliver(conn, result.id, "sent", result.provider_status, None)
+        elif outcome is AttemptOutcome.IN_DOUBT:
+            conn.execute(
+                self._sql["finish_in_doubt"],
                 {
-                    "outbox_id": result.id,
-                    "at": timestamp(result.at),
-                    "outcome": outcome.value,
+                    "id": result.id,
                     "error": result.error,
                     "error_code": result.error_code,
-                    "duration_ms": result.duration_ms,
+                    "until": _ts(result.next_attempt_at) or timestamp(result.at),
                 },
             )
-            return True
-
-        return await self._transact(run)
+        elif outcome is AttemptOutcome.RETRY:
+            conn.execute(
+                self._sql["finish_retry"],
+                {
+                    "id": result.id,
+                    "error": result.error,
+                    "error_code": result.error_code,
+                    "next_attempt_at": _ts(result.next_attempt_at),
+                    "step": 0 if result.throttled else 1,
+                },
+            )
+        else:
+            conn.execute(
+                self._sql["finish_dead"],
+                {
+                    "id": result.id,
+                    "status": "dead" if outcome is AttemptOutcome.DEAD else "cancelled",
+                    "error": result.error,
+                    "error_code": result.error_code,
+                },
+            )
+        if result.opted_out is not None:
+            self._opt_out(conn, result.opted_out, result.ledger, result.at)
+        conn.execute(
+            self._sql["insert_attempt"],
+            {
+                "outbox_id": result.id,
+                "at": timestamp(result.at),
+                "outcome": outcome.value,
+                "error": result.error,
+                "error_code": result.error_code,
+                "duration_ms": result.duration_ms,
+            },
+        )
+        return True
 
     def _opt_out(
         self,
