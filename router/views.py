@@ -35,7 +35,8 @@ _conversation_decoder = msgspec.json.Decoder(Conversation)
 
 
 def outbox_to_builtins(row: OutboxRow) -> dict[str, Any]:
-    """Outbox JSON (SPEC §9), plus `kind`, `payload`, `created_at` and `contact_key`."""
+    """Outbox JSON (SPEC §9), plus `kind`, `payload`, `created_at`, `contact_key`, and
+    `next_attempt_at` and `error_code` of the last failure."""
     return {
         "id": row.id,
         "event_id": row.event_id,
@@ -49,6 +50,9 @@ def outbox_to_builtins(row: OutboxRow) -> dict[str, Any]:
         "last_error": row.last_error,
         "provider_message_id": row.provider_message_id,
         "kind": row.kind,
+        #: A row waiting for a retry has this; one held by quiet hours has `not_before`.
+        "next_attempt_at": _iso(row.next_attempt_at),
+        "error_code": row.error_code,
         "created_at": _iso(row.created_at),
         "contact_key": row.contact_key,
         "payload": row.payload,
