@@ -49,6 +49,9 @@ from router.store.records import (
 
 log = get_logger("switchboard.dispatch")
 
+#: How far ahead a round books rate slots: a row whose slot starts within this waits for it
+#: in its own task, so one round sends several rows of one sender number, each at its slot.
+_BOOK_AHEAD = timedelta(seconds=1)
 #: Compliance notices: they leave even to an opted-out contact (consent.may_send).
 NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
 
@@ -92,7 +95,8 @@ class Dispatcher:
             on_change=self._breaker_changed,
         )
         self._rng = rng or random.Random()
-        self._slots = asyncio.Semaphore(self._config.concurrency)
+        #: Sends started and not yet answered (at most `dispatch.concurrency`).
+        self._sending = 0
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -155,11 +159,12 @@ class Dispatcher:
     async def run_once(self) -> float:
         """Start the sends of one round; the seconds until there may be more to do."""
         now = self._clock.now()
-        free = self._config.concurrency - len(self._inflight)
+        free = self._config.concurrency - self._sending
         if free <= 0:
             return self._config.poll_seconds
         due = await self._store.due_rows(now, max(2 * free, 64))
         chosen: list[DueRow] = []
+        starts: dict[str, datetime] = {}
         soonest: datetime | None = None
         for head in due:
             if len(chosen) >= free:
@@ -168,14 +173,16 @@ class Dispatcher:
             if row.id in self._inflight:
                 continue
             key = self._destination(head)
+            start = now
             if key is not None:
                 slot = self.limiter.next_free(key)  # "now" when free, read from the clock
-                if slot > self._clock.now():
+                if slot > self._clock.now() + _BOOK_AHEAD:
                     soonest = slot if soonest is None else min(soonest, slot)
                     continue
                 if not self.breakers.allow(key):  # in half-open: this row is the one probe
                     continue
-                self.limiter.take(key)
+                start = self.limiter.take(key)  # a slot now, or just ahead: waited for
+            starts[head.row.id] = start
             chosen.append(head)
         if chosen:
             claimed_rows = await self._store.claim_rows(
@@ -187,7 +194,10 @@ class Dispatcher:
                 if head.row.id not in taken and key is not None:
                     self.breakers.release(key)  # another dispatcher had it: no probe spent
             for claimed in claimed_rows:
-                self._inflight[claimed.row.id] = asyncio.create_task(self._attempt(claimed))
+                self._sending += 1
+                self._inflight[claimed.row.id] = asyncio.create_task(
+                    self._attempt(claimed, starts.get(claimed.row.id, now))
+                )
             await self._save_slots(now)
         waits = [self._config.poll_seconds]
         if soonest is not None:
@@ -220,12 +230,17 @@ class Dispatcher:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    async def _attempt(self, claimed: ClaimedRow) -> None:
+    async def _attempt(self, claimed: ClaimedRow, start: datetime) -> None:
         row = claimed.row
-        started = time.perf_counter()
         try:
-            async with self._slots:
+            try:
+                wait = (start - self._clock.now()).total_seconds()
+                if wait > 0:  # a rate slot booked just ahead
+                    await asyncio.sleep(wait)
+                started = time.perf_counter()
                 result = await self._perform(claimed)
+            finally:
+                self._sending -= 1  # the provider has answered: the place is free again
             result = _with_duration(result, started)
             recorded = await self._recorder.record(result)
             self._observe(claimed, result, recorded)

@@ -555,38 +555,42 @@ class SQLiteStore:
     # -- dispatch ---------------------------------------------------------------------------
 
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
-        rows = await self._read(self._sql["dispatch_scan"], {"limit": _DISPATCH_SCAN})
+        scan = await self._read(self._sql["dispatch_scan"], {"limit": _DISPATCH_SCAN})
         moment = timestamp(now)
-        #: lane -> (priority, in doubt, the row), or None when the lane must wait.
-        heads: dict[str, tuple[int, bool, Any] | None] = {}
+        #: lane -> (priority, id, in doubt, previous attempt), or None when the lane must wait.
+        heads: dict[str, tuple[int, str, bool, str | None] | None] = {}
         urgent = 0
-        for row in rows:
-            lane, status, lease_until = row[17], row[8], row[18]
+        for row_id, category, status, not_before, next_attempt, lane, lease_until, started in scan:
             if lane in heads:
                 continue
             if status == "sending":  # in flight, or left in doubt by a dead dispatcher
                 expired = lease_until is None or lease_until <= moment
-                heads[lane] = (0, True, row) if expired else None
-            elif status == "deferred" and row[9] is not None and row[9] > moment:
+                heads[lane] = (0, row_id, True, started) if expired else None
+            elif status == "deferred" and not_before is not None and not_before > moment:
                 continue  # quiet hours hold this row, not the rest of its lane
-            elif status == "pending" and row[15] is not None and row[15] > moment:
+            elif status == "pending" and next_attempt is not None and next_attempt > moment:
                 heads[lane] = None  # waiting for a retry: later rows of its lane wait too
             else:
-                priority = 1 if row[6] == "marketing" else 0
-                heads[lane] = (priority, False, row)
+                priority = 1 if category == "marketing" else 0
+                heads[lane] = (priority, row_id, False, None)
                 urgent += priority == 0
             if urgent >= limit:
                 break  # enough of the first priority: later rows could not come first
         due = sorted(
             (head for head in heads.values() if head is not None), key=lambda head: head[0]
         )[:limit]  # stable: creation order within a priority
+        if not due:
+            return []
+        ids = _json_list([head[1] for head in due])
+        rows = {row[0]: row for row in await self._read(self._sql["rows_by_id"], {"ids": ids})}
         return [
             DueRow(
-                row=_outbox_from_row(row),
+                row=_outbox_from_row(rows[row_id]),
                 in_doubt=in_doubt,
-                previous_attempt_at=_dt(row[19]) if in_doubt else None,
+                previous_attempt_at=_dt(started),
             )
-            for _, in_doubt, row in due
+            for _, row_id, in_doubt, started in due
+            if row_id in rows
         ]
 
     async def claim_rows(

@@ -194,11 +194,16 @@ SELECT id FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: dispatch_scan
 -- Rows not finished, in creation order: the dispatcher takes the due head of each lane.
-SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
-       not_before, created_at, attempts, last_error, provider_message_id, payload,
-       next_attempt_at, error_code, lane, lease_until, attempt_started_at
+-- Only what choosing needs: the chosen rows are read whole afterwards (`rows_by_id`).
+SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, attempt_started_at
 FROM outbox WHERE status IN ('pending', 'deferred', 'sending')
 ORDER BY seq LIMIT :limit;
+
+-- name: rows_by_id
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code
+FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: claim_row
 UPDATE outbox SET status = 'sending', lease_token = :token, lease_until = :until,
