@@ -609,6 +609,9 @@ class SmtpSender:
     async def find(self, message: Outgoing, since: datetime) -> Sent | None:
         raise NotCheckable("SMTP cannot be asked afterwards: the 250 after DATA is the receipt")
 
+    async def start(self) -> None:
+        return None  # nothing to build ahead
+
     async def close(self) -> None:
         return None  # no connection outlives a send
 

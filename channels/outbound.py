@@ -103,6 +103,11 @@ class Sender(Protocol):
         doubt)? The Sent if so, None if surely not; NotCheckable if the provider cannot tell."""
         ...
 
+    async def start(self) -> None:
+        """Import the SDK and build its client now, on the loop that will use it: done at the
+        first send instead, it would hold the loop (and the rate spacing) for a moment."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

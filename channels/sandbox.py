@@ -36,5 +36,8 @@ class SandboxSender:
     async def find(self, message: Outgoing, since: datetime) -> Sent | None:
         return None  # nothing was ever sent: a resend is a no-op as well
 
+    async def start(self) -> None:
+        return None  # nothing to build ahead
+
     async def close(self) -> None:
         return None

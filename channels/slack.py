@@ -637,6 +637,9 @@ class SlackSender:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        self._slack()
+
     def _slack(self) -> AsyncWebClient:
         if self._client is None:
             import aiohttp

@@ -246,6 +246,9 @@ class HttpForwardSender:
     async def find(self, message: Outgoing, since: datetime) -> Sent | None:
         raise NotCheckable("a forward cannot be looked up, and resending it is safe")
 
+    async def start(self) -> None:
+        return None  # nothing to build ahead
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -535,6 +535,9 @@ class TwilioSender:
     def _to(message: Outgoing) -> str:
         return _whatsapp(message.to) if message.channel == "whatsapp" else message.to
 
+    async def start(self) -> None:
+        self._twilio()
+
     def _twilio(self) -> Any:
         if self._client is None:
             from twilio.http.async_http_client import AsyncTwilioHttpClient

@@ -117,6 +117,8 @@ class Dispatcher:
         self._wake.set()
 
     async def start(self) -> None:
+        for sender in {id(s): s for s in self._senders.values()}.values():
+            await sender.start()
         try:
             self.limiter.restore(await self._store.rate_slots())
         except StoreUnavailable as exc:
@@ -336,8 +338,9 @@ class Dispatcher:
             return None
         except SendFailed as failed:  # the check itself failed: ask again later
             return self._failed(claimed, key, failed, self._clock.now())
-        self.breakers.success(key)
-        if found is not None:
+        if found is not None:  # only a send found says the destination works: a lookup can
+            # answer while sending still fails, and must not close the breaker then
+            self.breakers.success(key)
             log.info("in doubt, found sent", stage="dispatch", outbox_id=claimed.row.id)
             return self._sent(claimed, found)
         return None
@@ -368,7 +371,9 @@ class Dispatcher:
                 event_id=row.event_id,
                 channel=row.channel,
                 change="opted_out",
-                reason=f"{failure.reason}" + (f" ({failure.code})" if failure.code else ""),
+                reason=failure.reason
+                if not failure.code or failure.code in failure.reason
+                else f"{failure.reason} ({failure.code})",
             )
             return msgspec.structs.replace(
                 self._result(claimed, AttemptOutcome.CANCELLED, failure.reason, failure.code),

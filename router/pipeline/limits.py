@@ -38,8 +38,8 @@ __all__ = [
 #: one channel) only the oldest pending row is a candidate at all, so priority never reorders a
 #: conversation. Every round re-reads the due heads, so when a destination's rate slot frees,
 #: the first candidate for it is a conversational or transactional row if one is waiting: a
-#: reply queued behind 500 marketing rows from the same sender waits for at most one slot,
-#: not for the burst to drain.
+#: reply queued behind 500 marketing rows from the same sender waits only for the slots the
+#: dispatcher booked ahead (at most a second's worth), not for the burst to drain.
 PRIORITY: dict[str, int] = {"conversational": 0, "transactional": 0, "marketing": 1}
 
 

@@ -264,8 +264,14 @@ WHERE conversation_key = :key AND kind = 'escalation' AND provider_message_id IS
 ORDER BY seq DESC LIMIT 1;
 
 -- name: next_due
-SELECT min(coalesce(next_attempt_at, not_before)) FROM outbox
-WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before) > :now;
+-- The next waiting row to fall due: a retry, the end of quiet hours, or an in-doubt row's check.
+SELECT min(due) FROM (
+    SELECT coalesce(next_attempt_at, not_before) AS due FROM outbox
+    WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before) > :now
+    UNION ALL
+    SELECT lease_until FROM outbox
+    WHERE status = 'sending' AND lease_token IS NULL AND lease_until > :now
+);
 
 -- name: requeue_dead
 UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL,
