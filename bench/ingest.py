@@ -96,7 +96,8 @@ def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
 
 
 def config_text(port: int, db: Path, log_level: str) -> str:
-    """Only the Twilio source; an empty rules folder, so the figures are the ingest path's."""
+    """Only the Twilio source, an empty rules folder and no worker in the server, so the figures
+    are the ingest path's (bench/pipeline.py measures ingest with the worker beside it)."""
     return f"""
 [server]
 host = "127.0.0.1"
@@ -112,6 +113,9 @@ path = "{db.parent / "rules"}"
 
 [sources.twilio]
 auth_tokens = ["{TOKEN}"]
+
+[worker]
+in_serve = false
 
 [logging]
 level = "{log_level}"
