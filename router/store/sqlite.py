@@ -25,6 +25,7 @@ import msgspec
 
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Event, EventStatus, decode_event, encode_event
+from router.logs import get_logger
 from router.store.base import (
     EventFilter,
     IngestItem,
@@ -57,6 +58,7 @@ from router.store.records import (
 )
 
 T = TypeVar("T")
+log = get_logger("switchboard.store")
 #: An item and its row, encoded by the caller: an event that cannot be stored fails alone.
 _Prepared = tuple[IngestItem, tuple[Any, ...]]
 _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
@@ -935,11 +937,22 @@ class SQLiteStore:
             "limit": where.limit,
         }
         rows = await self._read(self._sql["list_events"], params)
-        return [_event_from_row(row) for row in rows]
+        found = []
+        for row in rows:
+            try:
+                found.append(_event_from_row(row))
+            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
+                log.warning("stored event cannot be read", stage="store", error=str(exc)[:200])
+        return found
 
     async def get_event(self, event_id: str) -> Event | None:
         rows = await self._read(self._sql["get_event"], {"id": event_id})
-        return _event_from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        try:
+            return _event_from_row(rows[0])
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
 
     async def get_raw(self, event_id: str) -> StoredRaw | None:
         return _raw(await self._read(self._sql["get_raw"], {"id": event_id}))

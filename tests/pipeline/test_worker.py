@@ -13,12 +13,13 @@ import pytest
 
 from router.clock import FrozenClock
 from router.config import parse_settings
+from router.errors import StoreCorrupt
 from router.events import Contact, Event, EventStatus
 from router.ids import new_ulid
 from router.metrics import Metrics
 from router.pipeline.worker import Worker
 from router.rules import load_ruleset
-from router.store.base import IngestItem
+from router.store.base import EventFilter, IngestItem
 from router.store.records import OutboxFilter
 from router.store.sqlite import SQLiteStore
 
@@ -105,6 +106,10 @@ async def test_an_unreadable_event_fails_at_once_and_its_conversation_goes_on(
     assert await status(store, good) is EventStatus.PROCESSED
     [run] = await store.runs(bad.id)
     assert run.error is not None and "cannot be read" in run.error
+    # Reading it says so, rather than crash a listing or a command.
+    assert [e.id for e in await store.list_events(EventFilter())] == [good.id]
+    with pytest.raises(StoreCorrupt, match=f"event {bad.id} cannot be read"):
+        await store.get_event(bad.id)
     rows = await store.list_outbox(OutboxFilter())
     assert [row.event_id for row in rows] == [good.id]
     assert 'switchboard_events_routed_total{outcome="processed"} 1.0' in metrics.render().decode()
