@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import msgspec
 
+from router.cli.common import print_json
 from router.clock import SystemClock
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
@@ -113,11 +114,6 @@ def require_rules(live: LiveRules) -> None:
     raise RulesFailure(f"rules in {live.folder} cannot be loaded; the server did not start")
 
 
-def _print_json(payload: Any) -> None:
-    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(payload), indent=2) + b"\n")
-    sys.stdout.flush()
-
-
 @click.group()
 def rules() -> None:
     """Check, test and compare rules files before they go live."""
@@ -168,14 +164,14 @@ def _check_file(path: Path, settings: Settings, *, as_json: bool) -> None:
     except RulesInvalid as exc:
         if as_json:
             errors = [msgspec.to_builtins(error) for error in exc.errors]
-            _print_json({"valid": False, "rules_version": None, "errors": errors})
+            print_json({"valid": False, "rules_version": None, "errors": errors})
             raise SystemExit(1) from exc
         _fail_with(folder, exc.errors, path)
     _file_notes(path, checked)
     if as_json:
         found = [msgspec.to_builtins(error) for error in deep_check(checked.ruleset)]
         payload = {"valid": not found, "rules_version": checked.ruleset.version, "errors": found}
-        _print_json({**payload, "other_file_errors": checked.other_errors})
+        print_json({**payload, "other_file_errors": checked.other_errors})
         if found:
             raise SystemExit(1)
         return
@@ -208,14 +204,14 @@ def _check_json(folder: Path, settings: Settings) -> None:
     try:
         ruleset = load_folder(folder, settings, check_forwards=settings is not _NO_CONFIG)
     except RulesFolderMissing as exc:
-        _print_json({"valid": False, "rules_version": None, "errors": [], "error": str(exc)})
+        print_json({"valid": False, "rules_version": None, "errors": [], "error": str(exc)})
         raise SystemExit(1) from exc
     except RulesInvalid as exc:
         errors = [msgspec.to_builtins(error) for error in exc.errors]
-        _print_json({"valid": False, "rules_version": None, "errors": errors})
+        print_json({"valid": False, "rules_version": None, "errors": errors})
         raise SystemExit(1) from exc
     found = [msgspec.to_builtins(error) for error in deep_check(ruleset)]
-    _print_json({"valid": not found, "rules_version": ruleset.version, "errors": found})
+    print_json({"valid": not found, "rules_version": ruleset.version, "errors": found})
     if found:
         raise SystemExit(1)
 
@@ -242,7 +238,7 @@ def rules_test(
         click.echo(f"warning: {error}", err=True)
     payload = decision_payload(decision)
     if as_json:
-        _print_json(payload)
+        print_json(payload)
         return
     click.echo(f"rules version {decision.rules_version}")
     if not decision.matched:
@@ -291,7 +287,7 @@ def rules_diff(ctx: click.Context, draft_path: Path, since: str, limit: int, as_
         if change is not None and not as_json:
             click.echo("\n".join(change_lines(change)))
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
     click.echo(summary_line(report))
 

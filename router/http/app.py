@@ -9,7 +9,6 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -54,14 +53,7 @@ class AppContext:
         self.metrics = metrics
         #: The live rules (version and last error on /readyz); the routing worker reads
         #: `rules.ruleset` for every event.
-        self.rules = LiveRules(
-            Path(settings.rules.path),
-            windows=settings.windows,
-            default_timezone=settings.compliance.default_timezone,
-            forwards=settings.channels.http.forwards.keys(),
-            metrics=metrics,
-            poll_seconds=settings.rules.poll_seconds,
-        )
+        self.rules = LiveRules.from_settings(settings, metrics)
         self.public_url = settings.server.public_url.rstrip("/")
         self.adapters: dict[str, InboundAdapter] = inbound_adapters(settings, clock)
         #: Largest body each route reads, by the path after /webhooks/.

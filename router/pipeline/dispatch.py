@@ -167,6 +167,7 @@ class Dispatcher:
         due = await self._store.due_rows(now, max(2 * free, 64))
         chosen: list[DueRow] = []
         starts: dict[str, datetime] = {}
+        keys: dict[str, str] = {}  # row id -> destination, of the rows chosen
         soonest: datetime | None = None
         for head in due:
             if len(chosen) >= free:
@@ -184,6 +185,7 @@ class Dispatcher:
                 if not self.breakers.allow(key):  # in half-open: this row is the one probe
                     continue
                 start = self.limiter.take(key)  # a slot now, or just ahead: waited for
+                keys[head.row.id] = key
             starts[head.row.id] = start
             chosen.append(head)
         if chosen:
@@ -191,9 +193,8 @@ class Dispatcher:
                 chosen, self.owner, now, self._config.lease_seconds
             )
             taken = {claimed.row.id for claimed in claimed_rows}
-            for head in chosen:
-                key = self._destination(head)
-                if head.row.id not in taken and key is not None:
+            for row_id, key in keys.items():
+                if row_id not in taken:
                     self.breakers.release(key)  # another dispatcher had it: no probe spent
             for claimed in claimed_rows:
                 self._sending += 1

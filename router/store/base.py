@@ -152,11 +152,6 @@ class Store(Protocol):
         """Consent of the given contact keys (without ledger); unknown keys are left out."""
         ...
 
-    async def mark_sent(self, outbox_id: str, provider_message_id: str, at: datetime) -> None:
-        """A row was handed to its provider. For an escalation post, the message id is the
-        Slack thread's ts: the thread is mapped to the conversation from now on."""
-        ...
-
     async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
         """Armed timers, soonest first; with `due_before`, only those due before it (the
         scheduler holds the next few minutes' timers and reads the rest as they come near)."""
@@ -184,10 +179,6 @@ class Store(Protocol):
         self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
     ) -> list[ClaimedRow]:
         """Lease those rows that are still as `due_rows` saw them (`sending`, with a token)."""
-        ...
-
-    async def finish_attempt(self, result: AttemptResult) -> bool:
-        """Record an attempt's outcome, if the row is still held with its token (fencing)."""
         ...
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:

@@ -428,10 +428,8 @@ class SQLiteStore:
             rules_version=None,
             error=f"stored event cannot be read: {exc}"[:1000],
         )
-        conn.execute(self._sql["finish_event"], {"status": "failed", "id": event_id})
-        conn.execute(
-            self._sql["insert_run"],
-            {"event_id": event_id, "at": timestamp(now), "body": _run_encoder.encode(run)},
+        self._record_result(
+            conn, EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
         )
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
@@ -451,54 +449,16 @@ class SQLiteStore:
                 continue
             applied.append(True)
             for result in lane.results:
-                conn.execute(
-                    sql["finish_event"], {"status": result.status.value, "id": result.event_id}
-                )
-                conn.execute(
-                    sql["insert_run"],
-                    {
-                        "event_id": result.event_id,
-                        "at": timestamp(result.run.at),
-                        "body": _run_encoder.encode(result.run),
-                    },
-                )
+                self._record_result(conn, result)
             if lane.failed_attempt is not None:
                 conn.execute(sql["failed_attempt"], {"id": lane.failed_attempt})
             if lane.conversation is not None:
                 conn.execute(sql["upsert_conversation"], _conversation_row(lane.conversation))
             for contact_key, reason in lane.cancel_contacts:
-                cancelled += [
-                    row[0]
-                    for row in conn.execute(
-                        sql["cancel_waiting"], {"contact_key": contact_key, "reason": reason}
-                    )
-                ]
-            for row in lane.outbox:
-                if conn.execute(sql["insert_outbox"], _outbox_row(row)).rowcount:
-                    new_ids.append(row.id)
+                cancelled += self._cancel_waiting(conn, contact_key, reason)
+            new_ids += self._insert_rows(conn, lane.outbox)
             for contact, entry in lane.contacts:
-                conn.execute(
-                    sql["upsert_contact"],
-                    {
-                        "key": contact.address,
-                        "consent": contact.consent,
-                        "opted_out_at": _ts(contact.opted_out_at),
-                        "timezone": contact.timezone,
-                        "updated_at": timestamp(now),
-                    },
-                )
-                if entry is not None:
-                    conn.execute(
-                        sql["insert_ledger"],
-                        {
-                            "contact_key": contact.address,
-                            "at": timestamp(entry.at),
-                            "event_id": entry.event_id,
-                            "channel": entry.channel,
-                            "change": entry.change,
-                            "reason": entry.reason,
-                        },
-                    )
+                self._save_contact(conn, contact, entry, now)
             for receipt in lane.receipts:
                 self._apply_receipt(conn, receipt)
             for timer in lane.timers_set:
@@ -525,26 +485,69 @@ class SQLiteStore:
             applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
         )
 
+    def _record_result(self, conn: sqlite3.Connection, result: EventResult) -> None:
+        """An event's new status and its run."""
+        conn.execute(
+            self._sql["finish_event"], {"status": result.status.value, "id": result.event_id}
+        )
+        conn.execute(
+            self._sql["insert_run"],
+            {
+                "event_id": result.event_id,
+                "at": timestamp(result.run.at),
+                "body": _run_encoder.encode(result.run),
+            },
+        )
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[OutboxRow]) -> list[str]:
+        """Insert outbox rows; the ids of those that were not there yet."""
+        return [
+            row.id
+            for row in rows
+            if conn.execute(self._sql["insert_outbox"], _outbox_row(row)).rowcount
+        ]
+
+    def _cancel_waiting(self, conn: sqlite3.Connection, contact_key: str, reason: str) -> list[str]:
+        """Cancel a contact's pending and deferred rows; their ids."""
+        params = {"contact_key": contact_key, "reason": reason}
+        return [row[0] for row in conn.execute(self._sql["cancel_waiting"], params)]
+
+    def _save_contact(
+        self,
+        conn: sqlite3.Connection,
+        contact: ContactRecord,
+        entry: LedgerRecord | None,
+        now: datetime,
+    ) -> None:
+        """A contact's consent, and the ledger entry of its change."""
+        conn.execute(
+            self._sql["upsert_contact"],
+            {
+                "key": contact.address,
+                "consent": contact.consent,
+                "opted_out_at": _ts(contact.opted_out_at),
+                "timezone": contact.timezone,
+                "updated_at": timestamp(now),
+            },
+        )
+        if entry is not None:
+            conn.execute(
+                self._sql["insert_ledger"],
+                {
+                    "contact_key": contact.address,
+                    "at": timestamp(entry.at),
+                    "event_id": entry.event_id,
+                    "channel": entry.channel,
+                    "change": entry.change,
+                    "reason": entry.reason,
+                },
+            )
+
     async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:
             for result in results:
-                conn.execute(
-                    self._sql["finish_event"],
-                    {"status": result.status.value, "id": result.event_id},
-                )
-                conn.execute(
-                    self._sql["insert_run"],
-                    {
-                        "event_id": result.event_id,
-                        "at": timestamp(result.run.at),
-                        "body": _run_encoder.encode(result.run),
-                    },
-                )
-            return [
-                row.id
-                for row in rows
-                if conn.execute(self._sql["insert_outbox"], _outbox_row(row)).rowcount
-            ]
+                self._record_result(conn, result)
+            return self._insert_rows(conn, rows)
 
         return await self._transact(run)
 
@@ -622,9 +625,6 @@ class SQLiteStore:
         del owner  # rows carry the token only; the owner shows in the logs
         return await self._transact(run)
 
-    async def finish_attempt(self, result: AttemptResult) -> bool:
-        return (await self.finish_attempts([result]))[0]
-
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         return await self._transact(
             lambda conn: [self._finish_one(conn, result) for result in results]
@@ -699,32 +699,8 @@ class SQLiteStore:
         now: datetime,
     ) -> None:
         """A carrier-held STOP (Twilio 21610): consent, its ledger entry, waiting rows."""
-        conn.execute(
-            self._sql["upsert_contact"],
-            {
-                "key": contact.address,
-                "consent": contact.consent,
-                "opted_out_at": _ts(contact.opted_out_at),
-                "timezone": contact.timezone,
-                "updated_at": timestamp(now),
-            },
-        )
-        if entry is not None:
-            conn.execute(
-                self._sql["insert_ledger"],
-                {
-                    "contact_key": contact.address,
-                    "at": timestamp(entry.at),
-                    "event_id": entry.event_id,
-                    "channel": entry.channel,
-                    "change": entry.change,
-                    "reason": entry.reason,
-                },
-            )
-        conn.execute(
-            self._sql["cancel_waiting"],
-            {"contact_key": contact.address, "reason": "contact opted out at the carrier"},
-        ).fetchall()
+        self._save_contact(conn, contact, entry, now)
+        self._cancel_waiting(conn, contact.address, "contact opted out at the carrier")
 
     def _apply_receipt(self, conn: sqlite3.Connection, receipt: Receipt) -> None:
         found = conn.execute(
@@ -838,16 +814,6 @@ class SQLiteStore:
             )
             for row in rows
         }
-
-    async def mark_sent(self, outbox_id: str, provider_message_id: str, at: datetime) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                self._sql["mark_sent"],
-                {"id": outbox_id, "provider_message_id": provider_message_id},
-            ).fetchall()
-            self._map_thread(conn, outbox_id, provider_message_id)
-
-        await self._transact(run)
 
     def _map_thread(self, conn: sqlite3.Connection, outbox_id: str, ts: str) -> None:
         """An escalation post is sent: its Slack thread belongs to the conversation from now

@@ -13,6 +13,8 @@ from router.events import Contact, Event, EventStatus
 from router.ids import new_ulid
 from router.store.base import IngestItem, Store
 from router.store.records import (
+    AttemptOutcome,
+    AttemptResult,
     EventResult,
     LaneCommit,
     OutboxFilter,
@@ -191,7 +193,18 @@ async def test_thread_events_join_the_conversation_they_escalated(store: Store) 
         inbound, "escalation", channel="slack", to="C0SUPPORT", kind="escalation", contact_key=None
     )
     await store.commit([LaneCommit(lease=lane.lease, results=[done(inbound)], outbox=[post])], T0)
-    await store.mark_sent(post.id, "1700000000.000100", T0)
+    # Sent, as the dispatcher records it: Slack's ts of the post names the thread.
+    [due] = await store.due_rows(T0, 10)
+    [claimed] = await store.claim_rows([due], "d1", T0, LEASE)
+    sent = AttemptResult(
+        id=post.id,
+        token=claimed.token,
+        outcome=AttemptOutcome.SENT,
+        at=T0,
+        duration_ms=1.0,
+        provider_message_id="1700000000.000100",
+    )
+    assert await store.finish_attempts([sent]) == [True]
     reply = msgspec.structs.replace(
         message(2, "slack:C0SUPPORT:1700000000.000100", at_ms=5),
         type="agent.reply",

@@ -157,11 +157,6 @@ WHERE key IN (SELECT value FROM json_each(:keys));
 SELECT at, event_id, channel, change, reason FROM consent_ledger
 WHERE contact_key = :key ORDER BY seq;
 
--- name: mark_sent
-UPDATE outbox SET status = 'sent', provider_message_id = :provider_message_id,
-    attempts = attempts + 1
-WHERE id = :id RETURNING kind, recipient, conversation_key;
-
 -- name: map_thread
 INSERT INTO threads (thread_key, conversation_key) VALUES (:thread_key, :conversation_key)
 ON CONFLICT (thread_key) DO NOTHING;
