@@ -3,21 +3,15 @@ and outbox rows, `/api/outbox`, `/api/conversations/{key}`; bearer auth, 400, 40
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 
-from router.config import load_settings
 from router.errors import StoreUnavailable
-from router.http.app import create_app
-from router.http.server import uvicorn_config
 from router.store.sqlite import SQLiteStore
 from tests.cases.twilio import message_params, signed
 from tests.support import (
@@ -25,8 +19,6 @@ from tests.support import (
     PUBLIC_URL,
     SECRETS,
     LiveServer,
-    config_text,
-    free_port,
     live_server,
     wait_for,
 )
@@ -202,30 +194,9 @@ class LockedOutStore(SQLiteStore):
         return await super()._read(sql, params)
 
 
-@contextmanager
-def serving(tmp_path: Path, store: SQLiteStore) -> Iterator[LiveServer]:
-    """`live_server`, with the app given this store."""
-    port = free_port()
-    config_path = tmp_path / "switchboard.toml"
-    config_path.write_text(
-        config_text(tmp_path / "var" / "switchboard.db", port=port, extra=hi_rules(tmp_path))
-    )
-    settings = load_settings(config_path)
-    server = uvicorn.Server(uvicorn_config(create_app(settings, store=store), settings.server))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive())
-    assert server.started, "server did not start"
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", config_path, settings)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def test_store_unavailable_is_503_and_then_recovers(tmp_path: Path) -> None:
     store = LockedOutStore(tmp_path / "var" / "switchboard.db")
-    with serving(tmp_path, store) as server:
+    with live_server(tmp_path, store=store, routing=True, extra=hi_rules(tmp_path)) as server:
         event_id = send_sms(server, "LOCK")
         paths = [path.replace("01ANYTHING", event_id) for path in NEW_PATHS]
         store.locked = True
