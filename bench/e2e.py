@@ -68,7 +68,8 @@ if str(ROOT) not in sys.path:
 
 import proc_stats  # noqa: E402
 import signed_requests  # noqa: E402
-from ingest import PATH, PUBLIC_URL, TOKEN, free_port, wait_healthy  # noqa: E402
+from harness import client_loop, connect_ro, pct, settle_pinning, start_serve  # noqa: E402
+from ingest import PATH, PUBLIC_URL, TOKEN, free_port  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token"
 ACCOUNT_SID = "AC" + "e2" * 16
@@ -412,28 +413,12 @@ class Server:
         (folder / "rules" / "echo.yaml").write_text(RULES)
         config = folder / "switchboard.toml"
         config.write_text(config_text(self.port, folder, fake_url, args))
-        cmd = [sys.executable, "-m", "router", "--config", str(config), "serve"]
-        if args.server_cpu is not None:
-            cmd = ["taskset", "-c", str(args.server_cpu), *cmd]
-        if args.verbose:
-            print(f"  $ {shlex.join(cmd)}", flush=True)
         self.log = folder / "server.log"
         self.cpu = args.server_cpu
-        # The code of this checkout first; a PYTHONPATH given to the bench is kept after it
-        # (a sitecustomize that instruments the server for an experiment, say).
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
-            )
         self.base = f"http://127.0.0.1:{self.port}"
-        try:
-            wait_healthy(self.base, self.proc, deadline_s=60)
-        except RuntimeError as exc:
-            self.stop()
-            tail = self.log.read_text(errors="replace").splitlines()[-20:]
-            sys.exit(f"server: {exc}\n  server log ({self.log}):\n    " + "\n    ".join(tail))
+        self.proc = start_serve(
+            config, self.log, base=self.base, cpu=self.cpu, verbose=args.verbose
+        )
 
     def cpu_sample(self) -> proc_stats.CpuSample:
         return proc_stats.cpu_sample(self.proc.pid, self.cpu)
@@ -443,10 +428,6 @@ class Server:
 
 
 # -- watching the store ----------------------------------------------------------------------
-
-
-def connect_ro(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
 
 
 _DEPTH = (
@@ -767,11 +748,6 @@ def growth(samples: list[Sample], seconds: float) -> float:
 # -- printing --------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
-
-
 def print_phase(r: Result) -> None:
     print(
         f"  {'t s':>5}{'offered':>9}{'stored':>8}{'accepted':>10}{'unrouted':>10}"
@@ -985,24 +961,13 @@ def parse_args() -> argparse.Namespace:
         )
         if args.py_spy is None:
             parser.error("--profile needs py-spy: pip install py-spy (not a dependency)")
-    if args.no_pin:
-        args.server_cpu = args.client_cpu = None
-    elif (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("WARNING: fewer than 2 CPUs or no taskset: server and client are not pinned")
-        args.server_cpu = args.client_cpu = None
+    settle_pinning(args)
     return args
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    if args.client_cpu is not None:
-        os.sched_setaffinity(0, {args.client_cpu})  # the fake's process inherits it
+    client_loop(args)
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-e2e-", dir=args.db_dir))
     fake = Fake(args.fake)
     print_environment(args, tmp, fake)

@@ -49,7 +49,8 @@ from urllib.parse import urlencode
 
 import proc_stats
 import signed_requests
-from ingest import PATH, PUBLIC_URL, TOKEN, free_port, wait_healthy
+from harness import client_loop, connect_ro, pct, settle_pinning, start_serve
+from ingest import PATH, PUBLIC_URL, TOKEN, free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -190,10 +191,6 @@ def preflight(port: int, request: bytes) -> None:
 
 
 # -- watching the store ----------------------------------------------------------------------
-
-
-def connect_ro(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
 
 
 @dataclass
@@ -350,25 +347,12 @@ class Server:
         (folder / "rules" / "echo.yaml").write_text(RULES)
         config = folder / "switchboard.toml"
         config.write_text(config_text(self.port, folder, worker=worker, log_level=args.log_level))
-        cmd = [sys.executable, "-m", "router", "--config", str(config), "serve"]
-        if args.server_cpu is not None:
-            cmd = ["taskset", "-c", str(args.server_cpu), *cmd]
-        if args.verbose:
-            print(f"  $ {shlex.join(cmd)}", flush=True)
         self.log = folder / f"{name}.log"
         self.cpu = args.server_cpu
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the code of this checkout
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
-            )
         self.base = f"http://127.0.0.1:{self.port}"
-        try:
-            wait_healthy(self.base, self.proc, deadline_s=60)
-        except RuntimeError as exc:
-            self.stop()
-            tail = self.log.read_text(errors="replace").splitlines()[-20:]
-            sys.exit(f"{name}: {exc}\n  server log ({self.log}):\n    " + "\n    ".join(tail))
+        self.proc = start_serve(
+            config, self.log, base=self.base, cpu=self.cpu, verbose=args.verbose, name=name
+        )
 
     def cpu_sample(self) -> proc_stats.CpuSample:
         return proc_stats.cpu_sample(self.proc.pid, self.cpu)
@@ -593,11 +577,6 @@ def read_max_seq(db: Path) -> int:
 # -- printing --------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
-
-
 def print_environment(args: argparse.Namespace, folder: Path) -> None:
     from importlib.metadata import version
 
@@ -734,24 +713,13 @@ def parse_args() -> argparse.Namespace:
         args.py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=here)
         if args.py_spy is None:
             parser.error("--profile needs py-spy: .venv/bin/pip install py-spy (not a dependency)")
-    if args.no_pin:
-        args.server_cpu = args.client_cpu = None
-    elif (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        print("WARNING: fewer than 2 CPUs or no taskset: server and client are not pinned")
-        args.server_cpu = args.client_cpu = None
+    settle_pinning(args)
     return args
 
 
 def main() -> None:
     args = parse_args()
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
-    if args.client_cpu is not None:
-        os.sched_setaffinity(0, {args.client_cpu})
+    client_loop(args)
     tmp = Path(tempfile.mkdtemp(prefix="switchboard-pipeline-", dir=args.db_dir))
     print_environment(args, tmp)
     started = time.perf_counter()

@@ -1,0 +1,82 @@
+"""What the benchmarks that start a real `switchboard serve` share: the server process, the
+read-only view of its store, percentiles, CPU pinning and the client's event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from ingest import wait_healthy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_serve(
+    config: Path, log: Path, *, base: str, cpu: int | None, verbose: bool, name: str = "server"
+) -> subprocess.Popen[bytes]:
+    """`python -m router --config CONFIG serve` with the code of this checkout, pinned to `cpu`,
+    output to `log`; exits the bench with the log's tail if it does not become healthy. A
+    PYTHONPATH given to the bench is kept after the checkout (a sitecustomize that instruments
+    the server for an experiment, say)."""
+    cmd = [sys.executable, "-m", "router", "--config", str(config), "serve"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    if verbose:
+        print(f"  $ {shlex.join(cmd)}", flush=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+    try:
+        wait_healthy(base, proc, deadline_s=60)
+    except RuntimeError as exc:
+        import proc_stats
+
+        proc_stats.stop(proc)
+        tail = log.read_text(errors="replace").splitlines()[-20:]
+        sys.exit(f"{name}: {exc}\n  server log ({log}):\n    " + "\n    ".join(tail))
+    return proc
+
+
+def connect_ro(db: Path) -> sqlite3.Connection:
+    """The server's SQLite file, read-only, as the benchmark watches it."""
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The `q` quantile (nearest rank); NaN for no values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def settle_pinning(args: argparse.Namespace) -> None:
+    """`--no-pin`, or a machine that cannot pin: server and client run anywhere."""
+    if args.no_pin:
+        args.server_cpu = args.client_cpu = None
+    elif (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        print("WARNING: fewer than 2 CPUs or no taskset: server and client are not pinned")
+        args.server_cpu = args.client_cpu = None
+
+
+def client_loop(args: argparse.Namespace) -> None:
+    """uvloop for the load generator when installed, on the client's core when pinned."""
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    if args.client_cpu is not None:
+        os.sched_setaffinity(0, {args.client_cpu})
