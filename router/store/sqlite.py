@@ -15,7 +15,7 @@ import functools
 import re
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -560,30 +560,17 @@ class SQLiteStore:
     # -- dispatch ---------------------------------------------------------------------------
 
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
-        scan = await self._read(self._sql["dispatch_scan"], {"limit": _DISPATCH_SCAN})
         moment = timestamp(now)
-        #: lane -> (priority, id, in doubt, previous attempt), or None when the lane must wait.
-        heads: dict[str, tuple[int, str, bool, str | None] | None] = {}
-        urgent = 0
-        for row_id, category, status, not_before, next_attempt, lane, lease_until, started in scan:
-            if lane in heads:
-                continue
-            if status == "sending":  # in flight, or left in doubt by a dead dispatcher
-                expired = lease_until is None or lease_until <= moment
-                heads[lane] = (0, row_id, True, started) if expired else None
-            elif status == "deferred" and not_before is not None and not_before > moment:
-                continue  # quiet hours hold this row, not the rest of its lane
-            elif status == "pending" and next_attempt is not None and next_attempt > moment:
-                heads[lane] = None  # waiting for a retry: later rows of its lane wait too
-            else:
-                priority = 1 if category == "marketing" else 0
-                heads[lane] = (priority, row_id, False, None)
-                urgent += priority == 0
-            if urgent >= limit:
-                break  # enough of the first priority: later rows could not come first
-        due = sorted(
-            (head for head in heads.values() if head is not None), key=lambda head: head[0]
-        )[:limit]  # stable: creation order within a priority
+        sql = self._sql["dispatch_scan"]
+
+        def choose(conn: sqlite3.Connection) -> list[tuple[int, str, bool, str | None]]:
+            # In the reader's thread, row by row: the scan stops as soon as enough heads of
+            # the first priority are found, instead of carrying the whole backlog to Python.
+            return _lane_heads(conn.execute(sql, {"limit": _DISPATCH_SCAN}), moment, limit)
+
+        reader = self._require(self._reader)
+        with wrap_exceptions():
+            due = await self._call(reader, choose)
         if not due:
             return []
         ids = _json_list([head[1] for head in due])
@@ -987,6 +974,35 @@ class SQLiteStore:
         if conn is None:
             raise StoreUnavailable("store is not open")
         return conn
+
+
+def _lane_heads(
+    scan: Iterable[tuple[Any, ...]], moment: str, limit: int
+) -> list[tuple[int, str, bool, str | None]]:
+    """The due head of each lane from unfinished rows in creation order: (priority, id, in
+    doubt, previous attempt), conversational and transactional first, at most `limit`."""
+    #: lane -> its head, or None when the lane must wait.
+    heads: dict[str, tuple[int, str, bool, str | None] | None] = {}
+    urgent = 0
+    for row_id, category, status, not_before, next_attempt, lane, lease_until, started in scan:
+        if lane in heads:
+            continue
+        if status == "sending":  # in flight, or left in doubt by a dead dispatcher
+            expired = lease_until is None or lease_until <= moment
+            heads[lane] = (0, row_id, True, started) if expired else None
+        elif status == "deferred" and not_before is not None and not_before > moment:
+            continue  # quiet hours hold this row, not the rest of its lane
+        elif status == "pending" and next_attempt is not None and next_attempt > moment:
+            heads[lane] = None  # waiting for a retry: later rows of its lane wait too
+        else:
+            priority = 1 if category == "marketing" else 0
+            heads[lane] = (priority, row_id, False, None)
+            urgent += priority == 0
+        if urgent >= limit:
+            break  # enough of the first priority: later rows could not come first
+    return sorted((head for head in heads.values() if head is not None), key=lambda head: head[0])[
+        :limit
+    ]  # stable: creation order within a priority
 
 
 #: Unfinished outbox rows one dispatch scan reads.
