@@ -68,7 +68,14 @@ if str(ROOT) not in sys.path:
 
 import proc_stats  # noqa: E402
 import signed_requests  # noqa: E402
-from harness import client_loop, connect_ro, pct, settle_pinning, start_serve  # noqa: E402
+from harness import (  # noqa: E402
+    client_loop,
+    connect_ro,
+    pct,
+    settle_pinning,
+    start_serve,
+    start_worker,
+)
 from ingest import PATH, PUBLIC_URL, TOKEN, free_port  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token"
@@ -367,7 +374,8 @@ def _fake_child(conn: Connection) -> None:
 
 
 def config_text(port: int, folder: Path, fake_url: str, args: argparse.Namespace) -> str:
-    return f"""
+    return (
+        f"""
 [server]
 host = "127.0.0.1"
 port = {port}
@@ -395,15 +403,19 @@ rate_per_second = {args.rate_per_number:g}
 
 [logging]
 level = "{args.log_level}"
-""" + (
-        f"\n[dispatch]\nconcurrency = {args.dispatch_concurrency}\n"
-        if args.dispatch_concurrency
-        else ""
+"""
+        + (
+            f"\n[dispatch]\nconcurrency = {args.dispatch_concurrency}\n"
+            if args.dispatch_concurrency
+            else ""
+        )
+        + ("\n[worker]\nin_serve = false\n" if args.split else "")
     )
 
 
 class Server:
-    """`python -m router --config <folder>/switchboard.toml serve`, pinned to one core."""
+    """`python -m router --config <folder>/switchboard.toml serve`, pinned to one core; with
+    `--split`, `serve` only ingests and `switchboard worker` routes and sends beside it."""
 
     def __init__(self, folder: Path, fake_url: str, args: argparse.Namespace) -> None:
         self.folder = folder
@@ -419,11 +431,30 @@ class Server:
         self.proc = start_serve(
             config, self.log, base=self.base, cpu=self.cpu, verbose=args.verbose
         )
+        self.worker: subprocess.Popen[bytes] | None = None
+        if args.split:
+            self.worker = start_worker(
+                config, folder / "worker.log", cpu=args.worker_cpu, verbose=args.verbose
+            )
+
+    @property
+    def sender_pid(self) -> int:
+        """The process that routes and sends (profiled by `--profile`)."""
+        return (self.worker or self.proc).pid
 
     def cpu_sample(self) -> proc_stats.CpuSample:
         return proc_stats.cpu_sample(self.proc.pid, self.cpu)
 
+    def worker_cpu_s(self) -> float:
+        """CPU seconds the worker process has used (0 without `--split`)."""
+        if self.worker is None:
+            return 0.0
+        sample = proc_stats.cpu_sample(self.worker.pid, None)
+        return sample.user_s + sample.system_s
+
     def stop(self) -> None:
+        if self.worker is not None:
+            proc_stats.stop(self.worker)
         proc_stats.stop(self.proc)
 
 
@@ -584,6 +615,7 @@ class Result:
     statuses: Counter[str]
     attempts: Counter[int]
     server_cpu: proc_stats.CpuShare
+    worker_cpu: float
     connections: int
     pool_waits: int
     reconnects: int
@@ -602,6 +634,8 @@ class Load:
     samples: list[Sample]
     base_accepted: int
     cpu: proc_stats.CpuShare
+    #: The worker process's CPU during the load, in cores (0 without `--split`).
+    worker_cpu: float
     pool: Pool
 
 
@@ -615,9 +649,13 @@ async def run_load(load: Plan, server: Server, fake: Fake, args: argparse.Namesp
     sends.started_mono, sends.started_wall = time.monotonic() + 0.05, time.time() + 0.05
     sampler = Sampler(server.db, fake, sends, base_seq, base_accepted, args.sample_s)
     cpu_before = server.cpu_sample()
+    worker_before, load_started = server.worker_cpu_s(), time.monotonic()
     sampler.start()
     await drive(pool, load, sends)
     cpu_after = server.cpu_sample()
+    worker_cpu = (server.worker_cpu_s() - worker_before) / max(
+        time.monotonic() - load_started, 1e-9
+    )
     # Drain: until the fake has every reply and the outbox is empty, or the deadline.
     deadline = time.monotonic() + args.drain_deadline
     while time.monotonic() < deadline:
@@ -635,7 +673,7 @@ async def run_load(load: Plan, server: Server, fake: Fake, args: argparse.Namesp
         conn.close()
     pool.close()
     cpu = proc_stats.cpu_share(cpu_before, cpu_after)
-    return Load(sends, sampler.samples, base_accepted, cpu, pool)
+    return Load(sends, sampler.samples, base_accepted, cpu, worker_cpu, pool)
 
 
 def run_phase(
@@ -714,6 +752,7 @@ def run_phase(
         statuses=Counter(t.status or "no row" for t in traces.values()),
         attempts=Counter(t.attempts for t in traces.values()),
         server_cpu=run.cpu,
+        worker_cpu=run.worker_cpu,
         connections=pool.opened,
         pool_waits=pool.waited,
         reconnects=pool.reconnects,
@@ -774,6 +813,7 @@ def print_phase(r: Result) -> None:
         f"lasted; last reply {r.drain_s * 1000:,.0f} ms after the "
         f"last webhook; server CPU {r.server_cpu.server:.0%} of its core (other "
         f"{r.server_cpu.others:.0%}) during the load"
+        + (f"; worker process {r.worker_cpu:.0%} of a core" if r.worker_cpu else "")
     )
     lat = r.latencies
     print(
@@ -872,6 +912,11 @@ def print_environment(args: argparse.Namespace, folder: Path, fake: Fake) -> Non
         f"(rate_per_second = {args.rate_per_number:g} each), {args.arrivals} arrivals; "
         f"server on CPU {args.server_cpu}, this client and the fake ({fake.where}) on CPU "
         f"{args.client_cpu}; logs at {args.log_level}"
+        + (
+            f"; split: serve ingests, a worker process (CPU {args.worker_cpu}) routes and sends"
+            if args.split
+            else ""
+        )
     )
     print(f"  store   : {folder}, {proc_stats.fsync_latency(folder)}")
     print(f"  loadavg : {proc_stats.loadavg()} (before)")
@@ -939,12 +984,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=0, help="core for the server (0)")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for this client (1)")
     parser.add_argument("--no-pin", action="store_true", help="pin nothing to a core")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="serve only ingests ([worker] in_serve = false); a `switchboard worker` process "
+        "routes and sends",
+    )
+    parser.add_argument(
+        "--worker-cpu",
+        type=int,
+        default=None,
+        help="core for the worker process with --split (default: not pinned)",
+    )
     parser.add_argument("--log-level", default="info", help="server logging.level (info)")
     parser.add_argument(
         "--profile",
         metavar="FILE",
-        help="record the server with py-spy for every phase (FILE.svg flamegraph, FILE.txt "
-        "collapsed stacks); a profiled run's figures are low",
+        help="record the server (with --split: the worker) with py-spy for every phase "
+        "(FILE.svg flamegraph, FILE.txt collapsed stacks); a profiled run's figures are low",
     )
     parser.add_argument("--db-dir", help="where the store goes (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (store, log)")
@@ -994,7 +1051,7 @@ def main() -> None:
             fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
             cmd = [args.py_spy, "record", "--threads", "-r", "100", "-f", fmt]
             profiler = subprocess.Popen(
-                [*cmd, "-o", args.profile, "-p", str(server.proc.pid)], stdout=subprocess.DEVNULL
+                [*cmd, "-o", args.profile, "-p", str(server.sender_pid)], stdout=subprocess.DEVNULL
             )
             time.sleep(0.5)
         for number, load in enumerate(plans, 1):

@@ -11,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ingest import wait_healthy
@@ -47,6 +48,37 @@ def start_serve(
         proc_stats.stop(proc)
         tail = log.read_text(errors="replace").splitlines()[-20:]
         sys.exit(f"{name}: {exc}\n  server log ({log}):\n    " + "\n    ".join(tail))
+    return proc
+
+
+def start_worker(
+    config: Path, log: Path, *, cpu: int | None, verbose: bool
+) -> subprocess.Popen[bytes]:
+    """`python -m router --config CONFIG worker` (routing and dispatch without HTTP), pinned to
+    `cpu` if given; returns once its log says it started, or exits the bench."""
+    cmd = [sys.executable, "-m", "router", "--config", str(config), "worker"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    if verbose:
+        print(f"  $ {shlex.join(cmd)}", flush=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+    deadline = time.monotonic() + 60
+    while b"worker.started" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            import proc_stats
+
+            proc_stats.stop(proc)
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            sys.exit("worker did not start\n  its log:\n    " + "\n    ".join(tail))
+        time.sleep(0.05)
     return proc
 
 

@@ -198,8 +198,7 @@ def scenario(
     stop = multiprocessing.Event()
     answers: Any = multiprocessing.Queue()
     attackers = [
-        multiprocessing.Process(target=attacker, args=(base, name, stop, answers))
-        for _ in range(2)
+        multiprocessing.Process(target=attacker, args=(base, name, stop, answers)) for _ in range(2)
     ]
     for process in attackers:
         process.start()

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import msgspec
+import uvloop
 
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.rules import require_rules
@@ -41,8 +42,8 @@ def worker(ctx: click.Context) -> None:
     """Run the routing worker, its timers and the dispatcher alone, without HTTP (same config
     and store).
 
-    `serve` runs one already unless `[worker] in_serve = false`. Ingest in another process
-    does not wake this one: it finds new events at its poll (`worker.poll_seconds`).
+    `serve` runs one already unless `[worker] in_serve = false`. Commits made by another
+    process (ingest in `serve`, `dlq retry`) wake it through the store's watch.
     SIGINT or SIGTERM stops it after the batch in hand.
     """
     settings = settings_of(ctx)
@@ -50,7 +51,9 @@ def worker(ctx: click.Context) -> None:
     rules = LiveRules.from_settings(settings, Metrics())
     require_rules(rules)  # invalid rules: located errors on stderr, exit 1
     try:
-        asyncio.run(_work(settings, rules))
+        # uvloop, as `serve` runs under uvicorn: the send path is mostly event-loop work.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_work(settings, rules))
     except StoreUnavailable as exc:
         raise Failure(f"store unavailable: {exc}") from exc
     except ValueError as exc:

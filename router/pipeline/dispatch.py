@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections.abc import Mapping
@@ -95,14 +96,18 @@ class Dispatcher:
             on_change=self._breaker_changed,
         )
         self._rng = rng or random.Random()
-        #: Sends started and not yet answered (at most `dispatch.concurrency`).
+        #: Sends under way: started and not yet answered (at most `dispatch.concurrency`, which
+        #: `_places` enforces). Rows waiting for a rate slot booked ahead are not sends yet:
+        #: they are bounded by the rates (at most a second's worth per destination).
         self._sending = 0
+        self._places = asyncio.Semaphore(self._config.concurrency)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.owner = f"dispatch-{new_ulid(clock.now())}"
         self._slots_saved: datetime | None = None
         self._recorder = _Recorder(store)
+        self._consent = _ConsentReads(store)
         #: Attempts finished since start, by outcome (tests and bench read it).
         self.finished: dict[str, int] = {}
 
@@ -197,7 +202,6 @@ class Dispatcher:
                 if row_id not in taken:
                     self.breakers.release(key)  # another dispatcher had it: no probe spent
             for claimed in claimed_rows:
-                self._sending += 1
                 self._inflight[claimed.row.id] = asyncio.create_task(
                     self._attempt(claimed, starts.get(claimed.row.id, now))
                 )
@@ -236,14 +240,16 @@ class Dispatcher:
     async def _attempt(self, claimed: ClaimedRow, start: datetime) -> None:
         row = claimed.row
         try:
-            try:
-                wait = (start - self._clock.now()).total_seconds()
-                if wait > 0:  # a rate slot booked just ahead
-                    await asyncio.sleep(wait)
-                started = time.perf_counter()
-                result = await self._perform(claimed)
-            finally:
-                self._sending -= 1  # the provider has answered: the place is free again
+            wait = (start - self._clock.now()).total_seconds()
+            if wait > 0:  # a rate slot booked just ahead
+                await asyncio.sleep(wait)
+            async with self._places:
+                self._sending += 1
+                try:
+                    started = time.perf_counter()
+                    result = await self._perform(claimed)
+                finally:
+                    self._sending -= 1  # the provider has answered: the place is free again
             result = _with_duration(result, started)
             recorded = await self._recorder.record(result)
             self._observe(claimed, result, recorded)
@@ -263,11 +269,12 @@ class Dispatcher:
             return self._result(
                 claimed, AttemptOutcome.DEAD, f"no sender for channel {row.channel!r}"
             )
-        if row.contact_key and row.kind not in NOTICES:
-            contact = (await self._store.contacts([row.contact_key])).get(row.contact_key)
-            if contact is not None and contact.consent == "opted_out":
-                # An opt-out committed a moment before the send wins.
-                return self._result(claimed, AttemptOutcome.CANCELLED, "contact opted out")
+        if (
+            row.contact_key
+            and row.kind not in NOTICES
+            and await self._consent.opted_out(row.contact_key)
+        ):  # an opt-out committed a moment before the send wins
+            return self._result(claimed, AttemptOutcome.CANCELLED, "contact opted out")
         try:
             message = await self._prepared(claimed)
         except SendFailed as failed:
@@ -462,6 +469,53 @@ class Dispatcher:
         )
         for state in ("closed", "open", "half_open"):
             self._metrics.breaker_state.labels(key, state).set(1 if state == new else 0)
+
+
+class _ConsentReads:
+    """The consent checks of concurrent attempts, coalesced into few reads.
+
+    Whoever asks while a read is under way waits for the next one, which begins after the
+    read in hand ends: every answer comes from a read that began after its question, so an
+    opt-out committed before the check is always seen, and a burst of sends costs a few
+    reads instead of one each (each a hop to the store's reader, queued behind the rest).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        #: Contact key -> the attempts waiting for it, asked since the last read began.
+        self._asked: dict[str, list[asyncio.Future[bool]]] = {}
+        self._reading: asyncio.Task[None] | None = None
+
+    async def opted_out(self, contact_key: str) -> bool:
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(contact_key, []).append(answer)
+        if self._reading is None:
+            self._reading = asyncio.create_task(self._read(), name="consent-reads")
+        return await answer
+
+    async def _read(self) -> None:
+        try:
+            while self._asked:
+                asked, self._asked = self._asked, {}
+                try:
+                    found = await self._store.contacts(list(asked))
+                except asyncio.CancelledError:
+                    for answer in itertools.chain.from_iterable(asked.values()):
+                        answer.cancel()
+                    raise
+                except Exception as exc:  # StoreUnavailable: each attempt handles it
+                    for answer in itertools.chain.from_iterable(asked.values()):
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for key, answers in asked.items():
+                    contact = found.get(key)
+                    out = contact is not None and contact.consent == "opted_out"
+                    for answer in answers:
+                        if not answer.done():
+                            answer.set_result(out)
+        finally:
+            self._reading = None
 
 
 class _Recorder:

@@ -155,17 +155,34 @@ class Worker:
 
 class Routing:
     """Everything after an event is stored, run together: the worker that routes events, the
-    timers that feed it, and the dispatcher that sends the rows it makes."""
+    timers that feed it, and the dispatcher that sends the rows it makes. Commits in this
+    process wake them directly; the store's watch wakes them for commits made elsewhere
+    (`switchboard worker` beside `serve`, `dlq retry` from the CLI)."""
 
-    def __init__(self, worker: Worker, timers: TimerScheduler, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, store: Store, worker: Worker, timers: TimerScheduler, dispatcher: Dispatcher
+    ) -> None:
         self.worker, self.timers, self.dispatcher = worker, timers, dispatcher
+        self._store = store
+        self._watch: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Something was committed: the worker and the dispatcher look now."""
+        self.worker.wake()
+        self.dispatcher.wake()
 
     async def start(self) -> None:
         await self.timers.start()
         self.worker.start()
         await self.dispatcher.start()
+        self._watch = asyncio.create_task(self._store.watch(self.wake), name="store-watch")
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         await self.worker.stop()
         await self.timers.stop()
         await self.dispatcher.stop()
@@ -194,7 +211,7 @@ def routing(
     worker = Worker(
         store, settings, ruleset, clock, metrics, on_timers=follow, on_rows=dispatcher.wake
     )
-    return Routing(worker, timers, dispatcher)
+    return Routing(store, worker, timers, dispatcher)
 
 
 def _contact_keys(lanes: list[ClaimedLane]) -> list[str]:

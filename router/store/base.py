@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -248,6 +249,12 @@ class Store(Protocol):
 
     async def get_contact(self, key: str) -> ContactRecord | None:
         """One contact with its whole consent ledger, oldest entry first."""
+        ...
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` soon after another connection commits (ingest in another process,
+        `dlq retry` from the CLI): a hint that work may be waiting, never a promise. Runs
+        until cancelled."""
         ...
 
     async def ping(self) -> None:

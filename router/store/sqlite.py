@@ -930,6 +930,35 @@ class SQLiteStore:
             msgspec.convert(dict(zip(names, row, strict=True)), QuarantinedRequest) for row in rows
         ]
 
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """SQLite has no notifications: a connection of its own reads `PRAGMA data_version`,
+        which changes when any other connection (of this process or another) commits. The
+        read touches only the WAL index in shared memory, so it is polled often."""
+        watcher: aiosqlite.Connection | None = None
+        seen: int | None = None
+        try:
+            while True:
+                try:
+                    with wrap_exceptions():
+                        if watcher is None:
+                            watcher = await self._connect(synchronous="NORMAL")
+                        rows = list(await watcher.execute_fetchall("PRAGMA data_version"))
+                    version = rows[0][0]
+                    if seen is not None and version != seen:
+                        on_change()
+                    seen = version
+                    await asyncio.sleep(_WATCH_SECONDS)
+                except StoreUnavailable as exc:
+                    log.warning("store watch paused", stage="store", error=str(exc))
+                    if watcher is not None:
+                        with contextlib.suppress(Exception):
+                            await watcher.close()
+                    watcher, seen = None, None
+                    await asyncio.sleep(1.0)
+        finally:
+            if watcher is not None:
+                await watcher.close()
+
     async def ping(self) -> None:
         if self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("store writer is not running")
@@ -1005,6 +1034,9 @@ def _lane_heads(
     ]  # stable: creation order within a priority
 
 
+#: How often `watch` reads the data version: a wake-up from another process waits this long
+#: at most (PostgreSQL notifies instead).
+_WATCH_SECONDS = 0.01
 #: Unfinished outbox rows one dispatch scan reads.
 _DISPATCH_SCAN = 4096
 #: Delivery receipts: the row status each Twilio status means, and how far along it is.

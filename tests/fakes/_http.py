@@ -340,7 +340,8 @@ class FakeHTTPService(abc.ABC):
     Knobs: `slow` (seconds before answering), `slow_accept_first` (True: the request is
     performed, then the answer waits, so a crash in between leaves it in doubt; False: the
     wait comes first). Counters: `calls[op]` (every request, failed or not), `applied`
-    (the faults used, in order) and `errors` (requests the fake could not handle: a 500).
+    (the faults used, in order), `errors` (requests the fake could not handle: a 500), and
+    `in_flight` / `peak_in_flight` (requests being answered now / at most at once).
     """
 
     default_op: str = ANY_OP
@@ -354,6 +355,8 @@ class FakeHTTPService(abc.ABC):
         self.calls: Counter[str] = Counter()
         self.applied: list[AppliedFault] = []
         self.errors: list[str] = []  # requests the fake itself failed on (500)
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._server = LoopbackHTTPServer(self._dispatch, type(self).__name__, self.errors)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -430,6 +433,16 @@ class FakeHTTPService(abc.ABC):
         """Perform the request (called with `self.lock` held, on the server thread)."""
 
     async def _dispatch(self, request: Request) -> Response | Drop:
+        with self.lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response | Drop:
         try:
             op, key = self.route(request)
         except Exception:

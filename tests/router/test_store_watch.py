@@ -1,0 +1,37 @@
+# ruff: noqa: F811  (the `backend` fixture is imported, then named by the tests)
+"""`Store.watch`: a commit made through another store on the same storage (another process's
+ingest, a CLI command) wakes whoever watches, so `switchboard worker` beside `serve` needs no
+fast poll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from tests.router.test_store import backend, event, item, open_backend  # noqa: F401
+
+DEADLINE = 10.0
+
+
+async def test_a_commit_elsewhere_wakes_the_watcher(backend: str, tmp_path: Path) -> None:
+    async with (
+        open_backend(backend, tmp_path) as watched,
+        open_backend(backend, tmp_path) as other,
+    ):
+        woken = asyncio.Event()
+        watch = asyncio.create_task(watched.watch(woken.set))
+        try:
+            await asyncio.sleep(0.2)  # the watcher has read the version it starts from
+            assert not woken.is_set()  # nothing committed: no wake-up
+            await other.ingest(item(event("watched-1")))
+            await asyncio.wait_for(woken.wait(), DEADLINE)
+            woken.clear()
+            await asyncio.sleep(0.2)
+            assert not woken.is_set()  # one commit, not a wake-up at every poll
+            await other.ingest(item(event("watched-2")))
+            await asyncio.wait_for(woken.wait(), DEADLINE)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
