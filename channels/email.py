@@ -565,6 +565,9 @@ class SmtpSender:
     def destination(self, message: Outgoing) -> str:
         return f"{self.host}:{self.port}"
 
+    def units(self, message: Outgoing) -> int:
+        return 1
+
     async def send(self, message: Outgoing) -> Sent:
         mail = _Mail(message, self._from)  # a message that cannot be built fails before I/O
         smtp = aiosmtplib.SMTP(

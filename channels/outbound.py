@@ -94,6 +94,11 @@ class Sender(Protocol):
         WhatsApp), the Slack channel, the SMTP host, the forward destination."""
         ...
 
+    def units(self, message: Outgoing) -> int:
+        """How many of the destination's rate slots one send takes: the SMS segments a
+        carrier bills and a long code sends one a second (Twilio), 1 elsewhere."""
+        ...
+
     async def send(self, message: Outgoing) -> Sent:
         """Hand the message to the provider once; raise SendFailed, classified."""
         ...

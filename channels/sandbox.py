@@ -26,6 +26,9 @@ class SandboxSender:
     def destination(self, message: Outgoing) -> str:
         return "sandbox"
 
+    def units(self, message: Outgoing) -> int:
+        return 1
+
     async def send(self, message: Outgoing) -> Sent:
         self.sent.append(message)
         if message.channel == "slack":

@@ -534,6 +534,9 @@ class SlackSender:
     def destination(self, message: Outgoing) -> str:
         return message.to
 
+    def units(self, message: Outgoing) -> int:
+        return 1
+
     async def send(self, message: Outgoing) -> Sent:
         import aiohttp
         from slack_sdk.errors import SlackApiError

@@ -204,6 +204,9 @@ class HttpForwardSender:
     def destination(self, message: Outgoing) -> str:
         return message.to
 
+    def units(self, message: Outgoing) -> int:
+        return 1
+
     async def send(self, message: Outgoing) -> Sent:
         target = self._forwards.get(message.to)
         if target is None:

@@ -458,6 +458,14 @@ class TwilioSender:
             return self._service or "unconfigured"
         return sender.removeprefix(_WHATSAPP)
 
+    def units(self, message: Outgoing) -> int:
+        """SMS segments: a long code sends about one segment a second, not one message.
+        WhatsApp has no segments."""
+        text = message.payload.get("text")
+        if message.channel != "sms" or not isinstance(text, str):
+            return 1
+        return sms_segments(text)
+
     async def send(self, message: Outgoing) -> Sent:
         text = message.payload.get("text")
         if not isinstance(text, str) or not text:
@@ -587,6 +595,29 @@ class TwilioSender:
                 retry_after=failure.retry_after,
             )
         raise failure
+
+
+#: GSM 03.38: the basic set (one septet each) and the extension set (two: escape + char).
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+
+def sms_segments(text: str) -> int:
+    """How many segments a carrier splits `text` into (Twilio bills and paces by them).
+
+    GSM-7 when every character is in GSM 03.38: 160 septets in one segment, else 153 each
+    (7 go to the concatenation header); an extension character takes two septets. Otherwise
+    UCS-2: 70 UTF-16 code units in one, else 67 each. (Twilio's Smart Encoding may turn some
+    Unicode into GSM-7 first; counting without it never undercounts.)
+    """
+    if all(ch in _GSM7_BASIC or ch in _GSM7_EXTENSION for ch in text):
+        length, single, multi = sum(2 if ch in _GSM7_EXTENSION else 1 for ch in text), 160, 153
+    else:
+        length, single, multi = len(text.encode("utf-16-le")) // 2, 70, 67
+    return 1 if length <= single else math.ceil(length / multi)
 
 
 @functools.cache

@@ -180,16 +180,17 @@ class Dispatcher:
             row = head.row
             if row.id in self._inflight:
                 continue
-            key = self._destination(head)
+            destination = self._destination(head)
             start = now
-            if key is not None:
+            if destination is not None:
+                key, units = destination
                 slot = self.limiter.next_free(key)  # "now" when free, read from the clock
                 if slot > self._clock.now() + _BOOK_AHEAD:
                     soonest = slot if soonest is None else min(soonest, slot)
                     continue
                 if not self.breakers.allow(key):  # in half-open: this row is the one probe
                     continue
-                start = self.limiter.take(key)  # a slot now, or just ahead: waited for
+                start = self.limiter.take(key, units)  # a slot now, or just ahead: waited for
                 keys[head.row.id] = key
             starts[head.row.id] = start
             chosen.append(head)
@@ -226,12 +227,14 @@ class Dispatcher:
         if slots:
             await self._store.save_rate_slots(slots)
 
-    def _destination(self, head: DueRow) -> str | None:
+    def _destination(self, head: DueRow) -> tuple[str, int] | None:
+        """The row's rate and breaker key, and how many rate slots its send takes."""
         sender = self._senders.get(head.row.channel)
         if sender is None:
             return None
         try:
-            return f"{head.row.channel}:{sender.destination(_outgoing(head))}"
+            message = _outgoing(head)
+            return f"{head.row.channel}:{sender.destination(message)}", sender.units(message)
         except Exception:  # a row the sender cannot read fails in its attempt, not here
             return None
 

@@ -122,14 +122,15 @@ class RateLimiter:
         slot = self._next.get(key, _EPOCH)
         return slot if slot > now else now
 
-    def take(self, key: str) -> datetime:
-        """Book `key`'s next slot for a send starting now; returns the slot's start.
+    def take(self, key: str, units: int = 1) -> datetime:
+        """Book `key`'s next slot for a send starting now; returns the slot's start. A send of
+        several `units` (SMS segments) holds the key for that many spacings.
 
         Meant for a caller that saw ``next_free(key) <= now``. Called early it still books the
         next free slot (the returned moment, in the future) and never double-books one.
         """
         start = self.next_free(key)
-        following = start + self.spacing(key)
+        following = start + self.spacing(key) * max(units, 1)
         if following > self._clock.now():
             self._next[key] = following
         else:  # unlimited key: keep nothing, so unlimited destinations cost no memory

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from channels.outbound import FailureKind, Outgoing, SendFailed, Sent
-from channels.twilio import TwilioSender, parse_retry_after, twilio_failure
+from channels.twilio import TwilioSender, parse_retry_after, sms_segments, twilio_failure
 from tests.fakes import twilio_api
 from tests.fakes.twilio_api import FakeTwilio
 
@@ -367,3 +367,34 @@ def test_classification_without_a_code() -> None:
     assert twilio_failure(type("Q", (Exception,), {"status": 400, "code": 21611})()).kind is (
         FailureKind.TRANSIENT
     )
+
+
+# -- segments: what one send costs of a sender number's rate -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "segments"),
+    [
+        pytest.param("a" * 160, 1, id="gsm7-160-in-one"),
+        pytest.param("a" * 161, 2, id="gsm7-161-in-two-of-153"),
+        pytest.param("a" * 306, 2, id="gsm7-306-fills-two"),
+        pytest.param("a" * 307, 3, id="gsm7-307-needs-three"),
+        pytest.param("€" * 80, 1, id="extension-chars-take-two-septets"),
+        pytest.param("€" * 81, 2, id="extension-chars-overflow"),
+        pytest.param("é" * 160, 1, id="accented-gsm7-letters"),
+        pytest.param("ü" + "ç" * 69, 1, id="one-non-gsm-char-makes-it-ucs2-70"),
+        pytest.param("ç" * 71, 2, id="ucs2-71-in-two-of-67"),
+        pytest.param("😀" * 35, 1, id="emoji-take-two-utf16-units"),
+        pytest.param("😀" * 36, 2, id="emoji-overflow"),
+        pytest.param("", 1, id="empty"),
+    ],
+)
+def test_sms_segments_count_as_carriers_split(text: str, segments: int) -> None:
+    assert sms_segments(text) == segments
+
+
+def test_units_are_segments_for_sms_and_one_for_whatsapp(fake: FakeTwilio) -> None:
+    sender = _sender(fake)
+    assert sender.units(_message(text="a" * 400)) == 3
+    assert sender.units(_message(text="hello")) == 1
+    assert sender.units(_message(channel="whatsapp", text="a" * 400)) == 1

@@ -39,6 +39,11 @@ rules:
     then:
       - send: {channel: sms, to: "{{ data.phone }}", category: marketing,
                text: "Come back: 20% off"}
+  - id: winback-long
+    when: {source: stripe, type: customer.subscription.paused}
+    then:
+      - send: {channel: sms, to: "{{ data.phone }}", category: marketing,
+               text: "LONG_OFFER"}
   - id: ping
     when: {channel: sms, type: message.received, text: {contains_any: [ping]}}
     then:
@@ -67,6 +72,27 @@ def open_quiet_hours(numbers: list[str], minutes: int = 10) -> str:
     raise AssertionError("no quiet-hours window leaves now open")
 
 
+def test_a_two_segment_sms_takes_two_slots_of_its_sender(tmp_path: Path) -> None:
+    """A long code sends about one segment a second: `rate_per_second` counts segments."""
+    count = 8
+    with FakeTwilio(auth_token=SECRETS["twilio"][0]) as fake:
+        extra = config(tmp_path, fake, [phone(n) for n in range(count)])
+        with (
+            server_process(tmp_path, extra=extra) as server,
+            httpx.Client(base_url=server.base_url, timeout=10) as client,
+        ):
+            for n in range(count):
+                post_stripe(client, f"evt_long_{n}", "customer.subscription.paused", phone(n))
+            assert fake.wait_until(lambda: len(fake.accepted) == count, timeout=20)
+    accepted = sorted(fake.snapshot(), key=lambda m: m.accepted_at)
+    assert {m.body for m in accepted} == {LONG_OFFER}
+    gaps = [b.accepted_at - a.accepted_at for a, b in itertools.pairwise(accepted)]
+    # Two slots of 0.2 s each: 0.4 s apart (less jitter), not 0.2.
+    assert min(gaps) >= 0.33, [round(g, 3) for g in gaps]
+    span = accepted[-1].accepted_at - accepted[0].accepted_at
+    assert 2.6 <= span <= 5.0, f"{count} two-segment sends spread over {span:.2f} s"
+
+
 def outbox_count(db_path: Path) -> int:
     try:
         with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)) as conn:
@@ -76,15 +102,16 @@ def outbox_count(db_path: Path) -> int:
         return -1
 
 
-def test_a_marketing_burst_drains_at_the_rate_and_a_reply_goes_ahead_of_it(
-    tmp_path: Path,
-) -> None:
+#: 200 GSM-7 characters: two segments (153 each), so two of the sender's slots per send.
+LONG_OFFER = "Come back: 20% off. " * 10
+
+
+def config(tmp_path: Path, fake: FakeTwilio, phones: list[str]) -> str:
     rules = tmp_path / "rules"
     rules.mkdir()
-    (rules / "limits.yaml").write_text(RULES)
-    window = open_quiet_hours([phone(n) for n in range(BURST)])
-    with FakeTwilio(auth_token=SECRETS["twilio"][0]) as fake:
-        extra = f"""
+    (rules / "limits.yaml").write_text(RULES.replace("LONG_OFFER", LONG_OFFER))
+    window = open_quiet_hours(phones)
+    return f"""
 [rules]
 path = "{rules}"
 
@@ -104,19 +131,26 @@ state_windows = false
 [dispatch]
 poll_seconds = 0.2
 """
+
+
+def post_stripe(client: httpx.Client, event_id: str, kind: str, phone: str) -> None:
+    payload = stripe.stripe_event(event_id, kind, {"id": "s", "phone": phone})
+    request = stripe.signed(payload, SECRETS["stripe"][0], int(time.time()))
+    answer = client.post(request.path, content=request.body, headers=request.headers)
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_marketing_burst_drains_at_the_rate_and_a_reply_goes_ahead_of_it(
+    tmp_path: Path,
+) -> None:
+    with FakeTwilio(auth_token=SECRETS["twilio"][0]) as fake:
+        extra = config(tmp_path, fake, [phone(n) for n in range(BURST)])
         with (
             server_process(tmp_path, extra=extra) as server,
             httpx.Client(base_url=server.base_url, timeout=10) as client,
         ):
             for n in range(BURST):
-                payload = stripe.stripe_event(
-                    f"evt_burst_{n}",
-                    "customer.subscription.deleted",
-                    {"id": "s", "phone": phone(n)},
-                )
-                request = stripe.signed(payload, SECRETS["stripe"][0], int(time.time()))
-                answer = client.post(request.path, content=request.body, headers=request.headers)
-                assert answer.status_code == 200, answer.text
+                post_stripe(client, f"evt_burst_{n}", "customer.subscription.deleted", phone(n))
             wait_for(lambda: outbox_count(server.db_path) == BURST, timeout=10, interval=0.05)
 
             # All 50 are queued: now a customer writes, and the reply joins the queue last.

@@ -55,6 +55,15 @@ def test_fifty_takes_at_five_per_second_are_spaced_a_fifth_of_a_second() -> None
     assert seconds(limits.next_free(SMS) - T0) == pytest.approx(10.0)  # 50 sends take 10 s
 
 
+def test_a_send_of_three_segments_holds_the_key_for_three_spacings() -> None:
+    clock = FrozenClock(T0)
+    limits = limiter(clock, {SMS: 1.0})
+    assert limits.take(SMS, 3) == T0
+    assert seconds(limits.next_free(SMS) - T0) == pytest.approx(3.0)
+    assert seconds(limits.take(SMS) - T0) == pytest.approx(3.0)  # the next send waits
+    assert seconds(limits.next_free(SMS) - T0) == pytest.approx(4.0)
+
+
 def test_reserve_books_future_slots_without_double_booking() -> None:
     clock = FrozenClock(T0)
     limits = limiter(clock)
