@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 import msgspec
@@ -65,6 +65,17 @@ _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
 
 
+class _Txn(NamedTuple):
+    """A write queued for the writer: run with others in one transaction, in a savepoint."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+#: Writes (other than ingest items) coalesced into one transaction at most.
+_TXNS_PER_COMMIT = 64
+
+
 def sqlite_path(url: str) -> Path:
     """`sqlite:///var/x.db` -> `var/x.db` (relative), `sqlite:////abs/x.db` -> `/abs/x.db`."""
     prefix = "sqlite:///"
@@ -97,7 +108,9 @@ class SQLiteStore:
         self._max_batch = max_batch
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        #: Ingest items and other writes, taken together by the writer loop: whatever queued
+        #: while a commit was under way shares the next one (one lock, one fsync).
+        self._queue: asyncio.Queue[_Pending | _Txn | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._sql = queries()
         #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
@@ -202,56 +215,99 @@ class SQLiteStore:
         while not stopping:
             first = await self._queue.get()
             batch: list[_Pending] = []
+            txns: list[_Txn] = []
             for entry in self._drain(first):
                 if entry is _STOP:
                     stopping = True
+                elif isinstance(entry, _Txn):
+                    txns.append(entry)
                 else:
                     batch.append(entry)  # type: ignore[arg-type]
-            if batch:
-                await self._commit(batch)
+            if batch or txns:
+                await self._commit(batch, txns)
 
-    def _drain(self, first: _Pending | object) -> Iterator[_Pending | object]:
+    def _drain(self, first: _Pending | _Txn | object) -> Iterator[_Pending | _Txn | object]:
         yield first
-        taken = 1
-        while taken < self._max_batch and not self._queue.empty():
-            yield self._queue.get_nowait()
+        taken, txns = 1, int(isinstance(first, _Txn))
+        while taken < self._max_batch and txns < _TXNS_PER_COMMIT and not self._queue.empty():
+            entry = self._queue.get_nowait()
             taken += 1
+            txns += isinstance(entry, _Txn)
+            yield entry
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Pending], txns: list[_Txn]) -> None:
+        """One transaction for an ingest batch and the writes queued beside it; each write in
+        a savepoint of its own, so one that raises fails alone."""
         assert self._writer is not None
         items = [item for item, _ in batch]
+        fns = [txn.fn for txn in txns]
         try:
             with wrap_exceptions():
-                outcomes = await self._call(self._writer, lambda c: self._write_batch(c, items))
+                ingested, results = await self._call(
+                    self._writer, lambda c: self._write_all(c, items, fns)
+                )
         except Exception as exc:  # whatever it is, the writer lives on and every caller hears
             reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
-            self._commit_error = reason
+            if batch:
+                self._commit_error = reason
             for _, future in batch:
                 _fail(future, StoreUnavailable(reason))
+            for txn in txns:
+                if not txn.future.done():
+                    txn.future.set_exception(StoreUnavailable(reason))
             return
-        self._commit_error = None
-        self.batches_committed += 1
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():
-                future.set_result(outcome)
+        if batch:
+            if isinstance(ingested, BaseException):
+                reason = (
+                    str(ingested)
+                    if isinstance(ingested, StoreUnavailable)
+                    else f"write failed: {ingested!r}"
+                )
+                self._commit_error = reason
+                for _, future in batch:
+                    _fail(future, StoreUnavailable(reason))
+            else:
+                self._commit_error = None
+                self.batches_committed += 1
+                for (_, future), outcome in zip(batch, ingested, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        for txn, (ok, value) in zip(txns, results, strict=True):
+            if txn.future.done():
+                continue
+            if ok:
+                txn.future.set_result(value)
+            else:
+                txn.future.set_exception(value)
 
-    def _write_batch(
-        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
-    ) -> list[IngestOutcome]:
+    def _write_all(
+        self,
+        conn: sqlite3.Connection,
+        items: Sequence[_Prepared],
+        fns: Sequence[Callable[[sqlite3.Connection], Any]],
+    ) -> tuple[list[IngestOutcome] | BaseException, list[tuple[bool, Any]]]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._check_file()  # one stat per batch, under the write lock
-            if any(item.nonce is not None for item, _ in items):
-                outcomes = [self._write_one(conn, item, row) for item, row in items]
-            else:
-                outcomes = []
-                for start in range(0, len(items), _ROWS_PER_INSERT):
-                    outcomes += self._insert_events(conn, items[start : start + _ROWS_PER_INSERT])
+            self._check_file()  # one stat per transaction, under the write lock
+            ingested: list[IngestOutcome] | BaseException = []
+            if items:  # the outcomes, or what the batch raised
+                _, ingested = _in_savepoint(conn, lambda: self._insert_items(conn, items))
+            results = [_in_savepoint(conn, functools.partial(fn, conn)) for fn in fns]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return ingested, results
+
+    def _insert_items(
+        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
+    ) -> list[IngestOutcome]:
+        if any(item.nonce is not None for item, _ in items):
+            return [self._write_one(conn, item, row) for item, row in items]
+        outcomes: list[IngestOutcome] = []
+        for start in range(0, len(items), _ROWS_PER_INSERT):
+            outcomes += self._insert_events(conn, items[start : start + _ROWS_PER_INSERT])
         return outcomes
 
     def _write_one(
@@ -304,20 +360,7 @@ class SQLiteStore:
         await self._write(self._sql["prune_nonces"], {"before": timestamp(before)})
 
     async def _write(self, sql: str, params: dict[str, Any]) -> None:
-        writer = self._require(self._writer)
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(sql, params)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        with wrap_exceptions():
-            await self._call(writer, run)
+        await self._transact(lambda conn: conn.execute(sql, params))
 
     # -- routing (the worker) ---------------------------------------------------------------
 
@@ -858,24 +901,14 @@ class SQLiteStore:
         return msgspec.structs.replace(contact, ledger=ledger)
 
     async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in one write transaction on the writer connection (after or between ingest
-        batches: the connection's thread runs one call at a time)."""
-        writer = self._require(self._writer)
-
-        def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._check_file()
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
+        """Run `fn` in a write transaction on the writer connection, atomically (a savepoint):
+        writes queued while another commit is under way share the next transaction."""
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Txn(fn, future))
         with wrap_exceptions():
-            return await self._call(writer, run)
+            return await future
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -1152,6 +1185,19 @@ def _raw(rows: list[Any]) -> StoredRaw | None:
         return None
     content_type, body, blob = rows[0]
     return StoredRaw(content_type=content_type, body=body, blob=blob)
+
+
+def _in_savepoint(conn: sqlite3.Connection, work: Callable[[], T]) -> tuple[bool, Any]:
+    """`(True, result)`, or `(False, exception)` with `work`'s changes undone."""
+    conn.execute("SAVEPOINT write")
+    try:
+        result = work()
+    except Exception as exc:
+        conn.execute("ROLLBACK TO write")  # if this fails too, the whole transaction fails
+        conn.execute("RELEASE write")
+        return False, exc
+    conn.execute("RELEASE write")
+    return True, result
 
 
 def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
