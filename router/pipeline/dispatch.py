@@ -53,6 +53,10 @@ log = get_logger("switchboard.dispatch")
 #: How far ahead a round books rate slots: a row whose slot starts within this waits for it
 #: in its own task, so one round sends several rows of one sender number, each at its slot.
 _BOOK_AHEAD = timedelta(seconds=1)
+#: Rows one dispatcher holds leased at most, per place of `dispatch.concurrency`: sending,
+#: waiting for a rate slot or a place, or having the outcome recorded. Above one, a round leases
+#: the next rows while the last ones are still being recorded, so rounds stay full.
+_LEASED_PER_PLACE = 2
 #: Compliance notices: they leave even to an opted-out contact (consent.may_send).
 NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
 
@@ -166,10 +170,11 @@ class Dispatcher:
     async def run_once(self) -> float:
         """Start the sends of one round; the seconds until there may be more to do."""
         now = self._clock.now()
-        free = self._config.concurrency - self._sending
+        free = _LEASED_PER_PLACE * self._config.concurrency - len(self._inflight)
         if free <= 0:
-            return self._config.poll_seconds
-        due = await self._store.due_rows(now, max(2 * free, 64))
+            return self._config.poll_seconds  # an attempt that ends wakes the loop
+        limit = max(2 * free, 64)
+        due = await self._store.due_rows(now, limit)
         chosen: list[DueRow] = []
         starts: dict[str, datetime] = {}
         keys: dict[str, str] = {}  # row id -> destination, of the rows chosen
@@ -207,14 +212,14 @@ class Dispatcher:
                     self._attempt(claimed, starts.get(claimed.row.id, now))
                 )
             await self._save_slots(now)
+        if chosen and (len(chosen) == free or len(due) >= limit):
+            return 0.0  # more may be ready now; when nothing was, sleep (no busy-wait)
         waits = [self._config.poll_seconds]
         if soonest is not None:
             waits.append((soonest - now).total_seconds())
         next_due = await self._store.next_due(now)
         if next_due is not None:
             waits.append((next_due - now).total_seconds())
-        if chosen and (len(chosen) == free or len(due) >= max(2 * free, 64)):
-            waits.append(0)  # more may be ready now; when nothing was, sleep (no busy-wait)
         return max(0.0, min(waits))
 
     async def _save_slots(self, now: datetime) -> None:
