@@ -616,6 +616,7 @@ class Result:
     attempts: Counter[int]
     server_cpu: proc_stats.CpuShare
     worker_cpu: float
+    cpu_ms_per_message: float
     connections: int
     pool_waits: int
     reconnects: int
@@ -636,6 +637,8 @@ class Load:
     cpu: proc_stats.CpuShare
     #: The worker process's CPU during the load, in cores (0 without `--split`).
     worker_cpu: float
+    #: CPU time of the server (and worker) from the first webhook to the drain, per message.
+    cpu_ms_per_message: float
     pool: Pool
 
 
@@ -663,6 +666,15 @@ async def run_load(load: Plan, server: Server, fake: Fake, args: argparse.Namesp
         if fake.count() - base_accepted >= n and pending == 0 and sending == 0:
             break
         await asyncio.sleep(0.02)
+    drained = server.cpu_sample()
+    cpu_ms = 1000 * (
+        drained.user_s
+        + drained.system_s
+        - cpu_before.user_s
+        - cpu_before.system_s
+        + server.worker_cpu_s()
+        - worker_before
+    )
     await asyncio.sleep(args.settle)  # a late duplicate has time to show
     sampler.halt.set()
     sampler.join()
@@ -673,7 +685,7 @@ async def run_load(load: Plan, server: Server, fake: Fake, args: argparse.Namesp
         conn.close()
     pool.close()
     cpu = proc_stats.cpu_share(cpu_before, cpu_after)
-    return Load(sends, sampler.samples, base_accepted, cpu, worker_cpu, pool)
+    return Load(sends, sampler.samples, base_accepted, cpu, worker_cpu, cpu_ms / n, pool)
 
 
 def run_phase(
@@ -753,6 +765,7 @@ def run_phase(
         attempts=Counter(t.attempts for t in traces.values()),
         server_cpu=run.cpu,
         worker_cpu=run.worker_cpu,
+        cpu_ms_per_message=run.cpu_ms_per_message,
         connections=pool.opened,
         pool_waits=pool.waited,
         reconnects=pool.reconnects,
@@ -814,6 +827,7 @@ def print_phase(r: Result) -> None:
         f"last webhook; server CPU {r.server_cpu.server:.0%} of its core (other "
         f"{r.server_cpu.others:.0%}) during the load"
         + (f"; worker process {r.worker_cpu:.0%} of a core" if r.worker_cpu else "")
+        + f"; {r.cpu_ms_per_message:.2f} ms of server CPU per message, load and drain"
     )
     lat = r.latencies
     print(

@@ -964,33 +964,24 @@ class SQLiteStore:
         ]
 
     async def watch(self, on_change: Callable[[], None]) -> None:
-        """SQLite has no notifications: a connection of its own reads `PRAGMA data_version`,
-        which changes when any other connection (of this process or another) commits. The
-        read touches only the WAL index in shared memory, so it is polled often."""
-        watcher: aiosqlite.Connection | None = None
+        """SQLite has no notifications: the writer connection reads `PRAGMA data_version`,
+        which changes when another connection (another process, a CLI command) commits, and
+        not for its own commits, which wake this process's worker and dispatcher directly.
+        The read touches only the WAL index in shared memory, so it is polled often."""
         seen: int | None = None
-        try:
-            while True:
-                try:
-                    with wrap_exceptions():
-                        if watcher is None:
-                            watcher = await self._connect(synchronous="NORMAL")
-                        rows = list(await watcher.execute_fetchall("PRAGMA data_version"))
-                    version = rows[0][0]
-                    if seen is not None and version != seen:
-                        on_change()
-                    seen = version
-                    await asyncio.sleep(_WATCH_SECONDS)
-                except StoreUnavailable as exc:
-                    log.warning("store watch paused", stage="store", error=str(exc))
-                    if watcher is not None:
-                        with contextlib.suppress(Exception):
-                            await watcher.close()
-                    watcher, seen = None, None
-                    await asyncio.sleep(1.0)
-        finally:
-            if watcher is not None:
-                await watcher.close()
+        while True:
+            try:
+                writer = self._require(self._writer)
+                with wrap_exceptions():
+                    version = await self._call(writer, _data_version)
+                if seen is not None and version != seen:
+                    on_change()
+                seen = version
+                await asyncio.sleep(_WATCH_SECONDS)
+            except StoreUnavailable as exc:
+                log.warning("store watch paused", stage="store", error=str(exc))
+                seen = None
+                await asyncio.sleep(1.0)
 
     async def ping(self) -> None:
         if self._writer_task is None or self._writer_task.done():
@@ -1185,6 +1176,11 @@ def _raw(rows: list[Any]) -> StoredRaw | None:
         return None
     content_type, body, blob = rows[0]
     return StoredRaw(content_type=content_type, body=body, blob=blob)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+    return version
 
 
 def _in_savepoint(conn: sqlite3.Connection, work: Callable[[], T]) -> tuple[bool, Any]:

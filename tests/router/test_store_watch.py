@@ -1,7 +1,7 @@
 # ruff: noqa: F811  (the `backend` fixture is imported, then named by the tests)
 """`Store.watch`: a commit made through another store on the same storage (another process's
 ingest, a CLI command) wakes whoever watches, so `switchboard worker` beside `serve` needs no
-fast poll."""
+fast poll. A store's own commits do not wake its watcher (its process already knows)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ async def test_a_commit_elsewhere_wakes_the_watcher(backend: str, tmp_path: Path
         try:
             await asyncio.sleep(0.2)  # the watcher has read the version it starts from
             assert not woken.is_set()  # nothing committed: no wake-up
+            # Its own commits wake nobody: they wake its process's worker directly.
+            await watched.ingest(item(event("own-1")))
+            await asyncio.sleep(0.2)
+            assert not woken.is_set()
             await other.ingest(item(event("watched-1")))
             await asyncio.wait_for(woken.wait(), DEADLINE)
             woken.clear()
