@@ -27,7 +27,6 @@ from router.logs import configure_logging
 
 if TYPE_CHECKING:
     from router.clock import Clock
-    from router.store.base import Store
     from tests.cases.base import SignedRequest
 
 #: Per source: the active secrets in config (index 0 = current, 1 = rotated-in), and a wrong one.
@@ -177,15 +176,13 @@ def live_server(
     tmp_path: Path,
     *,
     clock: Clock | None = None,
-    store: Store | None = None,
     quiet: bool = True,
     routing: bool = False,
     **config: Any,
 ) -> Iterator[LiveServer]:
     """Start the real app on a free loopback port; stop it on exit.
 
-    `store`: the app's store (default: the configured SQLite file). `routing`: run the worker
-    and the dispatcher in it; without, stored events stay as
+    `routing`: run the worker and the dispatcher in it; without, stored events stay as
     ingested (what tests of ingest read). `quiet`: logs at the configured level (warning), as
     `serve` would; False leaves logging as the test set it up."""
     if not routing:
@@ -200,9 +197,7 @@ def live_server(
     if quiet:
         configure_logging(settings.logging.level, debug=settings.logging.debug)
     # The config `serve` uses, so the connection limits of [server] apply here too.
-    server = uvicorn.Server(
-        uvicorn_config(create_app(settings, store=store, clock=clock), settings.server)
-    )
+    server = uvicorn.Server(uvicorn_config(create_app(settings, clock=clock), settings.server))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive())

@@ -3,7 +3,9 @@ and outbox rows, `/api/outbox`, `/api/conversations/{key}`; bearer auth, 400, 40
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -11,8 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from router.errors import StoreUnavailable
-from router.store.sqlite import SQLiteStore
+from router.store.sqlite import sqlite_path
 from tests.cases.twilio import message_params, signed
 from tests.support import (
     ADMIN_TOKEN,
@@ -182,27 +183,32 @@ def test_bearer_token_is_required(
     assert "history" not in response.text and "payload" not in response.text
 
 
-class LockedOutStore(SQLiteStore):
-    """The SQLite store, whose reads fail as they do when another process holds the database
-    past the busy timeout, while `locked` is set."""
-
-    locked = False
-
-    async def _read(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        if self.locked:
-            raise StoreUnavailable("sqlite: database is locked")
-        return await super()._read(sql, params)
+@contextmanager
+def moved_aside(db: Path, *tables: str) -> Iterator[None]:
+    """Another connection renames `tables` until exit, then names them back; meanwhile the
+    store's reads of them fail (`no such table`), which it reports as unavailable."""
+    with closing(sqlite3.connect(db, isolation_level=None)) as other:
+        rename = "".join(f"ALTER TABLE {name} RENAME TO {name}_aside;" for name in tables)
+        other.executescript(f"BEGIN IMMEDIATE; {rename} COMMIT;")
+        try:
+            yield
+        finally:
+            back = "".join(f"ALTER TABLE {name}_aside RENAME TO {name};" for name in tables)
+            other.executescript(f"BEGIN IMMEDIATE; {back} COMMIT;")
 
 
 def test_store_unavailable_is_503_and_then_recovers(tmp_path: Path) -> None:
-    store = LockedOutStore(tmp_path / "var" / "switchboard.db")
-    with live_server(tmp_path, store=store, routing=True, extra=hi_rules(tmp_path)) as server:
-        event_id = send_sms(server, "LOCK")
+    """Reads that fail are a 503, and the answers come back once the reads work again.
+
+    Not a lock: in WAL mode every open connection holds a shared lock on the file, so no other
+    connection is granted the exclusive lock that would shut the store's reads out. A database
+    changed underneath does fail them: the tables these routes read are moved aside."""
+    with live_server(tmp_path, routing=True, extra=hi_rules(tmp_path)) as server:
+        event_id = send_sms(server, "ASIDE")
         paths = [path.replace("01ANYTHING", event_id) for path in NEW_PATHS]
-        store.locked = True
-        for path in paths:
-            response = get(server, path)
-            assert response.status_code == 503, response.text
-            assert response.json() == {"error": "store unavailable"}
-        store.locked = False
+        with moved_aside(sqlite_path(server.settings.storage.url), "outbox", "conversations"):
+            for path in paths:
+                response = get(server, path)
+                assert response.status_code == 503, response.text
+                assert response.json() == {"error": "store unavailable"}
         assert [get(server, path).status_code for path in paths] == [200, 200, 200]
