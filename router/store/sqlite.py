@@ -99,7 +99,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
-        self._sql = queries()
+        self._sql = queries("sqlite")
         #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
         self._identity: tuple[int, int] | None = None
         #: Ingest transactions committed: with group commit, far fewer than ingests.
@@ -167,7 +167,7 @@ class SQLiteStore:
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        known = migrations()
+        known = migrations("sqlite")
         current = conn.execute(self._sql["schema_version"]).fetchone()[0]
         if known and current > known[-1][0]:
             raise StoreCorrupt(f"schema version {current} is newer than this Switchboard knows")
@@ -1133,7 +1133,7 @@ _ROWS_PER_INSERT = 62
 def _insert_events_sql(rows: int) -> str:
     """`insert_events` with its VALUES row repeated `rows` times (placeholders only: every
     value is bound). Each row count is a statement sqlite3 prepares once and caches."""
-    head, values, tail = _VALUES_ROW.split(queries()["insert_events"])
+    head, values, tail = _VALUES_ROW.split(queries("sqlite")["insert_events"])
     return head + ", ".join([values] * rows) + tail
 
 
