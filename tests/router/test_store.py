@@ -1,7 +1,8 @@
 """The Store contract, run over every real backend, then what only SQLite promises.
 
-`store` is parametrized over BACKENDS: SQLite today. A PostgreSQL backend joins by adding a
-param (behind a marker) and a branch in `open_backend`; every contract test then runs on it.
+`store` is parametrized over BACKENDS: SQLite (a file under tmp_path) and PostgreSQL (the
+session's own database, emptied before each test; see tests/postgres.py). Every contract test
+runs on both; SQLite-only promises (files, WAL, locks) use `sqlite_store`.
 """
 
 from __future__ import annotations
@@ -39,21 +40,31 @@ from router.store.base import (
     StoredRaw,
 )
 from router.store.blobs import BlobStore
+from router.store.postgres import PostgresStore
 from router.store.queries import migrations
 from router.store.sqlite import SQLiteStore
+from tests.postgres import SERVER, clean_schema, run_blocking
 from tests.support import wait_for
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 STORED, DUPLICATE, REPLAY = IngestOutcome.STORED, IngestOutcome.DUPLICATE, IngestOutcome.REPLAY
-BACKENDS = [pytest.param("sqlite", id="sqlite")]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
 
 
 @asynccontextmanager
 async def open_backend(kind: str, tmp_path: Path, **options: Any) -> AsyncIterator[Any]:
-    """An opened store of `kind` on fresh storage under `tmp_path`; closed on exit."""
-    if kind != "sqlite":
+    """An opened store of `kind`: SQLite under `tmp_path`, or the session's PostgreSQL
+    database (emptied by the `backend` fixture); closed on exit."""
+    store: SQLiteStore | PostgresStore
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "var" / "switchboard.db", **options)
+    elif kind == "postgres" and SERVER.url is not None:
+        store = PostgresStore(SERVER.url, **options)
+    else:
         raise NotImplementedError(kind)
-    store = SQLiteStore(tmp_path / "var" / "switchboard.db", **options)
     await store.open()
     try:
         yield store
@@ -64,6 +75,9 @@ async def open_backend(kind: str, tmp_path: Path, **options: Any) -> AsyncIterat
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
+    if kind == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        run_blocking(lambda: clean_schema(url))
     return kind
 
 
@@ -245,13 +259,15 @@ async def test_get_event_round_trips_every_field(store: Store) -> None:
 
 async def test_raw_body_in_the_blob_store_is_a_reference(store: Store) -> None:
     body = os.urandom(100_000)
-    digest = store.blobs.put(body)
+    digest = await asyncio.to_thread(store.blobs.put, body)  # blobs block: never on the loop
     ev = event("big")
     stored = IngestItem(event=ev, raw_body=body, raw_blob=digest, content_type="text/plain")
     await store.ingest(stored)
     raw = await store.get_raw(ev.id)
     assert raw == StoredRaw(content_type="text/plain", body=None, blob=digest)
-    assert store.blobs.get(digest) == body
+    assert await asyncio.to_thread(store.blobs.get, digest) == body
+    with pytest.raises(FileNotFoundError):
+        await asyncio.to_thread(store.blobs.get, hashlib.sha256(b"absent").hexdigest())
 
 
 def quarantined(qid: str, at: datetime, **fields: Any) -> QuarantinedRequest:
@@ -295,7 +311,7 @@ async def test_ingest_moves_large_bodies_to_the_blob_store(store: Store) -> None
     assert small_raw is not None and small_raw.body == small[1] and small_raw.blob is None
     assert large_raw is not None and large_raw.body is None
     assert large_raw.blob == hashlib.sha256(large[1]).hexdigest()
-    assert store.blobs.get(large_raw.blob) == large[1]
+    assert await asyncio.to_thread(store.blobs.get, large_raw.blob) == large[1]
 
 
 async def _twilio_through(

@@ -1,0 +1,1067 @@
+"""PostgreSQL implementation of the Store, on an asyncpg pool: several routers share one database.
+
+Ingest is group-committed as on SQLite: one writer task takes everything queued, inserts it with
+one `unnest` statement (`ON CONFLICT DO NOTHING`) in one transaction, and only then answers each
+caller. Claims are safe across processes: a lane's lease is a row with a random token, taken
+only where it is free (lease rows another claim holds locked are skipped, `SKIP LOCKED`), and
+every commit locks the lease rows it writes under and is refused unless its token is still
+there (fencing). Outbox rows are claimed the same way, per row. Times come from the caller's
+clock, never the database's, so both stores give the same answers for the same inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+from asyncpg import Connection as Conn
+
+from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
+from router.events import Event, EventStatus, encode_event
+from router.logs import get_logger
+from router.store.base import (
+    EventFilter,
+    IngestItem,
+    IngestOutcome,
+    QuarantinedRequest,
+    StoredRaw,
+)
+from router.store.queries import migrations, queries
+from router.store.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    AttemptResult,
+    ClaimedLane,
+    ClaimedRow,
+    CommitOutcome,
+    ContactRecord,
+    ConversationRecord,
+    DueRow,
+    EventResult,
+    LaneCommit,
+    Lease,
+    LedgerRecord,
+    OutboxFilter,
+    OutboxRow,
+    OutboxStatus,
+    Receipt,
+    RunRecord,
+    TimerRecord,
+)
+from router.store.shared import (
+    DISPATCH_SCAN,
+    MAX_SCAN,
+    SCAN_PAGE,
+    due_heads,
+    event_from_row,
+    new_token,
+    payload_decoder,
+    receipt_target,
+    run_decoder,
+    run_encoder,
+)
+
+T = TypeVar("T")
+log = get_logger("switchboard.store")
+_Prepared = tuple[IngestItem, tuple[Any, ...]]
+_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
+_STOP = object()
+#: The advisory lock key migrations run under ("switchboard" in ASCII, folded to 63 bits).
+_MIGRATION_LOCK = 0x73776974636862
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version integer PRIMARY KEY, applied_at text NOT NULL)"
+)
+#: Driver failures: every one means "cannot commit right now" to the caller.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+)
+
+
+def is_postgres_url(url: str) -> bool:
+    """True for the URLs this store takes: `postgresql://` and `postgres://`."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by `***`: safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@contextlib.contextmanager
+def wrap_exceptions() -> Iterator[None]:
+    """Map driver errors to the core's: a lost connection, a restart, a deadlock, a full disk
+    are all 'unavailable' (the caller answers 503 and the provider retries)."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}"[:500]) from exc
+
+
+class PostgresBlobs:
+    """The blob store of a PostgreSQL install: rows of a `blobs` table, content-addressed.
+
+    Same blocking interface as the file-based `BlobStore` (callers run it in a thread): each call
+    hands its query to the store's event loop and waits. Several boxes share the database, so a
+    body one box stored is readable by every other.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self.failing: str | None = None
+
+    def put(self, content: bytes) -> str:
+        digest = hashlib.sha256(content).hexdigest()
+        try:
+            self._wait(self._store._put_blob(digest, content))
+        except StoreUnavailable as exc:
+            self.failing = str(exc)
+            raise
+        self.failing = None
+        return digest
+
+    def get(self, digest: str) -> bytes:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            raise FileNotFoundError(digest)
+        content = self._wait(self._store._get_blob(digest))
+        if content is None:
+            raise FileNotFoundError(digest)
+        return content
+
+    def probe(self) -> None:
+        self._wait(self._store._read_value("SELECT 1"))
+        self.failing = None
+
+    def sweep_temp_files(self, now: float | None = None) -> int:
+        """Nothing to sweep: a blob row is written in one transaction or not at all."""
+        return 0
+
+    def _wait(self, work: Coroutine[Any, Any, T]) -> T:
+        loop = self._store._loop
+        if loop is None or loop.is_closed():
+            work.close()
+            raise StoreUnavailable("store is not open")
+        if _on_loop(loop):
+            work.close()
+            raise RuntimeError("blobs block: call them in a thread (asyncio.to_thread)")
+        return asyncio.run_coroutine_threadsafe(work, loop).result()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class PostgresStore:
+    """The fleet's store: one PostgreSQL for every router process, on any number of boxes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min_size: int = 2,
+        pool_max_size: int = 10,
+        connect_timeout: float = 10.0,
+        max_batch: int = 512,
+    ) -> None:
+        self.url = url
+        self.blobs = PostgresBlobs(self)
+        self.migrations_applied: list[int] = []
+        #: Ingest transactions committed: with group commit, far fewer than ingests.
+        self.batches_committed = 0
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._timeout = connect_timeout
+        self._max_batch = max_batch
+        self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._sql = queries("postgres")
+        #: Why the last ingest commit failed, until one succeeds (/readyz tries a commit).
+        self._commit_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact_url(self.url)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            with wrap_exceptions():
+                self._pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=self._pool_min_size,
+                    max_size=self._pool_max_size,
+                    timeout=self._timeout,
+                    server_settings={"application_name": "switchboard"},
+                )
+                self.migrations_applied = await self._migrate()
+        except (ValueError, asyncpg.ClientConfigurationError) as exc:  # a malformed URL
+            await self._close_pool()
+            raise StoreUnavailable(f"postgresql: bad storage.url: {type(exc).__name__}") from exc
+        except BaseException:
+            await self._close_pool()
+            raise
+        self._loop = asyncio.get_running_loop()
+        self._writer_task = asyncio.create_task(self._write_loop(), name="postgres-writer")
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            self._queue.put_nowait(_STOP)
+            await self._writer_task
+            self._writer_task = None
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry is not _STOP:
+                _fail(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self._timeout)
+            except (*_DRIVER_ERRORS, asyncio.CancelledError):
+                pool.terminate()
+
+    async def _migrate(self) -> list[int]:
+        """Apply pending migrations in one transaction under an advisory lock, so processes
+        starting together apply each once; returns the versions applied."""
+        known = migrations("postgres")
+        applied = []
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(_SCHEMA_TABLE)
+            current = await conn.fetchval(self._sql["schema_version"])
+            if known and current > known[-1][0]:
+                raise StoreCorrupt(f"schema version {current} is newer than this Switchboard knows")
+            for version, script in known:
+                if version > current:
+                    await conn.execute(script)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                        version,
+                        datetime.now(UTC).isoformat(timespec="microseconds"),
+                    )
+                    applied.append(version)
+        if applied:
+            log.info("schema migrated", stage="store", versions=applied)
+        return applied
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("store is not open")
+        async with pool.acquire(timeout=self._timeout) as conn:
+            yield conn
+
+    # -- ingest (group commit) ------------------------------------------------------------
+
+    async def ingest(self, item: IngestItem) -> IngestOutcome:
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store is not open")
+        prepared = (item, _event_row(item))  # raises UnstorableEvent before joining a batch
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((prepared, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            batch: list[_Pending] = []
+            for entry in self._drain(first):
+                if entry is _STOP:
+                    stopping = True
+                else:
+                    batch.append(entry)  # type: ignore[arg-type]
+            if batch:
+                await self._commit(batch)
+
+    def _drain(self, first: _Pending | object) -> Iterator[_Pending | object]:
+        yield first
+        taken = 1
+        while taken < self._max_batch and not self._queue.empty():
+            yield self._queue.get_nowait()
+            taken += 1
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            with wrap_exceptions():
+                async with self._connection() as conn, conn.transaction():
+                    outcomes = await self._write_batch(conn, items)
+        except Exception as exc:  # whatever it is, the writer lives on and every caller hears
+            reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
+            self._commit_error = reason
+            for _, future in batch:
+                _fail(future, StoreUnavailable(reason))
+            return
+        self._commit_error = None
+        self.batches_committed += 1
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _write_batch(self, conn: Conn, items: Sequence[_Prepared]) -> list[IngestOutcome]:
+        replays = await self._check_nonces(conn, items)
+        rows = [row for place, (_, row) in enumerate(items) if place not in replays]
+        stored: set[str] = set()
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            places = list(range(len(rows)))
+            found = await conn.fetch(self._sql["insert_events"], *columns, places)
+            stored = {record[0] for record in found}
+        return [
+            IngestOutcome.REPLAY
+            if place in replays
+            else IngestOutcome.STORED
+            if row[0] in stored
+            else IngestOutcome.DUPLICATE
+            for place, (_, row) in enumerate(items)
+        ]
+
+    async def _check_nonces(self, conn: Conn, items: Sequence[_Prepared]) -> set[int]:
+        """The places of items whose one-time token was first used with another dedupe key.
+        Tokens go in (source, nonce) order, the first submitted first, against deadlocks."""
+        with_nonce = sorted(
+            (item.event.source, item.nonce, place)
+            for place, (item, _) in enumerate(items)
+            if item.nonce is not None
+        )
+        replays: set[int] = set()
+        for source, nonce, place in with_nonce:
+            event = items[place][0].event
+            fresh = await conn.fetchval(
+                self._sql["insert_nonce"],
+                _text(source),
+                _text(nonce),
+                _text(event.dedupe_key),
+                event.received_at,
+            )
+            if fresh is None:
+                owner = await conn.fetchval(self._sql["nonce_owner"], _text(source), _text(nonce))
+                if owner != _text(event.dedupe_key):
+                    replays.add(place)
+        return replays
+
+    # -- other writes ---------------------------------------------------------------------
+
+    async def quarantine(self, request: QuarantinedRequest) -> None:
+        await self._execute(
+            self._sql["insert_quarantine"],
+            _text(request.id),
+            _text(request.source),
+            request.received_at,
+            _text(request.reason),
+            _text(request.content_type),
+            request.raw_body,
+            request.raw_blob,
+            _text(request.correlation_id),
+        )
+
+    async def prune_nonces(self, before: datetime) -> None:
+        """Forget one-time tokens older than any timestamp a verifier would still accept."""
+        await self._execute(self._sql["prune_nonces"], before)
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                await conn.execute(sql, *args)
+
+    async def _put_blob(self, digest: str, content: bytes) -> None:
+        await self._execute(self._sql["put_blob"], digest, content)
+
+    async def _get_blob(self, digest: str) -> bytes | None:
+        content: bytes | None = await self._read_value(self._sql["get_blob"], digest)
+        return content
+
+    # -- routing (the worker) ---------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, now: datetime, lease_seconds: float, max_lanes: int, max_events: int
+    ) -> list[ClaimedLane]:
+        until = now + timedelta(seconds=lease_seconds)
+        return await self._transact(
+            lambda conn: self._claim(conn, owner, now, until, max_lanes, max_events)
+        )
+
+    async def _claim(
+        self,
+        conn: Conn,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        max_lanes: int,
+        max_events: int,
+    ) -> list[ClaimedLane]:
+        picked = await self._pick_lanes(conn, now, max_lanes, max_events)
+        if not picked:
+            return []
+        leases = {lane: Lease(lane=lane, token=new_token(), until=until) for lane in picked}
+        order = sorted(leases)
+        taken = {
+            record[0]
+            for record in await conn.fetch(
+                self._sql["take_leases"],
+                order,
+                [leases[lane].token for lane in order],
+                owner,
+                until,
+                now,
+            )
+        }
+        lanes = {lane: ids for lane, ids in picked.items() if lane in taken}
+        if not lanes:
+            return []
+        found = await self._claimed_events(conn, lanes, now)
+        kept = {lane: [i for i in ids if i in found] for lane, ids in lanes.items()}
+        for lane in [lane for lane, ids in kept.items() if not ids]:  # finished meanwhile
+            await conn.execute(self._sql["release_lease"], lane, leases[lane].token)
+            del kept[lane]
+        if not kept:
+            return []
+        await conn.execute(self._sql["mark_processing"], [i for ids in kept.values() for i in ids])
+        conversations = {
+            record[0]: _conversation_from_row(record)
+            for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
+        }
+        return [
+            ClaimedLane(
+                lease=leases[lane],
+                events=[found[event_id][0] for event_id in ids],
+                attempts={event_id: found[event_id][1] for event_id in ids},
+                conversation=conversations.get(lane),
+            )
+            for lane, ids in kept.items()
+        ]
+
+    async def _pick_lanes(
+        self, conn: Conn, now: datetime, max_lanes: int, max_events: int
+    ) -> dict[str, list[str]]:
+        """Lanes not leased at `now`, oldest first, with their first unfinished events: pages
+        in arrival order until enough are found (a flood in one conversation, or a held lane's
+        backlog, must not hide the conversations after it)."""
+        lanes: dict[str, list[str]] = {}
+        after: str | None = None
+        for _ in range(MAX_SCAN // SCAN_PAGE):
+            scan = await conn.fetch(self._sql["claim_scan"], after, SCAN_PAGE, now)
+            for event_id, lane, busy in scan:
+                if busy:
+                    continue
+                ids = lanes.get(lane)
+                if ids is None:
+                    if len(lanes) >= max_lanes:
+                        continue
+                    ids = lanes[lane] = []
+                if len(ids) < max_events:
+                    ids.append(event_id)
+            if len(lanes) >= max_lanes or len(scan) < SCAN_PAGE:
+                break
+            after = scan[-1][0]
+        return lanes
+
+    async def _claimed_events(
+        self, conn: Conn, lanes: dict[str, list[str]], now: datetime
+    ) -> dict[str, tuple[Event, int]]:
+        """The picked events still unfinished, decoded; one that cannot be read is failed at
+        once (retrying cannot help, and the events after it must go on)."""
+        ids = [event_id for ids in lanes.values() for event_id in ids]
+        found: dict[str, tuple[Event, int]] = {}
+        for event_id, body, status, attempts in await conn.fetch(self._sql["claimed_events"], ids):
+            try:
+                found[event_id] = (event_from_row((body, status)), attempts)
+            except (msgspec.DecodeError, ValueError) as exc:
+                run = RunRecord(
+                    event_id=event_id,
+                    at=now,
+                    rules_version=None,
+                    error=f"stored event cannot be read: {exc}"[:1000],
+                )
+                result = EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
+                await self._record_results(conn, [result])
+        return found
+
+    async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
+        return await self._transact(lambda conn: self._commit_lanes(conn, lanes, now))
+
+    async def _commit_lanes(
+        self, conn: Conn, lanes: list[LaneCommit], now: datetime
+    ) -> CommitOutcome:
+        names = sorted({lane.lease.lane for lane in lanes})
+        held = {r[0]: r[1] for r in await conn.fetch(self._sql["lock_leases"], names)}
+        applied: list[bool] = []
+        new_ids: list[str] = []
+        cancelled: list[str] = []
+        for lane in lanes:
+            if held.get(lane.lease.lane) != lane.lease.token:
+                applied.append(False)  # fenced: the lease expired and was taken over
+                continue
+            applied.append(True)
+            held[lane.lease.lane] = None  # released below: the same token cannot commit twice
+            cancelled += await self._apply_lane(conn, lane, now, new_ids)
+        return CommitOutcome(
+            applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
+        )
+
+    async def _apply_lane(
+        self, conn: Conn, lane: LaneCommit, now: datetime, new_ids: list[str]
+    ) -> list[str]:
+        """Everything one lane's processing writes, and its lease released (or held until
+        its retry); returns the rows an opt-out cancelled."""
+        sql = self._sql
+        await self._record_results(conn, lane.results)
+        if lane.failed_attempt is not None:
+            await conn.execute(sql["failed_attempt"], lane.failed_attempt)
+        if lane.conversation is not None:
+            await conn.execute(sql["upsert_conversation"], *_conversation_row(lane.conversation))
+        cancelled: list[str] = []
+        for contact_key, reason in lane.cancel_contacts:
+            cancelled += await self._cancel_waiting(conn, contact_key, reason)
+        new_ids += await self._insert_rows(conn, lane.outbox)
+        for contact, entry in lane.contacts:
+            await self._save_contact(conn, contact, entry, now)
+        for receipt in lane.receipts:
+            await self._apply_receipt(conn, receipt)
+        if lane.timers_set:
+            await conn.executemany(
+                sql["set_timer"],
+                [(_text(t.conversation_key), t.timer, t.due_at) for t in lane.timers_set],
+            )
+        for key, name, due_at in lane.timers_cleared:
+            await conn.execute(sql["clear_timer"], _text(key), name, due_at)
+        if lane.retry_at is not None:
+            await conn.execute(sql["hold_lease_until"], lane.lease.lane, lane.retry_at)
+        else:
+            await conn.execute(sql["release_lease"], lane.lease.lane, lane.lease.token)
+        return cancelled
+
+    async def _record_results(self, conn: Conn, results: Sequence[EventResult]) -> None:
+        """Each event's new status and its run."""
+        if not results:
+            return
+        await conn.executemany(
+            self._sql["finish_event"], [(r.status.value, r.event_id) for r in results]
+        )
+        await conn.executemany(
+            self._sql["insert_run"],
+            [(r.event_id, r.run.at, run_encoder.encode(r.run)) for r in results],
+        )
+
+    async def _insert_rows(self, conn: Conn, rows: Sequence[OutboxRow]) -> list[str]:
+        """Insert outbox rows; the ids of those that were not there yet."""
+        made = []
+        for row in rows:
+            if await conn.fetchval(self._sql["insert_outbox"], *_outbox_row(row)) is not None:
+                made.append(row.id)
+        return made
+
+    async def _cancel_waiting(self, conn: Conn, contact_key: str, reason: str) -> list[str]:
+        """Cancel a contact's pending and deferred rows; their ids."""
+        found = await conn.fetch(self._sql["cancel_waiting"], _text(contact_key), _text(reason))
+        return [record[0] for record in found]
+
+    async def _save_contact(
+        self, conn: Conn, contact: ContactRecord, entry: LedgerRecord | None, now: datetime
+    ) -> None:
+        """A contact's consent, and the ledger entry of its change."""
+        key = _text(contact.address)
+        await conn.execute(
+            self._sql["upsert_contact"],
+            key,
+            contact.consent,
+            contact.opted_out_at,
+            contact.timezone,
+            now,
+        )
+        if entry is not None:
+            await conn.execute(
+                self._sql["insert_ledger"],
+                key,
+                entry.at,
+                entry.event_id,
+                entry.channel,
+                entry.change,
+                _text(entry.reason),
+            )
+
+    async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
+        async def run(conn: Conn) -> list[str]:
+            await self._record_results(conn, results)
+            return await self._insert_rows(conn, rows)
+
+        return await self._transact(run)
+
+    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = await self._read(self._sql["existing_outbox_ids"], [_text(i) for i in ids])
+        return {row[0] for row in rows}
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+        scan = await self._read(self._sql["dispatch_scan"], DISPATCH_SCAN)
+        due = due_heads(scan, now, limit)
+        if not due:
+            return []
+        found = await self._read(self._sql["rows_by_id"], [head[1] for head in due])
+        rows = {row[0]: row for row in found}
+        return [
+            DueRow(row=_outbox_from_row(rows[row_id]), in_doubt=in_doubt, previous_attempt_at=at)
+            for _, row_id, in_doubt, at in due
+            if row_id in rows
+        ]
+
+    async def claim_rows(
+        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
+    ) -> list[ClaimedRow]:
+        """Lease the rows still claimable in one statement; rows another dispatcher holds
+        locked right now are skipped, never waited for."""
+        del owner  # rows carry the token only; the owner shows in the logs
+        if not due:
+            return []
+        tokens = {head.row.id: new_token() for head in due}
+        until = now + timedelta(seconds=lease_seconds)
+
+        async def run(conn: Conn) -> set[str]:
+            found = await conn.fetch(
+                self._sql["claim_rows"], list(tokens), list(tokens.values()), until, now
+            )
+            return {record[0] for record in found}
+
+        taken = await self._transact(run)
+        return [
+            ClaimedRow(
+                row=head.row,
+                token=tokens[head.row.id],
+                in_doubt=head.in_doubt,
+                previous_attempt_at=head.previous_attempt_at,
+            )
+            for head in due
+            if head.row.id in taken
+        ]
+
+    async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
+        async def run(conn: Conn) -> list[bool]:
+            ids = sorted({result.id for result in results})
+            held = {r[0]: (r[1], r[2]) for r in await conn.fetch(self._sql["lock_rows"], ids)}
+            done = []
+            for result in results:
+                if held.get(result.id) != (result.token, "sending"):
+                    done.append(False)  # fenced: the lease expired and another attempt took it
+                    continue
+                held[result.id] = (None, "finished")
+                await self._finish_one(conn, result)
+                done.append(True)
+            return done
+
+        return await self._transact(run)
+
+    async def _finish_one(self, conn: Conn, result: AttemptResult) -> None:
+        sql, outcome = self._sql, result.outcome
+        if outcome is AttemptOutcome.SENT:
+            await conn.execute(sql["finish_sent"], result.id, result.provider_message_id)
+            if result.provider_message_id:
+                await self._map_thread(conn, result.id, result.provider_message_id)
+                await self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
+            if result.provider_status:
+                await self._deliver(conn, result.id, "sent", result.provider_status, None)
+        elif outcome is AttemptOutcome.IN_DOUBT:
+            until = result.next_attempt_at or result.at
+            await conn.execute(
+                sql["finish_in_doubt"], result.id, result.error, result.error_code, until
+            )
+        elif outcome is AttemptOutcome.RETRY:
+            await conn.execute(
+                sql["finish_retry"],
+                result.id,
+                result.error,
+                result.error_code,
+                result.next_attempt_at,
+                0 if result.throttled else 1,
+            )
+        else:
+            status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
+            await conn.execute(
+                sql["finish_dead"], result.id, status, result.error, result.error_code
+            )
+        if result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
+            await self._save_contact(conn, result.opted_out, result.ledger, result.at)
+            await self._cancel_waiting(
+                conn, result.opted_out.address, "contact opted out at the carrier"
+            )
+        await conn.execute(
+            sql["insert_attempt"],
+            result.id,
+            result.at,
+            outcome.value,
+            result.error,
+            result.error_code,
+            result.duration_ms,
+        )
+
+    async def _map_thread(self, conn: Conn, outbox_id: str, ts: str) -> None:
+        """An escalation post is sent: its Slack thread belongs to the conversation from now
+        on (agent replies and button presses there are routed with it)."""
+        row = await conn.fetchrow(self._sql["row_for_thread"], outbox_id)
+        if row is not None and row[0] == "escalation" and row[2] is not None:
+            await conn.execute(self._sql["map_thread"], f"slack:{row[1]}:{_text(ts)}", row[2])
+
+    async def _apply_receipt(self, conn: Conn, receipt: Receipt) -> None:
+        provider_id = _text(receipt.provider_message_id)
+        found = await conn.fetchrow(self._sql["row_by_provider_id"], provider_id)
+        if found is None:  # the callback beat the dispatcher's commit: keep it for then
+            await conn.execute(
+                self._sql["insert_receipt"],
+                provider_id,
+                _text(receipt.status),
+                receipt.error_code,
+                receipt.at,
+            )
+            return
+        await self._deliver(conn, found[0], found[1], receipt.status, receipt.error_code)
+
+    async def _apply_waiting_receipts(
+        self, conn: Conn, row_id: str, provider_message_id: str
+    ) -> None:
+        waiting = await conn.fetch(self._sql["receipts_of"], provider_message_id)
+        status = "sent"
+        for receipt_status, error_code, _ in waiting:
+            status = await self._deliver(conn, row_id, status, receipt_status, error_code)
+        if waiting:
+            await conn.execute(self._sql["drop_receipts"], provider_message_id)
+
+    async def _deliver(
+        self, conn: Conn, row_id: str, current: str, reported: str, error_code: str | None
+    ) -> str:
+        """Move a sent row on by a receipt, never back."""
+        target = receipt_target(current, reported)
+        if target is None:
+            return current
+        await conn.execute(self._sql["set_delivery"], row_id, target, error_code)
+        return target
+
+    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
+        rows = await self._read(self._sql["escalation_post"], _text(conversation_key))
+        return _outbox_from_row(rows[0]) if rows else None
+
+    async def escalation_thread(self, conversation_key: str) -> str | None:
+        thread: str | None = await self._read_value(
+            self._sql["escalation_thread"], _text(conversation_key)
+        )
+        return thread
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        due: datetime | None = await self._read_value(self._sql["next_due"], now)
+        return due
+
+    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
+        rows = await self._read(self._sql["attempts_of_row"], _text(outbox_id))
+        return [
+            AttemptRecord(at=r[0], outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4])
+            for r in rows
+        ]
+
+    async def requeue_dead(self, outbox_id: str) -> bool:
+        return await self._changed(self._sql["requeue_dead"], _text(outbox_id))
+
+    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
+        return await self._changed(self._sql["discard_dead"], _text(outbox_id), _text(reason))
+
+    async def _changed(self, sql: str, *args: Any) -> bool:
+        """Run one UPDATE; True if it changed a row."""
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                status = await conn.execute(sql, *args)
+        return not status.endswith(" 0")
+
+    async def outbox_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._read(self._sql["outbox_counts"])
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        oldest: datetime | None = await self._read_value(self._sql["oldest_due"], now)
+        return oldest
+
+    async def rate_slots(self) -> dict[str, datetime]:
+        return {row[0]: row[1] for row in await self._read(self._sql["rate_slots"])}
+
+    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
+        if not slots:
+            return
+
+        async def run(conn: Conn) -> None:
+            # Key order: two processes saving overlapping slots never wait on each other in a cycle.
+            await conn.executemany(
+                self._sql["save_rate_slot"], [(k, slots[k]) for k in sorted(slots)]
+            )
+
+        await self._transact(run)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
+        if not keys:
+            return {}
+        rows = await self._read(self._sql["contacts_by_key"], [_text(k) for k in keys])
+        return {
+            row[0]: ContactRecord(
+                address=row[0], consent=row[1], opted_out_at=row[2], timezone=row[3]
+            )
+            for row in rows
+        }
+
+    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
+        rows = await self._read(self._sql["list_timers"], due_before)
+        return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
+
+    async def runs(self, event_id: str) -> list[RunRecord]:
+        rows = await self._read(self._sql["runs_of_event"], _text(event_id))
+        return [run_decoder.decode(row[0]) for row in rows]
+
+    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
+        rows = await self._read(
+            self._sql["list_outbox"],
+            where.status.value if where.status else None,
+            _opt_text(where.channel),
+            _opt_text(where.to),
+            _opt_text(where.event_id),
+            _opt_text(where.before),
+            where.limit,
+        )
+        return [_outbox_from_row(row) for row in rows]
+
+    async def get_conversation(self, key: str) -> ConversationRecord | None:
+        rows = await self._read(self._sql["get_conversation"], _text(key))
+        return _conversation_from_row(rows[0]) if rows else None
+
+    async def list_conversations(
+        self, state: str | None, limit: int = 100
+    ) -> list[ConversationRecord]:
+        rows = await self._read(self._sql["list_conversations"], _opt_text(state), limit)
+        return [_conversation_from_row(row) for row in rows]
+
+    async def get_contact(self, key: str) -> ContactRecord | None:
+        contact = (await self.contacts([key])).get(_text(key))
+        if contact is None:
+            return None
+        ledger = [
+            LedgerRecord(at=r[0], event_id=r[1], channel=r[2], change=r[3], reason=r[4])
+            for r in await self._read(self._sql["contact_ledger"], _text(key))
+        ]
+        return msgspec.structs.replace(contact, ledger=ledger)
+
+    async def list_events(self, where: EventFilter) -> list[Event]:
+        rows = await self._read(
+            self._sql["list_events"],
+            _opt_text(where.source),
+            _opt_text(where.type),
+            where.status.value if where.status else None,
+            where.since,
+            where.until,
+            _opt_text(where.before),
+            where.limit,
+        )
+        found = []
+        for row in rows:
+            try:
+                found.append(event_from_row(row))
+            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
+                log.warning("stored event cannot be read", stage="store", error=str(exc)[:200])
+        return found
+
+    async def get_event(self, event_id: str) -> Event | None:
+        rows = await self._read(self._sql["get_event"], _text(event_id))
+        if not rows:
+            return None
+        try:
+            return event_from_row(rows[0])
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
+
+    async def get_raw(self, event_id: str) -> StoredRaw | None:
+        return _raw(await self._read(self._sql["get_raw"], _text(event_id)))
+
+    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
+        return _raw(await self._read(self._sql["nonce_first_body"], _text(source), _text(nonce)))
+
+    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
+        return [
+            QuarantinedRequest(
+                id=r[0],
+                source=r[1],
+                received_at=r[2],
+                reason=r[3],
+                content_type=r[4],
+                raw_body=r[5],
+                raw_blob=r[6],
+                correlation_id=r[7],
+            )
+            for r in await self._read(self._sql["list_quarantine"], limit)
+        ]
+
+    async def ping(self) -> None:
+        """Unavailable unless the writer runs, the database answers and takes writes (not a
+        standby after a failover), and, after an ingest commit failed, a commit lands again."""
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store writer is not running")
+        if await self._read_value("SELECT pg_is_in_recovery()"):
+            raise StoreUnavailable("postgresql: the database is a read-only standby")
+        if self._commit_error is not None:
+            failed = self._commit_error
+            try:
+                await self._execute(self._sql["probe_commit"], datetime.now(UTC))
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(f"cannot commit: {exc}") from exc
+            if self._commit_error == failed:
+                self._commit_error = None
+
+    async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                return rows
+
+    async def _read_value(self, sql: str, *args: Any) -> Any:
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                return await conn.fetchval(sql, *args)
+
+    async def _transact(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `fn` in one transaction on a pooled connection."""
+        with wrap_exceptions():
+            async with self._connection() as conn, conn.transaction():
+                return await fn(conn)
+
+
+def _text(value: str) -> str:
+    """A text column's value: PostgreSQL text cannot hold NUL, SQLite's can. The exact value
+    stays in the JSON body; the column (searched, deduplicated) gets U+FFFD instead."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _conversation_row(record: ConversationRecord) -> tuple[Any, ...]:
+    return (
+        _text(record.key),
+        record.state,
+        _opt_text(record.channel),
+        _opt_text(record.contact),
+        record.body,
+        record.updated_at,
+    )
+
+
+def _conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
+    return ConversationRecord(
+        key=row[0], state=row[1], channel=row[2], contact=row[3], body=row[4], updated_at=row[5]
+    )
+
+
+def _outbox_row(row: OutboxRow) -> tuple[Any, ...]:
+    return (
+        _text(row.id),
+        row.event_id,
+        _opt_text(row.conversation_key),
+        _opt_text(row.contact_key),
+        row.channel,
+        _text(row.to),
+        row.category,
+        row.kind,
+        row.status.value,
+        row.not_before,
+        row.created_at,
+        row.attempts,
+        _opt_text(row.last_error),
+        _opt_text(row.provider_message_id),
+        msgspec.json.encode(row.payload),
+        _text(row.lane),
+        row.priority,
+    )
+
+
+def _outbox_from_row(row: Sequence[Any]) -> OutboxRow:
+    return OutboxRow(
+        id=row[0],
+        event_id=row[1],
+        conversation_key=row[2],
+        contact_key=row[3],
+        channel=row[4],
+        to=row[5],
+        category=row[6],
+        kind=row[7],
+        status=OutboxStatus(row[8]),
+        not_before=row[9],
+        created_at=row[10],
+        attempts=row[11],
+        last_error=row[12],
+        provider_message_id=row[13],
+        payload=payload_decoder.decode(row[14]),
+        next_attempt_at=row[15],
+        error_code=row[16],
+    )
+
+
+def _raw(rows: list[Any]) -> StoredRaw | None:
+    if not rows:
+        return None
+    content_type, body, blob = rows[0]
+    return StoredRaw(content_type=content_type, body=body, blob=blob)
+
+
+def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _event_row(item: IngestItem) -> tuple[Any, ...]:
+    """The events row; UnstorableEvent if a text is not valid Unicode (a lone surrogate)."""
+    event = item.event
+    try:
+        body = encode_event(event)  # every text column below is a field of this event
+        if item.nonce is not None:
+            item.nonce.encode()
+    except (UnicodeEncodeError, TypeError, msgspec.EncodeError) as exc:
+        raise UnstorableEvent(f"write failed: event cannot be stored: {exc}") from exc
+    return (
+        _text(event.id),
+        _text(event.source),
+        _text(event.type),
+        _text(event.provider_type),
+        _text(event.dedupe_key),
+        _opt_text(event.channel),
+        _opt_text(event.contact.address if event.contact else None),
+        _opt_text(event.conversation_key),
+        event.status.value,
+        event.received_at,
+        event.occurred_at,
+        _text(event.correlation_id),
+        body,
+        _text(item.content_type),
+        None if item.raw_blob else item.raw_body,
+        item.raw_blob,
+    )
