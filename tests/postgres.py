@@ -100,3 +100,12 @@ def redacted(url: str) -> str:
 
 
 SERVER = PostgresServer()
+
+
+async def drop_schema(url: str) -> None:
+    """Drop every table, migrations record included: the next store opened migrates afresh."""
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()

@@ -263,8 +263,6 @@ class PostgresStore:
                         datetime.now(UTC).isoformat(timespec="microseconds"),
                     )
                     applied.append(version)
-        if applied:
-            log.info("schema migrated", stage="store", versions=applied)
         return applied
 
     @contextlib.asynccontextmanager
