@@ -336,21 +336,79 @@ async def _twilio_through(
     return next(e.id for e in found if e.dedupe_key == f"twilio:{sid}"), body
 
 
-# -- SQLite: group commit, durability settings, migrations, locks ----------------------------
+# -- group commit ----------------------------------------------------------------------------
 
 
-async def test_concurrent_ingests_are_group_committed(sqlite_store: SQLiteStore) -> None:
-    before = sqlite_store.batches_committed
-    outcomes = await asyncio.gather(
-        *(sqlite_store.ingest(item(event(f"G{i}"))) for i in range(500))
-    )
+async def test_concurrent_ingests_are_group_committed(store: Any) -> None:
+    before = store.batches_committed
+    outcomes = await asyncio.gather(*(store.ingest(item(event(f"G{i}"))) for i in range(500)))
     assert outcomes == [STORED] * 500
-    commits = sqlite_store.batches_committed - before
+    commits = store.batches_committed - before
     assert 1 <= commits <= 500 // 10, f"{commits} commits for 500 ingests"
     # One by one, each ingest is its own commit: the counter counts real transactions.
     for i in range(3):
-        await sqlite_store.ingest(item(event(f"S{i}")))
-    assert sqlite_store.batches_committed - before == commits + 3
+        await store.ingest(item(event(f"S{i}")))
+    assert store.batches_committed - before == commits + 3
+
+
+async def test_a_write_that_raises_does_not_stop_the_writer(store: Store) -> None:
+    unencodable = event("bad", data={"thing": object()})
+    with pytest.raises(StoreUnavailable, match="write failed"):
+        await store.ingest(item(unencodable))
+    assert await store.ingest(item(event("good"))) is STORED
+
+
+@pytest.mark.parametrize(
+    ("text", "nonce"), [("caf\udce9", None), ("hello", "tok\udc80")], ids=["text", "nonce"]
+)
+async def test_unstorable_event_fails_alone(store: Store, text: str, nonce: str | None) -> None:
+    """Found by the fuzzer: an event the store cannot encode (a lone surrogate from a raw
+    UTF-8 email header) used to fail every request of its group-commit batch with 503."""
+    good = [item(event(f"G{n}")) for n in range(30)]
+    bad = item(event("BAD", text=text), nonce=nonce)
+    results = await asyncio.gather(
+        *(store.ingest(i) for i in [*good[:15], bad, *good[15:]]), return_exceptions=True
+    )
+    assert isinstance(results[15], UnstorableEvent)
+    assert isinstance(results[15], StoreUnavailable)  # callers knowing only that still refuse
+    assert results[:15] + results[16:] == [STORED] * 30
+    listed = await store.list_events(EventFilter(limit=100))
+    assert {e.dedupe_key for e in listed} == {i.event.dedupe_key for i in good}
+    assert await store.ingest(item(event("AFTER"))) is STORED
+
+
+async def test_nul_characters_are_stored_and_read_back_exactly(store: Store) -> None:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a verified delivery carrying one is
+    still stored, deduplicated and read back as it came."""
+    odd = msgspec.structs.replace(event("nul\x00key", text="a\x00b"), conversation_key="c\x00")
+    assert await store.ingest(item(odd, nonce="tok\x00")) is STORED
+    assert await store.ingest(item(event("nul\x00key"), nonce="tok\x00")) is DUPLICATE
+    assert await store.get_event(odd.id) == odd
+    assert [e.id for e in await store.list_events(EventFilter(source="twilio"))] == [odd.id]
+
+
+async def test_ingests_racing_close_are_answered(backend: str, tmp_path: Path) -> None:
+    """Every ingest issued while the store closes is either stored or told it is unavailable."""
+    async with open_backend(backend, tmp_path) as opened:
+        await opened.ingest(item(event("warm")))
+        closing = asyncio.create_task(opened.close())
+        racing: list[tuple[Event, asyncio.Task[IngestOutcome]]] = []
+        while not closing.done():
+            ev = event(f"R{len(racing)}")
+            racing.append((ev, asyncio.create_task(opened.ingest(item(ev)))))
+            await asyncio.sleep(0)  # a yield, not a wait: lets the writer and close() run
+        _, pending = await asyncio.wait([t for _, t in racing], timeout=10)
+        assert not pending, f"{len(pending)} ingests never answered"
+    async with open_backend(backend, tmp_path) as reopened:
+        for ev, task in racing:
+            stored = await reopened.get_event(ev.id)
+            if task.exception() is None:
+                assert task.result() is STORED and stored == ev
+            else:
+                assert isinstance(task.exception(), StoreUnavailable) and stored is None
+
+
+# -- SQLite: durability settings, migrations, locks --------------------------------------------
 
 
 async def test_writer_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
@@ -423,55 +481,6 @@ async def test_locked_database_fails_the_batch_then_recovers(tmp_path: Path) -> 
         # Nothing of the failed batch was kept: the providers' retries are stored, not duplicates.
         outcomes = await asyncio.gather(*(opened.ingest(i) for i in items))
         assert outcomes == [STORED] * 20
-
-
-async def test_a_write_that_raises_does_not_stop_the_writer(sqlite_store: SQLiteStore) -> None:
-    unencodable = event("bad", data={"thing": object()})
-    with pytest.raises(StoreUnavailable, match="write failed"):
-        await sqlite_store.ingest(item(unencodable))
-    assert await sqlite_store.ingest(item(event("good"))) is STORED
-
-
-@pytest.mark.parametrize(
-    ("text", "nonce"), [("caf\udce9", None), ("hello", "tok\udc80")], ids=["text", "nonce"]
-)
-async def test_unstorable_event_fails_alone(
-    sqlite_store: SQLiteStore, text: str, nonce: str | None
-) -> None:
-    """Found by the fuzzer: an event the store cannot encode (a lone surrogate from a raw
-    UTF-8 email header) used to fail every request of its group-commit batch with 503."""
-    good = [item(event(f"G{n}")) for n in range(30)]
-    bad = item(event("BAD", text=text), nonce=nonce)
-    results = await asyncio.gather(
-        *(sqlite_store.ingest(i) for i in [*good[:15], bad, *good[15:]]), return_exceptions=True
-    )
-    assert isinstance(results[15], UnstorableEvent)
-    assert isinstance(results[15], StoreUnavailable)  # callers knowing only that still refuse
-    assert results[:15] + results[16:] == [STORED] * 30
-    listed = await sqlite_store.list_events(EventFilter(limit=100))
-    assert {e.dedupe_key for e in listed} == {i.event.dedupe_key for i in good}
-    assert await sqlite_store.ingest(item(event("AFTER"))) is STORED
-
-
-async def test_ingests_racing_close_are_answered(tmp_path: Path) -> None:
-    """Every ingest issued while the store closes is either stored or told it is unavailable."""
-    async with open_backend("sqlite", tmp_path) as opened:
-        await opened.ingest(item(event("warm")))
-        closing = asyncio.create_task(opened.close())
-        racing: list[tuple[Event, asyncio.Task[IngestOutcome]]] = []
-        while not closing.done():
-            ev = event(f"R{len(racing)}")
-            racing.append((ev, asyncio.create_task(opened.ingest(item(ev)))))
-            await asyncio.sleep(0)  # a yield, not a wait: lets the writer and close() run
-        _, pending = await asyncio.wait([t for _, t in racing], timeout=10)
-        assert not pending, f"{len(pending)} ingests never answered"
-    async with open_backend("sqlite", tmp_path) as reopened:
-        for ev, task in racing:
-            stored = await reopened.get_event(ev.id)
-            if task.exception() is None:
-                assert task.result() is STORED and stored == ev
-            else:
-                assert isinstance(task.exception(), StoreUnavailable) and stored is None
 
 
 # -- blobs -----------------------------------------------------------------------------------
