@@ -201,9 +201,7 @@ def test_verification_agrees_with_slack_sdk(body: bytes, secret: str, tampered: 
     assert ours == sdk_accepts
 
 
-def test_authentic_body_that_is_not_utf8_is_quarantined(
-    server: LiveServer, tmp_path: Path
-) -> None:
+def test_authentic_body_that_is_not_utf8_is_quarantined(server: LiveServer, tmp_path: Path) -> None:
     """A correct HMAC over bytes that are not UTF-8 is authentic but malformed: 400, kept."""
     body = b'{"type": "event_callback", "event_id": "Ev1", "x": "\xff"}'
     secret = SECRETS["slack"][0].encode()

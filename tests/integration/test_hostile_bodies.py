@@ -258,4 +258,3 @@ def _post(client: httpx.Client, request: SignedRequest) -> httpx.Response:
     return client.post(
         request.path, content=request.body, headers=request.headers, auth=request.auth
     )
-

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `store` fixture is imported, then named by the tests)
 """Conversation timers: a due timer becomes one `timer.<name>` event in the store, once.
 
 apscheduler runs on real time (the FrozenClock only stamps the events), so timers here fall due
@@ -10,9 +11,8 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -25,7 +25,7 @@ from router.logs import configure_logging
 from router.pipeline.timers import TimerScheduler, timer_event
 from router.store.base import EventFilter, IngestItem, IngestOutcome, Store
 from router.store.records import LaneCommit, TimerRecord
-from router.store.sqlite import SQLiteStore
+from tests.router.test_store import backend, store  # noqa: F401  (fixtures)
 
 KEY = "sms:+15551230001:+15559870000"
 PHONE = "+15551230001"
@@ -61,7 +61,7 @@ class SeededStore:
     """A real store whose `timers()` answers a given list, and whose ingest can be made to fail
     its first `failures` calls (as a locked or full store does)."""
 
-    def __init__(self, inner: SQLiteStore, timers: list[TimerRecord], failures: int = 0) -> None:
+    def __init__(self, inner: Store, timers: list[TimerRecord], failures: int = 0) -> None:
         self.inner = inner
         self.seeded = timers
         self.failures = failures
@@ -79,16 +79,6 @@ class SeededStore:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "var" / "switchboard.db")
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest.fixture
 def log_buffer() -> Iterator[io.BytesIO]:
     buffer = io.BytesIO()
     configure_logging("info", stream=buffer)
@@ -96,7 +86,7 @@ def log_buffer() -> Iterator[io.BytesIO]:
     configure_logging("info")
 
 
-async def reminders(store: SQLiteStore) -> list[Event]:
+async def reminders(store: Store) -> list[Event]:
     return await store.list_events(EventFilter(type=REMINDER))
 
 
@@ -137,7 +127,7 @@ def test_timer_event_is_the_record_as_an_event(clock: FrozenClock) -> None:
     assert timer_event(elsewhere, clock.now()).dedupe_key == event.dedupe_key
 
 
-async def arm_in_store(store: SQLiteStore, record: TimerRecord, now: datetime) -> None:
+async def arm_in_store(store: Store, record: TimerRecord, now: datetime) -> None:
     """Arm a timer as the worker does: in the commit of a lane of its conversation."""
     event = Event(
         id=new_ulid(now),
@@ -157,7 +147,7 @@ async def arm_in_store(store: SQLiteStore, record: TimerRecord, now: datetime) -
 
 
 async def test_timers_in_the_store_fire_at_start_once_across_restarts(
-    store: SQLiteStore, clock: FrozenClock
+    store: Store, clock: FrozenClock
 ) -> None:
     due = soon(-60)
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=due)
@@ -177,7 +167,7 @@ async def test_timers_in_the_store_fire_at_start_once_across_restarts(
         await restarted.stop()
 
 
-async def test_past_due_timer_fires_once_at_start(store: SQLiteStore, clock: FrozenClock) -> None:
+async def test_past_due_timer_fires_once_at_start(store: Store, clock: FrozenClock) -> None:
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-3600))
     wakes = Wakes()
     scheduler = await started(SeededStore(store, [record]), clock, wakes)
@@ -194,7 +184,7 @@ async def test_past_due_timer_fires_once_at_start(store: SQLiteStore, clock: Fro
 
 
 async def test_a_timer_seen_by_two_schedulers_and_a_restart_is_one_event(
-    store: SQLiteStore, clock: FrozenClock
+    store: Store, clock: FrozenClock
 ) -> None:
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-1))
     seeded = SeededStore(store, [record])
@@ -214,7 +204,7 @@ async def test_a_timer_seen_by_two_schedulers_and_a_restart_is_one_event(
         await restarted.stop()
 
 
-async def test_disarmed_timer_never_fires(store: SQLiteStore, clock: FrozenClock) -> None:
+async def test_disarmed_timer_never_fires(store: Store, clock: FrozenClock) -> None:
     wakes = Wakes()
     scheduler = await started(SeededStore(store, []), clock, wakes)
     try:
@@ -231,9 +221,7 @@ async def test_disarmed_timer_never_fires(store: SQLiteStore, clock: FrozenClock
         await scheduler.stop()
 
 
-async def test_rearming_keeps_only_the_latest_due_time(
-    store: SQLiteStore, clock: FrozenClock
-) -> None:
+async def test_rearming_keeps_only_the_latest_due_time(store: Store, clock: FrozenClock) -> None:
     wakes = Wakes()
     scheduler = await started(SeededStore(store, []), clock, wakes)
     try:
@@ -250,7 +238,7 @@ async def test_rearming_keeps_only_the_latest_due_time(
 
 
 async def test_unavailable_store_is_retried_and_logged_masked(
-    store: SQLiteStore, clock: FrozenClock, log_buffer: io.BytesIO
+    store: Store, clock: FrozenClock, log_buffer: io.BytesIO
 ) -> None:
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-1))
     seeded = SeededStore(store, [record], failures=2)
@@ -271,7 +259,7 @@ async def test_unavailable_store_is_retried_and_logged_masked(
     assert [line["event"] for line in lines].count("timer_fired") == 1
 
 
-async def test_stop_lets_a_firing_under_way_finish(store: SQLiteStore, clock: FrozenClock) -> None:
+async def test_stop_lets_a_firing_under_way_finish(store: Store, clock: FrozenClock) -> None:
     release = asyncio.Event()
 
     class SlowStore(SeededStore):
@@ -295,7 +283,7 @@ async def test_stop_lets_a_firing_under_way_finish(store: SQLiteStore, clock: Fr
 
 
 async def test_a_timer_beyond_the_horizon_waits_in_the_store_until_it_comes_near(
-    store: SQLiteStore, clock: FrozenClock
+    store: Store, clock: FrozenClock
 ) -> None:
     record = TimerRecord(conversation_key=KEY, timer="inactivity", due_at=soon(1.2))
     seeded = SeededStore(store, [record])
