@@ -1,4 +1,4 @@
-"""PostgreSQL implementation of the Store, on an asyncpg pool: several routers share one database.
+"""The PostgreSQL store: one database for every router process, on any number of boxes.
 
 Ingest is group-committed as on SQLite: one writer task takes everything queued, inserts it with
 one `unnest` statement (`ON CONFLICT DO NOTHING`) in one transaction, and only then answers each
@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
 from asyncpg import Connection as Conn
 
-from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
-from router.events import Event, EventStatus, encode_event
+from router.errors import StoreCorrupt, StoreUnavailable
+from router.events import Event, EventStatus
 from router.logs import get_logger
 from router.store.base import (
     EventFilter,
@@ -32,6 +30,18 @@ from router.store.base import (
     IngestOutcome,
     QuarantinedRequest,
     StoredRaw,
+)
+from router.store.postgres.blobs import PostgresBlobs
+from router.store.postgres.connection import DRIVER_ERRORS, redact_url, wrap_exceptions
+from router.store.postgres.rows import (
+    conversation_from_row,
+    conversation_row,
+    db_opt_text,
+    db_text,
+    event_params,
+    outbox_from_row,
+    outbox_params,
+    stored_raw,
 )
 from router.store.queries import migrations, queries
 from router.store.records import (
@@ -50,7 +60,6 @@ from router.store.records import (
     LedgerRecord,
     OutboxFilter,
     OutboxRow,
-    OutboxStatus,
     Receipt,
     RunRecord,
     TimerRecord,
@@ -62,7 +71,6 @@ from router.store.shared import (
     due_heads,
     event_from_row,
     new_token,
-    payload_decoder,
     receipt_target,
     run_decoder,
     run_encoder,
@@ -73,101 +81,12 @@ log = get_logger("switchboard.store")
 _Prepared = tuple[IngestItem, tuple[Any, ...]]
 _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
-#: The advisory lock key migrations run under ("switchboard" in ASCII, folded to 63 bits).
+#: The advisory lock key migrations run under: "switchb" in ASCII.
 _MIGRATION_LOCK = 0x73776974636862
 _SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version integer PRIMARY KEY, applied_at text NOT NULL)"
 )
-#: Driver failures: every one means "cannot commit right now" to the caller.
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-    asyncio.TimeoutError,
-)
-
-
-def is_postgres_url(url: str) -> bool:
-    """True for the URLs this store takes: `postgresql://` and `postgres://`."""
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by `***`: safe for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-@contextlib.contextmanager
-def wrap_exceptions() -> Iterator[None]:
-    """Map driver errors to the core's: a lost connection, a restart, a deadlock, a full disk
-    are all 'unavailable' (the caller answers 503 and the provider retries)."""
-    try:
-        yield
-    except _DRIVER_ERRORS as exc:
-        raise StoreUnavailable(f"postgresql: {type(exc).__name__}: {exc}"[:500]) from exc
-
-
-class PostgresBlobs:
-    """The blob store of a PostgreSQL install: rows of a `blobs` table, content-addressed.
-
-    Same blocking interface as the file-based `BlobStore` (callers run it in a thread): each call
-    hands its query to the store's event loop and waits. Several boxes share the database, so a
-    body one box stored is readable by every other.
-    """
-
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        self.failing: str | None = None
-
-    def put(self, content: bytes) -> str:
-        digest = hashlib.sha256(content).hexdigest()
-        try:
-            self._wait(self._store._put_blob(digest, content))
-        except StoreUnavailable as exc:
-            self.failing = str(exc)
-            raise
-        self.failing = None
-        return digest
-
-    def get(self, digest: str) -> bytes:
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
-            raise FileNotFoundError(digest)
-        content = self._wait(self._store._get_blob(digest))
-        if content is None:
-            raise FileNotFoundError(digest)
-        return content
-
-    def probe(self) -> None:
-        self._wait(self._store._read_value("SELECT 1"))
-        self.failing = None
-
-    def sweep_temp_files(self, now: float | None = None) -> int:
-        """Nothing to sweep: a blob row is written in one transaction or not at all."""
-        return 0
-
-    def _wait(self, work: Coroutine[Any, Any, T]) -> T:
-        loop = self._store._loop
-        if loop is None or loop.is_closed():
-            work.close()
-            raise StoreUnavailable("store is not open")
-        if _on_loop(loop):
-            work.close()
-            raise RuntimeError("blobs block: call them in a thread (asyncio.to_thread)")
-        return asyncio.run_coroutine_threadsafe(work, loop).result()
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
 
 
 class PostgresStore:
@@ -198,6 +117,11 @@ class PostgresStore:
         self._sql = queries("postgres")
         #: Why the last ingest commit failed, until one succeeds (/readyz tries a commit).
         self._commit_error: str | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the store was opened on (its pool belongs to it)."""
+        return self._loop
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact_url(self.url)!r})"
@@ -240,7 +164,7 @@ class PostgresStore:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=self._timeout)
-            except (*_DRIVER_ERRORS, asyncio.CancelledError):
+            except (*DRIVER_ERRORS, asyncio.CancelledError):
                 pool.terminate()
 
     async def _migrate(self) -> list[int]:
@@ -278,7 +202,7 @@ class PostgresStore:
     async def ingest(self, item: IngestItem) -> IngestOutcome:
         if self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("store is not open")
-        prepared = (item, _event_row(item))  # raises UnstorableEvent before joining a batch
+        prepared = (item, event_params(item))  # raises UnstorableEvent before joining a batch
         future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((prepared, future))
         return await future
@@ -352,14 +276,16 @@ class PostgresStore:
             event = items[place][0].event
             fresh = await conn.fetchval(
                 self._sql["insert_nonce"],
-                _text(source),
-                _text(nonce),
-                _text(event.dedupe_key),
+                db_text(source),
+                db_text(nonce),
+                db_text(event.dedupe_key),
                 event.received_at,
             )
             if fresh is None:
-                owner = await conn.fetchval(self._sql["nonce_owner"], _text(source), _text(nonce))
-                if owner != _text(event.dedupe_key):
+                owner = await conn.fetchval(
+                    self._sql["nonce_owner"], db_text(source), db_text(nonce)
+                )
+                if owner != db_text(event.dedupe_key):
                     replays.add(place)
         return replays
 
@@ -368,14 +294,14 @@ class PostgresStore:
     async def quarantine(self, request: QuarantinedRequest) -> None:
         await self._execute(
             self._sql["insert_quarantine"],
-            _text(request.id),
-            _text(request.source),
+            db_text(request.id),
+            db_text(request.source),
             request.received_at,
-            _text(request.reason),
-            _text(request.content_type),
+            db_text(request.reason),
+            db_text(request.content_type),
             request.raw_body,
             request.raw_blob,
-            _text(request.correlation_id),
+            db_text(request.correlation_id),
         )
 
     async def prune_nonces(self, before: datetime) -> None:
@@ -387,10 +313,12 @@ class PostgresStore:
             async with self._connection() as conn:
                 await conn.execute(sql, *args)
 
-    async def _put_blob(self, digest: str, content: bytes) -> None:
+    async def put_blob(self, digest: str, content: bytes) -> None:
+        """Keep `content` under `digest` (PostgresBlobs.put runs it on the store's loop)."""
         await self._execute(self._sql["put_blob"], digest, content)
 
-    async def _get_blob(self, digest: str) -> bytes | None:
+    async def get_blob(self, digest: str) -> bytes | None:
+        """The content kept under `digest`, or None."""
         content: bytes | None = await self._read_value(self._sql["get_blob"], digest)
         return content
 
@@ -441,7 +369,7 @@ class PostgresStore:
             return []
         await conn.execute(self._sql["mark_processing"], [i for ids in kept.values() for i in ids])
         conversations = {
-            record[0]: _conversation_from_row(record)
+            record[0]: conversation_from_row(record)
             for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
         }
         return [
@@ -532,7 +460,7 @@ class PostgresStore:
         if lane.failed_attempt is not None:
             await conn.execute(sql["failed_attempt"], lane.failed_attempt)
         if lane.conversation is not None:
-            await conn.execute(sql["upsert_conversation"], *_conversation_row(lane.conversation))
+            await conn.execute(sql["upsert_conversation"], *conversation_row(lane.conversation))
         cancelled: list[str] = []
         for contact_key, reason in lane.cancel_contacts:
             cancelled += await self._cancel_waiting(conn, contact_key, reason)
@@ -544,10 +472,10 @@ class PostgresStore:
         if lane.timers_set:
             await conn.executemany(
                 sql["set_timer"],
-                [(_text(t.conversation_key), t.timer, t.due_at) for t in lane.timers_set],
+                [(db_text(t.conversation_key), t.timer, t.due_at) for t in lane.timers_set],
             )
         for key, name, due_at in lane.timers_cleared:
-            await conn.execute(sql["clear_timer"], _text(key), name, due_at)
+            await conn.execute(sql["clear_timer"], db_text(key), name, due_at)
         if lane.retry_at is not None:
             await conn.execute(sql["hold_lease_until"], lane.lease.lane, lane.retry_at)
         else:
@@ -570,20 +498,20 @@ class PostgresStore:
         """Insert outbox rows; the ids of those that were not there yet."""
         made = []
         for row in rows:
-            if await conn.fetchval(self._sql["insert_outbox"], *_outbox_row(row)) is not None:
+            if await conn.fetchval(self._sql["insert_outbox"], *outbox_params(row)) is not None:
                 made.append(row.id)
         return made
 
     async def _cancel_waiting(self, conn: Conn, contact_key: str, reason: str) -> list[str]:
         """Cancel a contact's pending and deferred rows; their ids."""
-        found = await conn.fetch(self._sql["cancel_waiting"], _text(contact_key), _text(reason))
+        found = await conn.fetch(self._sql["cancel_waiting"], db_text(contact_key), db_text(reason))
         return [record[0] for record in found]
 
     async def _save_contact(
         self, conn: Conn, contact: ContactRecord, entry: LedgerRecord | None, now: datetime
     ) -> None:
         """A contact's consent, and the ledger entry of its change."""
-        key = _text(contact.address)
+        key = db_text(contact.address)
         await conn.execute(
             self._sql["upsert_contact"],
             key,
@@ -600,7 +528,7 @@ class PostgresStore:
                 entry.event_id,
                 entry.channel,
                 entry.change,
-                _text(entry.reason),
+                db_text(entry.reason),
             )
 
     async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
@@ -613,7 +541,7 @@ class PostgresStore:
     async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()
-        rows = await self._read(self._sql["existing_outbox_ids"], [_text(i) for i in ids])
+        rows = await self._read(self._sql["existing_outbox_ids"], [db_text(i) for i in ids])
         return {row[0] for row in rows}
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -626,7 +554,7 @@ class PostgresStore:
         found = await self._read(self._sql["rows_by_id"], [head[1] for head in due])
         rows = {row[0]: row for row in found}
         return [
-            DueRow(row=_outbox_from_row(rows[row_id]), in_doubt=in_doubt, previous_attempt_at=at)
+            DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, previous_attempt_at=at)
             for _, row_id, in_doubt, at in due
             if row_id in rows
         ]
@@ -724,16 +652,16 @@ class PostgresStore:
         on (agent replies and button presses there are routed with it)."""
         row = await conn.fetchrow(self._sql["row_for_thread"], outbox_id)
         if row is not None and row[0] == "escalation" and row[2] is not None:
-            await conn.execute(self._sql["map_thread"], f"slack:{row[1]}:{_text(ts)}", row[2])
+            await conn.execute(self._sql["map_thread"], f"slack:{row[1]}:{db_text(ts)}", row[2])
 
     async def _apply_receipt(self, conn: Conn, receipt: Receipt) -> None:
-        provider_id = _text(receipt.provider_message_id)
+        provider_id = db_text(receipt.provider_message_id)
         found = await conn.fetchrow(self._sql["row_by_provider_id"], provider_id)
         if found is None:  # the callback beat the dispatcher's commit: keep it for then
             await conn.execute(
                 self._sql["insert_receipt"],
                 provider_id,
-                _text(receipt.status),
+                db_text(receipt.status),
                 receipt.error_code,
                 receipt.at,
             )
@@ -761,12 +689,12 @@ class PostgresStore:
         return target
 
     async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
-        rows = await self._read(self._sql["escalation_post"], _text(conversation_key))
-        return _outbox_from_row(rows[0]) if rows else None
+        rows = await self._read(self._sql["escalation_post"], db_text(conversation_key))
+        return outbox_from_row(rows[0]) if rows else None
 
     async def escalation_thread(self, conversation_key: str) -> str | None:
         thread: str | None = await self._read_value(
-            self._sql["escalation_thread"], _text(conversation_key)
+            self._sql["escalation_thread"], db_text(conversation_key)
         )
         return thread
 
@@ -775,17 +703,17 @@ class PostgresStore:
         return due
 
     async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
-        rows = await self._read(self._sql["attempts_of_row"], _text(outbox_id))
+        rows = await self._read(self._sql["attempts_of_row"], db_text(outbox_id))
         return [
             AttemptRecord(at=r[0], outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4])
             for r in rows
         ]
 
     async def requeue_dead(self, outbox_id: str) -> bool:
-        return await self._changed(self._sql["requeue_dead"], _text(outbox_id))
+        return await self._changed(self._sql["requeue_dead"], db_text(outbox_id))
 
     async def discard_dead(self, outbox_id: str, reason: str) -> bool:
-        return await self._changed(self._sql["discard_dead"], _text(outbox_id), _text(reason))
+        return await self._changed(self._sql["discard_dead"], db_text(outbox_id), db_text(reason))
 
     async def _changed(self, sql: str, *args: Any) -> bool:
         """Run one UPDATE; True if it changed a row."""
@@ -822,7 +750,7 @@ class PostgresStore:
     async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
         if not keys:
             return {}
-        rows = await self._read(self._sql["contacts_by_key"], [_text(k) for k in keys])
+        rows = await self._read(self._sql["contacts_by_key"], [db_text(k) for k in keys])
         return {
             row[0]: ContactRecord(
                 address=row[0], consent=row[1], opted_out_at=row[2], timezone=row[3]
@@ -835,50 +763,50 @@ class PostgresStore:
         return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
 
     async def runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._read(self._sql["runs_of_event"], _text(event_id))
+        rows = await self._read(self._sql["runs_of_event"], db_text(event_id))
         return [run_decoder.decode(row[0]) for row in rows]
 
     async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
         rows = await self._read(
             self._sql["list_outbox"],
             where.status.value if where.status else None,
-            _opt_text(where.channel),
-            _opt_text(where.to),
-            _opt_text(where.event_id),
-            _opt_text(where.before),
+            db_opt_text(where.channel),
+            db_opt_text(where.to),
+            db_opt_text(where.event_id),
+            db_opt_text(where.before),
             where.limit,
         )
-        return [_outbox_from_row(row) for row in rows]
+        return [outbox_from_row(row) for row in rows]
 
     async def get_conversation(self, key: str) -> ConversationRecord | None:
-        rows = await self._read(self._sql["get_conversation"], _text(key))
-        return _conversation_from_row(rows[0]) if rows else None
+        rows = await self._read(self._sql["get_conversation"], db_text(key))
+        return conversation_from_row(rows[0]) if rows else None
 
     async def list_conversations(
         self, state: str | None, limit: int = 100
     ) -> list[ConversationRecord]:
-        rows = await self._read(self._sql["list_conversations"], _opt_text(state), limit)
-        return [_conversation_from_row(row) for row in rows]
+        rows = await self._read(self._sql["list_conversations"], db_opt_text(state), limit)
+        return [conversation_from_row(row) for row in rows]
 
     async def get_contact(self, key: str) -> ContactRecord | None:
-        contact = (await self.contacts([key])).get(_text(key))
+        contact = (await self.contacts([key])).get(db_text(key))
         if contact is None:
             return None
         ledger = [
             LedgerRecord(at=r[0], event_id=r[1], channel=r[2], change=r[3], reason=r[4])
-            for r in await self._read(self._sql["contact_ledger"], _text(key))
+            for r in await self._read(self._sql["contact_ledger"], db_text(key))
         ]
         return msgspec.structs.replace(contact, ledger=ledger)
 
     async def list_events(self, where: EventFilter) -> list[Event]:
         rows = await self._read(
             self._sql["list_events"],
-            _opt_text(where.source),
-            _opt_text(where.type),
+            db_opt_text(where.source),
+            db_opt_text(where.type),
             where.status.value if where.status else None,
             where.since,
             where.until,
-            _opt_text(where.before),
+            db_opt_text(where.before),
             where.limit,
         )
         found = []
@@ -890,7 +818,7 @@ class PostgresStore:
         return found
 
     async def get_event(self, event_id: str) -> Event | None:
-        rows = await self._read(self._sql["get_event"], _text(event_id))
+        rows = await self._read(self._sql["get_event"], db_text(event_id))
         if not rows:
             return None
         try:
@@ -899,10 +827,12 @@ class PostgresStore:
             raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
 
     async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return _raw(await self._read(self._sql["get_raw"], _text(event_id)))
+        return stored_raw(await self._read(self._sql["get_raw"], db_text(event_id)))
 
     async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
-        return _raw(await self._read(self._sql["nonce_first_body"], _text(source), _text(nonce)))
+        return stored_raw(
+            await self._read(self._sql["nonce_first_body"], db_text(source), db_text(nonce))
+        )
 
     async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
         return [
@@ -953,113 +883,6 @@ class PostgresStore:
                 return await fn(conn)
 
 
-def _text(value: str) -> str:
-    """A text column's value: PostgreSQL text cannot hold NUL, SQLite's can. The exact value
-    stays in the JSON body; the column (searched, deduplicated) gets U+FFFD instead."""
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
-def _opt_text(value: str | None) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _conversation_row(record: ConversationRecord) -> tuple[Any, ...]:
-    return (
-        _text(record.key),
-        record.state,
-        _opt_text(record.channel),
-        _opt_text(record.contact),
-        record.body,
-        record.updated_at,
-    )
-
-
-def _conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
-    return ConversationRecord(
-        key=row[0], state=row[1], channel=row[2], contact=row[3], body=row[4], updated_at=row[5]
-    )
-
-
-def _outbox_row(row: OutboxRow) -> tuple[Any, ...]:
-    return (
-        _text(row.id),
-        row.event_id,
-        _opt_text(row.conversation_key),
-        _opt_text(row.contact_key),
-        row.channel,
-        _text(row.to),
-        row.category,
-        row.kind,
-        row.status.value,
-        row.not_before,
-        row.created_at,
-        row.attempts,
-        _opt_text(row.last_error),
-        _opt_text(row.provider_message_id),
-        msgspec.json.encode(row.payload),
-        _text(row.lane),
-        row.priority,
-    )
-
-
-def _outbox_from_row(row: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(
-        id=row[0],
-        event_id=row[1],
-        conversation_key=row[2],
-        contact_key=row[3],
-        channel=row[4],
-        to=row[5],
-        category=row[6],
-        kind=row[7],
-        status=OutboxStatus(row[8]),
-        not_before=row[9],
-        created_at=row[10],
-        attempts=row[11],
-        last_error=row[12],
-        provider_message_id=row[13],
-        payload=payload_decoder.decode(row[14]),
-        next_attempt_at=row[15],
-        error_code=row[16],
-    )
-
-
-def _raw(rows: list[Any]) -> StoredRaw | None:
-    if not rows:
-        return None
-    content_type, body, blob = rows[0]
-    return StoredRaw(content_type=content_type, body=body, blob=blob)
-
-
 def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
     if not future.done():
         future.set_exception(error)
-
-
-def _event_row(item: IngestItem) -> tuple[Any, ...]:
-    """The events row; UnstorableEvent if a text is not valid Unicode (a lone surrogate)."""
-    event = item.event
-    try:
-        body = encode_event(event)  # every text column below is a field of this event
-        if item.nonce is not None:
-            item.nonce.encode()
-    except (UnicodeEncodeError, TypeError, msgspec.EncodeError) as exc:
-        raise UnstorableEvent(f"write failed: event cannot be stored: {exc}") from exc
-    return (
-        _text(event.id),
-        _text(event.source),
-        _text(event.type),
-        _text(event.provider_type),
-        _text(event.dedupe_key),
-        _opt_text(event.channel),
-        _opt_text(event.contact.address if event.contact else None),
-        _opt_text(event.conversation_key),
-        event.status.value,
-        event.received_at,
-        event.occurred_at,
-        _text(event.correlation_id),
-        body,
-        _text(item.content_type),
-        None if item.raw_blob else item.raw_body,
-        item.raw_blob,
-    )
