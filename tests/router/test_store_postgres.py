@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from router.errors import StoreUnavailable
+from router.errors import StoreCorrupt, StoreUnavailable
 from router.store.base import EventFilter, IngestOutcome
 from router.store.postgres import PostgresStore, redact_url
 from router.store.records import ClaimedLane, LaneCommit, OutboxFilter, OutboxStatus
@@ -247,3 +247,21 @@ async def test_the_url_password_never_shows() -> None:
     with pytest.raises(StoreUnavailable) as caught:
         await store.open()
     assert "hunter2" not in str(caught.value)
+
+
+async def test_an_unreadable_event_is_failed_and_its_lane_goes_on(url: str) -> None:
+    bad, good = message(1, "sms:+1:+2"), message(2, "sms:+1:+2", at_ms=1)
+    async with opened(url) as store:
+        await put(store, bad, good)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("UPDATE events SET body = $1 WHERE id = $2", b"{not json", bad.id)
+        finally:
+            await conn.close()
+        [lane] = await store.claim("w1", T0, LEASE, 10, 10)
+        assert [e.id for e in lane.events] == [good.id]
+        [run] = await store.runs(bad.id)
+        assert run.error is not None and run.error.startswith("stored event cannot be read")
+        with pytest.raises(StoreCorrupt):
+            await store.get_event(bad.id)
+        assert [e.id for e in await store.list_events(EventFilter())] == [good.id]

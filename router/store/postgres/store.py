@@ -83,6 +83,10 @@ _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
 #: The advisory lock key migrations run under: "switchb" in ASCII.
 _MIGRATION_LOCK = 0x73776974636862
+#: A statement that runs longer than this fails (StoreUnavailable) rather than hanging on a
+#: connection the network silently dropped; migrations of a large table get longer.
+_COMMAND_TIMEOUT = 30.0
+_MIGRATION_TIMEOUT = 3600.0
 _SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations "
     "(version integer PRIMARY KEY, applied_at text NOT NULL)"
@@ -136,6 +140,7 @@ class PostgresStore:
                     min_size=self._pool_min_size,
                     max_size=self._pool_max_size,
                     timeout=self._timeout,
+                    command_timeout=_COMMAND_TIMEOUT,
                     server_settings={"application_name": "switchboard"},
                 )
                 self.migrations_applied = await self._migrate()
@@ -180,7 +185,7 @@ class PostgresStore:
                 raise StoreCorrupt(f"schema version {current} is newer than this Switchboard knows")
             for version, script in known:
                 if version > current:
-                    await conn.execute(script)
+                    await conn.execute(script, timeout=_MIGRATION_TIMEOUT)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                         version,
@@ -230,9 +235,7 @@ class PostgresStore:
     async def _commit(self, batch: list[_Pending]) -> None:
         items = [item for item, _ in batch]
         try:
-            with wrap_exceptions():
-                async with self._connection() as conn, conn.transaction():
-                    outcomes = await self._write_batch(conn, items)
+            outcomes = await self._transact(lambda conn: self._write_batch(conn, items))
         except Exception as exc:  # whatever it is, the writer lives on and every caller hears
             reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
             self._commit_error = reason
@@ -877,10 +880,17 @@ class PostgresStore:
                 return await conn.fetchval(sql, *args)
 
     async def _transact(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run `fn` in one transaction on a pooled connection."""
+        """Run `fn` in one transaction on a pooled connection; once more if PostgreSQL chose
+        it as a deadlock victim (it was rolled back whole, so running it again is safe)."""
         with wrap_exceptions():
-            async with self._connection() as conn, conn.transaction():
-                return await fn(conn)
+            for tries_left in (1, 0):
+                try:
+                    async with self._connection() as conn, conn.transaction():
+                        return await fn(conn)
+                except asyncpg.DeadlockDetectedError:
+                    if not tries_left:
+                        raise
+        raise AssertionError("unreachable")
 
 
 def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
