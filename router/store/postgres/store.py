@@ -169,8 +169,11 @@ class PostgresStore:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), timeout=self._timeout)
-            except (*DRIVER_ERRORS, asyncio.CancelledError):
+            except DRIVER_ERRORS:  # a connection that will not close cleanly is cut
                 pool.terminate()
+            except asyncio.CancelledError:
+                pool.terminate()
+                raise
 
     async def _migrate(self) -> list[int]:
         """Apply pending migrations in one transaction under an advisory lock, so processes
