@@ -345,3 +345,39 @@ async def test_replay_commits_runs_and_only_new_rows(store: Store) -> None:
     assert await store.commit_replay([replayed], new_rows) == [f"{ev.id}:new"]
     assert [r.replay for r in await store.runs(ev.id)] == [False, True]
     assert await store.existing_outbox_ids([]) == set()
+
+
+async def test_one_commit_of_many_lanes_applies_them_in_order(store: Store) -> None:
+    """An opt-out in the second lane cancels the row the first lane made to that contact, not
+    the one the third lane makes after it; a row committed twice is made once."""
+    events = [message(n, f"sms:+{n}:+2", at_ms=n) for n in range(3)]
+    await put(store, *events)
+    lanes = {lane.lease.lane: lane for lane in await store.claim("w1", T0, LEASE, 10, 10)}
+    first, stop, third = (lanes[e.conversation_key or ""] for e in events)
+    shared = row(events[0], "shared", conversation_key=None)
+    outcome = await store.commit(
+        [
+            LaneCommit(lease=first.lease, results=[done(events[0])], outbox=[row(events[0], "a")]),
+            LaneCommit(
+                lease=stop.lease,
+                results=[done(events[1])],
+                cancel_contacts=[("+15551230001", "contact opted out")],
+                outbox=[shared],
+            ),
+            LaneCommit(
+                lease=third.lease,
+                results=[done(events[2])],
+                outbox=[row(events[2], "c"), shared],
+            ),
+        ],
+        T0,
+    )
+    assert outcome.applied == [True, True, True]
+    assert outcome.cancelled_outbox_ids == [f"{events[0].id}:a"]
+    assert outcome.new_outbox_ids == [f"{events[0].id}:a", shared.id, f"{events[2].id}:c"]
+    listed = await store.list_outbox(OutboxFilter())
+    assert [(r.id, r.status) for r in reversed(listed)] == [
+        (f"{events[0].id}:a", OutboxStatus.CANCELLED),
+        (shared.id, OutboxStatus.PENDING),
+        (f"{events[2].id}:c", OutboxStatus.PENDING),
+    ]

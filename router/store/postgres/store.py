@@ -443,50 +443,89 @@ class PostgresStore:
         names = sorted({lane.lease.lane for lane in lanes})
         held = {r[0]: r[1] for r in await conn.fetch(self._sql["lock_leases"], names)}
         applied: list[bool] = []
-        new_ids: list[str] = []
-        cancelled: list[str] = []
+        taken: list[LaneCommit] = []
         for lane in lanes:
-            if held.get(lane.lease.lane) != lane.lease.token:
-                applied.append(False)  # fenced: the lease expired and was taken over
-                continue
-            applied.append(True)
-            held[lane.lease.lane] = None  # released below: the same token cannot commit twice
-            cancelled += await self._apply_lane(conn, lane, now, new_ids)
+            fresh = held.get(lane.lease.lane) == lane.lease.token  # else fenced: taken over
+            applied.append(fresh)
+            if fresh:
+                held[lane.lease.lane] = None  # released below: one token commits once
+                taken.append(lane)
+        cancelled, new_ids = await self._apply_lanes(conn, taken, now)
         return CommitOutcome(
             applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
         )
 
-    async def _apply_lane(
-        self, conn: Conn, lane: LaneCommit, now: datetime, new_ids: list[str]
-    ) -> list[str]:
-        """Everything one lane's processing writes, and its lease released (or held until
-        its retry); returns the rows an opt-out cancelled."""
-        sql = self._sql
-        await self._record_results(conn, lane.results)
-        if lane.failed_attempt is not None:
-            await conn.execute(sql["failed_attempt"], lane.failed_attempt)
-        if lane.conversation is not None:
-            await conn.execute(sql["upsert_conversation"], *conversation_row(lane.conversation))
+    async def _apply_lanes(
+        self, conn: Conn, lanes: list[LaneCommit], now: datetime
+    ) -> tuple[list[str], list[str]]:
+        """Everything the lanes' processing writes, and their leases released (or held until
+        a retry): the rows an opt-out cancelled, and the outbox rows made.
+
+        As SQLite applies them lane after lane, but each kind of write in one statement for all
+        lanes where lanes cannot see each other's writes (one round trip, not one per lane):
+        only an opt-out's cancel and the rows made must keep the lanes' order.
+        """
+        await self._record_results(conn, [r for lane in lanes for r in lane.results])
+        await self._many(
+            conn, "failed_attempt", [(ln.failed_attempt,) for ln in lanes if ln.failed_attempt]
+        )
+        await self._many(
+            conn,
+            "upsert_conversation",
+            [conversation_row(ln.conversation) for ln in lanes if ln.conversation is not None],
+        )
         cancelled: list[str] = []
-        for contact_key, reason in lane.cancel_contacts:
-            cancelled += await self._cancel_waiting(conn, contact_key, reason)
-        new_ids += await self._insert_rows(conn, lane.outbox)
-        for contact, entry in lane.contacts:
-            await self._save_contact(conn, contact, entry, now)
-        for receipt in lane.receipts:
-            await self._apply_receipt(conn, receipt)
-        if lane.timers_set:
-            await conn.executemany(
-                sql["set_timer"],
-                [(db_text(t.conversation_key), t.timer, t.due_at) for t in lane.timers_set],
-            )
-        for key, name, due_at in lane.timers_cleared:
-            await conn.execute(sql["clear_timer"], db_text(key), name, due_at)
-        if lane.retry_at is not None:
-            await conn.execute(sql["hold_lease_until"], lane.lease.lane, lane.retry_at)
+        new_ids: list[str] = []
+        if any(lane.cancel_contacts for lane in lanes):  # cancels rows made before it only
+            for lane in lanes:
+                for contact_key, reason in lane.cancel_contacts:
+                    cancelled += await self._cancel_waiting(conn, contact_key, reason)
+                new_ids += await self._insert_rows(conn, lane.outbox)
         else:
-            await conn.execute(sql["release_lease"], lane.lease.lane, lane.lease.token)
-        return cancelled
+            new_ids = await self._insert_rows(conn, [row for ln in lanes for row in ln.outbox])
+        for lane in lanes:
+            for contact, entry in lane.contacts:
+                await self._save_contact(conn, contact, entry, now)
+            for receipt in lane.receipts:
+                await self._apply_receipt(conn, receipt)
+        await self._set_timers(conn, lanes)
+        await self._many(
+            conn,
+            "hold_lease_until",
+            [(ln.lease.lane, ln.retry_at) for ln in lanes if ln.retry_at is not None],
+        )
+        await self._many(
+            conn,
+            "release_lease",
+            [(ln.lease.lane, ln.lease.token) for ln in lanes if ln.retry_at is None],
+        )
+        return cancelled, new_ids
+
+    async def _set_timers(self, conn: Conn, lanes: list[LaneCommit]) -> None:
+        """Arm, then disarm, the lanes' timers (each lane names its own conversation's)."""
+        await self._many(
+            conn,
+            "set_timer",
+            [
+                (db_text(t.conversation_key), t.timer, t.due_at)
+                for lane in lanes
+                for t in lane.timers_set
+            ],
+        )
+        await self._many(
+            conn,
+            "clear_timer",
+            [
+                (db_text(key), name, due_at)
+                for lane in lanes
+                for key, name, due_at in lane.timers_cleared
+            ],
+        )
+
+    async def _many(self, conn: Conn, name: str, args: list[tuple[Any, ...]]) -> None:
+        """One named statement for every argument tuple, sent together; nothing if none."""
+        if args:
+            await conn.executemany(self._sql[name], args)
 
     async def _record_results(self, conn: Conn, results: Sequence[EventResult]) -> None:
         """Each event's new status and its run."""
@@ -501,12 +540,18 @@ class PostgresStore:
         )
 
     async def _insert_rows(self, conn: Conn, rows: Sequence[OutboxRow]) -> list[str]:
-        """Insert outbox rows; the ids of those that were not there yet."""
-        made = []
-        for row in rows:
-            if await conn.fetchval(self._sql["insert_outbox"], *outbox_params(row)) is not None:
-                made.append(row.id)
-        return made
+        """Insert outbox rows in one statement, in order; the ids of those not there yet."""
+        if not rows:
+            return []
+        params = [outbox_params(row) for row in rows]
+        columns = [list(column) for column in zip(*params, strict=True)]
+        made = {record[0] for record in await conn.fetch(self._sql["insert_outbox"], *columns)}
+        new_ids = []
+        for row, values in zip(rows, params, strict=True):
+            if values[0] in made:
+                made.discard(values[0])  # the same id twice: only the first was made
+                new_ids.append(row.id)
+        return new_ids
 
     async def _cancel_waiting(self, conn: Conn, contact_key: str, reason: str) -> list[str]:
         """Cancel a contact's pending and deferred rows; their ids."""

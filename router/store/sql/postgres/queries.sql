@@ -149,11 +149,21 @@ ON CONFLICT (key) DO UPDATE SET state = excluded.state, channel = excluded.chann
     contact = excluded.contact, body = excluded.body, updated_at = excluded.updated_at;
 
 -- name: insert_outbox
--- $1..$17 as the columns below. A row back means it was made now.
+-- Many rows in one statement, one array per column ($1..$17), inserted in the order given (so
+-- `seq`, their creation order, follows it). Rows already there are left alone; returns the
+-- ids made now.
 INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipient, category,
                     kind, status, not_before, created_at, attempts, last_error,
                     provider_message_id, payload, lane, priority)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload, lane, priority
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::int[],
+            $13::text[], $14::text[], $15::bytea[], $16::text[], $17::int[])
+     WITH ORDINALITY AS r(id, event_id, conversation_key, contact_key, channel, recipient,
+                          category, kind, status, not_before, created_at, attempts, last_error,
+                          provider_message_id, payload, lane, priority, place)
+ORDER BY place
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
