@@ -325,7 +325,7 @@ class PostgresStore:
 
     async def get_blob(self, digest: str) -> bytes | None:
         """The content kept under `digest`, or None."""
-        content: bytes | None = await self._read_value(self._sql["get_blob"], digest)
+        content: bytes | None = await self._fetch_value(self._sql["get_blob"], digest)
         return content
 
     # -- routing (the worker) ---------------------------------------------------------------
@@ -373,7 +373,6 @@ class PostgresStore:
             del kept[lane]
         if not kept:
             return []
-        await conn.execute(self._sql["mark_processing"], [i for ids in kept.values() for i in ids])
         conversations = {
             record[0]: conversation_from_row(record)
             for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
@@ -416,11 +415,11 @@ class PostgresStore:
     async def _claimed_events(
         self, conn: Conn, lanes: dict[str, list[str]], now: datetime
     ) -> dict[str, tuple[Event, int]]:
-        """The picked events still unfinished, decoded; one that cannot be read is failed at
-        once (retrying cannot help, and the events after it must go on)."""
+        """The picked events still unfinished, decoded and marked `processing`; one that cannot
+        be read is failed at once (retrying cannot help, and the events after it must go on)."""
         ids = [event_id for ids in lanes.values() for event_id in ids]
         found: dict[str, tuple[Event, int]] = {}
-        for event_id, body, status, attempts in await conn.fetch(self._sql["claimed_events"], ids):
+        for event_id, body, status, attempts in await conn.fetch(self._sql["claim_events"], ids):
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:
@@ -592,17 +591,17 @@ class PostgresStore:
     async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
         if not ids:
             return set()
-        rows = await self._read(self._sql["existing_outbox_ids"], [db_text(i) for i in ids])
+        rows = await self._fetch(self._sql["existing_outbox_ids"], [db_text(i) for i in ids])
         return {row[0] for row in rows}
 
     # -- dispatch ---------------------------------------------------------------------------
 
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
-        scan = await self._read(self._sql["dispatch_scan"], DISPATCH_SCAN)
+        scan = await self._fetch(self._sql["dispatch_scan"], DISPATCH_SCAN)
         due = due_heads(scan, now, limit)
         if not due:
             return []
-        found = await self._read(self._sql["rows_by_id"], [head[1] for head in due])
+        found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])
         rows = {row[0]: row for row in found}
         return [
             DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, previous_attempt_at=at)
@@ -613,21 +612,17 @@ class PostgresStore:
     async def claim_rows(
         self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
     ) -> list[ClaimedRow]:
-        """Lease the rows still claimable in one statement; rows another dispatcher holds
-        locked right now are skipped, never waited for."""
+        """Lease the rows still claimable: one statement, one round trip (atomic on its own);
+        rows another dispatcher holds locked right now are skipped, never waited for."""
         del owner  # rows carry the token only; the owner shows in the logs
         if not due:
             return []
         tokens = {head.row.id: new_token() for head in due}
         until = now + timedelta(seconds=lease_seconds)
-
-        async def run(conn: Conn) -> set[str]:
-            found = await conn.fetch(
-                self._sql["claim_rows"], list(tokens), list(tokens.values()), until, now
-            )
-            return {record[0] for record in found}
-
-        taken = await self._transact(run)
+        found = await self._fetch(
+            self._sql["claim_rows"], list(tokens), list(tokens.values()), until, now
+        )
+        taken = {record[0] for record in found}
         return [
             ClaimedRow(
                 row=head.row,
@@ -740,21 +735,21 @@ class PostgresStore:
         return target
 
     async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
-        rows = await self._read(self._sql["escalation_post"], db_text(conversation_key))
+        rows = await self._fetch(self._sql["escalation_post"], db_text(conversation_key))
         return outbox_from_row(rows[0]) if rows else None
 
     async def escalation_thread(self, conversation_key: str) -> str | None:
-        thread: str | None = await self._read_value(
+        thread: str | None = await self._fetch_value(
             self._sql["escalation_thread"], db_text(conversation_key)
         )
         return thread
 
     async def next_due(self, now: datetime) -> datetime | None:
-        due: datetime | None = await self._read_value(self._sql["next_due"], now)
+        due: datetime | None = await self._fetch_value(self._sql["next_due"], now)
         return due
 
     async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
-        rows = await self._read(self._sql["attempts_of_row"], db_text(outbox_id))
+        rows = await self._fetch(self._sql["attempts_of_row"], db_text(outbox_id))
         return [
             AttemptRecord(at=r[0], outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4])
             for r in rows
@@ -774,15 +769,15 @@ class PostgresStore:
         return not status.endswith(" 0")
 
     async def outbox_counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._read(self._sql["outbox_counts"])
+        rows = await self._fetch(self._sql["outbox_counts"])
         return {(row[0], row[1]): row[2] for row in rows}
 
     async def oldest_due(self, now: datetime) -> datetime | None:
-        oldest: datetime | None = await self._read_value(self._sql["oldest_due"], now)
+        oldest: datetime | None = await self._fetch_value(self._sql["oldest_due"], now)
         return oldest
 
     async def rate_slots(self) -> dict[str, datetime]:
-        return {row[0]: row[1] for row in await self._read(self._sql["rate_slots"])}
+        return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}
 
     async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
         if not slots:
@@ -801,7 +796,7 @@ class PostgresStore:
     async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
         if not keys:
             return {}
-        rows = await self._read(self._sql["contacts_by_key"], [db_text(k) for k in keys])
+        rows = await self._fetch(self._sql["contacts_by_key"], [db_text(k) for k in keys])
         return {
             row[0]: ContactRecord(
                 address=row[0], consent=row[1], opted_out_at=row[2], timezone=row[3]
@@ -810,15 +805,15 @@ class PostgresStore:
         }
 
     async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._read(self._sql["list_timers"], due_before)
+        rows = await self._fetch(self._sql["list_timers"], due_before)
         return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
 
     async def runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._read(self._sql["runs_of_event"], db_text(event_id))
+        rows = await self._fetch(self._sql["runs_of_event"], db_text(event_id))
         return [run_decoder.decode(row[0]) for row in rows]
 
     async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
-        rows = await self._read(
+        rows = await self._fetch(
             self._sql["list_outbox"],
             where.status.value if where.status else None,
             db_opt_text(where.channel),
@@ -830,13 +825,13 @@ class PostgresStore:
         return [outbox_from_row(row) for row in rows]
 
     async def get_conversation(self, key: str) -> ConversationRecord | None:
-        rows = await self._read(self._sql["get_conversation"], db_text(key))
+        rows = await self._fetch(self._sql["get_conversation"], db_text(key))
         return conversation_from_row(rows[0]) if rows else None
 
     async def list_conversations(
         self, state: str | None, limit: int = 100
     ) -> list[ConversationRecord]:
-        rows = await self._read(self._sql["list_conversations"], db_opt_text(state), limit)
+        rows = await self._fetch(self._sql["list_conversations"], db_opt_text(state), limit)
         return [conversation_from_row(row) for row in rows]
 
     async def get_contact(self, key: str) -> ContactRecord | None:
@@ -845,12 +840,12 @@ class PostgresStore:
             return None
         ledger = [
             LedgerRecord(at=r[0], event_id=r[1], channel=r[2], change=r[3], reason=r[4])
-            for r in await self._read(self._sql["contact_ledger"], db_text(key))
+            for r in await self._fetch(self._sql["contact_ledger"], db_text(key))
         ]
         return msgspec.structs.replace(contact, ledger=ledger)
 
     async def list_events(self, where: EventFilter) -> list[Event]:
-        rows = await self._read(
+        rows = await self._fetch(
             self._sql["list_events"],
             db_opt_text(where.source),
             db_opt_text(where.type),
@@ -869,7 +864,7 @@ class PostgresStore:
         return found
 
     async def get_event(self, event_id: str) -> Event | None:
-        rows = await self._read(self._sql["get_event"], db_text(event_id))
+        rows = await self._fetch(self._sql["get_event"], db_text(event_id))
         if not rows:
             return None
         try:
@@ -878,11 +873,11 @@ class PostgresStore:
             raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
 
     async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return stored_raw(await self._read(self._sql["get_raw"], db_text(event_id)))
+        return stored_raw(await self._fetch(self._sql["get_raw"], db_text(event_id)))
 
     async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
         return stored_raw(
-            await self._read(self._sql["nonce_first_body"], db_text(source), db_text(nonce))
+            await self._fetch(self._sql["nonce_first_body"], db_text(source), db_text(nonce))
         )
 
     async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
@@ -897,7 +892,7 @@ class PostgresStore:
                 raw_blob=r[6],
                 correlation_id=r[7],
             )
-            for r in await self._read(self._sql["list_quarantine"], limit)
+            for r in await self._fetch(self._sql["list_quarantine"], limit)
         ]
 
     async def ping(self) -> None:
@@ -905,7 +900,7 @@ class PostgresStore:
         standby after a failover), and, after an ingest commit failed, a commit lands again."""
         if self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("store writer is not running")
-        if await self._read_value("SELECT pg_is_in_recovery()"):
+        if await self._fetch_value("SELECT pg_is_in_recovery()"):
             raise StoreUnavailable("postgresql: the database is a read-only standby")
         if self._commit_error is not None:
             failed = self._commit_error
@@ -916,13 +911,14 @@ class PostgresStore:
             if self._commit_error == failed:
                 self._commit_error = None
 
-    async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement on a pooled connection, committed on its own (no BEGIN round trip)."""
         with wrap_exceptions():
             async with self._connection() as conn:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
 
-    async def _read_value(self, sql: str, *args: Any) -> Any:
+    async def _fetch_value(self, sql: str, *args: Any) -> Any:
         with wrap_exceptions():
             async with self._connection() as conn:
                 return await conn.fetchval(sql, *args)

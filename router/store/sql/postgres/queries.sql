@@ -109,14 +109,18 @@ ON CONFLICT (lane) DO UPDATE SET token = excluded.token, owner = excluded.owner,
 WHERE leases.until <= $5
 RETURNING lane;
 
--- name: claimed_events
--- The events picked for the lanes taken, as they are now (another worker may have finished
--- some between the scan and the lease).
-SELECT id, body, status, attempts FROM events
-WHERE id = ANY($1::text[]) AND status IN ('received', 'processing');
-
--- name: mark_processing
-UPDATE events SET status = 'processing' WHERE id = ANY($1::text[]) AND status = 'received';
+-- name: claim_events
+-- The picked events of the lanes taken that are still unfinished (another worker may have
+-- finished some between the scan and the lease), as they were; `received` ones become
+-- `processing` in the same statement.
+WITH picked AS (
+    SELECT id, body, status, attempts FROM events
+    WHERE id = ANY($1::text[]) AND status IN ('received', 'processing')
+), marked AS (
+    UPDATE events e SET status = 'processing' FROM picked p
+    WHERE e.id = p.id AND p.status = 'received'
+)
+SELECT id, body, status, attempts FROM picked;
 
 -- name: conversations_by_key
 SELECT key, state, channel, contact, body, updated_at FROM conversations
