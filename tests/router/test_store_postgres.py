@@ -15,8 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from router.config import parse_settings
 from router.errors import StoreCorrupt, StoreUnavailable
 from router.store.base import EventFilter, IngestOutcome
+from router.store.factory import store_from_settings
 from router.store.postgres import PostgresStore, redact_url
 from router.store.records import ClaimedLane, LaneCommit, OutboxFilter, OutboxStatus
 from tests.postgres import clean_schema, drop_schema
@@ -265,3 +267,14 @@ async def test_an_unreadable_event_is_failed_and_its_lane_goes_on(url: str) -> N
         with pytest.raises(StoreCorrupt):
             await store.get_event(bad.id)
         assert [e.id for e in await store.list_events(EventFilter())] == [good.id]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_the_factory_builds_a_postgres_store_sized_from_config(scheme: str) -> None:
+    settings = parse_settings(
+        f'[storage]\nurl = "{scheme}://sb@db.internal/switchboard"\n'
+        "pool_min_size = 1\npool_max_size = 3\n"
+    )
+    store = store_from_settings(settings)
+    assert isinstance(store, PostgresStore)
+    assert (store._pool_min_size, store._pool_max_size) == (1, 3)
