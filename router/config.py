@@ -48,11 +48,17 @@ class ServerConfig(msgspec.Struct, **_STRICT):
 
 
 class StorageConfig(msgspec.Struct, **_STRICT):
+    #: `sqlite:///PATH` or `postgresql://user@host/db`; may be a secret (`env:`, `file:`), as a
+    #: PostgreSQL URL can carry a password.
     url: str = "sqlite:///var/switchboard.db"
     #: How long a write waits for a lock held by another process before the store is unavailable.
     busy_timeout_ms: Annotated[int, msgspec.Meta(ge=0)] = 5000
-    #: Raw bodies and attachments larger than this go to content-addressed files beside the db.
+    #: Raw bodies and attachments larger than this go to content-addressed blobs (files beside
+    #: a SQLite db; a table on PostgreSQL).
     blob_threshold_bytes: Annotated[int, msgspec.Meta(ge=0)] = 64 * 1024
+    #: PostgreSQL: connections each process keeps open, and at most opens.
+    pool_min_size: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 2
+    pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
 
 
 class RulesConfig(msgspec.Struct, **_STRICT):
@@ -366,12 +372,17 @@ def _dotted(msgspec_path: str) -> str:
     return re.sub(r"\[\d+\]", "", msgspec_path).lstrip(".")
 
 
+#: Keys that may be secrets by where they are, not by their name.
+_SECRET_PATHS = frozenset({("storage", "url")})
+
+
 def _resolve_secrets(node: Any, trail: tuple[str, ...], filename: str, lines: _KeyLines) -> None:
     if not isinstance(node, dict):
         return
     for key, value in node.items():
         here = (*trail, key)
-        if key in _SECRET_KEYS and not isinstance(value, dict):  # not a source named `secrets`
+        secret = key in _SECRET_KEYS or here in _SECRET_PATHS
+        if secret and not isinstance(value, dict):  # not a source named `secrets`
             node[key] = _resolve_value(value, ".".join(here), filename, lines)
         else:
             _resolve_secrets(value, here, filename, lines)

@@ -37,8 +37,11 @@ def _server(settings: Settings) -> Iterator[Problem]:
     url = urlsplit(settings.server.public_url)
     if url.scheme not in ("http", "https") or not url.netloc:
         yield "server.public_url", "expected the URL providers call, e.g. https://hooks.example.com"
-    if not settings.storage.url.startswith("sqlite:///"):
-        yield "storage.url", "expected sqlite:///PATH (PostgreSQL is not supported yet)"
+    storage = settings.storage
+    if not storage.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        yield "storage.url", "expected sqlite:///PATH or postgresql://USER@HOST/DB"
+    if storage.pool_min_size > storage.pool_max_size:
+        yield "storage.pool_min_size", "must be at most storage.pool_max_size"
     if settings.server.max_body_memory_bytes < settings.server.max_body_bytes:
         yield (
             "server.max_body_memory_bytes",

@@ -67,8 +67,11 @@ def config_text(
     busy_timeout_ms: int = 2000,
     source_options: dict[str, str] | None = None,
     server_options: str = "",
+    storage_url: str | None = None,
 ) -> str:
     """A complete config with every source configured with two secrets each.
+
+    `storage_url` replaces the SQLite file at `db_path` (a PostgreSQL database, say).
 
     `source_options` adds TOML lines to a source's table (key `twilio`, ..., `custom`), e.g.
     `{"twilio": 'accept_types = ["message.received"]'}`; `server_options` adds lines to
@@ -85,7 +88,7 @@ admin_token = "{ADMIN_TOKEN}"
 {server_options}
 
 [storage]
-url = "sqlite:///{db_path}"
+url = "{storage_url or f"sqlite:///{db_path}"}"
 busy_timeout_ms = {busy_timeout_ms}
 blob_threshold_bytes = 65536
 

@@ -17,8 +17,8 @@ import msgspec
 
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
+from router.store.base import Store
 from router.store.factory import store_from_settings
-from router.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,7 +45,7 @@ def settings_of(ctx: click.Context) -> Settings:
     return settings
 
 
-def with_store(ctx: click.Context, work: Callable[[SQLiteStore], Awaitable[T]]) -> T:
+def with_store(ctx: click.Context, work: Callable[[Store], Awaitable[T]]) -> T:
     """Open the configured store, run `work` on it, close it; store trouble is a Failure."""
     settings = settings_of(ctx)
 

@@ -63,6 +63,31 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     )
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def migrate(ctx: click.Context, as_json: bool) -> None:
+    """Apply pending schema migrations (run it before rolling out a new version)."""
+    from router.store.factory import backend_of
+    from router.store.queries import migrations
+
+    settings = settings_of(ctx)
+    backend = backend_of(settings.storage.url)  # valid: the config check passed
+
+    async def run(store: Store) -> list[int]:
+        return list(store.migrations_applied)  # opening the store applied them
+
+    applied = with_store(ctx, run)
+    version = migrations(backend)[-1][0]
+    if as_json:
+        print_json({"backend": backend, "applied": applied, "version": version})
+    elif applied:
+        listed = ", ".join(str(v) for v in applied)
+        click.echo(f"Applied migrations {listed} ({backend}); the schema is at version {version}.")
+    else:
+        click.echo(f"Nothing to apply ({backend}): the schema is at version {version}.")
+
+
 @cli.group()
 def events() -> None:
     """Inspect stored events."""

@@ -26,10 +26,9 @@ from router.pipeline.worker import routing
 from router.rules import RuleSet
 from router.rules.live import LiveRules
 from router.rules.tools import RulesFolderMissing, load_folder
-from router.store.base import EventFilter
+from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.records import OutboxFilter, OutboxStatus
-from router.store.sqlite import SQLiteStore
 from router.timeutil import parse_since
 from router.views import outbox_to_builtins
 
@@ -131,7 +130,7 @@ def replay_command(
         raise click.BadParameter(str(exc)) from exc
     ruleset = _ruleset(rules_path or Path(settings.rules.path), settings)
 
-    async def run(store: SQLiteStore) -> ReplayReport:
+    async def run(store: Store) -> ReplayReport:
         events = await select(store, where)
         progress = _progress(len(events), show=sys.stderr.isatty() and not as_json)
         with progress as bar:
@@ -238,7 +237,7 @@ def dlq() -> None:
 def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Dead rows, newest first, with why they died and every attempt."""
 
-    async def run(store: SQLiteStore) -> list[dict[str, Any]]:
+    async def run(store: Store) -> list[dict[str, Any]]:
         rows = await store.list_outbox(OutboxFilter(status=OutboxStatus.DEAD, limit=limit))
         shown = []
         for row in rows:
@@ -266,7 +265,7 @@ def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
 def dlq_retry(ctx: click.Context, outbox_id: str) -> None:
     """Queue a dead row again: attempts start from zero, its attempt history is kept."""
 
-    async def run(store: SQLiteStore) -> bool:
+    async def run(store: Store) -> bool:
         return await store.requeue_dead(outbox_id)
 
     if not with_store(ctx, run):
@@ -280,7 +279,7 @@ def dlq_retry(ctx: click.Context, outbox_id: str) -> None:
 def dlq_discard(ctx: click.Context, outbox_id: str) -> None:
     """Give a dead row up for good: it becomes `cancelled`, and stays for the record."""
 
-    async def run(store: SQLiteStore) -> bool:
+    async def run(store: Store) -> bool:
         return await store.discard_dead(outbox_id, "discarded by an operator (switchboard dlq)")
 
     if not with_store(ctx, run):

@@ -39,7 +39,7 @@ from router.ids import new_ulid
 from router.logs import get_logger, mask_address, scrub
 from router.metrics import Metrics
 from router.store.base import IngestItem, IngestOutcome, QuarantinedRequest, Store
-from router.store.blobs import BlobStore
+from router.store.blobs import Blobs
 
 log = get_logger("switchboard.ingest")
 T = TypeVar("T")
@@ -63,7 +63,7 @@ class Ingestor:
     def __init__(
         self,
         store: Store,
-        blobs: BlobStore,
+        blobs: Blobs,
         metrics: Metrics,
         *,
         accept_types: Mapping[str, Sequence[str]],

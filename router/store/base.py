@@ -1,4 +1,4 @@
-"""The storage seam: domain verbs, no SQL. SQLite implements it today, PostgreSQL later."""
+"""The storage seam: domain verbs, no SQL; implemented on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Protocol
 import msgspec
 
 from router.events import Event, EventStatus
-from router.store.blobs import BlobStore
+from router.store.blobs import Blobs
 from router.store.records import (
     AttemptRecord,
     AttemptResult,
@@ -89,8 +89,15 @@ class StoredRaw(msgspec.Struct, frozen=True, kw_only=True):
 class Store(Protocol):
     """Durable home of events; every method is safe to call from several tasks at once."""
 
-    #: Content-addressed files for large bodies and attachments.
-    blobs: BlobStore
+    @property
+    def blobs(self) -> Blobs:
+        """Content-addressed storage for large bodies and attachments."""
+        ...
+
+    @property
+    def migrations_applied(self) -> list[int]:
+        """The schema versions the last `open` applied (empty when it was up to date)."""
+        ...
 
     async def open(self) -> None:
         """Connect and migrate the schema to the latest version."""

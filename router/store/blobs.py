@@ -13,10 +13,35 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Protocol
 
 #: A temp file of a live process is left alone unless it is older than this (a write that
 #: takes an hour is stuck, and the process reusing a dead one's pid cannot be told apart).
 STALE_TEMP_SECONDS = 3600.0
+
+
+class Blobs(Protocol):
+    """What the rest of the code asks of a blob store. Every method blocks: call it in a
+    thread (`asyncio.to_thread`), never on the event loop."""
+
+    #: Why the last write failed, until one succeeds; /readyz reports it.
+    failing: str | None
+
+    def put(self, content: bytes) -> str:
+        """Store `content` durably and return its sha256 hex; an existing digest is a no-op."""
+        ...
+
+    def get(self, digest: str) -> bytes:
+        """The content stored under `digest`; raises FileNotFoundError if absent."""
+        ...
+
+    def probe(self) -> None:
+        """Raise OSError (or StoreUnavailable) unless a blob can be written now."""
+        ...
+
+    def sweep_temp_files(self, now: float | None = None) -> int:
+        """Remove leftovers of writes that died; how many were removed."""
+        ...
 
 
 class BlobStore:

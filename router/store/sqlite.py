@@ -13,9 +13,8 @@ import asyncio
 import contextlib
 import functools
 import re
-import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -24,7 +23,7 @@ import aiosqlite
 import msgspec
 
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
-from router.events import Event, EventStatus, decode_event, encode_event
+from router.events import Event, EventStatus, encode_event
 from router.logs import get_logger
 from router.store.base import (
     EventFilter,
@@ -55,6 +54,19 @@ from router.store.records import (
     Receipt,
     RunRecord,
     TimerRecord,
+)
+from router.store.shared import (
+    DISPATCH_SCAN,
+    MAX_SCAN,
+    SCAN_PAGE,
+    Head,
+    due_heads,
+    event_from_row,
+    new_token,
+    payload_decoder,
+    receipt_target,
+    run_decoder,
+    run_encoder,
 )
 
 T = TypeVar("T")
@@ -112,7 +124,7 @@ class SQLiteStore:
         #: while a commit was under way shares the next one (one lock, one fsync).
         self._queue: asyncio.Queue[_Pending | _Txn | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
-        self._sql = queries()
+        self._sql = queries("sqlite")
         #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
         self._identity: tuple[int, int] | None = None
         #: Ingest transactions committed: with group commit, far fewer than ingests.
@@ -120,6 +132,7 @@ class SQLiteStore:
         #: Why the last ingest commit failed, until a commit succeeds (a full disk: reads and
         #: the write lock still work, so only a commit tells that the store is ready again).
         self._commit_error: str | None = None
+        self.migrations_applied: list[int] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -128,7 +141,7 @@ class SQLiteStore:
         try:
             with wrap_exceptions():
                 self._writer = await self._connect(synchronous="FULL")
-                await self._call(self._writer, self._migrate)
+                self.migrations_applied = await self._call(self._writer, self._migrate)
                 self._reader = await self._connect(synchronous="NORMAL")
         except BaseException:
             await self._close_connections()  # their threads would keep the process alive
@@ -175,15 +188,16 @@ class SQLiteStore:
         call: Callable[..., Awaitable[T]] = conn._execute
         return await call(fn, conn._conn)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> list[int]:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        known = migrations()
+        known = migrations("sqlite")
         current = conn.execute(self._sql["schema_version"]).fetchone()[0]
         if known and current > known[-1][0]:
             raise StoreCorrupt(f"schema version {current} is newer than this Switchboard knows")
+        applied = []
         for version, script in known:
             if version <= current:
                 continue
@@ -198,6 +212,9 @@ class SQLiteStore:
                 now = conn.execute(self._sql["schema_version"]).fetchone()[0]
                 if now < version:  # not another process migrating at the same moment
                     raise
+                continue
+            applied.append(version)
+        return applied
 
     # -- ingest (group commit) ------------------------------------------------------------
 
@@ -383,11 +400,11 @@ class SQLiteStore:
     ) -> list[ClaimedLane]:
         lanes: dict[str, list[str]] = {}
         busy: set[str] = set()
-        page = _SCAN_PAGE
+        page = SCAN_PAGE
         after: str | None = None
         # Pages of unfinished events in arrival order, until enough lanes are found: a flood in
         # one conversation (or a held lane's backlog) must not hide the conversations after it.
-        for _ in range(_MAX_SCAN // page):
+        for _ in range(MAX_SCAN // page):
             scan = conn.execute(self._sql["claim_scan"], {"limit": page, "after": after}).fetchall()
             if not scan:
                 break
@@ -419,7 +436,7 @@ class SQLiteStore:
             self._sql["claimed_events"], {"ids": all_ids}
         ).fetchall():
             try:
-                found[event_id] = (_event_from_row((body, status)), attempts)
+                found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:  # never stalls its lane
                 self._fail_unreadable(conn, event_id, now, exc)
         lanes = {
@@ -538,7 +555,7 @@ class SQLiteStore:
             {
                 "event_id": result.event_id,
                 "at": timestamp(result.run.at),
-                "body": _run_encoder.encode(result.run),
+                "body": run_encoder.encode(result.run),
             },
         )
 
@@ -606,10 +623,10 @@ class SQLiteStore:
         moment = timestamp(now)
         sql = self._sql["dispatch_scan"]
 
-        def choose(conn: sqlite3.Connection) -> list[tuple[int, str, bool, str | None]]:
+        def choose(conn: sqlite3.Connection) -> list[Head]:
             # In the reader's thread, row by row: the scan stops as soon as enough heads of
             # the first priority are found, instead of carrying the whole backlog to Python.
-            return _lane_heads(conn.execute(sql, {"limit": _DISPATCH_SCAN}), moment, limit)
+            return due_heads(conn.execute(sql, {"limit": DISPATCH_SCAN}), moment, limit)
 
         reader = self._require(self._reader)
         with wrap_exceptions():
@@ -771,8 +788,8 @@ class SQLiteStore:
     ) -> str:
         """Move a sent row on by a receipt, never back: a late `sent` after `delivered`, a
         duplicate, or a second terminal status changes nothing."""
-        target = _RECEIPT_STATUS.get(reported)
-        if target is None or current not in _RANK or _RANK[target] <= _RANK[current]:
+        target = receipt_target(current, reported)
+        if target is None:
             return current
         conn.execute(
             self._sql["set_delivery"], {"id": row_id, "status": target, "error_code": error_code}
@@ -864,7 +881,7 @@ class SQLiteStore:
 
     async def runs(self, event_id: str) -> list[RunRecord]:
         rows = await self._read(self._sql["runs_of_event"], {"event_id": event_id})
-        return [_run_decoder.decode(row[0]) for row in rows]
+        return [run_decoder.decode(row[0]) for row in rows]
 
     async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
         params = {
@@ -926,7 +943,7 @@ class SQLiteStore:
         found = []
         for row in rows:
             try:
-                found.append(_event_from_row(row))
+                found.append(event_from_row(row))
             except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
                 log.warning("stored event cannot be read", stage="store", error=str(exc)[:200])
         return found
@@ -936,7 +953,7 @@ class SQLiteStore:
         if not rows:
             return None
         try:
-            return _event_from_row(rows[0])
+            return event_from_row(rows[0])
         except (msgspec.DecodeError, ValueError) as exc:
             raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
 
@@ -1029,64 +1046,9 @@ class SQLiteStore:
         return conn
 
 
-def _lane_heads(
-    scan: Iterable[tuple[Any, ...]], moment: str, limit: int
-) -> list[tuple[int, str, bool, str | None]]:
-    """The due head of each lane from unfinished rows in creation order: (priority, id, in
-    doubt, previous attempt), conversational and transactional first, at most `limit`."""
-    #: lane -> its head, or None when the lane must wait.
-    heads: dict[str, tuple[int, str, bool, str | None] | None] = {}
-    urgent = 0
-    for row_id, category, status, not_before, next_attempt, lane, lease_until, started in scan:
-        if lane in heads:
-            continue
-        if status == "sending":  # in flight, or left in doubt by a dead dispatcher
-            expired = lease_until is None or lease_until <= moment
-            heads[lane] = (0, row_id, True, started) if expired else None
-        elif status == "deferred" and not_before is not None and not_before > moment:
-            continue  # quiet hours hold this row, not the rest of its lane
-        elif status == "pending" and next_attempt is not None and next_attempt > moment:
-            heads[lane] = None  # waiting for a retry: later rows of its lane wait too
-        else:
-            priority = 1 if category == "marketing" else 0
-            heads[lane] = (priority, row_id, False, None)
-            urgent += priority == 0
-        if urgent >= limit:
-            break  # enough of the first priority: later rows could not come first
-    return sorted((head for head in heads.values() if head is not None), key=lambda head: head[0])[
-        :limit
-    ]  # stable: creation order within a priority
-
-
 #: How often `watch` reads the data version: a wake-up from another process waits this long
 #: at most (PostgreSQL notifies instead).
 _WATCH_SECONDS = 0.01
-#: Unfinished outbox rows one dispatch scan reads.
-_DISPATCH_SCAN = 4096
-#: Delivery receipts: the row status each Twilio status means, and how far along it is.
-_RECEIPT_STATUS = {
-    "queued": "sent",
-    "accepted": "sent",
-    "sending": "sent",
-    "sent": "sent",
-    "delivered": "delivered",
-    "read": "delivered",
-    "undelivered": "undelivered",
-    "failed": "failed",
-}
-_RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
-#: Unfinished events one claim reads at a time, and at most in all.
-_SCAN_PAGE = 2048
-_MAX_SCAN = 32768
-_run_encoder = msgspec.json.Encoder()
-_run_decoder = msgspec.json.Decoder(RunRecord)
-_payload_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def new_token() -> str:
-    """A lease's fencing token: unique, so a lane released and claimed again never matches an
-    old holder's token."""
-    return secrets.token_hex(12)
 
 
 def _json_list(values: list[str]) -> str:
@@ -1165,7 +1127,7 @@ def _outbox_from_row(row: Sequence[Any]) -> OutboxRow:
         attempts=row[11],
         last_error=row[12],
         provider_message_id=row[13],
-        payload=_payload_decoder.decode(row[14]),
+        payload=payload_decoder.decode(row[14]),
         next_attempt_at=_dt(row[15]),
         error_code=row[16],
     )
@@ -1223,7 +1185,7 @@ _ROWS_PER_INSERT = 62
 def _insert_events_sql(rows: int) -> str:
     """`insert_events` with its VALUES row repeated `rows` times (placeholders only: every
     value is bound). Each row count is a statement sqlite3 prepares once and caches."""
-    head, values, tail = _VALUES_ROW.split(queries()["insert_events"])
+    head, values, tail = _VALUES_ROW.split(queries("sqlite")["insert_events"])
     return head + ", ".join([values] * rows) + tail
 
 
@@ -1257,9 +1219,3 @@ def _event_row(item: IngestItem) -> tuple[Any, ...]:
         None if item.raw_blob else item.raw_body,
         item.raw_blob,
     )
-
-
-def _event_from_row(row: Sequence[Any]) -> Event:
-    event = decode_event(row[0])
-    status = EventStatus(row[1])
-    return event if event.status is status else msgspec.structs.replace(event, status=status)

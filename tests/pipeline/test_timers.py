@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures are imported, then named by the tests)
 """Conversation timers: a due timer becomes one `timer.<name>` event in the store, once.
 
 apscheduler runs on real time (the FrozenClock only stamps the events), so timers here fall due
@@ -24,10 +25,10 @@ from router.events import Event
 from router.ids import new_ulid
 from router.logs import configure_logging
 from router.pipeline.timers import TimerScheduler, timer_event
-from router.store.base import EventFilter, IngestItem, IngestOutcome
+from router.store.base import EventFilter, IngestItem, IngestOutcome, Store
 from router.store.records import LaneCommit, TimerRecord
 from router.store.sqlite import SQLiteStore
-from tests.router.test_store import open_backend
+from tests.router.test_store import backend, open_backend, sqlite_store  # noqa: F401
 
 KEY = "sms:+15551230001:+15559870000"
 PHONE = "+15551230001"
@@ -82,8 +83,8 @@ def write_lock(db: Path) -> Iterator[None]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    async with open_backend("sqlite", tmp_path) as opened:
+async def store(backend: str, tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_backend(backend, tmp_path) as opened:
         yield opened
 
 
@@ -95,7 +96,7 @@ def log_buffer() -> Iterator[io.BytesIO]:
     configure_logging("info")
 
 
-async def reminders(store: SQLiteStore) -> list[Event]:
+async def reminders(store: Store) -> list[Event]:
     return await store.list_events(EventFilter(type=REMINDER))
 
 
@@ -105,7 +106,7 @@ def log_lines(buffer: io.BytesIO, event: str) -> list[dict[str, Any]]:
 
 
 async def started(
-    store: SQLiteStore, clock: FrozenClock, wake: Callable[[], None], **options: Any
+    store: Store, clock: FrozenClock, wake: Callable[[], None], **options: Any
 ) -> TimerScheduler:
     scheduler = TimerScheduler(store, clock, wake, **options)
     await scheduler.start()
@@ -141,7 +142,7 @@ def test_timer_event_is_the_record_as_an_event(clock: FrozenClock) -> None:
     assert timer_event(elsewhere, clock.now()).dedupe_key == event.dedupe_key
 
 
-async def arm_in_store(store: SQLiteStore, record: TimerRecord, now: datetime) -> None:
+async def arm_in_store(store: Store, record: TimerRecord, now: datetime) -> None:
     """Arm a timer as the worker does: in the commit of a lane of its conversation."""
     event = Event(
         id=new_ulid(now),
@@ -161,7 +162,7 @@ async def arm_in_store(store: SQLiteStore, record: TimerRecord, now: datetime) -
 
 
 async def test_timers_in_the_store_fire_at_start_once_across_restarts(
-    store: SQLiteStore, clock: FrozenClock
+    store: Store, clock: FrozenClock
 ) -> None:
     due = soon(-60)
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=due)
@@ -181,7 +182,7 @@ async def test_timers_in_the_store_fire_at_start_once_across_restarts(
         await restarted.stop()
 
 
-async def test_past_due_timer_fires_once_at_start(store: SQLiteStore, clock: FrozenClock) -> None:
+async def test_past_due_timer_fires_once_at_start(store: Store, clock: FrozenClock) -> None:
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-3600))
     await arm_in_store(store, record, clock.now())
     wakes = Wakes()
@@ -199,7 +200,7 @@ async def test_past_due_timer_fires_once_at_start(store: SQLiteStore, clock: Fro
 
 
 async def test_a_timer_seen_by_two_schedulers_and_a_restart_is_one_event(
-    store: SQLiteStore, clock: FrozenClock, log_buffer: io.BytesIO
+    store: Store, clock: FrozenClock, log_buffer: io.BytesIO
 ) -> None:
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-1))
     await arm_in_store(store, record, clock.now())
@@ -221,7 +222,7 @@ async def test_a_timer_seen_by_two_schedulers_and_a_restart_is_one_event(
     assert sorted(line["outcome"] for line in fired) == ["duplicate", "duplicate", "stored"]
 
 
-async def test_disarmed_timer_never_fires(store: SQLiteStore, clock: FrozenClock) -> None:
+async def test_disarmed_timer_never_fires(store: Store, clock: FrozenClock) -> None:
     wakes = Wakes()
     scheduler = await started(store, clock, wakes)
     try:
@@ -238,9 +239,7 @@ async def test_disarmed_timer_never_fires(store: SQLiteStore, clock: FrozenClock
         await scheduler.stop()
 
 
-async def test_rearming_keeps_only_the_latest_due_time(
-    store: SQLiteStore, clock: FrozenClock
-) -> None:
+async def test_rearming_keeps_only_the_latest_due_time(store: Store, clock: FrozenClock) -> None:
     wakes = Wakes()
     scheduler = await started(store, clock, wakes)
     try:
@@ -281,7 +280,10 @@ async def test_unavailable_store_is_retried_and_logged_masked(
     assert len(log_lines(log_buffer, "timer_fired")) == 1
 
 
-async def test_stop_lets_a_firing_under_way_finish(store: SQLiteStore, clock: FrozenClock) -> None:
+async def test_stop_lets_a_firing_under_way_finish(
+    sqlite_store: SQLiteStore, clock: FrozenClock
+) -> None:
+    store = sqlite_store  # held up by SQLite's write lock
     record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-1))
     await arm_in_store(store, record, clock.now())
     stamps = ReadClock(clock.now())
@@ -299,7 +301,7 @@ async def test_stop_lets_a_firing_under_way_finish(store: SQLiteStore, clock: Fr
 
 
 async def test_a_timer_beyond_the_horizon_waits_in_the_store_until_it_comes_near(
-    store: SQLiteStore, clock: FrozenClock
+    store: Store, clock: FrozenClock
 ) -> None:
     record = TimerRecord(conversation_key=KEY, timer="inactivity", due_at=soon(1.2))
     await arm_in_store(store, record, clock.now())

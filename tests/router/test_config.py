@@ -286,7 +286,13 @@ SEMANTIC_CASES = [
         3,
         "expected the URL",
     ),
-    ('[storage]\nurl = "postgresql://db/switchboard"\n', "storage.url", 2, "sqlite:///"),
+    ('[storage]\nurl = "mysql://db/switchboard"\n', "storage.url", 2, "postgresql://"),
+    (
+        "[storage]\npool_min_size = 5\npool_max_size = 4\n",
+        "storage.pool_min_size",
+        2,
+        "at most storage.pool_max_size",
+    ),
     (
         '[sources.custom.twilio]\nsecrets = ["whsec_YWJj"]\n',
         "sources.custom.twilio",
@@ -320,3 +326,15 @@ def test_semantic_errors_are_located(text: str, key: str, line: int, fragment: s
 def test_custom_source_secret_forms_the_reference_library_accepts() -> None:
     text = '[sources.custom.crm]\nsecrets = ["whsec_ZGVtby1zZWNyZXQ=", "ZGVtby1zZWNyZXQ"]\n'
     assert parse_settings(text).sources.custom["crm"].secrets[1] == "ZGVtby1zZWNyZXQ"
+
+
+def test_storage_url_may_be_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL URL can carry a password: it may come from the environment or a file."""
+    monkeypatch.setenv("SB_TEST_DB", "postgresql://sb:hunter2@db.internal/switchboard")
+    settings = parse_settings('[storage]\nurl = "env:SB_TEST_DB"\npool_max_size = 20\n')
+    assert settings.storage.url == "postgresql://sb:hunter2@db.internal/switchboard"
+    assert (settings.storage.pool_min_size, settings.storage.pool_max_size) == (2, 20)
+
+
+def test_pool_size_out_of_range_is_located() -> None:
+    assert_located("[storage]\npool_max_size = 0\n", "storage.pool_max_size", 2)

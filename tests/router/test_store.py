@@ -1,7 +1,8 @@
 """The Store contract, run over every real backend, then what only SQLite promises.
 
-`store` is parametrized over BACKENDS: SQLite today. A PostgreSQL backend joins by adding a
-param (behind a marker) and a branch in `open_backend`; every contract test then runs on it.
+`store` is parametrized over BACKENDS: SQLite (a file under tmp_path) and PostgreSQL (the
+session's own database, emptied before each test; see tests/postgres.py). Every contract test
+runs on both; SQLite-only promises (files, WAL, locks) use `sqlite_store`.
 """
 
 from __future__ import annotations
@@ -39,21 +40,31 @@ from router.store.base import (
     StoredRaw,
 )
 from router.store.blobs import BlobStore
+from router.store.postgres import PostgresStore
 from router.store.queries import migrations
 from router.store.sqlite import SQLiteStore
+from tests.postgres import SERVER, clean_schema, run_blocking
 from tests.support import wait_for
 
 T0 = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 STORED, DUPLICATE, REPLAY = IngestOutcome.STORED, IngestOutcome.DUPLICATE, IngestOutcome.REPLAY
-BACKENDS = [pytest.param("sqlite", id="sqlite")]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
 
 
 @asynccontextmanager
 async def open_backend(kind: str, tmp_path: Path, **options: Any) -> AsyncIterator[Any]:
-    """An opened store of `kind` on fresh storage under `tmp_path`; closed on exit."""
-    if kind != "sqlite":
+    """An opened store of `kind`: SQLite under `tmp_path`, or the session's PostgreSQL
+    database (emptied by the `backend` fixture); closed on exit."""
+    store: SQLiteStore | PostgresStore
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "var" / "switchboard.db", **options)
+    elif kind == "postgres" and SERVER.url is not None:
+        store = PostgresStore(SERVER.url, **options)
+    else:
         raise NotImplementedError(kind)
-    store = SQLiteStore(tmp_path / "var" / "switchboard.db", **options)
     await store.open()
     try:
         yield store
@@ -64,6 +75,9 @@ async def open_backend(kind: str, tmp_path: Path, **options: Any) -> AsyncIterat
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
+    if kind == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        run_blocking(lambda: clean_schema(url))
     return kind
 
 
@@ -245,13 +259,15 @@ async def test_get_event_round_trips_every_field(store: Store) -> None:
 
 async def test_raw_body_in_the_blob_store_is_a_reference(store: Store) -> None:
     body = os.urandom(100_000)
-    digest = store.blobs.put(body)
+    digest = await asyncio.to_thread(store.blobs.put, body)  # blobs block: never on the loop
     ev = event("big")
     stored = IngestItem(event=ev, raw_body=body, raw_blob=digest, content_type="text/plain")
     await store.ingest(stored)
     raw = await store.get_raw(ev.id)
     assert raw == StoredRaw(content_type="text/plain", body=None, blob=digest)
-    assert store.blobs.get(digest) == body
+    assert await asyncio.to_thread(store.blobs.get, digest) == body
+    with pytest.raises(FileNotFoundError):
+        await asyncio.to_thread(store.blobs.get, hashlib.sha256(b"absent").hexdigest())
 
 
 def quarantined(qid: str, at: datetime, **fields: Any) -> QuarantinedRequest:
@@ -295,7 +311,7 @@ async def test_ingest_moves_large_bodies_to_the_blob_store(store: Store) -> None
     assert small_raw is not None and small_raw.body == small[1] and small_raw.blob is None
     assert large_raw is not None and large_raw.body is None
     assert large_raw.blob == hashlib.sha256(large[1]).hexdigest()
-    assert store.blobs.get(large_raw.blob) == large[1]
+    assert await asyncio.to_thread(store.blobs.get, large_raw.blob) == large[1]
 
 
 async def _twilio_through(
@@ -320,21 +336,79 @@ async def _twilio_through(
     return next(e.id for e in found if e.dedupe_key == f"twilio:{sid}"), body
 
 
-# -- SQLite: group commit, durability settings, migrations, locks ----------------------------
+# -- group commit ----------------------------------------------------------------------------
 
 
-async def test_concurrent_ingests_are_group_committed(sqlite_store: SQLiteStore) -> None:
-    before = sqlite_store.batches_committed
-    outcomes = await asyncio.gather(
-        *(sqlite_store.ingest(item(event(f"G{i}"))) for i in range(500))
-    )
+async def test_concurrent_ingests_are_group_committed(store: Any) -> None:
+    before = store.batches_committed
+    outcomes = await asyncio.gather(*(store.ingest(item(event(f"G{i}"))) for i in range(500)))
     assert outcomes == [STORED] * 500
-    commits = sqlite_store.batches_committed - before
+    commits = store.batches_committed - before
     assert 1 <= commits <= 500 // 10, f"{commits} commits for 500 ingests"
     # One by one, each ingest is its own commit: the counter counts real transactions.
     for i in range(3):
-        await sqlite_store.ingest(item(event(f"S{i}")))
-    assert sqlite_store.batches_committed - before == commits + 3
+        await store.ingest(item(event(f"S{i}")))
+    assert store.batches_committed - before == commits + 3
+
+
+async def test_a_write_that_raises_does_not_stop_the_writer(store: Store) -> None:
+    unencodable = event("bad", data={"thing": object()})
+    with pytest.raises(StoreUnavailable, match="write failed"):
+        await store.ingest(item(unencodable))
+    assert await store.ingest(item(event("good"))) is STORED
+
+
+@pytest.mark.parametrize(
+    ("text", "nonce"), [("caf\udce9", None), ("hello", "tok\udc80")], ids=["text", "nonce"]
+)
+async def test_unstorable_event_fails_alone(store: Store, text: str, nonce: str | None) -> None:
+    """Found by the fuzzer: an event the store cannot encode (a lone surrogate from a raw
+    UTF-8 email header) used to fail every request of its group-commit batch with 503."""
+    good = [item(event(f"G{n}")) for n in range(30)]
+    bad = item(event("BAD", text=text), nonce=nonce)
+    results = await asyncio.gather(
+        *(store.ingest(i) for i in [*good[:15], bad, *good[15:]]), return_exceptions=True
+    )
+    assert isinstance(results[15], UnstorableEvent)
+    assert isinstance(results[15], StoreUnavailable)  # callers knowing only that still refuse
+    assert results[:15] + results[16:] == [STORED] * 30
+    listed = await store.list_events(EventFilter(limit=100))
+    assert {e.dedupe_key for e in listed} == {i.event.dedupe_key for i in good}
+    assert await store.ingest(item(event("AFTER"))) is STORED
+
+
+async def test_nul_characters_are_stored_and_read_back_exactly(store: Store) -> None:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a verified delivery carrying one is
+    still stored, deduplicated and read back as it came."""
+    odd = msgspec.structs.replace(event("nul\x00key", text="a\x00b"), conversation_key="c\x00")
+    assert await store.ingest(item(odd, nonce="tok\x00")) is STORED
+    assert await store.ingest(item(event("nul\x00key"), nonce="tok\x00")) is DUPLICATE
+    assert await store.get_event(odd.id) == odd
+    assert [e.id for e in await store.list_events(EventFilter(source="twilio"))] == [odd.id]
+
+
+async def test_ingests_racing_close_are_answered(backend: str, tmp_path: Path) -> None:
+    """Every ingest issued while the store closes is either stored or told it is unavailable."""
+    async with open_backend(backend, tmp_path) as opened:
+        await opened.ingest(item(event("warm")))
+        closing = asyncio.create_task(opened.close())
+        racing: list[tuple[Event, asyncio.Task[IngestOutcome]]] = []
+        while not closing.done():
+            ev = event(f"R{len(racing)}")
+            racing.append((ev, asyncio.create_task(opened.ingest(item(ev)))))
+            await asyncio.sleep(0)  # a yield, not a wait: lets the writer and close() run
+        _, pending = await asyncio.wait([t for _, t in racing], timeout=10)
+        assert not pending, f"{len(pending)} ingests never answered"
+    async with open_backend(backend, tmp_path) as reopened:
+        for ev, task in racing:
+            stored = await reopened.get_event(ev.id)
+            if task.exception() is None:
+                assert task.result() is STORED and stored == ev
+            else:
+                assert isinstance(task.exception(), StoreUnavailable) and stored is None
+
+
+# -- SQLite: durability settings, migrations, locks --------------------------------------------
 
 
 async def test_writer_uses_wal_and_synchronous_full(tmp_path: Path) -> None:
@@ -365,7 +439,7 @@ async def test_migrations_are_versioned_and_run_once(tmp_path: Path) -> None:
     async with open_backend("sqlite", tmp_path) as first:
         await first.ingest(item(event("kept")))
     rows = migration_rows(first.path)
-    assert [version for version, _ in rows] == [version for version, _ in migrations()]
+    assert [version for version, _ in rows] == [version for version, _ in migrations("sqlite")]
     async with open_backend("sqlite", tmp_path) as again:
         assert len(await again.list_events(EventFilter())) == 1
     assert migration_rows(first.path) == rows
@@ -407,55 +481,6 @@ async def test_locked_database_fails_the_batch_then_recovers(tmp_path: Path) -> 
         # Nothing of the failed batch was kept: the providers' retries are stored, not duplicates.
         outcomes = await asyncio.gather(*(opened.ingest(i) for i in items))
         assert outcomes == [STORED] * 20
-
-
-async def test_a_write_that_raises_does_not_stop_the_writer(sqlite_store: SQLiteStore) -> None:
-    unencodable = event("bad", data={"thing": object()})
-    with pytest.raises(StoreUnavailable, match="write failed"):
-        await sqlite_store.ingest(item(unencodable))
-    assert await sqlite_store.ingest(item(event("good"))) is STORED
-
-
-@pytest.mark.parametrize(
-    ("text", "nonce"), [("caf\udce9", None), ("hello", "tok\udc80")], ids=["text", "nonce"]
-)
-async def test_unstorable_event_fails_alone(
-    sqlite_store: SQLiteStore, text: str, nonce: str | None
-) -> None:
-    """Found by the fuzzer: an event the store cannot encode (a lone surrogate from a raw
-    UTF-8 email header) used to fail every request of its group-commit batch with 503."""
-    good = [item(event(f"G{n}")) for n in range(30)]
-    bad = item(event("BAD", text=text), nonce=nonce)
-    results = await asyncio.gather(
-        *(sqlite_store.ingest(i) for i in [*good[:15], bad, *good[15:]]), return_exceptions=True
-    )
-    assert isinstance(results[15], UnstorableEvent)
-    assert isinstance(results[15], StoreUnavailable)  # callers knowing only that still refuse
-    assert results[:15] + results[16:] == [STORED] * 30
-    listed = await sqlite_store.list_events(EventFilter(limit=100))
-    assert {e.dedupe_key for e in listed} == {i.event.dedupe_key for i in good}
-    assert await sqlite_store.ingest(item(event("AFTER"))) is STORED
-
-
-async def test_ingests_racing_close_are_answered(tmp_path: Path) -> None:
-    """Every ingest issued while the store closes is either stored or told it is unavailable."""
-    async with open_backend("sqlite", tmp_path) as opened:
-        await opened.ingest(item(event("warm")))
-        closing = asyncio.create_task(opened.close())
-        racing: list[tuple[Event, asyncio.Task[IngestOutcome]]] = []
-        while not closing.done():
-            ev = event(f"R{len(racing)}")
-            racing.append((ev, asyncio.create_task(opened.ingest(item(ev)))))
-            await asyncio.sleep(0)  # a yield, not a wait: lets the writer and close() run
-        _, pending = await asyncio.wait([t for _, t in racing], timeout=10)
-        assert not pending, f"{len(pending)} ingests never answered"
-    async with open_backend("sqlite", tmp_path) as reopened:
-        for ev, task in racing:
-            stored = await reopened.get_event(ev.id)
-            if task.exception() is None:
-                assert task.result() is STORED and stored == ev
-            else:
-                assert isinstance(task.exception(), StoreUnavailable) and stored is None
 
 
 # -- blobs -----------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""Rows to and from PostgreSQL: the parameters of each write, the records each read gives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from router.errors import UnstorableEvent
+from router.events import encode_event
+from router.store.base import IngestItem, StoredRaw
+from router.store.records import ConversationRecord, OutboxRow, OutboxStatus
+from router.store.shared import payload_decoder
+
+
+def db_text(value: str) -> str:
+    """A text column's value: PostgreSQL text cannot hold NUL, SQLite's can. The exact value
+    stays in the JSON body; the column (searched, deduplicated) gets U+FFFD instead."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def db_opt_text(value: str | None) -> str | None:
+    return None if value is None else db_text(value)
+
+
+def conversation_row(record: ConversationRecord) -> tuple[Any, ...]:
+    return (
+        db_text(record.key),
+        record.state,
+        db_opt_text(record.channel),
+        db_opt_text(record.contact),
+        record.body,
+        record.updated_at,
+    )
+
+
+def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
+    return ConversationRecord(
+        key=row[0], state=row[1], channel=row[2], contact=row[3], body=row[4], updated_at=row[5]
+    )
+
+
+def outbox_params(row: OutboxRow) -> tuple[Any, ...]:
+    return (
+        db_text(row.id),
+        row.event_id,
+        db_opt_text(row.conversation_key),
+        db_opt_text(row.contact_key),
+        row.channel,
+        db_text(row.to),
+        row.category,
+        row.kind,
+        row.status.value,
+        row.not_before,
+        row.created_at,
+        row.attempts,
+        db_opt_text(row.last_error),
+        db_opt_text(row.provider_message_id),
+        msgspec.json.encode(row.payload),
+        db_text(row.lane),
+        row.priority,
+    )
+
+
+def outbox_from_row(row: Sequence[Any]) -> OutboxRow:
+    return OutboxRow(
+        id=row[0],
+        event_id=row[1],
+        conversation_key=row[2],
+        contact_key=row[3],
+        channel=row[4],
+        to=row[5],
+        category=row[6],
+        kind=row[7],
+        status=OutboxStatus(row[8]),
+        not_before=row[9],
+        created_at=row[10],
+        attempts=row[11],
+        last_error=row[12],
+        provider_message_id=row[13],
+        payload=payload_decoder.decode(row[14]),
+        next_attempt_at=row[15],
+        error_code=row[16],
+    )
+
+
+def stored_raw(rows: list[Any]) -> StoredRaw | None:
+    if not rows:
+        return None
+    content_type, body, blob = rows[0]
+    return StoredRaw(content_type=content_type, body=body, blob=blob)
+
+
+def event_params(item: IngestItem) -> tuple[Any, ...]:
+    """The events row; UnstorableEvent if a text is not valid Unicode (a lone surrogate)."""
+    event = item.event
+    try:
+        body = encode_event(event)  # every text column below is a field of this event
+        if item.nonce is not None:
+            item.nonce.encode()
+    except (UnicodeEncodeError, TypeError, msgspec.EncodeError) as exc:
+        raise UnstorableEvent(f"write failed: event cannot be stored: {exc}") from exc
+    return (
+        db_text(event.id),
+        db_text(event.source),
+        db_text(event.type),
+        db_text(event.provider_type),
+        db_text(event.dedupe_key),
+        db_opt_text(event.channel),
+        db_opt_text(event.contact.address if event.contact else None),
+        db_opt_text(event.conversation_key),
+        event.status.value,
+        event.received_at,
+        event.occurred_at,
+        db_text(event.correlation_id),
+        body,
+        db_text(item.content_type),
+        None if item.raw_blob else item.raw_body,
+        item.raw_blob,
+    )

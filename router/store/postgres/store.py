@@ -1,0 +1,1002 @@
+"""The PostgreSQL store: one database for every router process, on any number of boxes.
+
+Ingest is group-committed as on SQLite: one writer task takes everything queued, inserts it with
+one `unnest` statement (`ON CONFLICT DO NOTHING`) in one transaction, and only then answers each
+caller. Claims are safe across processes: a lane's lease is a row with a random token, taken
+only where it is free (lease rows another claim holds locked are skipped, `SKIP LOCKED`), and
+every commit locks the lease rows it writes under and is refused unless its token is still
+there (fencing). Outbox rows are claimed the same way, per row. Times come from the caller's
+clock, never the database's, so both stores give the same answers for the same inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+from asyncpg import Connection as Conn
+
+from router.errors import StoreCorrupt, StoreUnavailable
+from router.events import Event, EventStatus
+from router.logs import get_logger
+from router.store.base import (
+    EventFilter,
+    IngestItem,
+    IngestOutcome,
+    QuarantinedRequest,
+    StoredRaw,
+)
+from router.store.postgres.blobs import PostgresBlobs
+from router.store.postgres.connection import DRIVER_ERRORS, redact_url, wrap_exceptions
+from router.store.postgres.rows import (
+    conversation_from_row,
+    conversation_row,
+    db_opt_text,
+    db_text,
+    event_params,
+    outbox_from_row,
+    outbox_params,
+    stored_raw,
+)
+from router.store.queries import migrations, queries
+from router.store.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    AttemptResult,
+    ClaimedLane,
+    ClaimedRow,
+    CommitOutcome,
+    ContactRecord,
+    ConversationRecord,
+    DueRow,
+    EventResult,
+    LaneCommit,
+    Lease,
+    LedgerRecord,
+    OutboxFilter,
+    OutboxRow,
+    Receipt,
+    RunRecord,
+    TimerRecord,
+)
+from router.store.shared import (
+    DISPATCH_SCAN,
+    MAX_SCAN,
+    SCAN_PAGE,
+    due_heads,
+    event_from_row,
+    new_token,
+    receipt_target,
+    run_decoder,
+    run_encoder,
+)
+
+T = TypeVar("T")
+log = get_logger("switchboard.store")
+_Prepared = tuple[IngestItem, tuple[Any, ...]]
+_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
+_STOP = object()
+#: The advisory lock key migrations run under: "switchb" in ASCII.
+_MIGRATION_LOCK = 0x73776974636862
+#: A statement that runs longer than this fails (StoreUnavailable) rather than hanging on a
+#: connection the network silently dropped; migrations of a large table get longer.
+_COMMAND_TIMEOUT = 30.0
+#: The LISTEN/NOTIFY channel of work committed (events, outbox rows).
+_CHANNEL = "switchboard_work"
+#: How often a listening connection is asked whether it still answers (a closed socket is
+#: told at once; a connection cut without a close only when asked).
+_LISTEN_CHECK_SECONDS = 5.0
+_MIGRATION_TIMEOUT = 3600.0
+_SCHEMA_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version integer PRIMARY KEY, applied_at text NOT NULL)"
+)
+
+
+class PostgresStore:
+    """The fleet's store: one PostgreSQL for every router process, on any number of boxes."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_min_size: int = 2,
+        pool_max_size: int = 10,
+        connect_timeout: float = 10.0,
+        max_batch: int = 512,
+    ) -> None:
+        self.url = url
+        self.blobs = PostgresBlobs(self)
+        self.migrations_applied: list[int] = []
+        #: Ingest transactions committed: with group commit, far fewer than ingests.
+        self.batches_committed = 0
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._timeout = connect_timeout
+        self._max_batch = max_batch
+        self._pool: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._sql = queries("postgres")
+        #: Names this store's notifications, so its own watch skips them.
+        self._instance = new_token()
+        #: Why the last ingest commit failed, until one succeeds (/readyz tries a commit).
+        self._commit_error: str | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the store was opened on (its pool belongs to it)."""
+        return self._loop
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact_url(self.url)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            with wrap_exceptions():
+                self._pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=self._pool_min_size,
+                    max_size=self._pool_max_size,
+                    timeout=self._timeout,
+                    command_timeout=_COMMAND_TIMEOUT,
+                    server_settings={"application_name": "switchboard"},
+                )
+                self.migrations_applied = await self._migrate()
+        except (ValueError, asyncpg.ClientConfigurationError) as exc:  # a malformed URL
+            await self._close_pool()
+            raise StoreUnavailable(f"postgresql: bad storage.url: {type(exc).__name__}") from exc
+        except BaseException:
+            await self._close_pool()
+            raise
+        self._loop = asyncio.get_running_loop()
+        self._writer_task = asyncio.create_task(self._write_loop(), name="postgres-writer")
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            self._queue.put_nowait(_STOP)
+            await self._writer_task
+            self._writer_task = None
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry is not _STOP:
+                _fail(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self._timeout)
+            except DRIVER_ERRORS:  # a connection that will not close cleanly is cut
+                pool.terminate()
+            except asyncio.CancelledError:
+                pool.terminate()
+                raise
+
+    async def _migrate(self) -> list[int]:
+        """Apply pending migrations in one transaction under an advisory lock, so processes
+        starting together apply each once; returns the versions applied."""
+        known = migrations("postgres")
+        applied = []
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(_SCHEMA_TABLE)
+            current = await conn.fetchval(self._sql["schema_version"])
+            if known and current > known[-1][0]:
+                raise StoreCorrupt(f"schema version {current} is newer than this Switchboard knows")
+            for version, script in known:
+                if version > current:
+                    await conn.execute(script, timeout=_MIGRATION_TIMEOUT)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                        version,
+                        datetime.now(UTC).isoformat(timespec="microseconds"),
+                    )
+                    applied.append(version)
+        return applied
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("store is not open")
+        async with pool.acquire(timeout=self._timeout) as conn:
+            yield conn
+
+    # -- ingest (group commit) ------------------------------------------------------------
+
+    async def ingest(self, item: IngestItem) -> IngestOutcome:
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store is not open")
+        prepared = (item, event_params(item))  # raises UnstorableEvent before joining a batch
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((prepared, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            batch: list[_Pending] = []
+            for entry in self._drain(first):
+                if entry is _STOP:
+                    stopping = True
+                else:
+                    batch.append(entry)  # type: ignore[arg-type]
+            if batch:
+                await self._commit(batch)
+
+    def _drain(self, first: _Pending | object) -> Iterator[_Pending | object]:
+        yield first
+        taken = 1
+        while taken < self._max_batch and not self._queue.empty():
+            yield self._queue.get_nowait()
+            taken += 1
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            outcomes = await self._transact(
+                lambda conn: self._write_batch(conn, items), notify=True
+            )
+        except Exception as exc:  # whatever it is, the writer lives on and every caller hears
+            reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
+            self._commit_error = reason
+            for _, future in batch:
+                _fail(future, StoreUnavailable(reason))
+            return
+        self._commit_error = None
+        self.batches_committed += 1
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _write_batch(self, conn: Conn, items: Sequence[_Prepared]) -> list[IngestOutcome]:
+        replays = await self._check_nonces(conn, items)
+        rows = [row for place, (_, row) in enumerate(items) if place not in replays]
+        stored: set[str] = set()
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            places = list(range(len(rows)))
+            found = await conn.fetch(self._sql["insert_events"], *columns, places)
+            stored = {record[0] for record in found}
+        return [
+            IngestOutcome.REPLAY
+            if place in replays
+            else IngestOutcome.STORED
+            if row[0] in stored
+            else IngestOutcome.DUPLICATE
+            for place, (_, row) in enumerate(items)
+        ]
+
+    async def _check_nonces(self, conn: Conn, items: Sequence[_Prepared]) -> set[int]:
+        """The places of items whose one-time token was first used with another dedupe key.
+        Tokens go in (source, nonce) order, the first submitted first, against deadlocks."""
+        with_nonce = sorted(
+            (item.event.source, item.nonce, place)
+            for place, (item, _) in enumerate(items)
+            if item.nonce is not None
+        )
+        replays: set[int] = set()
+        for source, nonce, place in with_nonce:
+            event = items[place][0].event
+            fresh = await conn.fetchval(
+                self._sql["insert_nonce"],
+                db_text(source),
+                db_text(nonce),
+                db_text(event.dedupe_key),
+                event.received_at,
+            )
+            if fresh is None:
+                owner = await conn.fetchval(
+                    self._sql["nonce_owner"], db_text(source), db_text(nonce)
+                )
+                if owner != db_text(event.dedupe_key):
+                    replays.add(place)
+        return replays
+
+    # -- other writes ---------------------------------------------------------------------
+
+    async def quarantine(self, request: QuarantinedRequest) -> None:
+        await self._execute(
+            self._sql["insert_quarantine"],
+            db_text(request.id),
+            db_text(request.source),
+            request.received_at,
+            db_text(request.reason),
+            db_text(request.content_type),
+            request.raw_body,
+            request.raw_blob,
+            db_text(request.correlation_id),
+        )
+
+    async def prune_nonces(self, before: datetime) -> None:
+        """Forget one-time tokens older than any timestamp a verifier would still accept."""
+        await self._execute(self._sql["prune_nonces"], before)
+
+    async def _execute(self, sql: str, *args: Any) -> None:
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                await conn.execute(sql, *args)
+
+    async def put_blob(self, digest: str, content: bytes) -> None:
+        """Keep `content` under `digest` (PostgresBlobs.put runs it on the store's loop)."""
+        await self._execute(self._sql["put_blob"], digest, content)
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        """The content kept under `digest`, or None."""
+        content: bytes | None = await self._fetch_value(self._sql["get_blob"], digest)
+        return content
+
+    # -- routing (the worker) ---------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, now: datetime, lease_seconds: float, max_lanes: int, max_events: int
+    ) -> list[ClaimedLane]:
+        until = now + timedelta(seconds=lease_seconds)
+        return await self._transact(
+            lambda conn: self._claim(conn, owner, now, until, max_lanes, max_events)
+        )
+
+    async def _claim(
+        self,
+        conn: Conn,
+        owner: str,
+        now: datetime,
+        until: datetime,
+        max_lanes: int,
+        max_events: int,
+    ) -> list[ClaimedLane]:
+        picked = await self._pick_lanes(conn, now, max_lanes, max_events)
+        if not picked:
+            return []
+        leases = {lane: Lease(lane=lane, token=new_token(), until=until) for lane in picked}
+        order = sorted(leases)
+        taken = {
+            record[0]
+            for record in await conn.fetch(
+                self._sql["take_leases"],
+                order,
+                [leases[lane].token for lane in order],
+                owner,
+                until,
+                now,
+            )
+        }
+        lanes = {lane: ids for lane, ids in picked.items() if lane in taken}
+        if not lanes:
+            return []
+        found = await self._claimed_events(conn, lanes, now)
+        kept = {lane: [i for i in ids if i in found] for lane, ids in lanes.items()}
+        for lane in [lane for lane, ids in kept.items() if not ids]:  # finished meanwhile
+            await conn.execute(self._sql["release_lease"], lane, leases[lane].token)
+            del kept[lane]
+        if not kept:
+            return []
+        conversations = {
+            record[0]: conversation_from_row(record)
+            for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
+        }
+        return [
+            ClaimedLane(
+                lease=leases[lane],
+                events=[found[event_id][0] for event_id in ids],
+                attempts={event_id: found[event_id][1] for event_id in ids},
+                conversation=conversations.get(lane),
+            )
+            for lane, ids in kept.items()
+        ]
+
+    async def _pick_lanes(
+        self, conn: Conn, now: datetime, max_lanes: int, max_events: int
+    ) -> dict[str, list[str]]:
+        """Lanes not leased at `now`, oldest first, with their first unfinished events: pages
+        in arrival order until enough are found (a flood in one conversation, or a held lane's
+        backlog, must not hide the conversations after it)."""
+        lanes: dict[str, list[str]] = {}
+        after: str | None = None
+        for _ in range(MAX_SCAN // SCAN_PAGE):
+            scan = await conn.fetch(self._sql["claim_scan"], after, SCAN_PAGE, now)
+            for event_id, lane, busy in scan:
+                if busy:
+                    continue
+                ids = lanes.get(lane)
+                if ids is None:
+                    if len(lanes) >= max_lanes:
+                        continue
+                    ids = lanes[lane] = []
+                if len(ids) < max_events:
+                    ids.append(event_id)
+            if len(lanes) >= max_lanes or len(scan) < SCAN_PAGE:
+                break
+            after = scan[-1][0]
+        return lanes
+
+    async def _claimed_events(
+        self, conn: Conn, lanes: dict[str, list[str]], now: datetime
+    ) -> dict[str, tuple[Event, int]]:
+        """The picked events still unfinished, decoded and marked `processing`; one that cannot
+        be read is failed at once (retrying cannot help, and the events after it must go on)."""
+        ids = [event_id for ids in lanes.values() for event_id in ids]
+        found: dict[str, tuple[Event, int]] = {}
+        for event_id, body, status, attempts in await conn.fetch(self._sql["claim_events"], ids):
+            try:
+                found[event_id] = (event_from_row((body, status)), attempts)
+            except (msgspec.DecodeError, ValueError) as exc:
+                run = RunRecord(
+                    event_id=event_id,
+                    at=now,
+                    rules_version=None,
+                    error=f"stored event cannot be read: {exc}"[:1000],
+                )
+                result = EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
+                await self._record_results(conn, [result])
+        return found
+
+    async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
+        return await self._transact(lambda conn: self._commit_lanes(conn, lanes, now), notify=True)
+
+    async def _commit_lanes(
+        self, conn: Conn, lanes: list[LaneCommit], now: datetime
+    ) -> CommitOutcome:
+        names = sorted({lane.lease.lane for lane in lanes})
+        held = {r[0]: r[1] for r in await conn.fetch(self._sql["lock_leases"], names)}
+        applied: list[bool] = []
+        taken: list[LaneCommit] = []
+        for lane in lanes:
+            fresh = held.get(lane.lease.lane) == lane.lease.token  # else fenced: taken over
+            applied.append(fresh)
+            if fresh:
+                held[lane.lease.lane] = None  # released below: one token commits once
+                taken.append(lane)
+        cancelled, new_ids = await self._apply_lanes(conn, taken, now)
+        return CommitOutcome(
+            applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
+        )
+
+    async def _apply_lanes(
+        self, conn: Conn, lanes: list[LaneCommit], now: datetime
+    ) -> tuple[list[str], list[str]]:
+        """Everything the lanes' processing writes, and their leases released (or held until
+        a retry): the rows an opt-out cancelled, and the outbox rows made.
+
+        As SQLite applies them lane after lane, but each kind of write in one statement for all
+        lanes where lanes cannot see each other's writes (one round trip, not one per lane):
+        only an opt-out's cancel and the rows made must keep the lanes' order.
+        """
+        await self._record_results(conn, [r for lane in lanes for r in lane.results])
+        await self._many(
+            conn, "failed_attempt", [(ln.failed_attempt,) for ln in lanes if ln.failed_attempt]
+        )
+        await self._many(
+            conn,
+            "upsert_conversation",
+            [conversation_row(ln.conversation) for ln in lanes if ln.conversation is not None],
+        )
+        cancelled: list[str] = []
+        new_ids: list[str] = []
+        if any(lane.cancel_contacts for lane in lanes):  # cancels rows made before it only
+            for lane in lanes:
+                for contact_key, reason in lane.cancel_contacts:
+                    cancelled += await self._cancel_waiting(conn, contact_key, reason)
+                new_ids += await self._insert_rows(conn, lane.outbox)
+        else:
+            new_ids = await self._insert_rows(conn, [row for ln in lanes for row in ln.outbox])
+        for lane in lanes:
+            for contact, entry in lane.contacts:
+                await self._save_contact(conn, contact, entry, now)
+            for receipt in lane.receipts:
+                await self._apply_receipt(conn, receipt)
+        await self._set_timers(conn, lanes)
+        await self._many(
+            conn,
+            "hold_lease_until",
+            [(ln.lease.lane, ln.retry_at) for ln in lanes if ln.retry_at is not None],
+        )
+        await self._many(
+            conn,
+            "release_lease",
+            [(ln.lease.lane, ln.lease.token) for ln in lanes if ln.retry_at is None],
+        )
+        return cancelled, new_ids
+
+    async def _set_timers(self, conn: Conn, lanes: list[LaneCommit]) -> None:
+        """Arm, then disarm, the lanes' timers (each lane names its own conversation's)."""
+        await self._many(
+            conn,
+            "set_timer",
+            [
+                (db_text(t.conversation_key), t.timer, t.due_at)
+                for lane in lanes
+                for t in lane.timers_set
+            ],
+        )
+        await self._many(
+            conn,
+            "clear_timer",
+            [
+                (db_text(key), name, due_at)
+                for lane in lanes
+                for key, name, due_at in lane.timers_cleared
+            ],
+        )
+
+    async def _many(self, conn: Conn, name: str, args: list[tuple[Any, ...]]) -> None:
+        """One named statement for every argument tuple, sent together; nothing if none."""
+        if args:
+            await conn.executemany(self._sql[name], args)
+
+    async def _record_results(self, conn: Conn, results: Sequence[EventResult]) -> None:
+        """Each event's new status and its run."""
+        if not results:
+            return
+        await conn.executemany(
+            self._sql["finish_event"], [(r.status.value, r.event_id) for r in results]
+        )
+        await conn.executemany(
+            self._sql["insert_run"],
+            [(r.event_id, r.run.at, run_encoder.encode(r.run)) for r in results],
+        )
+
+    async def _insert_rows(self, conn: Conn, rows: Sequence[OutboxRow]) -> list[str]:
+        """Insert outbox rows in one statement, in order; the ids of those not there yet."""
+        if not rows:
+            return []
+        params = [outbox_params(row) for row in rows]
+        columns = [list(column) for column in zip(*params, strict=True)]
+        made = {record[0] for record in await conn.fetch(self._sql["insert_outbox"], *columns)}
+        new_ids = []
+        for row, values in zip(rows, params, strict=True):
+            if values[0] in made:
+                made.discard(values[0])  # the same id twice: only the first was made
+                new_ids.append(row.id)
+        return new_ids
+
+    async def _cancel_waiting(self, conn: Conn, contact_key: str, reason: str) -> list[str]:
+        """Cancel a contact's pending and deferred rows; their ids."""
+        found = await conn.fetch(self._sql["cancel_waiting"], db_text(contact_key), db_text(reason))
+        return [record[0] for record in found]
+
+    async def _save_contact(
+        self, conn: Conn, contact: ContactRecord, entry: LedgerRecord | None, now: datetime
+    ) -> None:
+        """A contact's consent, and the ledger entry of its change."""
+        key = db_text(contact.address)
+        await conn.execute(
+            self._sql["upsert_contact"],
+            key,
+            contact.consent,
+            contact.opted_out_at,
+            contact.timezone,
+            now,
+        )
+        if entry is not None:
+            await conn.execute(
+                self._sql["insert_ledger"],
+                key,
+                entry.at,
+                entry.event_id,
+                entry.channel,
+                entry.change,
+                db_text(entry.reason),
+            )
+
+    async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
+        async def run(conn: Conn) -> list[str]:
+            await self._record_results(conn, results)
+            return await self._insert_rows(conn, rows)
+
+        return await self._transact(run)
+
+    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = await self._fetch(self._sql["existing_outbox_ids"], [db_text(i) for i in ids])
+        return {row[0] for row in rows}
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+        scan = await self._fetch(self._sql["dispatch_scan"], DISPATCH_SCAN)
+        due = due_heads(scan, now, limit)
+        if not due:
+            return []
+        found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])
+        rows = {row[0]: row for row in found}
+        return [
+            DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, previous_attempt_at=at)
+            for _, row_id, in_doubt, at in due
+            if row_id in rows
+        ]
+
+    async def claim_rows(
+        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
+    ) -> list[ClaimedRow]:
+        """Lease the rows still claimable: one statement, one round trip (atomic on its own);
+        rows another dispatcher holds locked right now are skipped, never waited for."""
+        del owner  # rows carry the token only; the owner shows in the logs
+        if not due:
+            return []
+        tokens = {head.row.id: new_token() for head in due}
+        until = now + timedelta(seconds=lease_seconds)
+        found = await self._fetch(
+            self._sql["claim_rows"], list(tokens), list(tokens.values()), until, now
+        )
+        taken = {record[0] for record in found}
+        return [
+            ClaimedRow(
+                row=head.row,
+                token=tokens[head.row.id],
+                in_doubt=head.in_doubt,
+                previous_attempt_at=head.previous_attempt_at,
+            )
+            for head in due
+            if head.row.id in taken
+        ]
+
+    async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
+        async def run(conn: Conn) -> list[bool]:
+            ids = sorted({result.id for result in results})
+            held = {r[0]: (r[1], r[2]) for r in await conn.fetch(self._sql["lock_rows"], ids)}
+            done = []
+            for result in results:
+                if held.get(result.id) != (result.token, "sending"):
+                    done.append(False)  # fenced: the lease expired and another attempt took it
+                    continue
+                held[result.id] = (None, "finished")
+                await self._finish_one(conn, result)
+                done.append(True)
+            return done
+
+        return await self._transact(run, notify=True)  # a lane's next row may go now
+
+    async def _finish_one(self, conn: Conn, result: AttemptResult) -> None:
+        sql, outcome = self._sql, result.outcome
+        if outcome is AttemptOutcome.SENT:
+            await conn.execute(sql["finish_sent"], result.id, result.provider_message_id)
+            if result.provider_message_id:
+                await self._map_thread(conn, result.id, result.provider_message_id)
+                await self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
+            if result.provider_status:
+                await self._deliver(conn, result.id, "sent", result.provider_status, None)
+        elif outcome is AttemptOutcome.IN_DOUBT:
+            until = result.next_attempt_at or result.at
+            await conn.execute(
+                sql["finish_in_doubt"], result.id, result.error, result.error_code, until
+            )
+        elif outcome is AttemptOutcome.RETRY:
+            await conn.execute(
+                sql["finish_retry"],
+                result.id,
+                result.error,
+                result.error_code,
+                result.next_attempt_at,
+                0 if result.throttled else 1,
+            )
+        else:
+            status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
+            await conn.execute(
+                sql["finish_dead"], result.id, status, result.error, result.error_code
+            )
+        if result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
+            await self._save_contact(conn, result.opted_out, result.ledger, result.at)
+            await self._cancel_waiting(
+                conn, result.opted_out.address, "contact opted out at the carrier"
+            )
+        await conn.execute(
+            sql["insert_attempt"],
+            result.id,
+            result.at,
+            outcome.value,
+            result.error,
+            result.error_code,
+            result.duration_ms,
+        )
+
+    async def _map_thread(self, conn: Conn, outbox_id: str, ts: str) -> None:
+        """An escalation post is sent: its Slack thread belongs to the conversation from now
+        on (agent replies and button presses there are routed with it)."""
+        row = await conn.fetchrow(self._sql["row_for_thread"], outbox_id)
+        if row is not None and row[0] == "escalation" and row[2] is not None:
+            await conn.execute(self._sql["map_thread"], f"slack:{row[1]}:{db_text(ts)}", row[2])
+
+    async def _apply_receipt(self, conn: Conn, receipt: Receipt) -> None:
+        provider_id = db_text(receipt.provider_message_id)
+        found = await conn.fetchrow(self._sql["row_by_provider_id"], provider_id)
+        if found is None:  # the callback beat the dispatcher's commit: keep it for then
+            await conn.execute(
+                self._sql["insert_receipt"],
+                provider_id,
+                db_text(receipt.status),
+                receipt.error_code,
+                receipt.at,
+            )
+            return
+        await self._deliver(conn, found[0], found[1], receipt.status, receipt.error_code)
+
+    async def _apply_waiting_receipts(
+        self, conn: Conn, row_id: str, provider_message_id: str
+    ) -> None:
+        waiting = await conn.fetch(self._sql["receipts_of"], provider_message_id)
+        status = "sent"
+        for receipt_status, error_code, _ in waiting:
+            status = await self._deliver(conn, row_id, status, receipt_status, error_code)
+        if waiting:
+            await conn.execute(self._sql["drop_receipts"], provider_message_id)
+
+    async def _deliver(
+        self, conn: Conn, row_id: str, current: str, reported: str, error_code: str | None
+    ) -> str:
+        """Move a sent row on by a receipt, never back."""
+        target = receipt_target(current, reported)
+        if target is None:
+            return current
+        await conn.execute(self._sql["set_delivery"], row_id, target, error_code)
+        return target
+
+    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
+        rows = await self._fetch(self._sql["escalation_post"], db_text(conversation_key))
+        return outbox_from_row(rows[0]) if rows else None
+
+    async def escalation_thread(self, conversation_key: str) -> str | None:
+        thread: str | None = await self._fetch_value(
+            self._sql["escalation_thread"], db_text(conversation_key)
+        )
+        return thread
+
+    async def next_due(self, now: datetime) -> datetime | None:
+        due: datetime | None = await self._fetch_value(self._sql["next_due"], now)
+        return due
+
+    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
+        rows = await self._fetch(self._sql["attempts_of_row"], db_text(outbox_id))
+        return [
+            AttemptRecord(at=r[0], outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4])
+            for r in rows
+        ]
+
+    async def requeue_dead(self, outbox_id: str) -> bool:
+        requeued = await self._changed(self._sql["requeue_dead"], db_text(outbox_id))
+        if requeued:
+            with wrap_exceptions():
+                async with self._connection() as conn:
+                    await self._notify(conn)
+        return requeued
+
+    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
+        return await self._changed(self._sql["discard_dead"], db_text(outbox_id), db_text(reason))
+
+    async def _changed(self, sql: str, *args: Any) -> bool:
+        """Run one UPDATE; True if it changed a row."""
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                status = await conn.execute(sql, *args)
+        return not status.endswith(" 0")
+
+    async def outbox_counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._fetch(self._sql["outbox_counts"])
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def oldest_due(self, now: datetime) -> datetime | None:
+        oldest: datetime | None = await self._fetch_value(self._sql["oldest_due"], now)
+        return oldest
+
+    async def rate_slots(self) -> dict[str, datetime]:
+        return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}
+
+    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
+        if not slots:
+            return
+
+        async def run(conn: Conn) -> None:
+            # Key order: two processes saving overlapping slots never wait on each other in a cycle.
+            await conn.executemany(
+                self._sql["save_rate_slot"], [(k, slots[k]) for k in sorted(slots)]
+            )
+
+        await self._transact(run)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
+        if not keys:
+            return {}
+        rows = await self._fetch(self._sql["contacts_by_key"], [db_text(k) for k in keys])
+        return {
+            row[0]: ContactRecord(
+                address=row[0], consent=row[1], opted_out_at=row[2], timezone=row[3]
+            )
+            for row in rows
+        }
+
+    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
+        rows = await self._fetch(self._sql["list_timers"], due_before)
+        return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
+
+    async def runs(self, event_id: str) -> list[RunRecord]:
+        rows = await self._fetch(self._sql["runs_of_event"], db_text(event_id))
+        return [run_decoder.decode(row[0]) for row in rows]
+
+    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
+        rows = await self._fetch(
+            self._sql["list_outbox"],
+            where.status.value if where.status else None,
+            db_opt_text(where.channel),
+            db_opt_text(where.to),
+            db_opt_text(where.event_id),
+            db_opt_text(where.before),
+            where.limit,
+        )
+        return [outbox_from_row(row) for row in rows]
+
+    async def get_conversation(self, key: str) -> ConversationRecord | None:
+        rows = await self._fetch(self._sql["get_conversation"], db_text(key))
+        return conversation_from_row(rows[0]) if rows else None
+
+    async def list_conversations(
+        self, state: str | None, limit: int = 100
+    ) -> list[ConversationRecord]:
+        rows = await self._fetch(self._sql["list_conversations"], db_opt_text(state), limit)
+        return [conversation_from_row(row) for row in rows]
+
+    async def get_contact(self, key: str) -> ContactRecord | None:
+        contact = (await self.contacts([key])).get(db_text(key))
+        if contact is None:
+            return None
+        ledger = [
+            LedgerRecord(at=r[0], event_id=r[1], channel=r[2], change=r[3], reason=r[4])
+            for r in await self._fetch(self._sql["contact_ledger"], db_text(key))
+        ]
+        return msgspec.structs.replace(contact, ledger=ledger)
+
+    async def list_events(self, where: EventFilter) -> list[Event]:
+        rows = await self._fetch(
+            self._sql["list_events"],
+            db_opt_text(where.source),
+            db_opt_text(where.type),
+            where.status.value if where.status else None,
+            where.since,
+            where.until,
+            db_opt_text(where.before),
+            where.limit,
+        )
+        found = []
+        for row in rows:
+            try:
+                found.append(event_from_row(row))
+            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
+                log.warning("stored event cannot be read", stage="store", error=str(exc)[:200])
+        return found
+
+    async def get_event(self, event_id: str) -> Event | None:
+        rows = await self._fetch(self._sql["get_event"], db_text(event_id))
+        if not rows:
+            return None
+        try:
+            return event_from_row(rows[0])
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
+
+    async def get_raw(self, event_id: str) -> StoredRaw | None:
+        return stored_raw(await self._fetch(self._sql["get_raw"], db_text(event_id)))
+
+    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
+        return stored_raw(
+            await self._fetch(self._sql["nonce_first_body"], db_text(source), db_text(nonce))
+        )
+
+    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
+        return [
+            QuarantinedRequest(
+                id=r[0],
+                source=r[1],
+                received_at=r[2],
+                reason=r[3],
+                content_type=r[4],
+                raw_body=r[5],
+                raw_blob=r[6],
+                correlation_id=r[7],
+            )
+            for r in await self._fetch(self._sql["list_quarantine"], limit)
+        ]
+
+    async def _notify(self, conn: Conn) -> None:
+        await conn.execute("SELECT pg_notify($1, $2)", _CHANNEL, self._instance)
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """LISTEN on a connection of its own, outside the pool (a pooled connection is handed
+        to others between uses). Notifications from this store's own commits are skipped:
+        they wake this process directly. After a (re)connection it wakes once, for whatever
+        was committed while nobody listened; the workers' polls remain the safety net."""
+
+        def heard(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            if payload != self._instance:
+                on_change()
+
+        while True:
+            conn: Conn | None = None
+            lost = asyncio.Event()
+            try:
+                with wrap_exceptions():
+                    conn = await asyncpg.connect(
+                        self.url,
+                        timeout=self._timeout,
+                        server_settings={"application_name": "switchboard-listen"},
+                    )
+                    conn.add_termination_listener(lambda _conn, gone=lost: gone.set())
+                    await conn.add_listener(_CHANNEL, heard)
+                on_change()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), _LISTEN_CHECK_SECONDS)
+                    if not lost.is_set():  # a connection cut without a close answers nothing
+                        with wrap_exceptions():
+                            await conn.fetchval("SELECT 1", timeout=self._timeout)
+                raise StoreUnavailable("postgresql: the listening connection was lost")
+            except StoreUnavailable as exc:
+                log.warning("store watch paused", stage="store", error=str(exc))
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(*DRIVER_ERRORS):
+                        await asyncio.wait_for(conn.close(), self._timeout)
+            await asyncio.sleep(1.0)
+
+    async def ping(self) -> None:
+        """Unavailable unless the writer runs, the database answers and takes writes (not a
+        standby after a failover), and, after an ingest commit failed, a commit lands again."""
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store writer is not running")
+        if await self._fetch_value("SELECT pg_is_in_recovery()"):
+            raise StoreUnavailable("postgresql: the database is a read-only standby")
+        if self._commit_error is not None:
+            failed = self._commit_error
+            try:
+                await self._execute(self._sql["probe_commit"], datetime.now(UTC))
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(f"cannot commit: {exc}") from exc
+            if self._commit_error == failed:
+                self._commit_error = None
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement on a pooled connection, committed on its own (no BEGIN round trip)."""
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                return rows
+
+    async def _fetch_value(self, sql: str, *args: Any) -> Any:
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                return await conn.fetchval(sql, *args)
+
+    async def _transact(self, fn: Callable[[Conn], Awaitable[T]], *, notify: bool = False) -> T:
+        """Run `fn` in one transaction on a pooled connection; once more if PostgreSQL chose
+        it as a deadlock victim (it was rolled back whole, so running it again is safe).
+        `notify`: the transaction makes work for others (events, rows): one NOTIFY, sent by
+        PostgreSQL at the commit, wakes every other process's worker and dispatcher."""
+        with wrap_exceptions():
+            for tries_left in (1, 0):
+                try:
+                    async with self._connection() as conn, conn.transaction():
+                        result = await fn(conn)
+                        if notify:
+                            await self._notify(conn)
+                        return result
+                except asyncpg.DeadlockDetectedError:
+                    if not tries_left:
+                        raise
+        raise AssertionError("unreachable")
+
+
+def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,88 @@
+"""What both stores decide the same way, whatever the SQL: which outbox rows are due, how a
+delivery receipt moves a row, how a stored event is read back, the fencing tokens."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from router.events import Event, EventStatus, decode_event
+from router.store.records import RunRecord
+
+#: Delivery receipts: the row status each Twilio status means, and how far along it is.
+RECEIPT_STATUS = {
+    "queued": "sent",
+    "accepted": "sent",
+    "sending": "sent",
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "delivered",
+    "undelivered": "undelivered",
+    "failed": "failed",
+}
+RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
+#: Unfinished outbox rows one dispatch scan reads.
+DISPATCH_SCAN = 4096
+#: Unfinished events one claim reads at a time, and at most in all.
+SCAN_PAGE = 2048
+MAX_SCAN = 32768
+run_encoder = msgspec.json.Encoder()
+run_decoder = msgspec.json.Decoder(RunRecord)
+payload_decoder = msgspec.json.Decoder(dict[str, Any])
+
+#: A lane's due head: (priority, row id, in doubt, when its previous attempt started).
+Head = tuple[int, str, bool, Any]
+
+
+def new_token() -> str:
+    """A lease's fencing token: unique, so a lane released and claimed again never matches an
+    old holder's token."""
+    return secrets.token_hex(12)
+
+
+def due_heads(scan: Iterable[Sequence[Any]], moment: Any, limit: int) -> list[Head]:
+    """The due head of each lane from unfinished rows in creation order, urgent first.
+
+    Each scanned row is `(id, category, status, not_before, next_attempt_at, lane,
+    lease_until, attempt_started_at)`; times only compare with `moment`, so they may be the
+    store's text form (SQLite) or datetimes (PostgreSQL).
+    """
+    heads: dict[str, Head | None] = {}
+    urgent = 0
+    for row_id, category, status, not_before, next_attempt, lane, lease_until, started in scan:
+        if lane in heads:
+            continue
+        if status == "sending":  # in flight, or left in doubt by a dead dispatcher
+            expired = lease_until is None or lease_until <= moment
+            heads[lane] = (0, row_id, True, started) if expired else None
+        elif status == "deferred" and not_before is not None and not_before > moment:
+            continue  # quiet hours hold this row, not the rest of its lane
+        elif status == "pending" and next_attempt is not None and next_attempt > moment:
+            heads[lane] = None  # waiting for a retry: later rows of its lane wait too
+        else:
+            priority = 1 if category == "marketing" else 0
+            heads[lane] = (priority, row_id, False, None)
+            urgent += priority == 0
+        if urgent >= limit:
+            break  # enough of the first priority: later rows could not come first
+    due = [head for head in heads.values() if head is not None]
+    return sorted(due, key=lambda head: head[0])[:limit]  # stable: creation order per priority
+
+
+def receipt_target(current: str, reported: str) -> str | None:
+    """The status a receipt moves a row to, or None: never back (a late `sent` after
+    `delivered`, a duplicate, a second terminal status)."""
+    target = RECEIPT_STATUS.get(reported)
+    if target is None or current not in RANK or RANK[target] <= RANK[current]:
+        return None
+    return target
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """`(body, status)` -> the event, with the status the row holds."""
+    event = decode_event(row[0])
+    status = EventStatus(row[1])
+    return event if event.status is status else msgspec.structs.replace(event, status=status)

@@ -1,0 +1,376 @@
+-- Named queries for PostgreSQL: `-- name: NAME` starts a block. Parameters are positional
+-- ($1, $2, ...), always bound, never formatted; each block says what they are. asyncpg
+-- prepares each statement once per connection and caches it.
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM schema_migrations;
+
+-- name: insert_events
+-- A whole ingest batch in one statement, one array per column ($1..$16) plus each row's place
+-- in the batch ($17). Rows go in dedupe-key order (two batches never wait on each other's keys
+-- in opposite orders); within a key the first submitted wins. Returns the ids stored.
+INSERT INTO events (id, source, type, provider_type, dedupe_key, channel, contact_address,
+                    conversation_key, status, received_at, occurred_at, correlation_id, body,
+                    content_type, raw_body, raw_blob)
+SELECT id, source, type, provider_type, dedupe_key, channel, contact_address, conversation_key,
+       status, received_at, occurred_at, correlation_id, body, content_type, raw_body, raw_blob
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+            $12::text[], $13::bytea[], $14::text[], $15::bytea[], $16::text[], $17::int[])
+     AS t(id, source, type, provider_type, dedupe_key, channel, contact_address,
+          conversation_key, status, received_at, occurred_at, correlation_id, body,
+          content_type, raw_body, raw_blob, place)
+ORDER BY dedupe_key, place
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id;
+
+-- name: insert_nonce
+-- $1 source, $2 nonce, $3 dedupe_key, $4 seen_at. A row back means the token is fresh.
+INSERT INTO nonces (source, nonce, dedupe_key, seen_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (source, nonce) DO NOTHING
+RETURNING 1;
+
+-- name: nonce_owner
+SELECT dedupe_key FROM nonces WHERE source = $1 AND nonce = $2;
+
+-- name: nonce_first_body
+-- The raw body of the event a one-time token was first used with.
+SELECT e.content_type, e.raw_body, e.raw_blob
+FROM nonces n JOIN events e ON e.dedupe_key = n.dedupe_key
+WHERE n.source = $1 AND n.nonce = $2;
+
+-- name: prune_nonces
+DELETE FROM nonces WHERE seen_at < $1;
+
+-- name: insert_quarantine
+INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body, raw_blob,
+                        correlation_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
+
+-- name: list_quarantine
+SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correlation_id
+FROM quarantine ORDER BY id DESC LIMIT $1;
+
+-- name: list_events
+-- $1 source, $2 type, $3 status, $4 since, $5 until, $6 before (id cursor), $7 limit.
+SELECT body, status FROM events
+WHERE ($1::text IS NULL OR source = $1)
+  AND ($2::text IS NULL OR type = $2)
+  AND ($3::text IS NULL OR status = $3)
+  AND ($4::timestamptz IS NULL OR received_at >= $4)
+  AND ($5::timestamptz IS NULL OR received_at < $5)
+  AND ($6::text IS NULL OR id < $6)
+ORDER BY id DESC LIMIT $7;
+
+-- name: get_event
+SELECT body, status FROM events WHERE id = $1;
+
+-- name: get_raw
+SELECT content_type, raw_body, raw_blob FROM events WHERE id = $1;
+
+-- name: probe_commit
+INSERT INTO store_probe (id, at) VALUES (1, $1)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at;
+
+-- name: put_blob
+INSERT INTO blobs (digest, content) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING;
+
+-- name: get_blob
+SELECT content FROM blobs WHERE digest = $1;
+
+-- name: claim_scan
+-- Unfinished events in arrival order with their lane (a Slack thread counts in the
+-- conversation it escalated, else the conversation, else the event alone), and whether that
+-- lane is leased at $3 (held, or waiting for a retry). $1 after (id cursor), $2 limit.
+SELECT s.id, s.lane, EXISTS (SELECT 1 FROM leases l WHERE l.lane = s.lane AND l.until > $3)
+FROM (SELECT e.id, coalesce(t.conversation_key, e.conversation_key, 'event:' || e.id) AS lane
+      FROM events e LEFT JOIN threads t ON t.thread_key = e.conversation_key
+      WHERE e.status IN ('received', 'processing') AND ($1::text IS NULL OR e.id > $1)
+      ORDER BY e.id LIMIT $2) s
+ORDER BY s.id;
+
+-- name: take_leases
+-- Lease the lanes $1 (sorted) with tokens $2 for $3 until $4, where free at $5. Lease rows
+-- another claim holds locked right now are skipped, not waited for; a row whose lease is live
+-- (another worker's, or a retry wait) is left alone. Returns the lanes taken.
+WITH wanted AS (
+    SELECT lane, token FROM unnest($1::text[], $2::text[]) AS w(lane, token)
+), existing AS (
+    SELECT lane FROM leases WHERE lane = ANY($1::text[])
+), locked AS (
+    SELECT lane FROM leases WHERE lane = ANY($1::text[]) ORDER BY lane FOR UPDATE SKIP LOCKED
+)
+INSERT INTO leases (lane, token, owner, until)
+SELECT w.lane, w.token, $3, $4 FROM wanted w
+WHERE w.lane IN (SELECT lane FROM locked) OR w.lane NOT IN (SELECT lane FROM existing)
+ORDER BY w.lane
+ON CONFLICT (lane) DO UPDATE SET token = excluded.token, owner = excluded.owner,
+                                 until = excluded.until
+WHERE leases.until <= $5
+RETURNING lane;
+
+-- name: claim_events
+-- The picked events of the lanes taken that are still unfinished (another worker may have
+-- finished some between the scan and the lease), as they were; `received` ones become
+-- `processing` in the same statement.
+WITH picked AS (
+    SELECT id, body, status, attempts FROM events
+    WHERE id = ANY($1::text[]) AND status IN ('received', 'processing')
+), marked AS (
+    UPDATE events e SET status = 'processing' FROM picked p
+    WHERE e.id = p.id AND p.status = 'received'
+)
+SELECT id, body, status, attempts FROM picked;
+
+-- name: conversations_by_key
+SELECT key, state, channel, contact, body, updated_at FROM conversations
+WHERE key = ANY($1::text[]);
+
+-- name: lock_leases
+-- The current token of each lane being committed, locked until the commit ends (a takeover
+-- waits for it), in lane order so two commits never wait on each other in a cycle.
+SELECT lane, token FROM leases WHERE lane = ANY($1::text[]) ORDER BY lane FOR UPDATE;
+
+-- name: release_lease
+DELETE FROM leases WHERE lane = $1 AND token = $2;
+
+-- name: hold_lease_until
+UPDATE leases SET token = NULL, owner = NULL, until = $2 WHERE lane = $1;
+
+-- name: finish_event
+UPDATE events SET status = $1 WHERE id = $2;
+
+-- name: failed_attempt
+UPDATE events SET attempts = attempts + 1 WHERE id = $1;
+
+-- name: insert_run
+INSERT INTO runs (event_id, at, body) VALUES ($1, $2, $3);
+
+-- name: upsert_conversation
+INSERT INTO conversations (key, state, channel, contact, body, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (key) DO UPDATE SET state = excluded.state, channel = excluded.channel,
+    contact = excluded.contact, body = excluded.body, updated_at = excluded.updated_at;
+
+-- name: insert_outbox
+-- Many rows in one statement, one array per column ($1..$17), inserted in the order given (so
+-- `seq`, their creation order, follows it). Rows already there are left alone; returns the
+-- ids made now.
+INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipient, category,
+                    kind, status, not_before, created_at, attempts, last_error,
+                    provider_message_id, payload, lane, priority)
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload, lane, priority
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::int[],
+            $13::text[], $14::text[], $15::bytea[], $16::text[], $17::int[])
+     WITH ORDINALITY AS r(id, event_id, conversation_key, contact_key, channel, recipient,
+                          category, kind, status, not_before, created_at, attempts, last_error,
+                          provider_message_id, payload, lane, priority, place)
+ORDER BY place
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: cancel_waiting
+-- $1 contact_key, $2 reason.
+UPDATE outbox SET status = 'cancelled', last_error = $2
+WHERE contact_key = $1 AND status IN ('pending', 'deferred')
+RETURNING id;
+
+-- name: upsert_contact
+-- $1 key, $2 consent, $3 opted_out_at, $4 timezone, $5 updated_at.
+INSERT INTO contacts (key, consent, opted_out_at, timezone, updated_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (key) DO UPDATE SET consent = excluded.consent,
+    opted_out_at = excluded.opted_out_at, timezone = coalesce(excluded.timezone, contacts.timezone),
+    updated_at = excluded.updated_at;
+
+-- name: insert_ledger
+INSERT INTO consent_ledger (contact_key, at, event_id, channel, change, reason)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: set_timer
+INSERT INTO timers (conversation_key, timer, due_at) VALUES ($1, $2, $3)
+ON CONFLICT (conversation_key, timer) DO UPDATE SET due_at = excluded.due_at;
+
+-- name: clear_timer
+-- $1 conversation_key, $2 timer, $3 due_at (NULL: whatever it is).
+DELETE FROM timers WHERE conversation_key = $1 AND timer = $2
+  AND ($3::timestamptz IS NULL OR due_at = $3);
+
+-- name: list_timers
+SELECT conversation_key, timer, due_at FROM timers
+WHERE ($1::timestamptz IS NULL OR due_at < $1)
+ORDER BY due_at;
+
+-- name: contacts_by_key
+SELECT key, consent, opted_out_at, timezone FROM contacts WHERE key = ANY($1::text[]);
+
+-- name: contact_ledger
+SELECT at, event_id, channel, change, reason FROM consent_ledger
+WHERE contact_key = $1 ORDER BY seq;
+
+-- name: map_thread
+INSERT INTO threads (thread_key, conversation_key) VALUES ($1, $2)
+ON CONFLICT (thread_key) DO NOTHING;
+
+-- name: runs_of_event
+SELECT body FROM runs WHERE event_id = $1 ORDER BY seq;
+
+-- name: list_outbox
+-- $1 status, $2 channel, $3 recipient, $4 event_id, $5 before (row id cursor), $6 limit.
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code
+FROM outbox
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR channel = $2)
+  AND ($3::text IS NULL OR recipient = $3)
+  AND ($4::text IS NULL OR event_id = $4)
+  AND ($5::text IS NULL OR seq < (SELECT seq FROM outbox WHERE id = $5))
+ORDER BY seq DESC LIMIT $6;
+
+-- name: get_conversation
+SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE key = $1;
+
+-- name: list_conversations
+SELECT key, state, channel, contact, body, updated_at FROM conversations
+WHERE ($1::text IS NULL OR state = $1)
+ORDER BY updated_at DESC LIMIT $2;
+
+-- name: existing_outbox_ids
+SELECT id FROM outbox WHERE id = ANY($1::text[]);
+
+-- name: dispatch_scan
+-- Rows not finished, in creation order: the dispatcher takes the due head of each lane.
+SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, attempt_started_at
+FROM outbox WHERE status IN ('pending', 'deferred', 'sending')
+ORDER BY seq LIMIT $1;
+
+-- name: rows_by_id
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code
+FROM outbox WHERE id = ANY($1::text[]);
+
+-- name: claim_rows
+-- Lease the rows $1 with tokens $2 until $3, each only if still claimable at $4; rows another
+-- dispatcher has locked right now are skipped. Returns the ids taken (with their token).
+WITH wanted AS (
+    SELECT id, token FROM unnest($1::text[], $2::text[]) AS w(id, token)
+), free AS (
+    SELECT o.id FROM outbox o
+    WHERE o.id = ANY($1::text[])
+      AND (o.status IN ('pending', 'deferred') OR (o.status = 'sending' AND o.lease_until <= $4))
+    ORDER BY o.id
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox o SET status = 'sending', lease_token = w.token, lease_until = $3,
+                    attempt_started_at = $4
+FROM wanted w
+WHERE o.id = w.id AND o.id IN (SELECT id FROM free)
+RETURNING o.id;
+
+-- name: lock_rows
+-- The lease of each row being finished, locked until the transaction ends.
+SELECT id, lease_token, status FROM outbox WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
+
+-- name: finish_sent
+UPDATE outbox SET status = 'sent', provider_message_id = $2,
+    attempts = attempts + 1, last_error = NULL, error_code = NULL, lease_token = NULL,
+    lease_until = NULL, next_attempt_at = NULL
+WHERE id = $1;
+
+-- name: finish_retry
+-- $1 id, $2 error, $3 error_code, $4 next_attempt_at, $5 step (0 for a throttled retry).
+UPDATE outbox SET status = 'pending', attempts = attempts + $5, last_error = $2,
+    error_code = $3, next_attempt_at = $4, lease_token = NULL,
+    lease_until = NULL, attempt_started_at = NULL
+WHERE id = $1;
+
+-- name: finish_dead
+-- $1 id, $2 status (dead or cancelled), $3 error, $4 error_code.
+UPDATE outbox SET status = $2, attempts = attempts + 1, last_error = $3,
+    error_code = $4, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+WHERE id = $1;
+
+-- name: finish_in_doubt
+-- Still `sending`, with no holder, until the in-doubt check may run ($4).
+UPDATE outbox SET attempts = attempts + 1, last_error = $2, error_code = $3,
+    lease_token = NULL, lease_until = $4
+WHERE id = $1;
+
+-- name: insert_attempt
+INSERT INTO outbox_attempts (outbox_id, at, outcome, error, error_code, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: attempts_of_row
+SELECT at, outcome, error, error_code, duration_ms FROM outbox_attempts
+WHERE outbox_id = $1 ORDER BY seq;
+
+-- name: row_by_provider_id
+SELECT id, status FROM outbox WHERE provider_message_id = $1 FOR UPDATE;
+
+-- name: set_delivery
+-- $1 id, $2 status, $3 error_code (NULL keeps the one there).
+UPDATE outbox SET status = $2, error_code = coalesce($3, error_code) WHERE id = $1;
+
+-- name: insert_receipt
+INSERT INTO receipts (provider_message_id, status, error_code, at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (provider_message_id, status) DO NOTHING;
+
+-- name: receipts_of
+SELECT status, error_code, at FROM receipts WHERE provider_message_id = $1 ORDER BY at;
+
+-- name: drop_receipts
+DELETE FROM receipts WHERE provider_message_id = $1;
+
+-- name: row_for_thread
+SELECT kind, recipient, conversation_key FROM outbox WHERE id = $1;
+
+-- name: escalation_thread
+SELECT provider_message_id FROM outbox
+WHERE conversation_key = $1 AND kind = 'escalation' AND provider_message_id IS NOT NULL
+ORDER BY seq DESC LIMIT 1;
+
+-- name: escalation_post
+SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
+       not_before, created_at, attempts, last_error, provider_message_id, payload,
+       next_attempt_at, error_code
+FROM outbox
+WHERE conversation_key = $1 AND kind = 'escalation' AND provider_message_id IS NOT NULL
+ORDER BY seq DESC LIMIT 1;
+
+-- name: next_due
+-- The next waiting row to fall due after $1: a retry, the end of quiet hours, or an in-doubt
+-- row's check.
+SELECT min(due) FROM (
+    SELECT coalesce(next_attempt_at, not_before) AS due FROM outbox
+    WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before) > $1
+    UNION ALL
+    SELECT lease_until FROM outbox
+    WHERE status = 'sending' AND lease_token IS NULL AND lease_until > $1
+) AS waiting;
+
+-- name: requeue_dead
+UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL,
+    lease_token = NULL, lease_until = NULL, attempt_started_at = NULL
+WHERE id = $1 AND status = 'dead';
+
+-- name: discard_dead
+UPDATE outbox SET status = 'cancelled', last_error = $2 WHERE id = $1 AND status = 'dead';
+
+-- name: outbox_counts
+SELECT status, channel, count(*) FROM outbox GROUP BY status, channel;
+
+-- name: oldest_due
+SELECT min(coalesce(next_attempt_at, not_before, created_at)) FROM outbox
+WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before, created_at) <= $1;
+
+-- name: rate_slots
+SELECT key, next_at FROM rate_slots;
+
+-- name: save_rate_slot
+INSERT INTO rate_slots (key, next_at) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at;

@@ -1,0 +1,383 @@
+# ruff: noqa: F811  (the `store` fixture is imported, then named by the tests)
+"""The store's dispatch and bookkeeping verbs, on every backend: due lane heads, leases on
+rows, attempts and their outcomes, receipts that never go back, carrier opt-outs, dead rows,
+counts and clocks, conversations, contacts, timers, replays."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from router.events import Event, EventStatus
+from router.store.base import Store
+from router.store.records import (
+    AttemptOutcome,
+    AttemptResult,
+    ClaimedRow,
+    ContactRecord,
+    ConversationRecord,
+    EventResult,
+    LaneCommit,
+    LedgerRecord,
+    OutboxFilter,
+    OutboxRow,
+    OutboxStatus,
+    Receipt,
+    RunRecord,
+    TimerRecord,
+)
+from tests.router.test_store import T0, backend, store  # noqa: F401  (fixtures)
+from tests.router.test_store_routing import LEASE, done, message, put, row
+
+
+async def routed(store: Store, event: Event, *rows: OutboxRow, **commit: Any) -> None:
+    """Ingest `event`, claim its lane and commit it with `rows` (and any other commit field)."""
+    await put(store, event)
+    [lane] = await store.claim("w1", T0, LEASE, 10, 10)
+    lane_commit = LaneCommit(lease=lane.lease, results=[done(event)], outbox=list(rows), **commit)
+    assert (await store.commit([lane_commit], T0)).applied == [True]
+
+
+async def claim_all(store: Store, now: datetime = T0, limit: int = 50) -> list[ClaimedRow]:
+    return await store.claim_rows(await store.due_rows(now, limit), "d1", now, LEASE)
+
+
+def attempt(claimed: ClaimedRow, outcome: AttemptOutcome, **fields: Any) -> AttemptResult:
+    values: dict[str, Any] = {"at": T0, "duration_ms": 2.5}
+    values.update(fields)
+    return AttemptResult(id=claimed.row.id, token=claimed.token, outcome=outcome, **values)
+
+
+async def by_id(store: Store) -> dict[str, OutboxRow]:
+    return {r.id.rsplit(":", 1)[1]: r for r in await store.list_outbox(OutboxFilter())}
+
+
+async def test_due_rows_are_lane_heads_urgent_first(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    other = message(2, "sms:+3:+2", at_ms=1)
+    await routed(
+        store,
+        ev,
+        row(ev, "promo", category="marketing", conversation_key=None),
+        row(ev, "first"),
+        row(ev, "second"),  # same lane as `first`: waits for it
+        row(
+            ev,
+            "quiet",
+            status=OutboxStatus.DEFERRED,
+            not_before=T0 + timedelta(hours=8),
+            conversation_key="sms:+9:+2",
+        ),
+        row(ev, "after_quiet", conversation_key="sms:+9:+2"),
+    )
+    await routed(store, other, row(other, "other", conversation_key="sms:+3:+2"))
+    due = await store.due_rows(T0, 10)
+    assert [d.row.id.rsplit(":", 1)[1] for d in due] == ["first", "after_quiet", "other", "promo"]
+    assert not any(d.in_doubt for d in due)
+    assert [d.row.id for d in await store.due_rows(T0, 1)] == [f"{ev.id}:first"]
+    # Quiet hours over: the deferred row is its lane's head again.
+    later = await store.due_rows(T0 + timedelta(hours=9), 10)
+    assert f"{ev.id}:quiet" in [d.row.id for d in later]
+
+
+async def test_a_row_is_claimed_once_and_its_lane_waits_while_in_flight(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a"), row(ev, "b"))
+    due = await store.due_rows(T0, 10)
+    [claimed] = await store.claim_rows(due, "d1", T0, LEASE)
+    assert claimed.row.id == f"{ev.id}:a" and claimed.token
+    assert await store.claim_rows(due, "d2", T0, LEASE) == []  # taken already
+    assert await store.due_rows(T0, 10) == []  # `b` waits behind `a` in flight
+    assert (await by_id(store))["a"].status is OutboxStatus.SENDING
+
+
+async def test_retry_dead_and_the_dead_letter_verbs(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a", conversation_key=None))
+    [claimed] = await claim_all(store)
+    retry_at = T0 + timedelta(seconds=30)
+    result = attempt(
+        claimed, AttemptOutcome.RETRY, error="503", error_code="503", next_attempt_at=retry_at
+    )
+    assert await store.finish_attempts([result]) == [True]
+    assert await store.finish_attempts([result]) == [False]  # its lease is gone: fenced
+    stored = (await by_id(store))["a"]
+    assert (stored.status, stored.attempts, stored.next_attempt_at) == (
+        OutboxStatus.PENDING,
+        1,
+        retry_at,
+    )
+    assert await store.due_rows(T0, 10) == []  # waiting for its retry
+    assert await store.next_due(T0) == retry_at
+    [again] = await claim_all(store, retry_at)
+    throttled = attempt(again, AttemptOutcome.RETRY, next_attempt_at=retry_at, throttled=True)
+    assert await store.finish_attempts([throttled]) == [True]
+    assert (await by_id(store))["a"].attempts == 1  # a 429 uses no attempt
+    [last] = await claim_all(store, retry_at)
+    dead = attempt(last, AttemptOutcome.DEAD, error="invalid number", error_code="21211")
+    assert await store.finish_attempts([dead]) == [True]
+    stored = (await by_id(store))["a"]
+    assert (stored.status, stored.attempts, stored.error_code) == (OutboxStatus.DEAD, 2, "21211")
+    assert [a.outcome for a in await store.attempts(stored.id)] == ["retry", "retry", "dead"]
+    assert await store.requeue_dead(stored.id) is True
+    assert await store.requeue_dead(stored.id) is False  # not dead any more
+    requeued = (await by_id(store))["a"]
+    assert (requeued.status, requeued.attempts) == (OutboxStatus.PENDING, 0)
+    assert len(await store.attempts(stored.id)) == 3  # history kept
+    [final] = await claim_all(store, retry_at)
+    await store.finish_attempts([attempt(final, AttemptOutcome.DEAD, error="again")])
+    assert await store.discard_dead(stored.id, "by hand") is True
+    discarded = (await by_id(store))["a"]
+    assert (discarded.status, discarded.last_error) == (OutboxStatus.CANCELLED, "by hand")
+    assert await store.discard_dead(stored.id, "twice") is False
+
+
+async def test_an_in_doubt_row_comes_back_as_in_doubt(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a"))
+    [claimed] = await claim_all(store)
+    check_at = T0 + timedelta(seconds=60)
+    doubt = attempt(claimed, AttemptOutcome.IN_DOUBT, error="timeout", next_attempt_at=check_at)
+    assert await store.finish_attempts([doubt]) == [True]
+    assert await store.due_rows(T0 + timedelta(seconds=59), 10) == []
+    assert await store.next_due(T0) == check_at
+    [due] = await store.due_rows(check_at, 10)
+    assert due.in_doubt and due.previous_attempt_at == T0
+    [reclaimed] = await store.claim_rows([due], "d2", check_at, LEASE)
+    assert reclaimed.in_doubt and reclaimed.token != claimed.token
+
+
+async def test_an_expired_lease_leaves_the_row_in_doubt(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a"))
+    [claimed] = await claim_all(store)
+    assert await store.due_rows(T0 + timedelta(seconds=LEASE - 1), 10) == []
+    [due] = await store.due_rows(T0 + timedelta(seconds=LEASE), 10)
+    assert due.in_doubt and due.previous_attempt_at == T0
+    [taken] = await store.claim_rows([due], "d2", T0 + timedelta(seconds=LEASE), LEASE)
+    late = attempt(claimed, AttemptOutcome.SENT, provider_message_id="SMlate")
+    assert await store.finish_attempts([late]) == [False]  # the old holder is fenced
+    assert await store.finish_attempts([attempt(taken, AttemptOutcome.SENT)]) == [True]
+
+
+async def test_receipts_move_a_row_forward_never_back(store: Store) -> None:
+    ev, status_event = message(1, "sms:+1:+2"), message(2, None, at_ms=5)
+    await routed(store, ev, row(ev, "a"))
+    [claimed] = await claim_all(store)
+    sent = attempt(
+        claimed, AttemptOutcome.SENT, provider_message_id="SM1", provider_status="queued"
+    )
+    assert await store.finish_attempts([sent]) == [True]
+    assert (await by_id(store))["a"].status is OutboxStatus.SENT
+    receipts = [
+        Receipt(provider_message_id="SM1", status="delivered", at=T0),
+        Receipt(provider_message_id="SM1", status="sent", at=T0),  # late: changes nothing
+        Receipt(provider_message_id="SM1", status="failed", error_code="30007", at=T0),
+    ]
+    await routed(store, status_event, receipts=receipts)
+    stored = (await by_id(store))["a"]
+    assert (stored.status, stored.provider_message_id) == (OutboxStatus.DELIVERED, "SM1")
+
+
+async def test_a_receipt_before_the_send_is_recorded_is_kept_for_then(store: Store) -> None:
+    ev, status_event = message(1, "sms:+1:+2"), message(2, None, at_ms=5)
+    await routed(store, ev, row(ev, "a"))
+    [claimed] = await claim_all(store)
+    early = Receipt(provider_message_id="SMfast", status="undelivered", error_code="30003", at=T0)
+    await routed(store, status_event, receipts=[early])
+    sent = attempt(claimed, AttemptOutcome.SENT, provider_message_id="SMfast")
+    assert await store.finish_attempts([sent]) == [True]
+    stored = (await by_id(store))["a"]
+    assert (stored.status, stored.error_code) == (OutboxStatus.UNDELIVERED, "30003")
+
+
+async def test_a_carrier_opt_out_cancels_the_contacts_waiting_rows(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(
+        store,
+        ev,
+        row(ev, "a", conversation_key=None),
+        row(ev, "b", conversation_key=None),
+        row(ev, "c", conversation_key=None, to="+15557770000", contact_key="+15557770000"),
+    )
+    claimed = {c.row.id.rsplit(":", 1)[1]: c for c in await claim_all(store)}
+    contact = ContactRecord(address="+15551230001", consent="opted_out", opted_out_at=T0)
+    entry = LedgerRecord(at=T0, event_id=ev.id, channel="sms", change="opted_out", reason="21610")
+    refused = attempt(
+        claimed["a"], AttemptOutcome.CANCELLED, error_code="21610", opted_out=contact, ledger=entry
+    )
+    assert await store.finish_attempts([refused]) == [True]
+    status = {key: r.status for key, r in (await by_id(store)).items()}
+    assert status == {
+        "a": OutboxStatus.CANCELLED,
+        "b": OutboxStatus.SENDING,  # already handed to the dispatcher: it checks consent itself
+        "c": OutboxStatus.SENDING,
+    }
+    found = await store.get_contact("+15551230001")
+    assert found is not None and found.consent == "opted_out" and found.opted_out_at == T0
+    assert found.ledger == [entry]
+    assert await store.contacts(["+15551230001", "+1nobody"]) == {
+        "+15551230001": ContactRecord(address="+15551230001", consent="opted_out", opted_out_at=T0)
+    }
+
+
+async def test_counts_ages_and_rate_slots(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(
+        store,
+        ev,
+        row(ev, "a", conversation_key=None, created_at=T0 - timedelta(minutes=5)),
+        row(ev, "b", conversation_key=None, channel="slack", to="C1", contact_key=None),
+        row(ev, "c", status=OutboxStatus.DEFERRED, not_before=T0 + timedelta(hours=1)),
+    )
+    assert await store.outbox_counts() == {
+        ("pending", "sms"): 1,
+        ("pending", "slack"): 1,
+        ("deferred", "sms"): 1,
+    }
+    assert await store.oldest_due(T0) == T0 - timedelta(minutes=5)
+    assert await store.next_due(T0) == T0 + timedelta(hours=1)
+    slots = {"sms:+15559870000": T0 + timedelta(seconds=1), "slack:C1": T0}
+    await store.save_rate_slots(slots)
+    await store.save_rate_slots({"slack:C1": T0 + timedelta(seconds=3)})
+    assert await store.rate_slots() == {**slots, "slack:C1": T0 + timedelta(seconds=3)}
+
+
+async def test_list_outbox_filters_and_pages(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    rows = [row(ev, f"r{n}", conversation_key=None) for n in range(5)]
+    rows.append(row(ev, "slack", channel="slack", to="C1", contact_key=None))
+    await routed(store, ev, *rows)
+    listed = await store.list_outbox(OutboxFilter())
+    assert [r.id.rsplit(":", 1)[1] for r in listed] == ["slack", "r4", "r3", "r2", "r1", "r0"]
+    page = await store.list_outbox(OutboxFilter(limit=2, before=listed[1].id))
+    assert [r.id for r in page] == [listed[2].id, listed[3].id]
+    assert [r.channel for r in await store.list_outbox(OutboxFilter(channel="slack"))] == ["slack"]
+    assert len(await store.list_outbox(OutboxFilter(to="+15551230001", event_id=ev.id))) == 5
+    assert await store.list_outbox(OutboxFilter(status=OutboxStatus.SENT)) == []
+    assert listed[-1] == rows[0]  # every field round-trips
+
+
+async def test_escalation_post_and_thread_are_the_latest_sent_post(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    post = row(ev, "esc", channel="slack", to="C1", kind="escalation", contact_key=None)
+    await routed(store, ev, post)
+    assert await store.escalation_post("sms:+1:+2") is None
+    [claimed] = await claim_all(store)
+    sent = attempt(claimed, AttemptOutcome.SENT, provider_message_id="1700000000.000100")
+    await store.finish_attempts([sent])
+    found = await store.escalation_post("sms:+1:+2")
+    assert found is not None and found.id == post.id
+    assert await store.escalation_thread("sms:+1:+2") == "1700000000.000100"
+    assert await store.escalation_thread("sms:+9:+9") is None
+
+
+async def test_conversations_contacts_and_timers_are_kept(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    conversation = ConversationRecord(
+        key="sms:+1:+2",
+        state="escalated",
+        channel="sms",
+        contact="+1",
+        body=b'{"s":1}',
+        updated_at=T0,
+    )
+    contact = ContactRecord(address="+15551230001", consent="subscribed", timezone="Europe/Paris")
+    entry = LedgerRecord(at=T0, event_id=ev.id, channel="sms", change="subscribed", reason="START")
+    remind = TimerRecord(
+        conversation_key="sms:+1:+2", timer="remind", due_at=T0 + timedelta(minutes=10)
+    )
+    close = TimerRecord(
+        conversation_key="sms:+1:+2", timer="close", due_at=T0 + timedelta(hours=24)
+    )
+    await routed(
+        store,
+        ev,
+        conversation=conversation,
+        contacts=[(contact, entry)],
+        timers_set=[remind, close],
+    )
+    assert await store.get_conversation("sms:+1:+2") == conversation
+    assert await store.list_conversations("escalated") == [conversation]
+    assert await store.list_conversations("bot") == []
+    assert await store.get_conversation("sms:+9:+9") is None
+    assert await store.get_contact("+15551230001") == msgspec.structs.replace(
+        contact, ledger=[entry]
+    )
+    assert await store.get_contact("+1nobody") is None
+    assert await store.timers() == [remind, close]
+    assert await store.timers(due_before=T0 + timedelta(hours=1)) == [remind]
+    # Disarming names the due time it saw: a re-armed timer stays armed.
+    follow = message(2, "sms:+1:+2", at_ms=1)
+    await routed(
+        store,
+        follow,
+        contacts=[(ContactRecord(address="+15551230001"), None)],
+        timers_cleared=[("sms:+1:+2", "remind", T0), ("sms:+1:+2", "close", None)],
+    )
+    assert await store.timers() == [remind]
+    kept = await store.get_contact("+15551230001")
+    assert kept is not None and kept.timezone == "Europe/Paris"  # a None zone keeps the known one
+
+
+async def test_a_failed_event_holds_its_lane_until_the_retry(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await put(store, ev)
+    [lane] = await store.claim("w1", T0, LEASE, 10, 10)
+    assert lane.attempts == {ev.id: 0}
+    retry_at = T0 + timedelta(seconds=5)
+    raised = LaneCommit(lease=lane.lease, failed_attempt=ev.id, retry_at=retry_at)
+    assert (await store.commit([raised], T0)).applied == [True]
+    assert await store.claim("w1", T0 + timedelta(seconds=4), LEASE, 10, 10) == []
+    [again] = await store.claim("w1", retry_at, LEASE, 10, 10)
+    assert again.attempts == {ev.id: 1} and [e.id for e in again.events] == [ev.id]
+
+
+async def test_replay_commits_runs_and_only_new_rows(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "old"))
+    run = RunRecord(event_id=ev.id, at=T0 + timedelta(hours=1), rules_version="v2", replay=True)
+    replayed = EventResult(event_id=ev.id, status=EventStatus.PROCESSED, run=run)
+    new_rows = [row(ev, "old"), row(ev, "new")]
+    assert await store.existing_outbox_ids([r.id for r in new_rows]) == {f"{ev.id}:old"}
+    assert await store.commit_replay([replayed], new_rows) == [f"{ev.id}:new"]
+    assert [r.replay for r in await store.runs(ev.id)] == [False, True]
+    assert await store.existing_outbox_ids([]) == set()
+
+
+async def test_one_commit_of_many_lanes_applies_them_in_order(store: Store) -> None:
+    """An opt-out in the second lane cancels the row the first lane made to that contact, not
+    the one the third lane makes after it; a row committed twice is made once."""
+    events = [message(n, f"sms:+{n}:+2", at_ms=n) for n in range(3)]
+    await put(store, *events)
+    lanes = {lane.lease.lane: lane for lane in await store.claim("w1", T0, LEASE, 10, 10)}
+    first, stop, third = (lanes[e.conversation_key or ""] for e in events)
+    shared = row(events[0], "shared", conversation_key=None)
+    outcome = await store.commit(
+        [
+            LaneCommit(lease=first.lease, results=[done(events[0])], outbox=[row(events[0], "a")]),
+            LaneCommit(
+                lease=stop.lease,
+                results=[done(events[1])],
+                cancel_contacts=[("+15551230001", "contact opted out")],
+                outbox=[shared],
+            ),
+            LaneCommit(
+                lease=third.lease,
+                results=[done(events[2])],
+                outbox=[row(events[2], "c"), shared],
+            ),
+        ],
+        T0,
+    )
+    assert outcome.applied == [True, True, True]
+    assert outcome.cancelled_outbox_ids == [f"{events[0].id}:a"]
+    assert outcome.new_outbox_ids == [f"{events[0].id}:a", shared.id, f"{events[2].id}:c"]
+    listed = await store.list_outbox(OutboxFilter())
+    assert [(r.id, r.status) for r in reversed(listed)] == [
+        (f"{events[0].id}:a", OutboxStatus.CANCELLED),
+        (shared.id, OutboxStatus.PENDING),
+        (f"{events[2].id}:c", OutboxStatus.PENDING),
+    ]
