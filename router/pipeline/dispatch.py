@@ -46,6 +46,7 @@ from router.store.records import (
     ContactRecord,
     DueRow,
     LedgerRecord,
+    SlotRequest,
 )
 
 log = get_logger("switchboard.dispatch")
@@ -109,7 +110,6 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.owner = f"dispatch-{new_ulid(clock.now())}"
-        self._slots_saved: datetime | None = None
         self._recorder = _Recorder(store)
         self._consent = _ConsentReads(store)
         #: Attempts finished since start, by outcome (tests and bench read it).
@@ -128,10 +128,6 @@ class Dispatcher:
     async def start(self) -> None:
         for sender in {id(s): s for s in self._senders.values()}.values():
             await sender.start()
-        try:
-            self.limiter.restore(await self._store.rate_slots())
-        except StoreUnavailable as exc:
-            log.warning("rate slots not restored", stage="dispatch", error=str(exc))
         self._task = asyncio.create_task(self._run(), name="dispatcher")
 
     async def stop(self) -> None:
@@ -142,8 +138,6 @@ class Dispatcher:
             self._task = None
         if self._inflight:  # let sends under way record their outcome
             await asyncio.wait(list(self._inflight.values()), timeout=self._config.timeout_seconds)
-        with contextlib.suppress(StoreUnavailable):
-            await self._store.save_rate_slots(self.limiter.state())
         for sender in {id(s): s for s in self._senders.values()}.values():
             with contextlib.suppress(Exception):
                 await sender.close()
@@ -176,8 +170,9 @@ class Dispatcher:
         limit = max(2 * free, 64)
         due = await self._store.due_rows(now, limit)
         chosen: list[DueRow] = []
-        starts: dict[str, datetime] = {}
-        keys: dict[str, str] = {}  # row id -> destination, of the rows chosen
+        slots: list[SlotRequest | None] = []
+        keys: dict[str, tuple[str, timedelta]] = {}  # row id -> destination, slot held
+        horizon = now + _BOOK_AHEAD
         soonest: datetime | None = None
         for head in due:
             if len(chosen) >= free:
@@ -186,32 +181,40 @@ class Dispatcher:
             if row.id in self._inflight:
                 continue
             destination = self._destination(head)
-            start = now
+            slot = None
             if destination is not None:
                 key, units = destination
-                slot = self.limiter.next_free(key)  # "now" when free, read from the clock
-                if slot > self._clock.now() + _BOOK_AHEAD:
-                    soonest = slot if soonest is None else min(soonest, slot)
+                free_at = self.limiter.next_free(key)  # as far as this process knows
+                if free_at > horizon:
+                    soonest = free_at if soonest is None else min(soonest, free_at)
                     continue
                 if not self.breakers.allow(key):  # in half-open: this row is the one probe
                     continue
-                start = self.limiter.take(key, units)  # a slot now, or just ahead: waited for
-                keys[head.row.id] = key
-            starts[head.row.id] = start
+                hold = self.limiter.spacing(key) * units
+                if hold > timedelta(0):  # the store books it: the spacing holds fleet-wide
+                    slot = SlotRequest(key=key, hold_seconds=hold.total_seconds())
+                keys[row.id] = (key, hold)
             chosen.append(head)
+            slots.append(slot)
         if chosen:
-            claimed_rows = await self._store.claim_rows(
-                chosen, self.owner, now, self._config.lease_seconds
+            claims = await self._store.claim_rows(
+                chosen, self.owner, now, self._config.lease_seconds, slots, horizon
             )
-            taken = {claimed.row.id for claimed in claimed_rows}
-            for row_id, key in keys.items():
+            for key, free_at in claims.busy_until.items():  # booked by another dispatcher
+                self.limiter.learn(key, free_at)
+                soonest = free_at if soonest is None else min(soonest, free_at)
+            taken = {claimed.row.id for claimed in claims.claimed}
+            for row_id, (key, _) in keys.items():
                 if row_id not in taken:
-                    self.breakers.release(key)  # another dispatcher had it: no probe spent
-            for claimed in claimed_rows:
+                    self.breakers.release(key)  # not sent this round: no probe spent
+            for claimed in claims.claimed:
+                start = claimed.start or now
+                if claimed.row.id in keys:
+                    key, hold = keys[claimed.row.id]
+                    self.limiter.learn(key, start + hold)
                 self._inflight[claimed.row.id] = asyncio.create_task(
-                    self._attempt(claimed, starts.get(claimed.row.id, now))
+                    self._attempt(claimed, start)
                 )
-            await self._save_slots(now)
         if chosen and (len(chosen) == free or len(due) >= limit):
             return 0.0  # more may be ready now; when nothing was, sleep (no busy-wait)
         waits = [self._config.poll_seconds]
@@ -221,16 +224,6 @@ class Dispatcher:
         if next_due is not None:
             waits.append((next_due - now).total_seconds())
         return max(0.0, min(waits))
-
-    async def _save_slots(self, now: datetime) -> None:
-        """Keep the rate slots in the store at most once a second, so a restart (even after
-        `kill -9`) keeps the spacing."""
-        if self._slots_saved is not None and now - self._slots_saved < timedelta(seconds=1):
-            return
-        self._slots_saved = now
-        slots = self.limiter.state()
-        if slots:
-            await self._store.save_rate_slots(slots)
 
     def _destination(self, head: DueRow) -> tuple[str, int] | None:
         """The row's rate and breaker key, and how many rate slots its send takes."""
@@ -296,10 +289,10 @@ class Dispatcher:
             async with asyncio.timeout(self._config.timeout_seconds):
                 sent = await sender.send(message)
         except SendFailed as failed:
-            return self._failed(claimed, key, failed, now)
+            return await self._failed(claimed, key, failed, now)
         except TimeoutError:
             late = SendFailed(FailureKind.IN_DOUBT, "no answer in time: it may have been sent")
-            return self._failed(claimed, key, late, now)
+            return await self._failed(claimed, key, late, now)
         self.breakers.success(key)
         return self._sent(claimed, sent)
 
@@ -353,7 +346,7 @@ class Dispatcher:
             )
             return None
         except SendFailed as failed:  # the check itself failed: ask again later
-            return self._failed(claimed, key, failed, self._clock.now())
+            return await self._failed(claimed, key, failed, self._clock.now())
         if found is not None:  # only a send found says the destination works: a lookup can
             # answer while sending still fails, and must not close the breaker then
             self.breakers.success(key)
@@ -372,7 +365,7 @@ class Dispatcher:
             provider_status=sent.status if sent.status != "sent" else None,
         )
 
-    def _failed(
+    async def _failed(
         self, claimed: ClaimedRow, key: str, failure: SendFailed, now: datetime
     ) -> AttemptResult:
         row = claimed.row
@@ -402,7 +395,9 @@ class Dispatcher:
         if failure.retry_after is not None and kind is FailureKind.TRANSIENT:
             # Throttled (429, Slack `ratelimited`): slow the destination down; the row is not
             # failing, so it uses no attempt and does not count against the breaker.
-            self.limiter.penalize(key, failure.retry_after)
+            until = self.limiter.penalize(key, failure.retry_after)
+            with contextlib.suppress(StoreUnavailable):  # then only this process waits
+                await self._store.delay_slot(key, until)  # every dispatcher waits
             return msgspec.structs.replace(
                 self._result(claimed, AttemptOutcome.RETRY, failure.reason, failure.code),
                 next_attempt_at=now + timedelta(seconds=failure.retry_after),

@@ -55,26 +55,23 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 class RateLimiter:
-    """Spaces sends per destination key at ``1 / rate_per_second(key)`` seconds.
+    """The pace of each destination key: ``1 / rate_per_second(key)`` seconds between sends.
 
-    Each key has a *next slot*: the earliest moment its next send may start. Taking a slot moves
-    it to ``max(next slot, now) + spacing``, so an idle key sends at once but never bursts more
-    than one send: exactly the provider limits this models (a long code sends ~1 message/s and
-    queues the rest; Slack allows ~1 post/s per channel).
+    The slots themselves are booked in the store, with each row's claim (`Store.claim_rows`),
+    so the spacing holds for every dispatcher on the store, across restarts. What this keeps
+    is what one process needs to choose well: the spacing of each key now, and the next free
+    moment of each key as far as it knows (``learn``: from its own bookings and from the ones
+    the store refused), so a busy key's rows are passed over without asking the store. That
+    knowledge can only be early, never late: the store's slots only move later.
 
-    The API separates looking from booking so a dispatcher never reserves a slot it will not
-    use: ``next_free(key)`` says when the key is free without changing anything; a row whose key
-    is busy is skipped in favour of another, and ``take(key)`` books the slot only when the send
-    really starts. ``reserve(key)`` is the same booking for a caller that would rather sleep
-    until the returned moment.
-
-    A 429 (``penalize``) pushes the key's next slot to now + Retry-After and also halves the
-    key's rate, repeatedly down to ``min_factor`` of the configured one, until ``slow_seconds``
-    pass without another 429. Why halve: Retry-After says when to try again, not how fast. If
-    the configured rate is above what the provider grants (a 10DLC campaign below 1 MPS, Slack's
-    workspace-wide cap shared with other apps), resuming at full rate just earns the next 429,
-    and every 429 costs a row an attempt. The slowdown lives in memory only: after a restart
-    the configured rate applies again and a new 429 re-learns it.
+    A 429 (``penalize``) pushes the key's next slot to now + Retry-After (the caller writes it
+    to the store too) and also halves the key's rate, repeatedly down to ``min_factor`` of the
+    configured one, until ``slow_seconds`` pass without another 429. Why halve: Retry-After
+    says when to try again, not how fast. If the configured rate is above what the provider
+    grants (a 10DLC campaign below 1 MPS, Slack's workspace-wide cap shared with other apps),
+    resuming at full rate just earns the next 429, and every 429 costs a row an attempt. The
+    slowdown lives in this process's memory only: after a restart the configured rate applies
+    again and a new 429 re-learns it.
     """
 
     def __init__(
@@ -112,42 +109,31 @@ class RateLimiter:
         return configured * factor
 
     def spacing(self, key: str) -> timedelta:
-        """The time between two sends to `key` now."""
+        """The time between two sends to `key` now (zero: unlimited)."""
         rate = self.rate(key)
         return timedelta(0) if math.isinf(rate) else timedelta(seconds=1.0 / rate)
 
     def next_free(self, key: str) -> datetime:
-        """The earliest moment a send to `key` may start (now, if it is free). Books nothing."""
+        """The earliest moment a send to `key` may start as far as this process knows (now,
+        if it knows of no booking)."""
         now = self._clock.now()
         slot = self._next.get(key, _EPOCH)
-        return slot if slot > now else now
+        if slot <= now:
+            self._next.pop(key, None)  # past: it constrains nothing
+            return now
+        return slot
 
-    def take(self, key: str, units: int = 1) -> datetime:
-        """Book `key`'s next slot for a send starting now; returns the slot's start. A send of
-        several `units` (SMS segments) holds the key for that many spacings.
+    def learn(self, key: str, free_at: datetime) -> None:
+        """`key` is booked until `free_at` (by this process or another): only ever later."""
+        if free_at.tzinfo is None:
+            free_at = free_at.replace(tzinfo=UTC)
+        if free_at > self._clock.now() and free_at > self._next.get(key, _EPOCH):
+            self._next[key] = free_at
 
-        Meant for a caller that saw ``next_free(key) <= now``. Called early it still books the
-        next free slot (the returned moment, in the future) and never double-books one.
-        """
-        start = self.next_free(key)
-        following = start + self.spacing(key) * max(units, 1)
-        if following > self._clock.now():
-            self._next[key] = following
-        else:  # unlimited key: keep nothing, so unlimited destinations cost no memory
-            self._next.pop(key, None)
-        return start
-
-    def reserve(self, key: str) -> datetime:
-        """Book `key`'s next slot and return when it starts; the caller sleeps until then.
-
-        Same booking as `take`; prefer ``next_free`` + ``take`` where a busy key's row can be
-        skipped for another, so no slot is held for a send that is not ready.
-        """
-        return self.take(key)
-
-    def penalize(self, key: str, retry_after_seconds: float | None) -> None:
+    def penalize(self, key: str, retry_after_seconds: float | None) -> datetime:
         """The provider said 429 (or Slack ``ratelimited``): no send to `key` before now +
-        `retry_after_seconds`, and a halved rate for a while (see the class docstring).
+        `retry_after_seconds`, and a halved rate for a while (see the class docstring). Returns
+        that moment, for the store.
 
         Never pulls a later slot earlier. A missing, negative or non-finite Retry-After is taken
         as 0: the slot is not pushed, but the rate is still halved.
@@ -155,34 +141,13 @@ class RateLimiter:
         now = self._clock.now()
         wait = _seconds_or_none(retry_after_seconds) or 0.0
         until = now + timedelta(seconds=wait)
-        if until > self._next.get(key, _EPOCH):
-            self._next[key] = until
+        self.learn(key, until)
         if self._slow_seconds > 0:
             current = self._slow.get(key)
             factor = current[0] if current is not None and now < current[1] else 1.0
             factor = max(self._min_factor, factor / 2)
             self._slow[key] = (factor, until + timedelta(seconds=self._slow_seconds))
-
-    def state(self) -> dict[str, datetime]:
-        """The next slot of every key still busy, for the store (`save_rate_slots`).
-
-        Slots already past are left out (and forgotten): they constrain nothing.
-        """
-        now = self._clock.now()
-        for key in [k for k, at in self._next.items() if at <= now]:
-            del self._next[key]
-        return dict(self._next)
-
-    def restore(self, slots: dict[str, datetime]) -> None:
-        """Take back slots saved by `state` (at start, from the store), so a restart keeps the
-        spacing. A slot only ever moves later: one already booked here wins if it is later.
-        A naive datetime is read as UTC."""
-        now = self._clock.now()
-        for key, at in slots.items():
-            if at.tzinfo is None:
-                at = at.replace(tzinfo=UTC)
-            if at > now and at > self._next.get(key, _EPOCH):
-                self._next[key] = at
+        return until
 
 
 # -- circuit breakers ----------------------------------------------------------------------

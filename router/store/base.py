@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -15,7 +15,6 @@ from router.store.records import (
     AttemptRecord,
     AttemptResult,
     ClaimedLane,
-    ClaimedRow,
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
@@ -24,7 +23,9 @@ from router.store.records import (
     LaneCommit,
     OutboxFilter,
     OutboxRow,
+    RowClaims,
     RunRecord,
+    SlotRequest,
     TimerRecord,
 )
 
@@ -184,9 +185,19 @@ class Store(Protocol):
         ...
 
     async def claim_rows(
-        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
-    ) -> list[ClaimedRow]:
-        """Lease those rows that are still as `due_rows` saw them (`sending`, with a token)."""
+        self,
+        due: list[DueRow],
+        owner: str,
+        now: datetime,
+        lease_seconds: float,
+        slots: Sequence[SlotRequest | None] | None = None,
+        horizon: datetime | None = None,
+    ) -> RowClaims:
+        """Lease those rows that are still as `due_rows` saw them (`sending`, with a token)
+        and book each one's rate slot (`slots[i]` for `due[i]`; None: no limit), in one
+        transaction, so a destination's spacing holds across every dispatcher on the store.
+        A row whose slot, after those booked before it, would start later than `horizon` is
+        left, and its key reported busy until then. Booked slots only move later."""
         ...
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
@@ -230,8 +241,9 @@ class Store(Protocol):
         """The next free send slot of each rate-limited destination."""
         ...
 
-    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
-        """Keep the next free send slots, so a restart keeps the spacing."""
+    async def delay_slot(self, key: str, until: datetime) -> None:
+        """No send to `key` before `until` (a 429's Retry-After), for every dispatcher; a slot
+        already later stays."""
         ...
 
     # -- reads of the routing side ---------------------------------------------------------

@@ -234,6 +234,25 @@ class ClaimedRow(msgspec.Struct, frozen=True, kw_only=True):
     in_doubt: bool = False
     #: When that previous attempt started (what `Sender.find` searches from).
     previous_attempt_at: datetime | None = None
+    #: The rate slot booked with the claim: the send starts then, not before. None: the row
+    #: asked for no slot (an unlimited destination).
+    start: datetime | None = None
+
+
+class SlotRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A rate slot to book with a row's claim, so the spacing holds for every dispatcher on
+    the store: the destination's key, and how long its send holds it (spacing x units)."""
+
+    key: str
+    hold_seconds: float
+
+
+class RowClaims(msgspec.Struct, frozen=True, kw_only=True):
+    """What `claim_rows` leased, and what it left for want of a rate slot."""
+
+    claimed: list[ClaimedRow]
+    #: Keys whose next free slot lay beyond the horizon, and when it frees: their rows stay.
+    busy_until: dict[str, datetime] = msgspec.field(default_factory=dict)
 
 
 class AttemptOutcome(StrEnum):

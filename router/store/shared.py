@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -70,6 +71,49 @@ def due_heads(scan: Iterable[Sequence[Any]], moment: Any, limit: int) -> list[He
             break  # enough of the first priority: later rows could not come first
     due = [head for head in heads.values() if head is not None]
     return sorted(due, key=lambda head: head[0])[:limit]  # stable: creation order per priority
+
+
+def plan_slots(
+    slots: Sequence[Any],
+    nexts: dict[str, Any],
+    now: Any,
+    horizon: Any,
+) -> tuple[list[int], dict[str, Any]]:
+    """Which rows may be claimed for their rate slots: the places of `slots` (a SlotRequest,
+    or None for no limit) whose slot, booked in order after the ones before, starts by
+    `horizon`; and the keys refused with when they free. `nexts`: each key's next free
+    moment in the store (absent: free). Nothing is booked here (see `book_slots`)."""
+    planned = dict(nexts)
+    places: list[int] = []
+    busy: dict[str, Any] = {}
+    for place, slot in enumerate(slots):
+        if slot is None:
+            places.append(place)
+            continue
+        start = max(planned.get(slot.key, now), now)
+        if start > horizon:
+            busy[slot.key] = start
+            continue
+        planned[slot.key] = start + timedelta(seconds=slot.hold_seconds)
+        places.append(place)
+    return places, busy
+
+
+def book_slots(
+    slots: Sequence[Any], nexts: dict[str, Any], now: Any
+) -> tuple[list[Any], dict[str, Any]]:
+    """Book the slots of the rows claimed, in order: each one's start (None for no limit),
+    and the keys' new next free moments to write back."""
+    booked: dict[str, Any] = {}
+    starts: list[Any] = []
+    for slot in slots:
+        if slot is None:
+            starts.append(None)
+            continue
+        start = max(booked.get(slot.key, nexts.get(slot.key, now)), now)
+        booked[slot.key] = start + timedelta(seconds=slot.hold_seconds)
+        starts.append(start)
+    return starts, booked
 
 
 def receipt_target(current: str, reported: str) -> str | None:

@@ -52,7 +52,9 @@ from router.store.records import (
     OutboxRow,
     OutboxStatus,
     Receipt,
+    RowClaims,
     RunRecord,
+    SlotRequest,
     TimerRecord,
 )
 from router.store.shared import (
@@ -60,10 +62,12 @@ from router.store.shared import (
     MAX_SCAN,
     SCAN_PAGE,
     Head,
+    book_slots,
     due_heads,
     event_from_row,
     new_token,
     payload_decoder,
+    plan_slots,
     receipt_target,
     run_decoder,
     run_encoder,
@@ -646,30 +650,48 @@ class SQLiteStore:
         ]
 
     async def claim_rows(
-        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
-    ) -> list[ClaimedRow]:
-        until = timestamp(now + timedelta(seconds=lease_seconds))
-
-        def run(conn: sqlite3.Connection) -> list[ClaimedRow]:
-            claimed: list[ClaimedRow] = []
-            for head in due:
-                token = new_token()
-                taken = conn.execute(
-                    self._sql["claim_row"],
-                    {"id": head.row.id, "token": token, "until": until, "now": timestamp(now)},
-                ).rowcount
-                if taken:
-                    claimed.append(
-                        ClaimedRow(
-                            row=head.row,
-                            token=token,
-                            in_doubt=head.in_doubt,
-                            previous_attempt_at=head.previous_attempt_at,
-                        )
-                    )
-            return claimed
-
+        self,
+        due: list[DueRow],
+        owner: str,
+        now: datetime,
+        lease_seconds: float,
+        slots: Sequence[SlotRequest | None] | None = None,
+        horizon: datetime | None = None,
+    ) -> RowClaims:
         del owner  # rows carry the token only; the owner shows in the logs
+        until = timestamp(now + timedelta(seconds=lease_seconds))
+        wanted = list(slots) if slots is not None else [None] * len(due)
+        keys = sorted({slot.key for slot in wanted if slot is not None})
+
+        def run(conn: sqlite3.Connection) -> RowClaims:
+            nexts = {
+                key: _parse_ts(at)
+                for key, at in conn.execute(self._sql["slots_of"], {"keys": _json_list(keys)})
+            }
+            places, busy = plan_slots(wanted, nexts, now, horizon or now)
+            taken: list[tuple[DueRow, str, SlotRequest | None]] = []
+            for place in places:
+                head, token = due[place], new_token()
+                params = {"id": head.row.id, "token": token, "until": until, "now": timestamp(now)}
+                if conn.execute(self._sql["claim_row"], params).rowcount:
+                    taken.append((head, token, wanted[place]))
+            starts, booked = book_slots([slot for _, _, slot in taken], nexts, now)
+            conn.executemany(
+                self._sql["save_rate_slot"],
+                [{"key": key, "next_at": timestamp(at)} for key, at in booked.items()],
+            )
+            claimed = [
+                ClaimedRow(
+                    row=head.row,
+                    token=token,
+                    in_doubt=head.in_doubt,
+                    previous_attempt_at=head.previous_attempt_at,
+                    start=start,
+                )
+                for (head, token, _), start in zip(taken, starts, strict=True)
+            ]
+            return RowClaims(claimed=claimed, busy_until=busy)
+
         return await self._transact(run)
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
@@ -842,14 +864,8 @@ class SQLiteStore:
         rows = await self._read(self._sql["rate_slots"], {})
         return {row[0]: _parse_ts(row[1]) for row in rows}
 
-    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                self._sql["save_rate_slot"],
-                [{"key": key, "next_at": timestamp(at)} for key, at in slots.items()],
-            )
-
-        await self._transact(run)
+    async def delay_slot(self, key: str, until: datetime) -> None:
+        await self._write(self._sql["delay_slot"], {"key": key, "until": timestamp(until)})
 
     async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
         if not keys:

@@ -21,6 +21,8 @@ from router.pipeline.limits import (
     priority_of,
     retry_delay,
 )
+from router.store.records import SlotRequest
+from router.store.shared import book_slots, plan_slots
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SMS = "sms:+15551230001"
@@ -40,89 +42,107 @@ def limiter(clock: FrozenClock, rates: dict[str, float] | None = None) -> RateLi
 # -- rate limits ---------------------------------------------------------------------------
 
 
-def test_fifty_takes_at_five_per_second_are_spaced_a_fifth_of_a_second() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock)
-    starts = []
-    for _ in range(50):
-        start = limits.next_free(SMS)
-        clock.set(max(clock.now(), start))  # the dispatcher sleeps until the slot
-        starts.append(limits.take(SMS))
-    gaps = {round(seconds(b - a), 6) for a, b in itertools.pairwise(starts)}
+def slot(key: str, hold: float = 0.2) -> SlotRequest:
+    return SlotRequest(key=key, hold_seconds=hold)
+
+
+def book(
+    requests: list[SlotRequest | None], nexts: dict[str, datetime], now: datetime
+) -> list[datetime | None]:
+    """What a store does with one claim's slots when every row is taken: plan, then book."""
+    places, _ = plan_slots(requests, nexts, now, now + timedelta(days=1))
+    starts, booked = book_slots([requests[p] for p in places], nexts, now)
+    nexts.update(booked)
+    return starts
+
+
+def test_fifty_sends_at_five_per_second_are_spaced_a_fifth_of_a_second() -> None:
+    nexts: dict[str, datetime] = {}
+    starts = book([slot(SMS)] * 50, nexts, T0)
+    gaps = {round(seconds(b - a), 6) for a, b in itertools.pairwise(starts)}  # type: ignore[operator]
     assert gaps == {0.2}
     assert starts[0] == T0
-    assert seconds(starts[-1] - T0) == pytest.approx(9.8)
-    assert seconds(limits.next_free(SMS) - T0) == pytest.approx(10.0)  # 50 sends take 10 s
+    assert nexts[SMS] == T0 + timedelta(seconds=10)  # 50 sends take 10 s
+
+
+def test_bookings_in_later_claims_carry_on_from_the_stored_slot() -> None:
+    nexts: dict[str, datetime] = {}
+    book([slot(SMS)] * 5, nexts, T0)
+    later = book([slot(SMS)], nexts, T0 + timedelta(seconds=0.5))  # another round, or process
+    assert later == [T0 + timedelta(seconds=1)]
 
 
 def test_a_send_of_three_segments_holds_the_key_for_three_spacings() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock, {SMS: 1.0})
-    assert limits.take(SMS, 3) == T0
-    assert seconds(limits.next_free(SMS) - T0) == pytest.approx(3.0)
-    assert seconds(limits.take(SMS) - T0) == pytest.approx(3.0)  # the next send waits
-    assert seconds(limits.next_free(SMS) - T0) == pytest.approx(4.0)
-
-
-def test_reserve_books_future_slots_without_double_booking() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock)
-    slots = [limits.reserve(SMS) for _ in range(5)]
-    assert [seconds(s - T0) for s in slots] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
-
-
-def test_next_free_books_nothing() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock)
-    limits.take(SMS)
-    busy = limits.next_free(SMS)
-    assert busy == T0 + timedelta(seconds=0.2)
-    assert limits.next_free(SMS) == busy  # asking again changes nothing
-    assert limits.next_free(SMS2) == T0  # a skipped busy key leaves others free
+    nexts: dict[str, datetime] = {}
+    starts = book([slot(SMS, 3.0), slot(SMS, 1.0)], nexts, T0)
+    assert starts == [T0, T0 + timedelta(seconds=3)]
+    assert nexts[SMS] == T0 + timedelta(seconds=4)
 
 
 def test_no_burst_beyond_one_after_idling() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock)
-    limits.take(SMS)
-    clock.advance(timedelta(hours=1))  # idle: no credit accumulates
-    assert limits.take(SMS) == clock.now()
-    assert limits.next_free(SMS) == clock.now() + timedelta(seconds=0.2)
+    nexts: dict[str, datetime] = {}
+    book([slot(SMS)], nexts, T0)
+    an_hour_on = T0 + timedelta(hours=1)  # idle: no credit accumulates
+    assert book([slot(SMS)] * 2, nexts, an_hour_on) == [
+        an_hour_on,
+        an_hour_on + timedelta(seconds=0.2),
+    ]
 
 
-def test_keys_are_independent() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock, {SLACK: 1.0})
-    for _ in range(10):
-        limits.take(SMS)
-    assert limits.next_free(SMS) == T0 + timedelta(seconds=2)
-    assert limits.take(SLACK) == T0
-    assert limits.next_free(SLACK) == T0 + timedelta(seconds=1)
-    assert limits.next_free(SMS2) == T0
+def test_keys_are_independent_and_unlimited_rows_book_nothing() -> None:
+    nexts: dict[str, datetime] = {}
+    starts = book([slot(SMS)] * 10 + [slot(SLACK, 1.0), None, slot(SMS2)], nexts, T0)
+    assert starts[10:] == [T0, None, T0]
+    assert nexts == {
+        SMS: T0 + timedelta(seconds=2),
+        SLACK: T0 + timedelta(seconds=1),
+        SMS2: T0 + timedelta(seconds=0.2),
+    }
 
 
-def test_unlimited_keys_are_free_and_kept_nowhere() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock, {"email:a@example.com": math.inf})
-    for _ in range(3):
-        assert limits.take("email:a@example.com") == T0
-    assert limits.state() == {}
+def test_rows_whose_slot_lies_beyond_the_horizon_are_left_with_when_the_key_frees() -> None:
+    requests = [slot(SMS, 0.5)] * 4 + [slot(SMS2, 0.5)]
+    places, busy = plan_slots(requests, {}, T0, T0 + timedelta(seconds=1))
+    assert places == [0, 1, 2, 4]  # at 0, 0.5 and 1.0 s; the fourth would start at 1.5 s
+    assert busy == {SMS: T0 + timedelta(seconds=1.5)}
+    # A key booked far ahead by another dispatcher: its rows all wait.
+    places, busy = plan_slots([slot(SMS)], {SMS: T0 + timedelta(seconds=9)}, T0, T0)
+    assert (places, busy) == ([], {SMS: T0 + timedelta(seconds=9)})
+
+
+def test_spacing_is_one_over_the_rate_and_unlimited_keys_have_none() -> None:
+    limits = limiter(FrozenClock(T0), {SLACK: 1.0, "email:a@example.com": math.inf})
+    assert limits.spacing(SMS) == timedelta(seconds=0.2)
+    assert limits.spacing(SLACK) == timedelta(seconds=1)
+    assert limits.spacing("email:a@example.com") == timedelta(0)
 
 
 def test_a_rate_of_zero_is_refused() -> None:
     limits = limiter(FrozenClock(T0), {SMS: 0.0})
     with pytest.raises(ValueError, match="must be > 0"):
-        limits.take(SMS)
+        limits.spacing(SMS)
 
 
-def test_penalize_pushes_only_its_key() -> None:
+def test_what_a_process_learns_of_a_key_only_moves_later_and_passes() -> None:
     clock = FrozenClock(T0)
     limits = limiter(clock)
-    limits.take(SMS)
-    limits.take(SMS2)
-    limits.penalize(SMS, 30)
+    assert limits.next_free(SMS) == T0  # knows of no booking
+    limits.learn(SMS, T0 + timedelta(seconds=3))
+    limits.learn(SMS, T0 + timedelta(seconds=1))  # an older answer: ignored
+    limits.learn(SMS2, (T0 + timedelta(seconds=4)).replace(tzinfo=None))  # naive: UTC
+    assert limits.next_free(SMS) == T0 + timedelta(seconds=3)
+    assert limits.next_free(SMS2) == T0 + timedelta(seconds=4)
+    assert limits.next_free(SLACK) == T0  # others stay free
+    clock.advance(timedelta(seconds=5))
+    assert limits.next_free(SMS) == clock.now()
+
+
+def test_penalize_pushes_only_its_key_and_says_until_when() -> None:
+    clock = FrozenClock(T0)
+    limits = limiter(clock)
+    assert limits.penalize(SMS, 30) == T0 + timedelta(seconds=30)
     assert limits.next_free(SMS) == T0 + timedelta(seconds=30)
-    assert limits.next_free(SMS2) == T0 + timedelta(seconds=0.2)
+    assert limits.next_free(SMS2) == T0
     assert limits.rate(SMS2) == 5.0
 
 
@@ -140,8 +160,7 @@ def test_penalize_halves_the_rate_for_a_while() -> None:
     limits.penalize(SMS, 10)
     assert limits.rate(SMS) == 2.0
     clock.advance(timedelta(seconds=10))
-    assert limits.take(SMS) == clock.now()
-    assert limits.next_free(SMS) == clock.now() + timedelta(seconds=0.5)
+    assert limits.spacing(SMS) == timedelta(seconds=0.5)
     limits.penalize(SMS, 0)  # a second 429 halves again
     assert limits.rate(SMS) == 1.0
     for _ in range(10):
@@ -163,45 +182,8 @@ def test_slowdown_can_be_turned_off() -> None:
 def test_penalize_ignores_an_unusable_retry_after(bad: float | None) -> None:
     clock = FrozenClock(T0)
     limits = limiter(clock)
-    limits.penalize(SMS, bad)
+    assert limits.penalize(SMS, bad) == T0
     assert limits.next_free(SMS) == T0
-
-
-def test_state_and_restore_keep_the_next_slot_across_a_restart() -> None:
-    clock = FrozenClock(T0)
-    before = limiter(clock)
-    for _ in range(5):
-        before.take(SMS)
-    before.penalize(SLACK, 20)
-    before.take(SMS2)
-    clock.advance(timedelta(seconds=0.5))  # SMS2's slot (0.2 s) has passed: not worth saving
-    saved = before.state()
-    assert saved == {SMS: T0 + timedelta(seconds=1), SLACK: T0 + timedelta(seconds=20)}
-
-    after = limiter(clock)  # the restart: a new instance fed from the store
-    after.restore(saved)
-    assert after.next_free(SMS) == T0 + timedelta(seconds=1)
-    assert after.next_free(SLACK) == T0 + timedelta(seconds=20)
-    assert after.next_free(SMS2) == clock.now()
-    clock.set(T0 + timedelta(seconds=1))
-    assert after.take(SMS) == T0 + timedelta(seconds=1)
-    assert after.next_free(SMS) == T0 + timedelta(seconds=1.2)  # spacing carries on
-
-
-def test_restore_keeps_the_later_slot_drops_past_ones_and_reads_naive_as_utc() -> None:
-    clock = FrozenClock(T0)
-    limits = limiter(clock)
-    limits.penalize(SMS, 10)
-    limits.restore(
-        {
-            SMS: T0 + timedelta(seconds=3),
-            SMS2: (T0 + timedelta(seconds=4)).replace(tzinfo=None),
-            SLACK: T0 - timedelta(seconds=4),
-        }
-    )
-    assert limits.next_free(SMS) == T0 + timedelta(seconds=10)
-    assert limits.next_free(SMS2) == T0 + timedelta(seconds=4)
-    assert SLACK not in limits.state()
 
 
 # -- circuit breakers ----------------------------------------------------------------------

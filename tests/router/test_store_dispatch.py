@@ -5,7 +5,9 @@ counts and clocks, conversations, contacts, timers, replays."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ from router.store.records import (
     ClaimedRow,
     ContactRecord,
     ConversationRecord,
+    DueRow,
     EventResult,
     LaneCommit,
     LedgerRecord,
@@ -26,9 +29,10 @@ from router.store.records import (
     OutboxStatus,
     Receipt,
     RunRecord,
+    SlotRequest,
     TimerRecord,
 )
-from tests.router.test_store import T0, backend, store  # noqa: F401  (fixtures)
+from tests.router.test_store import T0, backend, open_backend, store  # noqa: F401  (fixtures)
 from tests.router.test_store_routing import LEASE, done, message, put, row
 
 
@@ -41,7 +45,7 @@ async def routed(store: Store, event: Event, *rows: OutboxRow, **commit: Any) ->
 
 
 async def claim_all(store: Store, now: datetime = T0, limit: int = 50) -> list[ClaimedRow]:
-    return await store.claim_rows(await store.due_rows(now, limit), "d1", now, LEASE)
+    return (await store.claim_rows(await store.due_rows(now, limit), "d1", now, LEASE)).claimed
 
 
 def attempt(claimed: ClaimedRow, outcome: AttemptOutcome, **fields: Any) -> AttemptResult:
@@ -86,9 +90,9 @@ async def test_a_row_is_claimed_once_and_its_lane_waits_while_in_flight(store: S
     ev = message(1, "sms:+1:+2")
     await routed(store, ev, row(ev, "a"), row(ev, "b"))
     due = await store.due_rows(T0, 10)
-    [claimed] = await store.claim_rows(due, "d1", T0, LEASE)
-    assert claimed.row.id == f"{ev.id}:a" and claimed.token
-    assert await store.claim_rows(due, "d2", T0, LEASE) == []  # taken already
+    [claimed] = (await store.claim_rows(due, "d1", T0, LEASE)).claimed
+    assert claimed.row.id == f"{ev.id}:a" and claimed.token and claimed.start is None
+    assert (await store.claim_rows(due, "d2", T0, LEASE)).claimed == []  # taken already
     assert await store.due_rows(T0, 10) == []  # `b` waits behind `a` in flight
     assert (await by_id(store))["a"].status is OutboxStatus.SENDING
 
@@ -145,7 +149,7 @@ async def test_an_in_doubt_row_comes_back_as_in_doubt(store: Store) -> None:
     assert await store.next_due(T0) == check_at
     [due] = await store.due_rows(check_at, 10)
     assert due.in_doubt and due.previous_attempt_at == T0
-    [reclaimed] = await store.claim_rows([due], "d2", check_at, LEASE)
+    [reclaimed] = (await store.claim_rows([due], "d2", check_at, LEASE)).claimed
     assert reclaimed.in_doubt and reclaimed.token != claimed.token
 
 
@@ -156,7 +160,7 @@ async def test_an_expired_lease_leaves_the_row_in_doubt(store: Store) -> None:
     assert await store.due_rows(T0 + timedelta(seconds=LEASE - 1), 10) == []
     [due] = await store.due_rows(T0 + timedelta(seconds=LEASE), 10)
     assert due.in_doubt and due.previous_attempt_at == T0
-    [taken] = await store.claim_rows([due], "d2", T0 + timedelta(seconds=LEASE), LEASE)
+    [taken] = (await store.claim_rows([due], "d2", T0 + timedelta(seconds=LEASE), LEASE)).claimed
     late = attempt(claimed, AttemptOutcome.SENT, provider_message_id="SMlate")
     assert await store.finish_attempts([late]) == [False]  # the old holder is fenced
     assert await store.finish_attempts([attempt(taken, AttemptOutcome.SENT)]) == [True]
@@ -223,7 +227,7 @@ async def test_a_carrier_opt_out_cancels_the_contacts_waiting_rows(store: Store)
     }
 
 
-async def test_counts_ages_and_rate_slots(store: Store) -> None:
+async def test_counts_and_ages(store: Store) -> None:
     ev = message(1, "sms:+1:+2")
     await routed(
         store,
@@ -239,10 +243,104 @@ async def test_counts_ages_and_rate_slots(store: Store) -> None:
     }
     assert await store.oldest_due(T0) == T0 - timedelta(minutes=5)
     assert await store.next_due(T0) == T0 + timedelta(hours=1)
-    slots = {"sms:+15559870000": T0 + timedelta(seconds=1), "slack:C1": T0}
-    await store.save_rate_slots(slots)
-    await store.save_rate_slots({"slack:C1": T0 + timedelta(seconds=3)})
-    assert await store.rate_slots() == {**slots, "slack:C1": T0 + timedelta(seconds=3)}
+
+
+# -- rate slots, booked with the claims -------------------------------------------------------
+
+SMS_KEY, SLACK_KEY = "sms:+15559870000", "slack:C1"
+
+
+async def rows_to(store: Store, count: int) -> list[DueRow]:
+    """`count` due rows in `count` lanes (each its own conversation)."""
+    for n in range(count):
+        ev = message(100 + n, f"sms:+1{n:03}:+2", at_ms=n)
+        await routed(store, ev, row(ev, "a"))
+    due = await store.due_rows(T0, count)
+    assert len(due) == count
+    return due
+
+
+def spaced(key: str, seconds: float) -> SlotRequest:
+    return SlotRequest(key=key, hold_seconds=seconds)
+
+
+async def test_claims_book_rate_slots_in_order_and_later_claims_carry_on(store: Store) -> None:
+    due = await rows_to(store, 6)
+    horizon = T0 + timedelta(seconds=1)
+    first = await store.claim_rows(due[:3], "d1", T0, LEASE, [spaced(SMS_KEY, 0.25)] * 3, horizon)
+    assert [c.start for c in first.claimed] == [T0 + timedelta(seconds=s) for s in (0, 0.25, 0.5)]
+    assert first.busy_until == {}
+    # Another dispatcher (or round) books after them, never over them; beyond the horizon, the
+    # rows are left and the key reported busy until then.
+    second = await store.claim_rows(
+        due[3:], "d2", T0, LEASE, [spaced(SMS_KEY, 0.25)] * 2 + [None], horizon
+    )
+    assert [c.start for c in second.claimed] == [
+        T0 + timedelta(seconds=0.75),
+        T0 + timedelta(seconds=1),
+        None,  # no limit: nothing booked
+    ]
+    assert (await store.rate_slots())[SMS_KEY] == T0 + timedelta(seconds=1.25)
+    due_more = await rows_to_more(store)
+    third = await store.claim_rows(due_more, "d1", T0, LEASE, [spaced(SMS_KEY, 0.25)], horizon)
+    assert third.claimed == []
+    assert third.busy_until == {SMS_KEY: T0 + timedelta(seconds=1.25)}
+    assert [d.row.id for d in await store.due_rows(T0, 10)] == [due_more[0].row.id]  # left
+
+
+async def rows_to_more(store: Store) -> list[DueRow]:
+    ev = message(200, "sms:+1999:+2", at_ms=50)
+    await routed(store, ev, row(ev, "a"))
+    return await store.due_rows(T0, 10)
+
+
+async def test_two_stores_booking_at_once_never_share_a_slot(backend: str, tmp_path: Path) -> None:
+    """Two dispatchers, each on a store of its own (two processes), claim rows to one sender
+    number at the same moment, again and again: the slots they are given never overlap."""
+    async with (
+        open_backend(backend, tmp_path) as first,
+        open_backend(backend, tmp_path) as second,
+    ):
+        due = await rows_to(first, 40)
+        horizon = T0 + timedelta(days=1)
+        starts: list[datetime] = []
+        for n in range(0, 40, 4):
+            claims = await asyncio.gather(
+                first.claim_rows(
+                    due[n : n + 2], "d1", T0, LEASE, [spaced(SMS_KEY, 0.2)] * 2, horizon
+                ),
+                second.claim_rows(
+                    due[n + 2 : n + 4], "d2", T0, LEASE, [spaced(SMS_KEY, 0.2)] * 2, horizon
+                ),
+            )
+            starts += [c.start for claim in claims for c in claim.claimed if c.start is not None]
+        assert len(starts) == 40
+        assert sorted(starts) == [T0 + timedelta(seconds=0.2 * n) for n in range(40)]
+
+
+async def test_a_row_taken_by_another_dispatcher_books_no_slot(store: Store) -> None:
+    due = await rows_to(store, 2)
+    await store.claim_rows(due[:1], "d1", T0, LEASE)  # no slot asked
+    horizon = T0 + timedelta(seconds=1)
+    claims = await store.claim_rows(due, "d2", T0, LEASE, [spaced(SMS_KEY, 0.5)] * 2, horizon)
+    assert [c.row.id for c in claims.claimed] == [due[1].row.id]
+    assert [c.start for c in claims.claimed] == [T0]  # the first slot: the taken row had none
+    assert (await store.rate_slots())[SMS_KEY] == T0 + timedelta(seconds=0.5)
+
+
+async def test_a_delayed_slot_holds_every_claim_and_only_moves_later(store: Store) -> None:
+    due = await rows_to(store, 1)
+    await store.delay_slot(SLACK_KEY, T0 + timedelta(seconds=30))
+    await store.delay_slot(SLACK_KEY, T0 + timedelta(seconds=5))  # never earlier
+    assert (await store.rate_slots())[SLACK_KEY] == T0 + timedelta(seconds=30)
+    claims = await store.claim_rows(
+        due, "d1", T0, LEASE, [spaced(SLACK_KEY, 1.0)], T0 + timedelta(seconds=1)
+    )
+    assert claims.claimed == []
+    assert claims.busy_until == {SLACK_KEY: T0 + timedelta(seconds=30)}
+    late = T0 + timedelta(seconds=30)
+    claims = await store.claim_rows(due, "d1", late, LEASE, [spaced(SLACK_KEY, 1.0)], late)
+    assert [c.start for c in claims.claimed] == [late]
 
 
 async def test_list_outbox_filters_and_pages(store: Store) -> None:

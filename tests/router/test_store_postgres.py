@@ -111,9 +111,10 @@ async def test_two_dispatchers_never_claim_the_same_row(url: str) -> None:
             due_a, due_b = await asyncio.gather(first.due_rows(T0, 20), second.due_rows(T0, 20))
             if not due_a and not due_b:
                 break
-            got_a, got_b = await asyncio.gather(
+            claims_a, claims_b = await asyncio.gather(
                 first.claim_rows(due_a, "d1", T0, LEASE), second.claim_rows(due_b, "d2", T0, LEASE)
             )
+            got_a, got_b = claims_a.claimed, claims_b.claimed
             ids_a, ids_b = {c.row.id for c in got_a}, {c.row.id for c in got_b}
             assert not ids_a & ids_b
             lanes_in_flight = [c.row.lane for c in got_a + got_b]

@@ -195,7 +195,7 @@ async def test_thread_events_join_the_conversation_they_escalated(store: Store) 
     await store.commit([LaneCommit(lease=lane.lease, results=[done(inbound)], outbox=[post])], T0)
     # Sent, as the dispatcher records it: Slack's ts of the post names the thread.
     [due] = await store.due_rows(T0, 10)
-    [claimed] = await store.claim_rows([due], "d1", T0, LEASE)
+    [claimed] = (await store.claim_rows([due], "d1", T0, LEASE)).claimed
     sent = AttemptResult(
         id=post.id,
         token=claimed.token,

@@ -61,16 +61,20 @@ from router.store.records import (
     OutboxFilter,
     OutboxRow,
     Receipt,
+    RowClaims,
     RunRecord,
+    SlotRequest,
     TimerRecord,
 )
 from router.store.shared import (
     DISPATCH_SCAN,
     MAX_SCAN,
     SCAN_PAGE,
+    book_slots,
     due_heads,
     event_from_row,
     new_token,
+    plan_slots,
     receipt_target,
     run_decoder,
     run_encoder,
@@ -619,29 +623,56 @@ class PostgresStore:
         ]
 
     async def claim_rows(
-        self, due: list[DueRow], owner: str, now: datetime, lease_seconds: float
-    ) -> list[ClaimedRow]:
-        """Lease the rows still claimable: one statement, one round trip (atomic on its own);
-        rows another dispatcher holds locked right now are skipped, never waited for."""
+        self,
+        due: list[DueRow],
+        owner: str,
+        now: datetime,
+        lease_seconds: float,
+        slots: Sequence[SlotRequest | None] | None = None,
+        horizon: datetime | None = None,
+    ) -> RowClaims:
+        """Lease the rows still claimable and book their rate slots in one transaction. The
+        slot rows of the keys are locked in key order (two dispatchers booking overlapping
+        keys never wait on each other in a cycle); rows another dispatcher holds locked right
+        now are skipped, never waited for."""
         del owner  # rows carry the token only; the owner shows in the logs
         if not due:
-            return []
-        tokens = {head.row.id: new_token() for head in due}
+            return RowClaims(claimed=[])
+        wanted = list(slots) if slots is not None else [None] * len(due)
+        keys = sorted({slot.key for slot in wanted if slot is not None})
         until = now + timedelta(seconds=lease_seconds)
-        found = await self._fetch(
-            self._sql["claim_rows"], list(tokens), list(tokens.values()), until, now
-        )
-        taken = {record[0] for record in found}
-        return [
-            ClaimedRow(
-                row=head.row,
-                token=tokens[head.row.id],
-                in_doubt=head.in_doubt,
-                previous_attempt_at=head.previous_attempt_at,
+
+        async def run(conn: Conn) -> RowClaims:
+            nexts: dict[str, datetime] = {}
+            if keys:
+                await conn.execute(self._sql["add_slots"], keys)
+                nexts = {r[0]: r[1] for r in await conn.fetch(self._sql["lock_slots"], keys)}
+            places, busy = plan_slots(wanted, nexts, now, horizon or now)
+            tokens = {due[place].row.id: new_token() for place in places}
+            found = await conn.fetch(
+                self._sql["claim_rows"], list(tokens), list(tokens.values()), until, now
             )
-            for head in due
-            if head.row.id in taken
-        ]
+            taken = {record[0] for record in found}
+            kept = [place for place in places if due[place].row.id in taken]
+            starts, booked = book_slots([wanted[place] for place in kept], nexts, now)
+            if booked:
+                names = sorted(booked)
+                await conn.execute(
+                    self._sql["save_slots"], names, [booked[name] for name in names]
+                )
+            claimed = [
+                ClaimedRow(
+                    row=due[place].row,
+                    token=tokens[due[place].row.id],
+                    in_doubt=due[place].in_doubt,
+                    previous_attempt_at=due[place].previous_attempt_at,
+                    start=start,
+                )
+                for place, start in zip(kept, starts, strict=True)
+            ]
+            return RowClaims(claimed=claimed, busy_until=busy)
+
+        return await self._transact(run)
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         async def run(conn: Conn) -> list[bool]:
@@ -793,17 +824,8 @@ class PostgresStore:
     async def rate_slots(self) -> dict[str, datetime]:
         return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}
 
-    async def save_rate_slots(self, slots: dict[str, datetime]) -> None:
-        if not slots:
-            return
-
-        async def run(conn: Conn) -> None:
-            # Key order: two processes saving overlapping slots never wait on each other in a cycle.
-            await conn.executemany(
-                self._sql["save_rate_slot"], [(k, slots[k]) for k in sorted(slots)]
-            )
-
-        await self._transact(run)
+    async def delay_slot(self, key: str, until: datetime) -> None:
+        await self._execute(self._sql["delay_slot"], db_text(key), until)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -371,6 +371,21 @@ WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before
 -- name: rate_slots
 SELECT key, next_at FROM rate_slots;
 
--- name: save_rate_slot
+-- name: add_slots
+-- Every key a claim books has a row to lock (a new key: free since the epoch).
+INSERT INTO rate_slots (key, next_at)
+SELECT k, '1970-01-01T00:00:00Z'::timestamptz FROM unnest($1::text[]) AS k
+ON CONFLICT (key) DO NOTHING;
+
+-- name: lock_slots
+SELECT key, next_at FROM rate_slots WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE;
+
+-- name: save_slots
+-- A booked slot only moves later.
+UPDATE rate_slots r SET next_at = greatest(r.next_at, s.next_at)
+FROM unnest($1::text[], $2::timestamptz[]) AS s(key, next_at)
+WHERE r.key = s.key;
+
+-- name: delay_slot
 INSERT INTO rate_slots (key, next_at) VALUES ($1, $2)
-ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at;
+ON CONFLICT (key) DO UPDATE SET next_at = greatest(rate_slots.next_at, excluded.next_at);

@@ -286,9 +286,17 @@ WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before
 -- name: rate_slots
 SELECT key, next_at FROM rate_slots;
 
+-- name: slots_of
+SELECT key, next_at FROM rate_slots WHERE key IN (SELECT value FROM json_each(:keys));
+
 -- name: save_rate_slot
+-- A booked slot only moves later (times are sortable text in UTC).
 INSERT INTO rate_slots (key, next_at) VALUES (:key, :next_at)
-ON CONFLICT (key) DO UPDATE SET next_at = excluded.next_at;
+ON CONFLICT (key) DO UPDATE SET next_at = max(next_at, excluded.next_at);
+
+-- name: delay_slot
+INSERT INTO rate_slots (key, next_at) VALUES (:key, :until)
+ON CONFLICT (key) DO UPDATE SET next_at = max(next_at, excluded.next_at);
 
 -- name: finish_in_doubt
 -- Still `sending`, with no holder, until the in-doubt check may run.
