@@ -36,8 +36,11 @@ TIMER_SOURCE = "switchboard"
 #: Seconds before a firing whose ingest failed (store unavailable) is tried again.
 RETRY_SECONDS = 5.0
 #: Timers due within this window are held as jobs; later ones (a 24 h inactivity timer, re-armed
-#: by every message) stay in the store until a refresh, every half window, brings them near.
+#: by every message) stay in the store until a refresh brings them near.
 HORIZON = timedelta(minutes=15)
+#: How often the store's timers are read again: a timer armed by another process (several on
+#: PostgreSQL), or by one that died before it fired, is held here within this long.
+REFRESH = timedelta(seconds=30)
 
 
 def timer_event(record: TimerRecord, now: datetime) -> Event:
@@ -90,8 +93,10 @@ class TimerScheduler:
         *,
         retry_seconds: float = RETRY_SECONDS,
         horizon: timedelta = HORIZON,
+        refresh: timedelta = REFRESH,
     ) -> None:
         self._horizon = horizon
+        self._refresh_every = min(refresh, horizon / 2)
         self._store = store
         self._clock = clock
         self._wake = wake
@@ -104,6 +109,9 @@ class TimerScheduler:
         )
         #: The record each job stands for: a retry goes on only while its record is current.
         self._armed: dict[str, TimerRecord] = {}
+        #: Timers this scheduler fired, by due time: a refresh that reads one again before the
+        #: worker cleared its row does not fire it twice.
+        self._fired: dict[str, datetime] = {}
         self._firing: set[asyncio.Task[object]] = set()
         self._stopping = False
 
@@ -115,22 +123,25 @@ class TimerScheduler:
         self._scheduler.add_job(
             self._refresh,
             "interval",
-            seconds=self._horizon.total_seconds() / 2,
+            seconds=self._refresh_every.total_seconds(),
             id="timers.refresh",
             replace_existing=True,
         )
 
     async def _refresh(self) -> None:
-        """Hold every stored timer due within the horizon (at start, and every half horizon)."""
+        """Hold every stored timer due within the horizon (at start, then every refresh)."""
         try:
             # apscheduler runs on real time, so the horizon is real time too.
             due_soon = await self._store.timers(due_before=datetime.now(UTC) + self._horizon)
         except Exception as exc:  # the next refresh tries again; the rows are safe in the store
             log.warning("timer_refresh_failed", error=scrub(str(exc)))
             return
-        for record in due_soon:
+        stored = {job_id(r.conversation_key, r.timer): r for r in due_soon}
+        for key in [key for key in self._fired if key not in stored]:
+            del self._fired[key]  # cleared by the worker: forget it
+        for key, record in stored.items():
             # One armed while the store was being read is newer than the row read.
-            if job_id(record.conversation_key, record.timer) not in self._armed:
+            if key not in self._armed and self._fired.get(key) != record.due_at:
                 self.arm(record)
 
     def arm(self, record: TimerRecord) -> None:
@@ -205,6 +216,7 @@ class TimerScheduler:
             self._retry_later(key, record, exc)
             return
         self._forget(key, record)
+        self._fired[key] = record.due_at
         log.info("timer_fired", outcome=str(outcome), event_id=event.id, **_log_fields(record))
         self._wake()
 

@@ -312,9 +312,26 @@ async def test_a_timer_beyond_the_horizon_waits_in_the_store_until_it_comes_near
         scheduler.arm(record)  # re-armed by a message: still far off, still not held
         assert scheduler.armed() == []
         await eventually(lambda: scheduler.armed() == [record])  # a refresh brought it near
-        # Until the worker clears its row, every refresh (0.4 s here) fires it again: a
-        # duplicate each time, so one event however many firings.
         await eventually(lambda: wakes.count >= 1)
         assert len(await store.list_events(EventFilter(type="timer.inactivity"))) == 1
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_timer_another_process_armed_fires_at_a_refresh_and_only_once(
+    store: Store, clock: FrozenClock, log_buffer: io.BytesIO
+) -> None:
+    """Several processes share a store: one that did not arm a timer (or outlived the one
+    that did) fires it at its next refresh; later refreshes, while the worker has not cleared
+    the row yet, read it again and fire nothing."""
+    wakes = Wakes()
+    scheduler = await started(store, clock, wakes, refresh=timedelta(seconds=0.1))
+    try:
+        record = TimerRecord(conversation_key=KEY, timer="claim_reminder", due_at=soon(-1))
+        await arm_in_store(store, record, clock.now())  # this scheduler is not told
+        await eventually(lambda: wakes.count == 1)
+        await asyncio.sleep(0.6)  # several refreshes go by
+        assert wakes.count == 1
+        assert [line["outcome"] for line in log_lines(log_buffer, "timer_fired")] == ["stored"]
     finally:
         await scheduler.stop()
