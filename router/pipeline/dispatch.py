@@ -18,7 +18,7 @@ import itertools
 import random
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -42,6 +42,7 @@ from router.store.base import Store
 from router.store.records import (
     AttemptOutcome,
     AttemptResult,
+    BreakerNews,
     ClaimedRow,
     ContactRecord,
     DueRow,
@@ -58,6 +59,8 @@ _BOOK_AHEAD = timedelta(seconds=1)
 #: waiting for a rate slot or a place, or having the outcome recorded. Above one, a round leases
 #: the next rows while the last ones are still being recorded, so rounds stay full.
 _LEASED_PER_PLACE = 2
+#: How often a dispatcher reads the breakers the others opened or closed.
+_BREAKER_SYNC = timedelta(seconds=1)
 #: Compliance notices: they leave even to an opted-out contact (consent.may_send).
 NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
 
@@ -107,6 +110,9 @@ class Dispatcher:
         self._sending = 0
         self._places = asyncio.Semaphore(self._config.concurrency)
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        #: Destinations whose breaker opened or closed here since the last sync.
+        self._breaker_news: set[str] = set()
+        self._breakers_read = datetime.min.replace(tzinfo=UTC)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.owner = f"dispatch-{new_ulid(clock.now())}"
@@ -168,6 +174,7 @@ class Dispatcher:
         if free <= 0:
             return self._config.poll_seconds  # an attempt that ends wakes the loop
         limit = max(2 * free, 64)
+        await self._sync_breakers(now)
         due = await self._store.due_rows(now, limit)
         chosen: list[DueRow] = []
         slots: list[SlotRequest | None] = []
@@ -472,6 +479,30 @@ class Dispatcher:
         )
         for state in ("closed", "open", "half_open"):
             self._metrics.breaker_state.labels(key, state).set(1 if state == new else 0)
+        if new != "half_open":
+            self._breaker_news.add(key)  # the other dispatchers hear of it at the next round
+            self.wake()
+
+    async def _sync_breakers(self, now: datetime) -> None:
+        """Tell the store of breakers that opened or closed here, and take what the other
+        dispatchers told it: at most once a `_BREAKER_SYNC`, sooner when there is news."""
+        if not self._breaker_news and now < self._breakers_read + _BREAKER_SYNC:
+            return
+        news = {}
+        for key in self._breaker_news:
+            told = self.breakers.news(key)
+            if told is not None:
+                news[key] = BreakerNews(state=told[0], changed_at=told[1])
+        try:
+            await self._store.save_breakers(news)
+            self._breaker_news.clear()
+            shared = await self._store.breakers()
+        except StoreUnavailable as exc:
+            log.warning("breakers not shared", stage="dispatch", error=str(exc))
+            return
+        self._breakers_read = now
+        for key, item in shared.items():
+            self.breakers.adopt(key, item.state, item.changed_at)
 
 
 class _ConsentReads:

@@ -164,6 +164,8 @@ class _Circuit:
     probe_at: datetime | None = None
     #: Has been open: kept for `states()` after it closes again.
     tripped: bool = False
+    #: When it last opened or closed (here, or as another dispatcher told).
+    changed_at: datetime | None = None
 
 
 class Breakers:
@@ -186,6 +188,10 @@ class Breakers:
 
     `on_change(key, old, new)` is called after every transition, for logs and metrics; the new
     state is in place before it runs, so an exception from it loses only the hook's own work.
+
+    Several dispatchers share a store: each tells the others when a breaker opens or closes
+    (`news`), and takes what they tell (`adopt`), so one outage holds every process back and
+    one probe that goes through closes it for all. Failures are counted per process.
     """
 
     def __init__(
@@ -260,6 +266,33 @@ class Breakers:
         circuit.tripped = True
         self._move(key, circuit, "open")
 
+    def news(self, key: str) -> tuple[Literal["open", "closed"], datetime] | None:
+        """What to tell the other dispatchers of `key`: it opened (when) or closed (when);
+        None while half-open or never opened."""
+        circuit = self._circuits.get(key)
+        if circuit is None or circuit.changed_at is None or circuit.state == "half_open":
+            return None
+        if circuit.state == "open":
+            assert circuit.opened_at is not None
+            return "open", circuit.opened_at
+        return "closed", circuit.changed_at
+
+    def adopt(self, key: str, state: Literal["open", "closed"], at: datetime) -> None:
+        """Another dispatcher's breaker for `key` opened (or closed) at `at`. News older than
+        this breaker's own last change is ignored, so the latest change wins everywhere."""
+        circuit = self._circuits.get(key)
+        if circuit is not None and circuit.changed_at is not None and circuit.changed_at >= at:
+            return
+        if state == "open":
+            circuit = circuit if circuit is not None else self._circuits.setdefault(key, _Circuit())
+            circuit.opened_at, circuit.probe_at, circuit.tripped = at, None, True
+            circuit.failures = 0
+            self._move(key, circuit, "open", at)
+        elif circuit is not None and circuit.state != "closed":
+            circuit.failures = 0
+            circuit.opened_at = circuit.probe_at = None
+            self._move(key, circuit, "closed", at)
+
     def state(self, key: str) -> BreakerState:
         """The recorded state of `key`. Pure: an open breaker whose `open_seconds` have passed
         reads "open" until an `allow` hands out the probe and makes it half-open."""
@@ -271,8 +304,12 @@ class Breakers:
         keys never heard of are closed."""
         return {key: circuit.state for key, circuit in self._circuits.items()}
 
-    def _move(self, key: str, circuit: _Circuit, new: BreakerState) -> None:
+    def _move(
+        self, key: str, circuit: _Circuit, new: BreakerState, at: datetime | None = None
+    ) -> None:
         old, circuit.state = circuit.state, new
+        if new != "half_open":
+            circuit.changed_at = at or self._clock.now()
         if self.on_change is not None and old != new:
             self.on_change(key, old, new)
 

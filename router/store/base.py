@@ -14,6 +14,7 @@ from router.store.blobs import Blobs
 from router.store.records import (
     AttemptRecord,
     AttemptResult,
+    BreakerNews,
     ClaimedLane,
     CommitOutcome,
     ContactRecord,
@@ -239,6 +240,15 @@ class Store(Protocol):
 
     async def rate_slots(self) -> dict[str, datetime]:
         """The next free send slot of each rate-limited destination."""
+        ...
+
+    async def breakers(self) -> dict[str, BreakerNews]:
+        """The last change of each destination's circuit breaker, as dispatchers told it."""
+        ...
+
+    async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
+        """Tell the other dispatchers of breakers that opened or closed here; a key keeps the
+        newest news."""
         ...
 
     async def delay_slot(self, key: str, until: datetime) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -245,6 +245,14 @@ class SlotRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     key: str
     hold_seconds: float
+
+
+class BreakerNews(msgspec.Struct, frozen=True, kw_only=True):
+    """A destination's circuit breaker opened or closed at a moment: what one dispatcher tells
+    the others through the store."""
+
+    state: Literal["open", "closed"]
+    changed_at: datetime
 
 
 class RowClaims(msgspec.Struct, frozen=True, kw_only=True):

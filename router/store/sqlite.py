@@ -38,6 +38,7 @@ from router.store.records import (
     AttemptOutcome,
     AttemptRecord,
     AttemptResult,
+    BreakerNews,
     ClaimedLane,
     ClaimedRow,
     CommitOutcome,
@@ -863,6 +864,21 @@ class SQLiteStore:
     async def rate_slots(self) -> dict[str, datetime]:
         rows = await self._read(self._sql["rate_slots"], {})
         return {row[0]: _parse_ts(row[1]) for row in rows}
+
+    async def breakers(self) -> dict[str, BreakerNews]:
+        rows = await self._read(self._sql["breakers"], {})
+        return {
+            key: BreakerNews(state=state, changed_at=_parse_ts(at)) for key, state, at in rows
+        }
+
+    async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
+        if not news:
+            return
+        params = [
+            {"key": key, "state": n.state, "changed_at": timestamp(n.changed_at)}
+            for key, n in sorted(news.items())
+        ]
+        await self._transact(lambda conn: conn.executemany(self._sql["save_breaker"], params))
 
     async def delay_slot(self, key: str, until: datetime) -> None:
         await self._write(self._sql["delay_slot"], {"key": key, "until": timestamp(until)})

@@ -338,6 +338,54 @@ def test_a_lost_probe_is_given_up_after_open_seconds() -> None:
     assert breakers.state(SLACK) == "half_open"
 
 
+# -- breakers shared by several dispatchers (through the store) -----------------------------
+
+
+def test_news_tells_when_a_breaker_opened_and_closed() -> None:
+    clock = FrozenClock(T0)
+    breakers, _ = tripped(clock)
+    assert breakers.news(SLACK) == ("open", T0)
+    assert breakers.news(SMS) is None  # never opened: nothing to tell
+    clock.advance(timedelta(seconds=30))
+    assert breakers.allow(SLACK)
+    assert breakers.news(SLACK) is None  # half-open: this process is probing
+    breakers.success(SLACK)
+    assert breakers.news(SLACK) == ("closed", T0 + timedelta(seconds=30))
+
+
+def test_an_outage_another_dispatcher_saw_holds_this_one_back_for_its_open_seconds() -> None:
+    clock = FrozenClock(T0)
+    seen = Recorder()
+    breakers = Breakers(clock, failure_threshold=5, open_seconds=30.0, on_change=seen)
+    opened = T0 - timedelta(seconds=10)
+    breakers.adopt(SLACK, "open", opened)
+    assert seen.changes == [(SLACK, "closed", "open")]
+    assert not breakers.allow(SLACK)
+    clock.advance(timedelta(seconds=20))  # 30 s after the other one opened it
+    assert breakers.allow(SLACK)  # this process may probe now
+    assert breakers.state(SLACK) == "half_open"
+
+
+def test_a_probe_that_went_through_elsewhere_closes_it_here() -> None:
+    clock = FrozenClock(T0)
+    breakers, seen = tripped(clock)
+    breakers.adopt(SLACK, "closed", T0 + timedelta(seconds=31))
+    assert breakers.state(SLACK) == "closed"
+    assert seen.changes[-1] == (SLACK, "open", "closed")
+    assert breakers.allow(SLACK)
+
+
+def test_news_older_than_this_breakers_last_change_is_ignored() -> None:
+    clock = FrozenClock(T0 + timedelta(seconds=60))
+    breakers, seen = tripped(clock)  # opened here at T0 + 60 s
+    breakers.adopt(SLACK, "closed", T0 + timedelta(seconds=59))  # closed before that: old
+    assert breakers.state(SLACK) == "open"
+    breakers.adopt(SLACK, "open", T0 + timedelta(seconds=60))  # its own news, read back
+    assert len(seen.changes) == 1
+    breakers.adopt(SMS, "closed", T0)  # closed news of a key never opened here: nothing
+    assert breakers.state(SMS) == "closed" and breakers.states() == {SLACK: "open"}
+
+
 def test_breakers_refuse_nonsense_settings() -> None:
     with pytest.raises(ValueError):
         Breakers(FrozenClock(T0), failure_threshold=0)

@@ -17,6 +17,7 @@ from router.store.base import Store
 from router.store.records import (
     AttemptOutcome,
     AttemptResult,
+    BreakerNews,
     ClaimedRow,
     ContactRecord,
     ConversationRecord,
@@ -316,6 +317,16 @@ async def test_two_stores_booking_at_once_never_share_a_slot(backend: str, tmp_p
             starts += [c.start for claim in claims for c in claim.claimed if c.start is not None]
         assert len(starts) == 40
         assert sorted(starts) == [T0 + timedelta(seconds=0.2 * n) for n in range(40)]
+
+
+async def test_breaker_news_keeps_the_newest_change_of_each_destination(store: Store) -> None:
+    assert await store.breakers() == {}
+    opened = BreakerNews(state="open", changed_at=T0)
+    await store.save_breakers({SLACK_KEY: opened, SMS_KEY: opened})
+    closed = BreakerNews(state="closed", changed_at=T0 + timedelta(seconds=30))
+    stale = BreakerNews(state="open", changed_at=T0 - timedelta(seconds=5))
+    await store.save_breakers({SLACK_KEY: closed, SMS_KEY: stale})
+    assert await store.breakers() == {SLACK_KEY: closed, SMS_KEY: opened}
 
 
 async def test_a_row_taken_by_another_dispatcher_books_no_slot(store: Store) -> None:

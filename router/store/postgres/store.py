@@ -48,6 +48,7 @@ from router.store.records import (
     AttemptOutcome,
     AttemptRecord,
     AttemptResult,
+    BreakerNews,
     ClaimedLane,
     ClaimedRow,
     CommitOutcome,
@@ -823,6 +824,21 @@ class PostgresStore:
 
     async def rate_slots(self) -> dict[str, datetime]:
         return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}
+
+    async def breakers(self) -> dict[str, BreakerNews]:
+        rows = await self._fetch(self._sql["breakers"])
+        return {r[0]: BreakerNews(state=r[1], changed_at=r[2]) for r in rows}
+
+    async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
+        if not news:
+            return
+        keys = sorted(news)
+        await self._execute(
+            self._sql["save_breakers"],
+            [db_text(key) for key in keys],
+            [news[key].state for key in keys],
+            [news[key].changed_at for key in keys],
+        )
 
     async def delay_slot(self, key: str, until: datetime) -> None:
         await self._execute(self._sql["delay_slot"], db_text(key), until)

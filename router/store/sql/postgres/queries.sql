@@ -389,3 +389,13 @@ WHERE r.key = s.key;
 -- name: delay_slot
 INSERT INTO rate_slots (key, next_at) VALUES ($1, $2)
 ON CONFLICT (key) DO UPDATE SET next_at = greatest(rate_slots.next_at, excluded.next_at);
+
+-- name: breakers
+SELECT key, state, changed_at FROM breakers;
+
+-- name: save_breakers
+-- Only newer news replaces what is there; keys in order, so two savers never deadlock.
+INSERT INTO breakers (key, state, changed_at)
+SELECT k, s, c FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(k, s, c) ORDER BY k
+ON CONFLICT (key) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at
+WHERE excluded.changed_at > breakers.changed_at;

@@ -314,3 +314,12 @@ SELECT id, event_id, conversation_key, contact_key, channel, recipient, category
 FROM outbox
 WHERE conversation_key = :key AND kind = 'escalation' AND provider_message_id IS NOT NULL
 ORDER BY seq DESC LIMIT 1;
+
+-- name: breakers
+SELECT key, state, changed_at FROM breakers;
+
+-- name: save_breaker
+-- Only newer news replaces what is there (times are sortable text in UTC).
+INSERT INTO breakers (key, state, changed_at) VALUES (:key, :state, :changed_at)
+ON CONFLICT (key) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at
+WHERE excluded.changed_at > breakers.changed_at;

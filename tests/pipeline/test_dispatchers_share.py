@@ -1,0 +1,132 @@
+# ruff: noqa: F811  (fixtures are imported, then named by the tests)
+"""Two dispatchers on one store (two processes on one database) share what holds sends back:
+a destination's outage that one of them saw stops the other too, and a probe that goes through
+in one closes the breaker in both. Real stores (both backends), the real SlackSender against
+the fake Slack Web API on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+from router.clock import FrozenClock
+from router.config import load_settings
+from router.http.providers import senders
+from router.metrics import Metrics
+from router.pipeline.dispatch import Dispatcher
+from router.store.base import Store
+from tests.fakes.slack_api import FakeSlack, server_error
+from tests.router.test_store import T0, backend, open_backend  # noqa: F401
+from tests.router.test_store_dispatch import routed
+from tests.router.test_store_routing import message, row
+from tests.support import config_text
+
+CHANNEL = "C0SUPPORT1"
+KEY = f"slack:{CHANNEL}"
+
+
+@asynccontextmanager
+async def dispatcher(
+    store: Store, fake: FakeSlack, clock: FrozenClock, tmp_path: Path, name: str
+) -> AsyncIterator[Dispatcher]:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        config_text(
+            tmp_path / "unused.db",
+            extra=f"""
+[channels.slack]
+mode = "live"
+api_base = "{fake.base_url}"
+bot_token = "{fake.token}"
+escalation_channel = "{CHANNEL}"
+rate_per_second = 1000
+
+[dispatch]
+breaker_failures = 2
+breaker_open_seconds = 30
+backoff_base_seconds = 60
+timeout_seconds = 3
+""",
+        )
+    )
+    settings = load_settings(config)
+    by_channel = senders(settings)
+    distinct = list({id(s): s for s in by_channel.values()}.values())
+    for sender in distinct:
+        await sender.start()
+    try:
+        yield Dispatcher(store, settings, by_channel, clock, Metrics())
+    finally:
+        for sender in distinct:
+            await sender.close()
+
+
+async def post_rows(store: Store, first: int, count: int) -> None:
+    """`count` Slack posts, each in a conversation of its own (a lane each)."""
+    for n in range(first, first + count):
+        ev = message(n, f"sms:+1555{n:07}:+15559870000", at_ms=n)
+        post = row(
+            ev,
+            "post",
+            channel="slack",
+            to=CHANNEL,
+            kind="escalation",
+            contact_key=None,
+            payload={"text": "a customer asks for a person"},
+        )
+        await routed(store, ev, post)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def round_of(one: Dispatcher) -> None:
+    """One dispatch round, and the attempts it started, to their recorded end."""
+    before = sum(one.finished.values())
+    started = len(one._inflight)
+    await one.run_once()
+    expected = before + len(one._inflight) - started
+    await wait_until(lambda: sum(one.finished.values()) >= expected)
+
+
+async def test_an_outage_one_dispatcher_saw_holds_the_other_back_until_a_probe_closes_it(
+    backend: str, tmp_path: Path
+) -> None:
+    clock = FrozenClock(T0)
+    with FakeSlack(channels=[CHANNEL]) as fake:
+        async with (
+            open_backend(backend, tmp_path) as store_a,
+            open_backend(backend, tmp_path) as store_b,
+            dispatcher(store_a, fake, clock, tmp_path, "a") as a,
+            dispatcher(store_b, fake, clock, tmp_path, "b") as b,
+        ):
+            fake.fail_always(server_error(503), op="chat.postMessage")
+            await post_rows(store_a, 1, 2)
+            await round_of(a)  # both posts fail: A's breaker opens
+            assert a.breakers.state(KEY) == "open"
+            await a.run_once()  # its next round (woken by the change) tells the store
+            posted = fake.calls["chat.postMessage"]
+
+            await post_rows(store_a, 10, 2)  # new posts, due now
+            await round_of(b)  # B never failed, but it hears of A's outage
+            assert b.breakers.state(KEY) == "open"
+            assert fake.calls["chat.postMessage"] == posted  # and sends nothing
+
+            fake.clear_faults()
+            clock.advance(timedelta(seconds=31))
+            await round_of(b)  # B's probe goes through: closed, for A too
+            assert b.breakers.state(KEY) == "closed"
+            assert fake.calls["chat.postMessage"] > posted
+            await b.run_once()  # its next round tells the store
+            clock.advance(timedelta(seconds=2))
+            await a.run_once()
+            assert a.breakers.state(KEY) == "closed"
+            await asyncio.gather(*a._inflight.values())
