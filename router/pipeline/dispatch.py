@@ -219,9 +219,7 @@ class Dispatcher:
                 if claimed.row.id in keys:
                     key, hold = keys[claimed.row.id]
                     self.limiter.learn(key, start + hold)
-                self._inflight[claimed.row.id] = asyncio.create_task(
-                    self._attempt(claimed, start)
-                )
+                self._inflight[claimed.row.id] = asyncio.create_task(self._attempt(claimed, start))
         if chosen and (len(chosen) == free or len(due) >= limit):
             return 0.0  # more may be ready now; when nothing was, sleep (no busy-wait)
         waits = [self._config.poll_seconds]

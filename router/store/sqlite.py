@@ -867,9 +867,7 @@ class SQLiteStore:
 
     async def breakers(self) -> dict[str, BreakerNews]:
         rows = await self._read(self._sql["breakers"], {})
-        return {
-            key: BreakerNews(state=state, changed_at=_parse_ts(at)) for key, state, at in rows
-        }
+        return {key: BreakerNews(state=state, changed_at=_parse_ts(at)) for key, state, at in rows}
 
     async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
         if not news:

@@ -658,9 +658,7 @@ class PostgresStore:
             starts, booked = book_slots([wanted[place] for place in kept], nexts, now)
             if booked:
                 names = sorted(booked)
-                await conn.execute(
-                    self._sql["save_slots"], names, [booked[name] for name in names]
-                )
+                await conn.execute(self._sql["save_slots"], names, [booked[name] for name in names])
             claimed = [
                 ClaimedRow(
                     row=due[place].row,
