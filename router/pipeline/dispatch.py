@@ -127,6 +127,11 @@ class Dispatcher:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Rows this dispatcher holds leased now (sending, or waiting for a slot or a place)."""
+        return len(self._inflight)
+
     def wake(self) -> None:
         """Rows were committed: look for due ones now."""
         self._wake.set()

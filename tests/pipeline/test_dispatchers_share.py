@@ -91,9 +91,9 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
 async def round_of(one: Dispatcher) -> None:
     """One dispatch round, and the attempts it started, to their recorded end."""
     before = sum(one.finished.values())
-    started = len(one._inflight)
+    started = one.in_flight
     await one.run_once()
-    expected = before + len(one._inflight) - started
+    expected = before + one.in_flight - started
     await wait_until(lambda: sum(one.finished.values()) >= expected)
 
 
@@ -127,6 +127,5 @@ async def test_an_outage_one_dispatcher_saw_holds_the_other_back_until_a_probe_c
             assert fake.calls["chat.postMessage"] > posted
             await b.run_once()  # its next round tells the store
             clock.advance(timedelta(seconds=2))
-            await a.run_once()
+            await round_of(a)
             assert a.breakers.state(KEY) == "closed"
-            await asyncio.gather(*a._inflight.values())
