@@ -61,6 +61,7 @@ class _Output:
 
     level = _LEVELS["info"]
     stream: IO[bytes] | None = None
+    configured = False
 
     @classmethod
     def target(cls) -> IO[bytes]:
@@ -109,11 +110,20 @@ def configure_logging(level: str = "info", *, debug: bool = False, stream: Any =
     _DEBUG = debug
     _Output.level = _LEVELS[level.lower()]
     _Output.stream = stream
+    _Output.configured = True
     # watchfiles logs every change it sees at INFO, in the stdlib format litestar gives the
     # root logger: not JSON, and the rules reload logs the change itself.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     # apscheduler logs every job added, removed and run at INFO: one line per timer change.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def log_to_stderr_unless_configured() -> None:
+    """For commands whose stdout is their answer (`events list --json`): a store's warning
+    goes to stderr instead of into the JSON. A process that configured its logging (`serve`,
+    `worker`, a test running a server in-process) keeps what it chose."""
+    if not _Output.configured:
+        configure_logging("warning", stream=sys.stderr.buffer)
 
 
 def flush_logs() -> None:

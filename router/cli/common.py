@@ -17,6 +17,7 @@ import msgspec
 
 from router.config import ConfigError, Settings, load_settings
 from router.errors import StoreUnavailable, SwitchboardError
+from router.logs import log_to_stderr_unless_configured
 from router.store.base import Store
 from router.store.factory import store_from_settings
 
@@ -48,6 +49,7 @@ def settings_of(ctx: click.Context) -> Settings:
 def with_store(ctx: click.Context, work: Callable[[Store], Awaitable[T]]) -> T:
     """Open the configured store, run `work` on it, close it; store trouble is a Failure."""
     settings = settings_of(ctx)
+    log_to_stderr_unless_configured()
 
     async def run() -> T:
         try:

@@ -975,7 +975,12 @@ class SQLiteStore:
             try:
                 found.append(event_from_row(row))
             except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
-                log.warning("stored event cannot be read", stage="store", error=str(exc)[:200])
+                log.warning(
+                    "stored event cannot be read",
+                    stage="store",
+                    event_id=row[2],
+                    error=str(exc)[:200],
+                )
         return found
 
     async def get_event(self, event_id: str) -> Event | None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.support import LiveServer, free_port, run_cli
+from router.store.sqlite import SQLiteStore
+from tests.router.test_store import event, item
+from tests.support import ROOT, LiveServer, config_text, free_port, run_cli
 
 PROVIDERS = {
     "twilio": ("message.received", "sms"),
@@ -128,3 +134,37 @@ def test_python_dash_m_router_is_the_same_command() -> None:
     )
     assert done.returncode == 0
     assert "events" in done.stdout and "simulate" in done.stdout
+
+
+def test_json_output_stays_json_when_the_store_logs_a_warning(tmp_path: Path) -> None:
+    """A command's stdout is its answer: the store's warning about an event it cannot read
+    (left out of the listing) goes to stderr, in a real `switchboard` process."""
+    db = tmp_path / "var" / "switchboard.db"
+    config = tmp_path / "switchboard.toml"
+    config.write_text(config_text(db))
+
+    async def seed() -> list[str]:
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            stored = [event(f"J{n}") for n in range(2)]
+            for ev in stored:
+                await store.ingest(item(ev))
+            return [ev.id for ev in stored]
+        finally:
+            await store.close()
+
+    good, bad = asyncio.run(seed())
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE events SET body = ? WHERE id = ?", ('{"id": 1', bad))
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "--config", str(config), "events", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [e["id"] for e in json.loads(done.stdout)] == [good]
+    [warning] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert warning["level"] == "warning" and bad in json.dumps(warning)

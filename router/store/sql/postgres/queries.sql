@@ -53,7 +53,7 @@ FROM quarantine ORDER BY id DESC LIMIT $1;
 
 -- name: list_events
 -- $1 source, $2 type, $3 status, $4 since, $5 until, $6 before (id cursor), $7 limit.
-SELECT body, status FROM events
+SELECT body, status, id FROM events
 WHERE ($1::text IS NULL OR source = $1)
   AND ($2::text IS NULL OR type = $2)
   AND ($3::text IS NULL OR status = $3)

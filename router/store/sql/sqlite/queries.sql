@@ -38,7 +38,7 @@ SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correl
 FROM quarantine ORDER BY id DESC LIMIT :limit;
 
 -- name: list_events
-SELECT body, status FROM events
+SELECT body, status, id FROM events
 WHERE (:source IS NULL OR source = :source)
   AND (:type IS NULL OR type = :type)
   AND (:status IS NULL OR status = :status)
