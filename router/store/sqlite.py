@@ -207,10 +207,12 @@ class SQLiteStore:
             if version <= current:
                 continue
             try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nINSERT INTO schema_migrations VALUES "
-                    f"({version}, '{timestamp(datetime.now(UTC))}');\nCOMMIT;"
+                conn.executescript(f"BEGIN IMMEDIATE;\n{script}")  # left open: recorded below
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)",
+                    (version, timestamp(datetime.now(UTC))),
                 )
+                conn.execute("COMMIT")
             except sqlite3.OperationalError:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
