@@ -174,12 +174,9 @@ def _read_only(path: Path) -> Iterator[_Source]:
     try:
         try:
             conn.execute("BEGIN")
-            tables = {row[0] for row in conn.execute(_TABLES)}
+            conn.execute(_TABLES).fetchall()
         except sqlite3.DatabaseError as exc:
             raise CopyRefused(f"the source is not a SQLite database: {exc}") from exc
-        unknown = tables - set(COPIED) - set(LEFT_OUT)
-        if unknown:  # a table added by a migration this copy was not taught
-            raise CopyRefused(f"the source has tables this copy does not know: {sorted(unknown)}")
         yield _Source(conn)
     finally:
         conn.close()
@@ -191,6 +188,9 @@ async def _check_versions(reader: _Source, conn: asyncpg.Connection) -> None:
         [(found,)] = reader.rows(queries("sqlite")["schema_version"])
     except sqlite3.DatabaseError as exc:
         raise CopyRefused("the source is not a Switchboard database (no migrations)") from exc
+    unknown = {row[0] for row in reader.rows(_TABLES)} - set(COPIED) - set(LEFT_OUT)
+    if unknown:  # a table added by a migration this copy was not taught
+        raise CopyRefused(f"the source has tables this copy does not know: {sorted(unknown)}")
     wanted = await conn.fetchval(queries("postgres")["schema_version"])
     if found != wanted:
         raise CopyRefused(
