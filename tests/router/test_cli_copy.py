@@ -468,3 +468,15 @@ async def forget_some(url: str) -> dict[str, int]:
         return gone
     finally:
         await conn.close()
+
+
+@pytest.mark.postgres
+def test_copy_refuses_a_source_with_a_table_it_was_not_taught(
+    tmp_path: Path, destination: str
+) -> None:
+    path = make_empty_source(tmp_path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE extra (x)")
+    result = copy(tmp_path, "--from", source_url(tmp_path), "--to", destination)
+    assert result.exit_code == 1
+    assert "the source has tables this copy does not know: ['extra']" in result.stderr
