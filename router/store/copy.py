@@ -53,6 +53,13 @@ LEFT_OUT: dict[str, str] = {
     "store_probe": "a readiness scratch row",
     "schema_migrations": "the destination records its own migrations",
 }
+#: Columns that tell a row of an identity table from another one with the same `seq`.
+SAME_ROW: dict[str, tuple[str, ...]] = {
+    "consent_ledger": ("contact_key", "event_id", "at"),
+    "runs": ("event_id", "at"),
+    "outbox": ("id",),
+    "outbox_attempts": ("outbox_id", "at"),
+}
 #: Rows per page (one destination transaction each).
 PAGE_ROWS = 1000
 #: Blob bytes per destination transaction.
@@ -215,7 +222,10 @@ async def _copy_table(
     counts = Counts()
     for page in _pages(reader, table, columns, key, page_rows):
         values = [[fn(row[i]) for row in page] for i, fn in enumerate(convert)]
-        written = len(await conn.fetch(insert, *values))
+        made = [row[0] for row in await conn.fetch(insert, *values)]
+        if identity and len(made) < len(page):
+            await _check_same_rows(conn, table, identity, columns, values, set(made))
+        written = len(made)
         counts.read += len(page)
         counts.written += written
         counts.skipped += len(page) - written
@@ -242,6 +252,36 @@ async def _columns(
     return source, types, identity
 
 
+async def _check_same_rows(
+    conn: asyncpg.Connection,
+    table: str,
+    identity: str,
+    columns: list[str],
+    values: list[list[Any]],
+    made: set[Any],
+) -> None:
+    """Rows skipped for their `seq` must be the source's own (an earlier copy), not rows the
+    destination made itself: a database already in use would otherwise lose source rows."""
+    natural = SAME_ROW.get(table, ())
+    places = [columns.index(c) for c in natural]
+    skipped = {
+        seq: tuple(values[p][i] for p in places)
+        for i, seq in enumerate(values[columns.index(identity)])
+        if seq not in made
+    }
+    listed = ", ".join(_name(c) for c in (identity, *natural))
+    there = await conn.fetch(
+        f"SELECT {listed} FROM {_name(table)} WHERE {_name(identity)} = ANY($1::bigint[])",  # noqa: S608
+        list(skipped),
+    )
+    for row in there:
+        if tuple(row[1:]) != skipped[row[0]]:
+            raise CopyRefused(
+                f"the destination's {table} row {identity} {row[0]} is not the source's: "
+                "copy into a fresh database (or one only this source was copied into)"
+            )
+
+
 def _pages(
     reader: _Source, table: str, columns: list[str], key: tuple[str, ...], page_rows: int
 ) -> Iterator[list[Any]]:
@@ -263,9 +303,10 @@ def _insert_sql(table: str, columns: list[str], types: dict[str, str], identity:
     listed = ", ".join(_name(c) for c in columns)
     arrays = ", ".join(f"${n}::{types[c]}[]" for n, c in enumerate(columns, start=1))
     overriding = " OVERRIDING SYSTEM VALUE" if identity else ""
+    made = _name(identity or columns[0])
     return (
         f"INSERT INTO {_name(table)} ({listed}){overriding} "  # noqa: S608 (identifiers)
-        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING 1"
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING RETURNING {made}"
     )
 
 

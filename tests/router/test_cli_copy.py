@@ -480,3 +480,23 @@ def test_copy_refuses_a_source_with_a_table_it_was_not_taught(
     result = copy(tmp_path, "--from", source_url(tmp_path), "--to", destination)
     assert result.exit_code == 1
     assert "the source has tables this copy does not know: ['extra']" in result.stderr
+
+
+@pytest.mark.postgres
+def test_copy_refuses_a_destination_already_in_use(tmp_path: Path, destination: str) -> None:
+    """Runs made on PostgreSQL itself hold the `seq` numbers the source's runs have: skipping
+    them as 'already copied' would lose the source's, so the copy stops and says so."""
+    make_source(tmp_path)
+
+    async def use_it() -> None:
+        store = PostgresStore(destination)
+        await store.open()
+        try:
+            await routed(store, message(500, None))
+        finally:
+            await store.close()
+
+    run_blocking(use_it)
+    result = copy(tmp_path, "--from", source_url(tmp_path), "--to", destination)
+    assert result.exit_code == 1
+    assert "the destination's runs row seq 1 is not the source's" in result.stderr
