@@ -84,4 +84,7 @@ def _print_report(report: CopyReport) -> None:
         table.add_row(name, str(counts.read), str(counts.written), str(counts.skipped))
     out = console()
     out.print(table)
-    out.print(f"Copied {report.blobs} new blob(s). Safe to run again: copied rows are skipped.")
+    out.print(
+        f"Copied {report.blobs} new blob(s). Safe to run again: copied rows are skipped.",
+        highlight=False,
+    )

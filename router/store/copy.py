@@ -166,7 +166,10 @@ class _Source:
         self.conn = conn
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return self.conn.execute(sql, params).fetchall()
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CopyRefused(f"the source cannot be read: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -192,7 +195,7 @@ def _read_only(path: Path) -> Iterator[_Source]:
 async def _check_versions(reader: _Source, conn: asyncpg.Connection) -> None:
     """The source must be a Switchboard store at exactly the destination's schema version."""
     try:
-        [(found,)] = reader.rows(queries("sqlite")["schema_version"])
+        [(found,)] = reader.conn.execute(queries("sqlite")["schema_version"]).fetchall()
     except sqlite3.DatabaseError as exc:
         raise CopyRefused("the source is not a Switchboard database (no migrations)") from exc
     unknown = {row[0] for row in reader.rows(_TABLES)} - set(COPIED) - set(LEFT_OUT)
@@ -200,9 +203,13 @@ async def _check_versions(reader: _Source, conn: asyncpg.Connection) -> None:
         raise CopyRefused(f"the source has tables this copy does not know: {sorted(unknown)}")
     wanted = await conn.fetchval(queries("postgres")["schema_version"])
     if found != wanted:
-        raise CopyRefused(
-            f"the source's schema is version {found} and the destination's {wanted}: "
+        fix = (
             "run `switchboard migrate` on the source with this version first"
+            if found < wanted
+            else "copy with the Switchboard version that wrote the source"
+        )
+        raise CopyRefused(
+            f"the source's schema is version {found} and the destination's {wanted}: {fix}"
         )
 
 
