@@ -141,21 +141,30 @@ async def copy_store(
     store at `destination` (migrated first). Raises CopyRefused or StoreUnavailable."""
     path = check_urls(source, destination)
     heard = listener or _Silent()
-    target = PostgresStore(destination, pool_min_size=1, pool_max_size=1)
-    await target.open()  # applies the destination's migrations
-    await target.close()
-    with _read_only(path) as reader, wrap_exceptions():
-        conn = await asyncpg.connect(destination, timeout=10)
+    with _read_only(path) as reader:
+        target = PostgresStore(destination, pool_min_size=1, pool_max_size=1)
+        await target.open()  # applies the destination's migrations
+        await target.close()
+        with wrap_exceptions():
+            conn = await asyncpg.connect(destination, timeout=10)
         try:
-            await _check_versions(reader, conn)
-            report = CopyReport(tables={})
-            for table, key in COPIED.items():
-                report.tables[table] = await _copy_table(reader, conn, table, key, heard, page_rows)
-            blobs = await _copy_blobs(path.parent / "blobs", conn, heard)
+            with wrap_exceptions():
+                report = await _copy_all(reader, conn, heard, page_rows)
+                blobs = await _copy_blobs(path.parent / "blobs", conn, heard)
         finally:
             await conn.close()
     report.tables["blobs"] = blobs
     report.blobs = blobs.written
+    return report
+
+
+async def _copy_all(
+    reader: _Source, conn: asyncpg.Connection, heard: Listener, page_rows: int
+) -> CopyReport:
+    await _check_versions(reader, conn)
+    report = CopyReport(tables={})
+    for table, key in COPIED.items():
+        report.tables[table] = await _copy_table(reader, conn, table, key, heard, page_rows)
     return report
 
 
