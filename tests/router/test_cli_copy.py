@@ -9,6 +9,7 @@ The tests are synchronous: the command runs its own event loop, as it does for a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -128,7 +129,9 @@ async def route_conversation(store: Store) -> None:
     )
     contact = ContactRecord(address="+15551230001", consent="opted_out", opted_out_at=T0)
     stop = LedgerRecord(at=T0, event_id=first.id, channel="sms", change="opted_out", reason="STOP")
-    timer = TimerRecord(conversation_key=CONVERSATION, timer="remind", due_at=T0 + LEASE_DELTA)
+    timer = TimerRecord(
+        conversation_key=CONVERSATION, timer="remind", due_at=T0 + timedelta(minutes=10)
+    )
     await routed(
         store,
         first,
@@ -150,9 +153,6 @@ async def route_conversation(store: Store) -> None:
         at=T0, event_id=start.id, channel="sms", change="subscribed", reason="START"
     )
     await routed(store, start, contacts=[(ContactRecord(address="+15551230001"), again)])
-
-
-LEASE_DELTA = timedelta(minutes=10)
 
 
 async def dispatch(store: Store) -> None:
@@ -223,8 +223,6 @@ async def snapshot(store: Store) -> dict[str, Any]:
 
 
 def _sha(content: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(content).hexdigest()
 
 
@@ -349,27 +347,13 @@ async def check_going_on(store: PostgresStore) -> None:
     assert (await store.get_event(reply.id)).status is EventStatus.PROCESSED  # type: ignore[union-attr]
 
 
-def test_copy_names_every_table_of_the_schema() -> None:
+def test_copy_names_every_table_of_the_schema(tmp_path: Path) -> None:
     """A migration that adds a table must teach `copy` whether to move it."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "s.db"
-
-        async def open_close() -> None:
-            store = SQLiteStore(path)
-            await store.open()
-            await store.close()
-
-        run_blocking(open_close)
-        with sqlite3.connect(path) as conn:
-            tables = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite_%'"
-                )
-            }
+    with sqlite3.connect(make_empty_source(tmp_path)) as conn:
+        found = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        tables = {row[0] for row in found}
     assert tables == set(COPIED) | set(LEFT_OUT)
 
 
