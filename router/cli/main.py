@@ -14,6 +14,7 @@ import click
 import msgspec
 
 from router.cli.common import Failure, print_json, settings_of, with_store
+from router.cli.copy import copy_command
 from router.cli.routing import contacts, conversations, outbox, print_event_detail
 from router.cli.routing_commands import dlq, replay_command, worker
 from router.cli.rules import require_rules, rules
@@ -278,6 +279,7 @@ cli.add_command(contacts)
 cli.add_command(worker)
 cli.add_command(replay_command)
 cli.add_command(dlq)
+cli.add_command(copy_command)
 
 
 def main() -> None:
