@@ -46,6 +46,7 @@ COPIED: dict[str, tuple[str, ...]] = {
     "receipts": ("provider_message_id", "status"),
     "timers": ("conversation_key", "timer"),
     "rate_slots": ("key",),
+    "breakers": ("key",),
 }
 #: Not copied, and why (README and `copy --help` say the same).
 LEFT_OUT: dict[str, str] = {

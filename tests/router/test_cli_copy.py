@@ -25,8 +25,10 @@ from router.events import Contact, EventStatus
 from router.store.base import EventFilter, IngestItem, QuarantinedRequest, Store
 from router.store.copy import COPIED, LEFT_OUT, copy_store
 from router.store.postgres import PostgresStore
+from router.store.queries import migrations
 from router.store.records import (
     AttemptOutcome,
+    BreakerNews,
     ContactRecord,
     ConversationRecord,
     LaneCommit,
@@ -112,7 +114,8 @@ async def populate(store: SQLiteStore) -> None:
             correlation_id="c-q1",
         )
     )
-    await store.save_rate_slots({"sms:+15559870000": T0 + timedelta(seconds=1)})
+    await store.delay_slot("sms:+15559870000", T0 + timedelta(seconds=1))
+    await store.save_breakers({"slack:C1": BreakerNews(state="open", changed_at=T0)})
     await put(store, message(99, "sms:+1555000:+2", at_ms=99))
     await store.claim("w1", T0, LEASE, 10, 10)  # a lease the copy leaves behind
 
@@ -215,6 +218,7 @@ async def snapshot(store: Store) -> dict[str, Any]:
         "quarantine": await store.list_quarantine(),
         "timers": await store.timers(),
         "rate_slots": await store.rate_slots(),
+        "breakers": await store.breakers(),
         "nonce": await store.nonce_first_body("mailgun", "tok"),
         "thread": await store.escalation_thread(CONVERSATION),
         "counts": await store.outbox_counts(),
@@ -389,11 +393,13 @@ def test_an_unreachable_destination_fails_without_its_password(tmp_path: Path) -
 @pytest.mark.postgres
 def test_copy_refuses_a_source_at_another_schema_version(tmp_path: Path, destination: str) -> None:
     path = make_empty_source(tmp_path)
+    latest = migrations("sqlite")[-1][0]
     with sqlite3.connect(path) as conn:
-        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+        conn.execute("DELETE FROM schema_migrations WHERE version = ?", (latest,))
     result = copy(tmp_path, "--from", source_url(tmp_path), "--to", destination)
     assert result.exit_code == 1
-    assert "the source's schema is version 3 and the destination's 4" in result.stderr
+    expected = f"the source's schema is version {latest - 1} and the destination's {latest}"
+    assert expected in result.stderr
 
 
 @pytest.mark.postgres
