@@ -55,15 +55,17 @@ from tests.support import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+#: The fleet's run (in the first test to use it) takes ~40-60 s here, more on a busy machine.
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 CONVERSATIONS, PER_CONVERSATION = 200, 10
 SERVERS = 3
 #: The numbers customers write to. A reply leaves from the number written to, and the rate
 #: limit is per sender number: 50 conversations and 500 replies each.
 OURS = ("+15559870001", "+15559870002", "+15559870003", "+15559870004")
-#: Per sender number. 500 replies take 20 s at this rate: well below what three dispatchers
-#: send when each keeps the rate on its own (3x), so the check has something to catch.
+#: Per sender number: 500 replies take 50 s at this rate, so replies queue up behind it while
+#: the webhooks arrive (~100 a second here); three dispatchers that each kept the rate on their
+#: own would send up to 3x as fast, and did (see the rate test).
 RATE = 10.0
 #: The rate check counts acceptances in every window of this many seconds; the fake stamps
 #: them on arrival, so network and scheduling jitter can bunch a few: allowed, with a margin.
@@ -114,8 +116,9 @@ def options(root: Path, fake: FakeTwilio, url: str) -> dict[str, str]:
     rules = root / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "echo.yaml").write_text(RULES)
-    # Short leases, so what a killed process held is taken over within seconds; no `from`: a
-    # reply leaves from the number its customer wrote to.
+    # Short leases, so what a killed process held is taken over within seconds (a dispatcher's
+    # lease also covers the wait for a rate slot booked up to 1 s ahead); no `from`: a reply
+    # leaves from the number its customer wrote to.
     extra = f"""
 [rules]
 path = "{rules}"
@@ -131,7 +134,7 @@ rate_per_second = {RATE}
 lease_seconds = 2
 
 [dispatch]
-lease_seconds = 2
+lease_seconds = 3
 concurrency = 64
 backoff_base_seconds = 0.05
 backoff_cap_seconds = 0.5
@@ -254,7 +257,8 @@ def read(url: str, sql: str) -> list[asyncpg.Record]:
         settings = {"default_transaction_read_only": "on"}
         conn = await asyncpg.connect(url, timeout=5, server_settings=settings)
         try:
-            return await conn.fetch(sql)
+            rows: list[asyncpg.Record] = await conn.fetch(sql)
+            return rows
         finally:
             await conn.close()
 
@@ -288,6 +292,12 @@ def wait_or_tell(
         wait_for(condition, timeout=timeout, interval=0.05)
     except AssertionError:
         where = f"{dict(progress(url))}, {fake.accepted_count()} accepted by the fake"
+        stuck = read(
+            url,
+            "SELECT id, status, attempts, next_attempt_at, lease_until, last_error FROM outbox"
+            " WHERE status NOT IN ('sent', 'delivered') ORDER BY seq LIMIT 5",
+        )
+        where += f"; e.g. {[tuple(r) for r in stuck]}"
         raise AssertionError(f"{what}: not within {timeout}s; {where}") from None
 
 
@@ -448,6 +458,12 @@ def most_in_window(times: list[float], window: float) -> int:
     return most
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="rate limits are per process today (RateLimiter in memory, rate_slots only read at "
+    "start): three dispatchers send up to 3x rate_per_second per sender number. Issue 10 asks "
+    "for a fleet-wide limit; remove this mark when it lands",
+)
 def test_the_fleet_keeps_rate_per_second_per_sender_number(fleet: FleetRun) -> None:
     """Spacing, not bursts (router/pipeline/limits.py): any WINDOW_S holds at most
     RATE x WINDOW_S sends (+ 1 at its edge), plus jitter; the whole run keeps the mean."""
