@@ -19,7 +19,8 @@ to any server, as a provider retries. Once everything has settled:
    acknowledged in;
 4. per sender number, the fleet's sends stay within `rate_per_second`.
 
-The fleet runs once per module (`fleet`); the rate check is a test of its own.
+The fleet runs once per module (`fleet`). The rate check is a test of its own, marked
+xfail(strict) while each process keeps the rate alone (so the fleet sends up to 3x it).
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class FleetPoster:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._clients: list[httpx.Client] = []
+        #: Set when the test gives up: every thread stops at its next post.
+        self.stop = threading.Event()
         #: (customer, n), in the order acknowledged.
         self.acked: list[tuple[int, int]] = []
         self.reposts = 0
@@ -182,7 +185,7 @@ class FleetPoster:
 
     def _deliver(self, c: int, n: int, rng: random.Random, deadline: float) -> None:
         request = inbound(c, n)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop.is_set():
             try:
                 answer = self._client(rng.choice(self.urls)).post(
                     request.path, content=request.body, headers=request.headers
@@ -346,12 +349,16 @@ def run_fleet(root: Path, url: str) -> FleetRun:
                 fleet.start(slot)
             poster = FleetPoster(fleet.ports)
             started = time.monotonic()
-            posting = ThreadPoolExecutor(1).submit(poster.run, range(CONVERSATIONS), 60)
-            for slot, due in _kill_plan(poster, fake):
-                wait_or_tell(due, f"kill {fleet.kills + 1}", url, fake, timeout=60)
-                assert fake.accepted_count() < total, "the kill came after the work"
-                fleet.kill_and_restart(slot)
-            posting.result(timeout=60)
+            with ThreadPoolExecutor(1) as background:
+                posting = background.submit(poster.run, range(CONVERSATIONS), 60)
+                try:
+                    for slot, due in _kill_plan(poster, fake):
+                        wait_or_tell(due, f"kill {fleet.kills + 1}", url, fake, timeout=60)
+                        assert fake.accepted_count() < total, "the kill came after the work"
+                        fleet.kill_and_restart(slot)
+                    posting.result(timeout=60)
+                finally:
+                    poster.stop.set()
             posted = time.monotonic() - started
             wait_or_tell(lambda: settled(url), "settled", url, fake, timeout=90)
             settled_s = time.monotonic() - started
