@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -57,6 +58,19 @@ class PostgresServer:
             self.skipped += 1
             pytest.skip(reason)
         return self.url
+
+    @contextmanager
+    def own_database(self) -> Iterator[str]:
+        """A database of its own on the same server, for a test that wants one no other test
+        touches (several server processes, say); dropped on exit, connections and all. Skips or
+        fails as `database_url` does."""
+        self.database_url()
+        name = f"switchboard_test_{secrets.token_hex(6)}"
+        run_blocking(lambda: self._admin(f'CREATE DATABASE "{name}"'))
+        try:
+            yield with_database(self.base_url, name)
+        finally:
+            run_blocking(lambda: self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
     def drop(self) -> None:
         if self.url is not None:

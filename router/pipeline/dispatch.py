@@ -184,7 +184,9 @@ class Dispatcher:
         chosen: list[DueRow] = []
         slots: list[SlotRequest | None] = []
         keys: dict[str, tuple[str, timedelta]] = {}  # row id -> destination, slot held
-        horizon = now + _BOOK_AHEAD
+        # A slot booked ahead is waited for under the row's lease: at most a third of it, so
+        # the send starts well before the lease ends (see `_too_late`).
+        horizon = now + min(_BOOK_AHEAD, timedelta(seconds=self._config.lease_seconds / 3))
         soonest: datetime | None = None
         for head in due:
             if len(chosen) >= free:
@@ -219,12 +221,15 @@ class Dispatcher:
             for row_id, (key, _) in keys.items():
                 if row_id not in taken:
                     self.breakers.release(key)  # not sent this round: no probe spent
+            lease_end = now + timedelta(seconds=self._config.lease_seconds)
             for claimed in claims.claimed:
                 start = claimed.start or now
                 if claimed.row.id in keys:
                     key, hold = keys[claimed.row.id]
                     self.limiter.learn(key, start + hold)
-                self._inflight[claimed.row.id] = asyncio.create_task(self._attempt(claimed, start))
+                self._inflight[claimed.row.id] = asyncio.create_task(
+                    self._attempt(claimed, start, lease_end)
+                )
         if chosen and (len(chosen) == free or len(due) >= limit):
             return 0.0  # more may be ready now; when nothing was, sleep (no busy-wait)
         waits = [self._config.poll_seconds]
@@ -248,7 +253,7 @@ class Dispatcher:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    async def _attempt(self, claimed: ClaimedRow, start: datetime) -> None:
+    async def _attempt(self, claimed: ClaimedRow, start: datetime, lease_end: datetime) -> None:
         row = claimed.row
         try:
             wait = (start - self._clock.now()).total_seconds()
@@ -258,7 +263,7 @@ class Dispatcher:
                 self._sending += 1
                 try:
                     started = time.perf_counter()
-                    result = await self._perform(claimed)
+                    result = await self._perform(claimed, lease_end)
                 finally:
                     self._sending -= 1  # the provider has answered: the place is free again
             result = _with_duration(result, started)
@@ -272,7 +277,7 @@ class Dispatcher:
             self._inflight.pop(row.id, None)
             self.wake()  # the lane's next row may go now
 
-    async def _perform(self, claimed: ClaimedRow) -> AttemptResult:
+    async def _perform(self, claimed: ClaimedRow, lease_end: datetime) -> AttemptResult:
         row = claimed.row
         now = self._clock.now()
         sender = self._senders.get(row.channel)
@@ -295,6 +300,8 @@ class Dispatcher:
             checked = await self._check(claimed, sender, message, key)
             if checked is not None:
                 return checked
+        if self._clock.now() >= lease_end - timedelta(seconds=self._config.lease_seconds / 3):
+            return self._too_late(claimed)
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
                 sent = await sender.send(message)
@@ -363,6 +370,19 @@ class Dispatcher:
             log.info("in doubt, found sent", stage="dispatch", outbox_id=claimed.row.id)
             return self._sent(claimed, found)
         return None
+
+    def _too_late(self, claimed: ClaimedRow) -> AttemptResult:
+        """Not sent: the row's lease is (nearly) over after waiting for its rate slot, a place,
+        the store. Once it ends another dispatcher may take the row, look for the message,
+        find none and send it: sent now, the request could land after that look and go twice.
+        The last third of a lease is for the request to land, not to start. Back to pending
+        at once, using no attempt (fenced, harmlessly, if another dispatcher has it already)."""
+        log.warning("lease running out, not sent", stage="dispatch", outbox_id=claimed.row.id)
+        return msgspec.structs.replace(
+            self._result(claimed, AttemptOutcome.RETRY, "lease ran out before the send"),
+            next_attempt_at=self._clock.now(),
+            throttled=True,
+        )
 
     def _sent(self, claimed: ClaimedRow, sent: Sent) -> AttemptResult:
         return AttemptResult(

@@ -534,6 +534,27 @@ def test_no_more_sends_at_once_than_dispatch_concurrency_with_slots_booked_ahead
         assert sb.twilio.peak_in_flight == 2  # both places were used: the test can fail
 
 
+def test_a_send_that_could_only_start_late_in_its_lease_is_not_made_then(tmp_path: Path) -> None:
+    """Once a row's lease ends another dispatcher may take it, look for the message, find none
+    and send it: a send that would start in the last third of its lease is not made; the row
+    goes back to pending, using no attempt, and is sent once afterwards."""
+    first, second = "+15553000101", "+15553000102"
+    dispatch = FAST.replace("timeout_seconds = 3", "timeout_seconds = 5")
+    dispatch += "concurrency = 1\nlease_seconds = 3\n"
+    with switchboard(tmp_path, dispatch=dispatch) as sb:
+        sb.twilio.slow = 2.2  # the one place is held past the lease's first two thirds
+        sb.sms(first, "ping", "SMlate1")
+        sb.sms(second, "ping", "SMlate2")
+        wait_for(lambda: sb.twilio.accepted_count() == 2, timeout=20)
+        for customer in (first, second):
+            [reply] = [r for r in sb.outbox("--to", customer) if r["kind"] == "reply"]
+            row = sb.wait_row(id=reply["id"], status="sent")
+            assert row["attempts"] == 1  # the send not made used no attempt
+        assert sorted(m.to for m in sb.twilio.accepted) == [first, second]  # once each
+        lines = [json.loads(line) for line in sb.log_path.read_bytes().splitlines()]
+        assert any(line["event"] == "lease running out, not sent" for line in lines)
+
+
 # -- consent, checked again just before each send ----------------------------------------------
 
 #: One send a second from our number: a row can be seen waiting for its slot.

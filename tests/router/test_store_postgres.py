@@ -20,7 +20,15 @@ from router.errors import StoreCorrupt, StoreUnavailable
 from router.store.base import EventFilter, IngestOutcome
 from router.store.factory import store_from_settings
 from router.store.postgres import PostgresStore, redact_url
-from router.store.records import ClaimedLane, LaneCommit, OutboxFilter, OutboxStatus
+from router.store.queries import migrations
+from router.store.records import (
+    AttemptOutcome,
+    AttemptResult,
+    ClaimedLane,
+    LaneCommit,
+    OutboxFilter,
+    OutboxStatus,
+)
 from tests.postgres import clean_schema, drop_schema
 from tests.router.test_store import T0, event, item
 from tests.router.test_store_routing import done, message, put, row
@@ -51,13 +59,14 @@ async def test_processes_starting_together_migrate_once(postgres_url: str) -> No
     await asyncio.gather(*(store.open() for store in stores))
     try:
         applied = sorted(v for store in stores for v in store.migrations_applied)
-        assert applied == [1, 2, 3, 4]  # each version by exactly one of them
+        known = [version for version, _ in migrations("postgres")]
+        assert applied == known  # each version by exactly one of them
         conn = await asyncpg.connect(postgres_url)
         try:
             rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
         finally:
             await conn.close()
-        assert [r[0] for r in rows] == [1, 2, 3, 4]
+        assert [r[0] for r in rows] == known
     finally:
         await asyncio.gather(*(store.close() for store in stores))
 
@@ -126,8 +135,6 @@ async def test_two_dispatchers_never_claim_the_same_row(url: str) -> None:
 
 
 async def _sent(store: PostgresStore, claimed: list[Any]) -> None:
-    from router.store.records import AttemptOutcome, AttemptResult
-
     results = [
         AttemptResult(
             id=c.row.id,
@@ -159,6 +166,36 @@ async def test_a_stale_holder_in_another_process_is_refused_after_takeover(url: 
         assert len(await stale_process.runs(first_event.id)) == 1
         [made] = await stale_process.list_outbox(OutboxFilter())
         assert made.status is OutboxStatus.PENDING
+
+
+async def test_a_stale_dispatcher_in_another_process_is_refused_after_takeover(url: str) -> None:
+    ev = message(1, "sms:+1:+2")
+    async with opened(url) as stale_process, opened(url) as fresh_process:
+        await put(stale_process, ev)
+        await _finish(stale_process, await stale_process.claim("p1", T0, LEASE, 10, 10))
+        due = await stale_process.due_rows(T0, 10)
+        [stale] = (await stale_process.claim_rows(due, "d1", T0, LEASE)).claimed
+        later = T0 + timedelta(seconds=LEASE + 1)
+        [taken] = await fresh_process.due_rows(later, 10)
+        assert taken.in_doubt  # the stale attempt may have sent: whoever takes it looks first
+        [fresh] = (await fresh_process.claim_rows([taken], "d2", later, LEASE)).claimed
+        assert fresh.in_doubt and fresh.token != stale.token
+
+        def sent(claimed: Any, sid: str) -> AttemptResult:
+            return AttemptResult(
+                id=claimed.row.id,
+                token=claimed.token,
+                outcome=AttemptOutcome.SENT,
+                at=later,
+                duration_ms=1.0,
+                provider_message_id=sid,
+            )
+
+        assert await stale_process.finish_attempts([sent(stale, "SMstale")]) == [False]
+        assert await fresh_process.finish_attempts([sent(fresh, "SMfresh")]) == [True]
+        [made] = await stale_process.list_outbox(OutboxFilter())
+        assert (made.status, made.provider_message_id) == (OutboxStatus.SENT, "SMfresh")
+        assert [a.outcome for a in await stale_process.attempts(made.id)] == ["sent"]
 
 
 async def test_a_lease_row_locked_by_another_claim_is_skipped_not_waited_for(url: str) -> None:
