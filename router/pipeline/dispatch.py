@@ -110,6 +110,9 @@ class Dispatcher:
         self._sending = 0
         self._places = asyncio.Semaphore(self._config.concurrency)
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        #: Row id -> its lease token and when the lease ends (renewed while it is held).
+        self._held: dict[str, tuple[str, datetime]] = {}
+        self._renewing: asyncio.Task[None] | None = None
         #: Destinations whose breaker opened or closed here since the last sync.
         self._breaker_news: set[str] = set()
         self._breakers_read = datetime.min.replace(tzinfo=UTC)
@@ -140,6 +143,7 @@ class Dispatcher:
         for sender in {id(s): s for s in self._senders.values()}.values():
             await sender.start()
         self._task = asyncio.create_task(self._run(), name="dispatcher")
+        self._renewing = asyncio.create_task(self._renew_forever(), name="dispatch-leases")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -149,6 +153,11 @@ class Dispatcher:
             self._task = None
         if self._inflight:  # let sends under way record their outcome
             await asyncio.wait(list(self._inflight.values()), timeout=self._config.timeout_seconds)
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+            self._renewing = None
         for sender in {id(s): s for s in self._senders.values()}.values():
             with contextlib.suppress(Exception):
                 await sender.close()
@@ -223,13 +232,12 @@ class Dispatcher:
                     self.breakers.release(key)  # not sent this round: no probe spent
             lease_end = now + timedelta(seconds=self._config.lease_seconds)
             for claimed in claims.claimed:
+                self._held[claimed.row.id] = (claimed.token, lease_end)
                 start = claimed.start or now
                 if claimed.row.id in keys:
                     key, hold = keys[claimed.row.id]
                     self.limiter.learn(key, start + hold)
-                self._inflight[claimed.row.id] = asyncio.create_task(
-                    self._attempt(claimed, start, lease_end)
-                )
+                self._inflight[claimed.row.id] = asyncio.create_task(self._attempt(claimed, start))
         if chosen and (len(chosen) == free or len(due) >= limit):
             return 0.0  # more may be ready now; when nothing was, sleep (no busy-wait)
         waits = [self._config.poll_seconds]
@@ -253,7 +261,7 @@ class Dispatcher:
 
     # -- one attempt ---------------------------------------------------------------------
 
-    async def _attempt(self, claimed: ClaimedRow, start: datetime, lease_end: datetime) -> None:
+    async def _attempt(self, claimed: ClaimedRow, start: datetime) -> None:
         row = claimed.row
         try:
             wait = (start - self._clock.now()).total_seconds()
@@ -263,7 +271,7 @@ class Dispatcher:
                 self._sending += 1
                 try:
                     started = time.perf_counter()
-                    result = await self._perform(claimed, lease_end)
+                    result = await self._perform(claimed)
                 finally:
                     self._sending -= 1  # the provider has answered: the place is free again
             result = _with_duration(result, started)
@@ -275,9 +283,10 @@ class Dispatcher:
             log.error("attempt failed", stage="dispatch", outbox_id=row.id, error=repr(exc)[:500])
         finally:
             self._inflight.pop(row.id, None)
+            self._held.pop(row.id, None)
             self.wake()  # the lane's next row may go now
 
-    async def _perform(self, claimed: ClaimedRow, lease_end: datetime) -> AttemptResult:
+    async def _perform(self, claimed: ClaimedRow) -> AttemptResult:
         row = claimed.row
         now = self._clock.now()
         sender = self._senders.get(row.channel)
@@ -300,6 +309,7 @@ class Dispatcher:
             checked = await self._check(claimed, sender, message, key)
             if checked is not None:
                 return checked
+        lease_end = self._held.get(row.id, (claimed.token, now))[1]
         if self._clock.now() >= lease_end - timedelta(seconds=self._config.lease_seconds / 3):
             return self._too_late(claimed)
         try:
@@ -505,6 +515,26 @@ class Dispatcher:
         if new != "half_open":
             self._breaker_news.add(key)  # the other dispatchers hear of it at the next round
             self.wake()
+
+    async def _renew_forever(self) -> None:
+        """Every third of a lease, extend the leases of the rows this dispatcher holds: a row
+        waiting for its slot or place, or a send slower than the lease, stays its own (another
+        dispatcher would take an expired one as in doubt, and could send it too)."""
+        every = self._config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            if not self._held:
+                continue
+            until = self._clock.now() + timedelta(seconds=self._config.lease_seconds)
+            held = [(row_id, token) for row_id, (token, _) in self._held.items()]
+            try:
+                renewed = await self._store.renew_rows(held, until)
+            except StoreUnavailable as exc:  # the sends check their lease before they start
+                log.warning("leases not renewed", stage="dispatch", error=str(exc))
+                continue
+            for row_id, token in held:
+                if row_id in renewed and row_id in self._held:
+                    self._held[row_id] = (token, until)
 
     async def _sync_breakers(self, now: datetime) -> None:
         """Tell the store of breakers that opened or closed here, and take what the other

@@ -201,6 +201,11 @@ class Store(Protocol):
         left, and its key reported busy until then. Booked slots only move later."""
         ...
 
+    async def renew_rows(self, held: list[tuple[str, str]], until: datetime) -> set[str]:
+        """Extend the leases of rows still `sending` under these `(id, token)` pairs to `until`
+        (a dispatcher's heartbeat while it waits or sends); the ids renewed."""
+        ...
+
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         """`finish_attempt` for many, in one transaction (one fsync for a burst of sends)."""
         ...

@@ -697,6 +697,21 @@ class SQLiteStore:
 
         return await self._transact(run)
 
+    async def renew_rows(self, held: list[tuple[str, str]], until: datetime) -> set[str]:
+        if not held:
+            return set()
+        at = timestamp(until)
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            sql = self._sql["renew_row"]
+            return {
+                row_id
+                for row_id, token in held
+                if conn.execute(sql, {"id": row_id, "token": token, "until": at}).rowcount
+            }
+
+        return await self._transact(run)
+
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         return await self._transact(
             lambda conn: [self._finish_one(conn, result) for result in results]

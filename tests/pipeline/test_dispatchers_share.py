@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +31,12 @@ KEY = f"slack:{CHANNEL}"
 
 @asynccontextmanager
 async def dispatcher(
-    store: Store, fake: FakeSlack, clock: FrozenClock, tmp_path: Path, name: str
+    store: Store,
+    fake: FakeSlack,
+    clock: FrozenClock,
+    tmp_path: Path,
+    name: str,
+    dispatch: str = "",
 ) -> AsyncIterator[Dispatcher]:
     config = tmp_path / f"{name}.toml"
     config.write_text(
@@ -49,7 +54,7 @@ rate_per_second = 1000
 breaker_failures = 2
 breaker_open_seconds = 30
 backoff_base_seconds = 60
-timeout_seconds = 3
+{dispatch or "timeout_seconds = 3"}
 """,
         )
     )
@@ -129,3 +134,52 @@ async def test_an_outage_one_dispatcher_saw_holds_the_other_back_until_a_probe_c
             clock.advance(timedelta(seconds=2))
             await round_of(a)
             assert a.breakers.state(KEY) == "closed"
+
+
+#: A 1.5 s lease (renewed every 0.5 s) and a send allowed 4 s (the sender's own timeout).
+LONG_SENDS = "lease_seconds = 1.5\ntimeout_seconds = 5"
+
+
+async def test_a_row_held_longer_than_its_lease_stays_its_dispatchers(
+    backend: str, tmp_path: Path
+) -> None:
+    """A send slower than the lease: the holder renews the lease every third of it, so the
+    other dispatcher never takes the row as in doubt (it would look the post up, and could
+    post it again)."""
+    clock = FrozenClock(T0)
+    with FakeSlack(channels=[CHANNEL]) as fake:
+        async with (
+            open_backend(backend, tmp_path) as store_a,
+            open_backend(backend, tmp_path) as store_b,
+            dispatcher(store_a, fake, clock, tmp_path, "a", LONG_SENDS) as a,
+            dispatcher(store_b, fake, clock, tmp_path, "b", LONG_SENDS) as b,
+        ):
+            fake.slow = 2.5  # Slack answers after 2.5 s: longer than the lease
+            await post_rows(store_a, 1, 1)
+            await a.start()  # its loop claims the row and sends; its heartbeat renews
+            try:
+                await wait_until(lambda: fake.calls["chat.postMessage"] == 1)
+                clock.advance(timedelta(seconds=1))  # two thirds of the lease gone
+                later = T0 + timedelta(seconds=2)  # past the lease it was claimed with
+
+                async def renewed() -> bool:
+                    return await store_b.due_rows(later, 10) == []
+
+                await wait_until_async(renewed)
+                assert sum(a.finished.values()) == 0  # renewed while the post is under way
+                clock.set(later)
+                await b.run_once()  # nothing due for B: the row is still A's
+                assert b.in_flight == 0
+                await wait_until(lambda: sum(a.finished.values()) == 1)
+            finally:
+                await a.stop()
+            assert a.finished == {"sent": 1}
+            assert len(fake.posts) == 1
+            assert fake.calls["conversations.history"] == 0  # never looked up as in doubt
+
+
+async def wait_until_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -154,6 +154,23 @@ async def test_an_in_doubt_row_comes_back_as_in_doubt(store: Store) -> None:
     assert reclaimed.in_doubt and reclaimed.token != claimed.token
 
 
+async def test_a_renewed_lease_keeps_the_row_and_a_stale_token_renews_nothing(
+    store: Store,
+) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a"))
+    [claimed] = await claim_all(store)
+    later = T0 + timedelta(seconds=LEASE + 5)
+    renewed = await store.renew_rows(
+        [(claimed.row.id, claimed.token), (claimed.row.id, "not-its-token")], later
+    )
+    assert renewed == {claimed.row.id}
+    assert await store.due_rows(T0 + timedelta(seconds=LEASE), 10) == []  # still held
+    [due] = await store.due_rows(later, 10)  # the renewed lease ends in its turn
+    assert due.in_doubt
+    assert await store.renew_rows([(claimed.row.id, "not-its-token")], later) == set()
+
+
 async def test_an_expired_lease_leaves_the_row_in_doubt(store: Store) -> None:
     ev = message(1, "sms:+1:+2")
     await routed(store, ev, row(ev, "a"))

@@ -673,6 +673,17 @@ class PostgresStore:
 
         return await self._transact(run)
 
+    async def renew_rows(self, held: list[tuple[str, str]], until: datetime) -> set[str]:
+        if not held:
+            return set()
+        rows = await self._fetch(
+            self._sql["renew_rows"],
+            [db_text(row_id) for row_id, _ in held],
+            [token for _, token in held],
+            until,
+        )
+        return {r[0] for r in rows}
+
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         async def run(conn: Conn) -> list[bool]:
             ids = sorted({result.id for result in results})

@@ -271,6 +271,13 @@ FROM wanted w
 WHERE o.id = w.id AND o.id IN (SELECT id FROM free)
 RETURNING o.id;
 
+-- name: renew_rows
+-- Extend the leases of rows still held with these tokens; the ids renewed.
+UPDATE outbox o SET lease_until = $3
+FROM unnest($1::text[], $2::text[]) AS h(id, token)
+WHERE o.id = h.id AND o.lease_token = h.token AND o.status = 'sending'
+RETURNING o.id;
+
 -- name: lock_rows
 -- The lease of each row being finished, locked until the transaction ends.
 SELECT id, lease_token, status FROM outbox WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;

@@ -206,6 +206,10 @@ UPDATE outbox SET status = 'sending', lease_token = :token, lease_until = :until
 WHERE id = :id AND (status IN ('pending', 'deferred')
                     OR (status = 'sending' AND lease_until <= :now));
 
+-- name: renew_row
+UPDATE outbox SET lease_until = :until
+WHERE id = :id AND lease_token = :token AND status = 'sending';
+
 -- name: row_lease
 SELECT lease_token, status, contact_key, event_id FROM outbox WHERE id = :id;
 
