@@ -144,6 +144,26 @@ def start_servers(
     return servers
 
 
+def run_wrks(
+    servers: list[tuple[subprocess.Popen[bytes], str]],
+    args: argparse.Namespace,
+    wrk_cpu: int | None,
+) -> list[dict[str, Any]]:
+    """One wrk per server at once, each with its share of the connections and threads and its
+    own slice of the request file; each one's figures."""
+    parts = len(servers)
+    sub = argparse.Namespace(**vars(args))
+    sub.connections, sub.threads = args.connections // parts, max(args.threads // parts, 1)
+    sub.client_cpu = wrk_cpu
+
+    def one(k: int) -> dict[str, Any]:
+        url = servers[k][1] + ingest.PATH
+        return ingest.run_wrk(sub, args.wrk, url, args.requests_file, (k, parts))
+
+    with ThreadPoolExecutor(parts) as pool:
+        return list(pool.map(one, range(parts)))
+
+
 def load(
     name: str,
     servers: list[tuple[subprocess.Popen[bytes], str]],
@@ -151,30 +171,16 @@ def load(
     wrk_cpu: int | None,
     pg_cpu: pg_admin.ServerCpu | None,
 ) -> IngestRun:
-    """One wrk per server at once, each with its share of the connections and threads and its
-    own slice of the requests; CPU of every party sampled around them."""
-    parts = len(servers)
-    sub = argparse.Namespace(**vars(args))
-    sub.connections, sub.threads = args.connections // parts, max(args.threads // parts, 1)
-    sub.client_cpu = wrk_cpu
+    """The servers under wrk, with the CPU of every party sampled around the load."""
     procs = [proc for proc, _ in servers]
     before = [proc_stats.cpu_sample(proc.pid, None) for proc in procs]
     cores, children, started = core_times(), child_cpu_s(), time.monotonic()
     if pg_cpu is not None:
         pg_cpu.start()
     profiler = ingest.start_profiler(args, procs[0].pid) if name == args.profile_run else None
-    with ThreadPoolExecutor(parts) as pool:
-        wrks = list(
-            pool.map(
-                lambda k: ingest.run_wrk(
-                    sub, args.wrk, servers[k][1] + ingest.PATH, args.requests_file, (k, parts)
-                ),
-                range(parts),
-            )
-        )
-    busy, wrk_cpu_s, window = core_busy(cores), child_cpu_s() - children, time.monotonic() - started
+    wrks = run_wrks(servers, args, wrk_cpu)
+    busy, wrk_s, window = core_busy(cores), child_cpu_s() - children, time.monotonic() - started
     after = [proc_stats.cpu_sample(proc.pid, None) for proc in procs]
-    server_cpu = [proc_stats.cpu_share(b, a) for b, a in zip(before, after, strict=True)]
     pg_s = pg_cpu.stop() if pg_cpu is not None else None
     if profiler is not None:
         profiler.wait()
@@ -182,9 +188,12 @@ def load(
     return IngestRun(
         name=name,
         wrk=wrks,
-        server_cpu_s=[c.user_s + c.system_s for c in server_cpu],
+        server_cpu_s=[
+            a.user_s + a.system_s - b.user_s - b.system_s
+            for b, a in zip(before, after, strict=True)
+        ],
         pg_cpu_s=pg_s,
-        wrk_cpu_s=wrk_cpu_s,
+        wrk_cpu_s=wrk_s,
         cores=busy,
         rss_kb=[proc_stats.peak_rss_kb(p.pid) for p in procs],
         window_s=window,
