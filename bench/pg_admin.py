@@ -106,20 +106,24 @@ def bench_processes(prefix: str) -> dict[int, float]:
     return found
 
 
-class ServerCpu:
-    """CPU the PostgreSQL server spent for the bench between `start` and `stop`. A thread
-    samples the processes every `interval_s`, so a backend that exits meanwhile (the servers'
-    pools close when they stop) counts up to its last sample; one that starts meanwhile counts
-    from zero."""
+class ServerMeter:
+    """What the PostgreSQL server spent for the bench between `start` and `stop`: CPU, and WAL
+    written (the whole server's: other users' too). A thread samples the processes every
+    `interval_s`, so a backend that exits meanwhile (the servers' pools close when they stop)
+    counts up to its last sample; one that starts meanwhile counts from zero."""
 
-    def __init__(self, prefix: str, interval_s: float = 0.2) -> None:
-        self.prefix, self.interval_s = prefix, interval_s
+    def __init__(self, admin_url: str, prefix: str, interval_s: float = 0.2) -> None:
+        self.admin_url, self.prefix, self.interval_s = admin_url, prefix, interval_s
+        #: WAL bytes written between the last `start` and `stop`.
+        self.wal_bytes = 0
+        self._lsn = "0/0"
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._lsn = _run(self.admin_url, "SELECT pg_current_wal_lsn()::text")[0][0]
         self._first = bench_processes(self.prefix)
         self._last = dict(self._first)
         self._stop.clear()
@@ -136,4 +140,6 @@ class ServerCpu:
         if self._thread is not None:
             self._thread.join()
         self._last.update(bench_processes(self.prefix))
+        sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint"
+        self.wal_bytes = _run(self.admin_url, sql, self._lsn)[0][0]
         return sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())

@@ -68,6 +68,8 @@ class IngestRun:
     #: CPU seconds during the load: each server, PostgreSQL's processes (None on SQLite), wrk.
     server_cpu_s: list[float]
     pg_cpu_s: float | None
+    #: WAL the PostgreSQL server wrote during the load (None on SQLite).
+    wal_bytes: int | None
     wrk_cpu_s: float
     #: Busy share of each core during the load (everything on the box).
     cores: dict[int, float]
@@ -169,7 +171,7 @@ def load(
     servers: list[tuple[subprocess.Popen[bytes], str]],
     args: argparse.Namespace,
     wrk_cpu: int | None,
-    pg_cpu: pg_admin.ServerCpu | None,
+    pg_cpu: pg_admin.ServerMeter | None,
 ) -> IngestRun:
     """The servers under wrk, with the CPU of every party sampled around the load."""
     procs = [proc for proc, _ in servers]
@@ -193,6 +195,7 @@ def load(
             for b, a in zip(before, after, strict=True)
         ],
         pg_cpu_s=pg_s,
+        wal_bytes=pg_cpu.wal_bytes if pg_cpu is not None else None,
         wrk_cpu_s=wrk_s,
         cores=busy,
         rss_kb=[proc_stats.peak_rss_kb(p.pid) for p in procs],
@@ -205,7 +208,7 @@ def measure_ingest(
     name: str,
     folder: Path,
     args: argparse.Namespace,
-    store: tuple[str, pg_admin.ServerCpu] | None,
+    store: tuple[str, pg_admin.ServerMeter] | None,
     cpus: list[int | None],
     wrk_cpu: int | None,
 ) -> IngestRun:
@@ -258,9 +261,12 @@ def print_ingest(runs: list[IngestRun]) -> None:
         each = " + ".join(f"{w['requests'] / (w['duration_us'] / 1e6):,.0f}" for w in run.wrk)
         cpu = ", ".join(f"{s / run.window_s:.0%}" for s in run.server_cpu_s)
         rss = ", ".join(f"{kb / 1024:.0f}" for kb in run.rss_kb)
+        wal = (
+            "" if run.wal_bytes is None else f"; WAL {run.wal_bytes / run.requests:,.0f} B/request"
+        )
         print(
             f"  {run.name}: req/s per server {each}; serve CPU {cpu} of a core; "
-            f"peak RSS {rss} MB; loadavg after {run.loadavg}"
+            f"peak RSS {rss} MB{wal}; loadavg after {run.loadavg}"
         )
     for run in runs:
         print_stored(run)
@@ -297,6 +303,7 @@ class Pipeline:
     #: that, the bench's own backends (the store polls and reads).
     pg_cpu_s: dict[str, float] = field(default_factory=dict)
     bench_cpu_s: dict[str, float] = field(default_factory=dict)
+    wal_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def run_pipeline(
@@ -304,7 +311,7 @@ def run_pipeline(
     folder: Path,
     args: argparse.Namespace,
     stores: tuple[str, str] | None,
-    meter: pg_admin.ServerCpu,
+    meter: pg_admin.ServerMeter,
 ) -> Pipeline:
     """A, B, C on SQLite files in `folder`, or on the PostgreSQL databases `stores` (A's and
     C's, B's), with PostgreSQL's CPU over each phase."""
@@ -317,17 +324,18 @@ def run_pipeline(
         "B": lambda: pipeline.phase_pipeline(folder / "b", args, args.sms, args.sms_spare, b_store),
         "C": lambda: pipeline.phase_backlog(folder / "a", args, a_store),
     }
-    done, pg_cpu, bench_cpu = {}, {}, {}
+    done, pg_cpu, bench_cpu, wal = {}, {}, {}, {}
     for key, phase in phases.items():
         meter.start()
         polled = harness.StoreReader.backend_cpu_s
         done[key] = phase()
         pg_cpu[key] = meter.stop()
+        wal[key] = meter.wal_bytes
         bench_cpu[key] = harness.StoreReader.backend_cpu_s - polled
     pipeline.print_round(done["A"], done["B"], done["C"])
     if not stores:
-        pg_cpu = bench_cpu = {}
-    return Pipeline(name, done["A"], done["B"], done["C"], pg_cpu, bench_cpu)
+        pg_cpu, bench_cpu, wal = {}, {}, {}
+    return Pipeline(name, done["A"], done["B"], done["C"], pg_cpu, bench_cpu, wal)
 
 
 def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
@@ -358,6 +366,11 @@ def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
         ):
             per_event = [seconds[phase] * 1e6 / len(b.load.latencies) for phase in "ABC"]
             rows[label] = (nan, " / ".join(f"{us:,.0f}" for us in per_event))
+        per_event = [run.wal_bytes[phase] / len(b.load.latencies) for phase in "ABC"]
+        rows["PostgreSQL WAL per event, A / B / C, bytes"] = (
+            nan,
+            " / ".join(f"{size:,.0f}" for size in per_event),
+        )
     return rows
 
 
@@ -372,7 +385,7 @@ def print_pipelines(runs: list[Pipeline]) -> None:
     print("  (server's core: the serve process's share of its core and what other processes took")
     print("   of it, during A's and B's load and C's drain; PostgreSQL CPU: the bench's backends")
     print("   and the server's background processes over the whole phase, server start and")
-    print("   migrations included, per event sent)")
+    print("   migrations included, per event sent; WAL: all the server wrote meanwhile)")
 
 
 def print_aims(ingests: list[IngestRun], pipelines: list[Pipeline]) -> None:
@@ -496,7 +509,7 @@ def run_ingests(args: argparse.Namespace, folder: Path, dbs: pg_admin.Databases)
         ("postgres, 2 serves", [args.server_cpu, args.client_cpu], None),
     ):
         url = dbs.create(f"ingest{len(cpus)}")
-        meter = pg_admin.ServerCpu(dbs.prefix)
+        meter = pg_admin.ServerMeter(args.admin_url, dbs.prefix)
         runs.append(
             measure_ingest(name, folder / f"i-pg{len(cpus)}", args, (url, meter), cpus, wrk_cpu)
         )
@@ -513,7 +526,7 @@ def run_pipelines(
     args.sms, args.sms_spare = every[:-1], every[-1]
     print(f"\n  pipeline requests: signed {len(every):,} in {time.perf_counter() - started:.1f} s")
     args.rounds, args.profile, args.no_backlog = 1, None, False
-    meter = pg_admin.ServerCpu(dbs.prefix)
+    meter = pg_admin.ServerMeter(args.admin_url, dbs.prefix)
     runs = [run_pipeline("sqlite", folder / "p-sqlite", args, None, meter)]
     args.profile = args.profile_pipeline  # pipeline.phase_pipeline's profiler, PostgreSQL only
     stores = (dbs.create("pipeline_a"), dbs.create("pipeline_b"))
