@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, ClassVar
 
 from ingest import wait_healthy
 
@@ -85,6 +86,68 @@ def start_worker(
 def connect_ro(db: Path) -> sqlite3.Connection:
     """The server's SQLite file, read-only, as the benchmark watches it."""
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+
+
+#: Where a bench server's store is: a SQLite file, or a PostgreSQL URL (`postgresql://...`).
+StoreTarget = Path | str
+
+
+class StoreReader:
+    """Read-only queries on a bench server's store, the same SQL on both backends: the SQLite
+    file opened read-only (the stdlib `sqlite3`, blocking for well under a millisecond, as the
+    benches always did), or the PostgreSQL database through asyncpg on the caller's loop."""
+
+    #: CPU seconds that the PostgreSQL backends of every reader closed so far spent (read from
+    #: /proc when the server is on this box): what the bench's own polling cost the database.
+    backend_cpu_s: ClassVar[float] = 0.0
+
+    def __init__(self, target: StoreTarget) -> None:
+        self.target = target
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: Any = None
+        self._backend: Path | None = None
+
+    async def __aenter__(self) -> StoreReader:
+        if isinstance(self.target, Path):
+            self._sqlite = connect_ro(self.target)
+        else:
+            import asyncpg
+
+            self._pg = await asyncpg.connect(self.target)
+            self._backend = Path(f"/proc/{await self._pg.fetchval('SELECT pg_backend_pid()')}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+        if self._pg is not None:
+            StoreReader.backend_cpu_s += _cpu_s(self._backend)
+            await self._pg.close()
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Every row of `sql`, as tuples."""
+        if self._sqlite is not None:
+            return self._sqlite.execute(sql).fetchall()
+        return [tuple(record) for record in await self._pg.fetch(sql)]
+
+
+def _cpu_s(proc: Path | None) -> float:
+    """User + system CPU seconds of the process `proc` (a /proc entry); 0 if unreadable."""
+    try:
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[operator]
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def query(target: StoreTarget, sql: str) -> list[tuple[Any, ...]]:
+    """Every row of one read-only query on the store, from code outside an event loop."""
+
+    async def once() -> list[tuple[Any, ...]]:
+        async with StoreReader(target) as reader:
+            return await reader.rows(sql)
+
+    return asyncio.run(once())
 
 
 def pct(values: list[float], q: float) -> float:

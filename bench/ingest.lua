@@ -5,7 +5,10 @@
 -- its own slice of the file at start-up (line i goes to thread i % threads) and builds the raw
 -- HTTP requests once, so the hot loop only hands out pre-built strings.
 --
--- Usage: wrk -s bench/ingest.lua URL -- REQUESTS_FILE PATH THREADS
+-- Usage: wrk -s bench/ingest.lua URL -- REQUESTS_FILE PATH THREADS [PARTS PART]
+-- With PARTS and PART (0-based), this wrk takes only the PART-th of PARTS disjoint slices of the
+-- file (line i goes to thread i % threads of part (i // threads) % parts), so several wrk
+-- processes at once never send the same request.
 -- At the end it prints one line "BENCH_JSON {...}" that bench/ingest.py parses.
 
 local threads = {}
@@ -19,12 +22,13 @@ end
 
 function init(args)
    local file, path, nthreads = args[1], args[2], tonumber(args[3])
+   local parts, part = tonumber(args[4] or "1"), tonumber(args[5] or "0")
    requests = {}
    sent = 0
    repeated = 0
    local index = 0
    for line in io.lines(file) do
-      if index % nthreads == id then
+      if index % (nthreads * parts) == part * nthreads + id then
          local tab = line:find("\t", 1, true)
          local headers = {
             ["Content-Type"] = "application/x-www-form-urlencoded",

@@ -95,9 +95,12 @@ def pinned(cpu: int | None, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd] if cpu is not None else cmd
 
 
-def config_text(port: int, db: Path, log_level: str) -> str:
+def config_text(port: int, db: Path, log_level: str, *, storage_url: str | None = None) -> str:
     """Only the Twilio source, an empty rules folder and no worker in the server, so the figures
-    are the ingest path's (bench/pipeline.py measures ingest with the worker beside it)."""
+    are the ingest path's (bench/pipeline.py measures ingest with the worker beside it). The
+    store is the SQLite file `db`, or `storage_url` (bench/postgres.py: a PostgreSQL database);
+    the rules folder is `db`'s sibling either way."""
+    url = storage_url or f"sqlite:///{db}"
     return f"""
 [server]
 host = "127.0.0.1"
@@ -106,7 +109,7 @@ public_url = "{PUBLIC_URL}"
 max_body_bytes = 1048576
 
 [storage]
-url = "sqlite:///{db}"
+url = "{url}"
 
 [rules]
 path = "{db.parent / "rules"}"
@@ -156,7 +159,15 @@ def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes
     return subprocess.Popen(pinned(args.client_cpu, cmd), stdout=subprocess.DEVNULL)
 
 
-def run_wrk(args: argparse.Namespace, wrk: str, url: str, requests_file: Path) -> dict[str, Any]:
+def run_wrk(
+    args: argparse.Namespace,
+    wrk: str,
+    url: str,
+    requests_file: Path,
+    part: tuple[int, int] = (0, 1),
+) -> dict[str, Any]:
+    """wrk on `url` with `args`' load; `part` = (k, n): this wrk sends only the k-th of n
+    disjoint slices of the file (bench/postgres.py runs n at once, each on its own server)."""
     cmd = pinned(
         args.client_cpu,
         [
@@ -174,6 +185,7 @@ def run_wrk(args: argparse.Namespace, wrk: str, url: str, requests_file: Path) -
             str(requests_file),
             PATH,
             str(args.threads),
+            *([str(part[1]), str(part[0])] if part != (0, 1) else []),
         ],
     )
     if args.verbose:

@@ -49,7 +49,15 @@ from urllib.parse import urlencode
 
 import proc_stats
 import signed_requests
-from harness import client_loop, connect_ro, pct, settle_pinning, start_serve
+from harness import (
+    StoreReader,
+    StoreTarget,
+    client_loop,
+    pct,
+    query,
+    settle_pinning,
+    start_serve,
+)
 from ingest import PATH, PUBLIC_URL, TOKEN, free_port
 
 BENCH = Path(__file__).resolve().parent
@@ -218,16 +226,15 @@ _PROBE = (
 
 
 async def watch_until_done(
-    db: Path, poll_s: float, load: asyncio.Future[LoadRun] | None, deadline_s: float
+    store: StoreTarget, poll_s: float, load: asyncio.Future[LoadRun] | None, deadline_s: float
 ) -> tuple[Watch, bool]:
     """Poll the store until the load (if any) has finished and no event is unfinished; False
     if `deadline_s` passed after the load without that."""
     watch = Watch()
-    conn = connect_ro(db)
     deadline: float | None = None if load is not None else time.monotonic() + deadline_s
-    try:
+    async with StoreReader(store) as reader:
         while True:
-            max_seq, unfinished = conn.execute(_PROBE).fetchone()
+            [(max_seq, unfinished)] = await reader.rows(_PROBE)
             watch.times.append(time.time())
             watch.max_seq.append(max_seq)
             watch.unfinished.append(unfinished)
@@ -239,25 +246,27 @@ async def watch_until_done(
                 elif time.monotonic() > deadline:
                     return watch, False
             await asyncio.sleep(poll_s)
-    finally:
-        conn.close()
 
 
-def wait_idle(db: Path, deadline_s: float = 30) -> None:
+def wait_idle(store: StoreTarget, deadline_s: float = 30) -> None:
     """Until no event is unfinished (the pre-flight's event routed before the clock starts)."""
-    conn = connect_ro(db)
-    try:
-        deadline = time.monotonic() + deadline_s
-        while conn.execute(_PROBE).fetchone()[1]:
-            if time.monotonic() > deadline:
-                sys.exit("the pre-flight event was not processed in time")
-            time.sleep(0.01)
-    finally:
-        conn.close()
+
+    async def idle() -> bool:
+        async with StoreReader(store) as reader:
+            deadline = time.monotonic() + deadline_s
+            while (await reader.rows(_PROBE))[0][1]:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+            return True
+
+    if not asyncio.run(idle()):
+        sys.exit("the pre-flight event was not processed in time")
 
 
-def epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
+def epoch(value: str | datetime) -> float:
+    """Epoch seconds of a stored time: ISO text in SQLite, a `datetime` from PostgreSQL."""
+    return (value if isinstance(value, datetime) else datetime.fromisoformat(value)).timestamp()
 
 
 @dataclass
@@ -271,19 +280,15 @@ class Rows:
     timings: list[tuple[float, float, int]]
 
 
-def read_rows(db: Path, *, routed: bool) -> Rows:
+def read_rows(store: StoreTarget, *, routed: bool) -> Rows:
     """Every event and its outbox rows; what is wrong with them (`routed`: each event must be
     `processed` with exactly its one `<id>:echo:0` row; else each `received`, no rows)."""
-    conn = connect_ro(db)
-    try:
-        events = conn.execute("SELECT id, status, received_at FROM events").fetchall()
-        outbox: dict[str, list[tuple[str, str, int]]] = {}
-        for event_id, row_id, created_at, seq in conn.execute(
-            "SELECT event_id, id, created_at, seq FROM outbox"
-        ):
-            outbox.setdefault(event_id, []).append((row_id, created_at, seq))
-    finally:
-        conn.close()
+    events = query(store, "SELECT id, status, received_at FROM events")
+    outbox: dict[str, list[tuple[str, str | datetime, int]]] = {}
+    for event_id, row_id, created_at, seq in query(
+        store, "SELECT event_id, id, created_at, seq FROM outbox"
+    ):
+        outbox.setdefault(event_id, []).append((row_id, created_at, seq))
     statuses: dict[str, int] = {}
     problems: list[str] = []
     timings = []
@@ -310,7 +315,10 @@ def read_rows(db: Path, *, routed: bool) -> Rows:
 # -- the server ------------------------------------------------------------------------------
 
 
-def config_text(port: int, folder: Path, *, worker: bool, log_level: str) -> str:
+def config_text(
+    port: int, folder: Path, store: StoreTarget, *, worker: bool, log_level: str
+) -> str:
+    url = store if isinstance(store, str) else f"sqlite:///{store}"
     return f"""
 [server]
 host = "127.0.0.1"
@@ -320,7 +328,7 @@ max_body_bytes = 1048576
 admin_token = "{ADMIN_TOKEN}"
 
 [storage]
-url = "sqlite:///{folder / "bench.db"}"
+url = "{url}"
 
 [rules]
 path = "{folder / "rules"}"
@@ -337,16 +345,26 @@ level = "{log_level}"
 
 
 class Server:
-    """`python -m router --config <folder>/switchboard.toml serve`, pinned to one core."""
+    """`python -m router --config <folder>/switchboard.toml serve`, pinned to one core, on
+    `store`: a PostgreSQL URL, or by default the SQLite file `<folder>/bench.db`."""
 
-    def __init__(self, folder: Path, args: argparse.Namespace, *, worker: bool, name: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        args: argparse.Namespace,
+        *,
+        worker: bool,
+        name: str,
+        store: StoreTarget | None = None,
+    ) -> None:
         self.folder, self.name = folder, name
-        self.db = folder / "bench.db"
+        self.store: StoreTarget = folder / "bench.db" if store is None else store
         self.port = free_port()
         (folder / "rules").mkdir(parents=True, exist_ok=True)
         (folder / "rules" / "echo.yaml").write_text(RULES)
         config = folder / "switchboard.toml"
-        config.write_text(config_text(self.port, folder, worker=worker, log_level=args.log_level))
+        text = config_text(self.port, folder, self.store, worker=worker, log_level=args.log_level)
+        config.write_text(text)
         self.log = folder / f"{name}.log"
         self.cpu = args.server_cpu
         self.base = f"http://127.0.0.1:{self.port}"
@@ -431,11 +449,15 @@ def check_load(name: str, load: LoadRun) -> None:
 
 
 def phase_ingest_alone(
-    folder: Path, args: argparse.Namespace, requests: list[bytes], spare: bytes
+    folder: Path,
+    args: argparse.Namespace,
+    requests: list[bytes],
+    spare: bytes,
+    store: StoreTarget | None = None,
 ) -> Phase:
     """A: the worker off; ingest N. Leaves the store with N + 1 events `received` for C."""
     print("\n== A. ingest alone ([worker] in_serve = false)", flush=True)
-    server = Server(folder, args, worker=False, name="a-ingest")
+    server = Server(folder, args, worker=False, name="a-ingest", store=store)
     try:
         preflight(server.port, spare)
         before = server.cpu_sample()
@@ -445,7 +467,7 @@ def phase_ingest_alone(
     finally:
         server.stop()
     check_load("A", load)
-    rows = read_rows(server.db, routed=False)
+    rows = read_rows(server.store, routed=False)
     if rows.problems or rows.events != len(requests) + 1:
         fail("A", rows, len(requests) + 1, server)
     phase = Phase("A ingest alone", load=load, cpu=cpu, rss_kb=rss)
@@ -454,16 +476,20 @@ def phase_ingest_alone(
 
 
 def phase_pipeline(
-    folder: Path, args: argparse.Namespace, requests: list[bytes], spare: bytes
+    folder: Path,
+    args: argparse.Namespace,
+    requests: list[bytes],
+    spare: bytes,
+    store: StoreTarget | None = None,
 ) -> Phase:
     """B: the worker on; ingest N while it routes, then wait until every event is processed."""
     print("\n== B. ingest with the worker running ([worker] in_serve = true)", flush=True)
-    server = Server(folder, args, worker=True, name="b-pipeline")
+    server = Server(folder, args, worker=True, name="b-pipeline", store=store)
     expected = len(requests) + 1
     try:
         preflight(server.port, spare)
-        wait_idle(server.db)
-        base_seq = read_max_seq(server.db)
+        wait_idle(server.store)
+        base_seq = read_max_seq(server.store)
 
         profiler = start_profiler(args, server.proc.pid)
 
@@ -471,7 +497,7 @@ def phase_pipeline(
             before = server.cpu_sample()
             load_task = asyncio.ensure_future(drive(server.port, requests, args.concurrency))
             watcher = asyncio.ensure_future(
-                watch_until_done(server.db, args.poll_ms / 1000, load_task, args.deadline)
+                watch_until_done(server.store, args.poll_ms / 1000, load_task, args.deadline)
             )
             load = await load_task
             cpu = proc_stats.cpu_share(before, server.cpu_sample())
@@ -485,7 +511,7 @@ def phase_pipeline(
     finally:
         server.stop()
     check_load("B", load)
-    rows = read_rows(server.db, routed=True)
+    rows = read_rows(server.store, routed=True)
     if not done:
         print(
             f"!! B: {watch.unfinished[-1]} events still unfinished {args.deadline:.0f} s after"
@@ -530,15 +556,20 @@ def stop_profiler(profiler: subprocess.Popen[bytes] | None, path: str) -> None:
     print(f"  profile of the server during phase B: {path}")
 
 
-def phase_backlog(folder: Path, args: argparse.Namespace) -> Phase:
-    """C: A's store, N + 1 events waiting; the worker alone drains them."""
+def phase_backlog(
+    folder: Path, args: argparse.Namespace, store: StoreTarget | None = None
+) -> Phase:
+    """C: A's store (`store`, or A's SQLite file in `folder`), N + 1 events waiting; the worker
+    alone drains them."""
     print("\n== C. backlog drain: A's store served again with the worker on", flush=True)
-    stored = read_rows(folder / "bench.db", routed=False).events
+    store = folder / "bench.db" if store is None else store
+    stored = read_rows(store, routed=False).events
 
     async def run(server: Server) -> tuple[Watch, bool]:
-        return await watch_until_done(server.db, args.poll_ms / 1000, None, args.deadline)
+        return await watch_until_done(server.store, args.poll_ms / 1000, None, args.deadline)
 
-    server = Server(folder, args, worker=True, name="c-backlog")  # the worker starts at once
+    # the worker starts at once
+    server = Server(folder, args, worker=True, name="c-backlog", store=store)
     try:
         before = server.cpu_sample()
         watch, done = asyncio.run(run(server))
@@ -547,7 +578,7 @@ def phase_backlog(folder: Path, args: argparse.Namespace) -> Phase:
         rss = proc_stats.peak_rss_kb(server.proc.pid)
     finally:
         server.stop()
-    rows = read_rows(server.db, routed=True)
+    rows = read_rows(server.store, routed=True)
     if not done:
         print(
             f"!! C: {watch.unfinished[-1]} events still unfinished after {args.deadline:.0f} s"
@@ -566,12 +597,8 @@ def phase_backlog(folder: Path, args: argparse.Namespace) -> Phase:
     return phase
 
 
-def read_max_seq(db: Path) -> int:
-    conn = connect_ro(db)
-    try:
-        return int(conn.execute(_PROBE).fetchone()[0])
-    finally:
-        conn.close()
+def read_max_seq(store: StoreTarget) -> int:
+    return int(query(store, _PROBE)[0][0])
 
 
 # -- printing --------------------------------------------------------------------------------
