@@ -154,6 +154,7 @@ class PostgresStore:
                     timeout=self._timeout,
                     command_timeout=_COMMAND_TIMEOUT,
                     server_settings={"application_name": "switchboard"},
+                    reset=_reset_connection,
                 )
                 self.migrations_applied = await self._migrate()
         except (ValueError, asyncpg.ClientConfigurationError) as exc:  # a malformed URL
@@ -1047,6 +1048,15 @@ class PostgresStore:
                     if not tries_left:
                         raise
         raise AssertionError("unreachable")
+
+
+async def _reset_connection(conn: Conn) -> None:
+    """What a connection going back to the pool needs: a transaction left open is rolled
+    back. asyncpg's default also unlocks advisory locks, closes cursors, unlistens and resets
+    settings, one more round trip per transaction; this store takes only transaction-scoped
+    advisory locks, opens no cursor, listens on a connection of its own and sets nothing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
