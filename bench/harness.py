@@ -13,72 +13,63 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from ingest import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
+Popen = subprocess.Popen[bytes]
+
+
+def _spawn(config: Path, command: str, log: Path, cpu: int | None, verbose: bool) -> Popen:
+    """`python -m router --config CONFIG COMMAND` with the code of this checkout, pinned to
+    `cpu` if given, output to `log`. A PYTHONPATH given to the bench is kept after the checkout
+    (a sitecustomize that instruments the server for an experiment, say)."""
+    cmd = [sys.executable, "-m", "router", "--config", str(config), command]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    if verbose:
+        print(f"  $ {shlex.join(cmd)}", flush=True)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+
+
+def _give_up(proc: Popen, log: Path, why: str) -> NoReturn:
+    """Stop `proc` and exit the bench with `why` and the tail of its log."""
+    import proc_stats
+
+    proc_stats.stop(proc)
+    tail = log.read_text(errors="replace").splitlines()[-20:]
+    sys.exit(f"{why}\n  its log ({log}):\n    " + "\n    ".join(tail))
 
 
 def start_serve(
     config: Path, log: Path, *, base: str, cpu: int | None, verbose: bool, name: str = "server"
-) -> subprocess.Popen[bytes]:
-    """`python -m router --config CONFIG serve` with the code of this checkout, pinned to `cpu`,
-    output to `log`; exits the bench with the log's tail if it does not become healthy. A
-    PYTHONPATH given to the bench is kept after the checkout (a sitecustomize that instruments
-    the server for an experiment, say)."""
-    cmd = [sys.executable, "-m", "router", "--config", str(config), "serve"]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    if verbose:
-        print(f"  $ {shlex.join(cmd)}", flush=True)
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": path},
-        )
+) -> Popen:
+    """`serve`, returned once healthy at `base`; otherwise the bench exits with its log."""
+    proc = _spawn(config, "serve", log, cpu, verbose)
     try:
         wait_healthy(base, proc, deadline_s=60)
     except RuntimeError as exc:
-        import proc_stats
-
-        proc_stats.stop(proc)
-        tail = log.read_text(errors="replace").splitlines()[-20:]
-        sys.exit(f"{name}: {exc}\n  server log ({log}):\n    " + "\n    ".join(tail))
+        _give_up(proc, log, f"{name}: {exc}")
     return proc
 
 
-def start_worker(
-    config: Path, log: Path, *, cpu: int | None, verbose: bool
-) -> subprocess.Popen[bytes]:
-    """`python -m router --config CONFIG worker` (routing and dispatch without HTTP), pinned to
-    `cpu` if given; returns once its log says it started, or exits the bench."""
-    cmd = [sys.executable, "-m", "router", "--config", str(config), "worker"]
-    if cpu is not None:
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    if verbose:
-        print(f"  $ {shlex.join(cmd)}", flush=True)
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": path},
-        )
+def start_worker(config: Path, log: Path, *, cpu: int | None, verbose: bool) -> Popen:
+    """`worker` (routing and dispatch without HTTP), returned once its log says it started;
+    otherwise the bench exits with its log."""
+    proc = _spawn(config, "worker", log, cpu, verbose)
     deadline = time.monotonic() + 60
     while b"worker.started" not in log.read_bytes():
         if proc.poll() is not None or time.monotonic() > deadline:
-            import proc_stats
-
-            proc_stats.stop(proc)
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            sys.exit("worker did not start\n  its log:\n    " + "\n    ".join(tail))
+            _give_up(proc, log, "worker did not start")
         time.sleep(0.05)
     return proc
 

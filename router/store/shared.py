@@ -1,17 +1,20 @@
 """What both stores decide the same way, whatever the SQL: which outbox rows are due, how a
-delivery receipt moves a row, how a stored event is read back, the fencing tokens."""
+delivery receipt moves a row, how stored events, outbox rows and raw bodies are read back, the
+fencing tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import msgspec
 
 from router.events import Event, EventStatus, decode_event
-from router.store.records import RunRecord
+from router.store.base import StoredRaw
+from router.store.records import OutboxRow, OutboxStatus, RunRecord
 
 #: Delivery receipts: the row status each Twilio status means, and how far along it is.
 RECEIPT_STATUS = {
@@ -123,6 +126,44 @@ def receipt_target(current: str, reported: str) -> str | None:
     if target is None or current not in RANK or RANK[target] <= RANK[current]:
         return None
     return target
+
+
+def outbox_from_row(row: Sequence[Any], when: Callable[[Any], Any]) -> OutboxRow:
+    """The `rows_by_id` columns -> the row; `when` reads a stored time (SQLite keeps text,
+    PostgreSQL timestamptz) and keeps None."""
+    return OutboxRow(
+        id=row[0],
+        event_id=row[1],
+        conversation_key=row[2],
+        contact_key=row[3],
+        channel=row[4],
+        to=row[5],
+        category=row[6],
+        kind=row[7],
+        status=OutboxStatus(row[8]),
+        not_before=when(row[9]),
+        created_at=when(row[10]),
+        attempts=row[11],
+        last_error=row[12],
+        provider_message_id=row[13],
+        payload=payload_decoder.decode(row[14]),
+        next_attempt_at=when(row[15]),
+        error_code=row[16],
+    )
+
+
+def stored_raw(rows: list[Any]) -> StoredRaw | None:
+    """The `(content_type, body, blob)` row of a raw body, if there is one."""
+    if not rows:
+        return None
+    content_type, body, blob = rows[0]
+    return StoredRaw(content_type=content_type, body=body, blob=blob)
+
+
+def fail_pending(future: asyncio.Future[Any], error: Exception) -> None:
+    """Answer a queued ingest that will not be committed (the store closed, a batch failed)."""
+    if not future.done():
+        future.set_exception(error)
 
 
 def event_from_row(row: Sequence[Any]) -> Event:

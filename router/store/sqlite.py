@@ -51,7 +51,6 @@ from router.store.records import (
     LedgerRecord,
     OutboxFilter,
     OutboxRow,
-    OutboxStatus,
     Receipt,
     RowClaims,
     RunRecord,
@@ -66,12 +65,14 @@ from router.store.shared import (
     book_slots,
     due_heads,
     event_from_row,
+    fail_pending,
     new_token,
-    payload_decoder,
+    outbox_from_row,
     plan_slots,
     receipt_target,
     run_decoder,
     run_encoder,
+    stored_raw,
 )
 
 T = TypeVar("T")
@@ -163,7 +164,7 @@ class SQLiteStore:
         while not self._queue.empty():
             entry = self._queue.get_nowait()
             if entry is not _STOP:
-                _fail(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+                fail_pending(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -275,7 +276,7 @@ class SQLiteStore:
             if batch:
                 self._commit_error = reason
             for _, future in batch:
-                _fail(future, StoreUnavailable(reason))
+                fail_pending(future, StoreUnavailable(reason))
             for txn in txns:
                 if not txn.future.done():
                     txn.future.set_exception(StoreUnavailable(reason))
@@ -289,7 +290,7 @@ class SQLiteStore:
                 )
                 self._commit_error = reason
                 for _, future in batch:
-                    _fail(future, StoreUnavailable(reason))
+                    fail_pending(future, StoreUnavailable(reason))
             else:
                 self._commit_error = None
                 self.batches_committed += 1
@@ -644,7 +645,7 @@ class SQLiteStore:
         rows = {row[0]: row for row in await self._read(self._sql["rows_by_id"], {"ids": ids})}
         return [
             DueRow(
-                row=_outbox_from_row(rows[row_id]),
+                row=_outbox(rows[row_id]),
                 in_doubt=in_doubt,
                 previous_attempt_at=_dt(started),
             )
@@ -838,7 +839,7 @@ class SQLiteStore:
 
     async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
         rows = await self._read(self._sql["escalation_post"], {"key": conversation_key})
-        return _outbox_from_row(rows[0]) if rows else None
+        return _outbox(rows[0]) if rows else None
 
     async def escalation_thread(self, conversation_key: str) -> str | None:
         rows = await self._read(self._sql["escalation_thread"], {"key": conversation_key})
@@ -939,7 +940,7 @@ class SQLiteStore:
             "before": where.before,
             "limit": where.limit,
         }
-        return [_outbox_from_row(row) for row in await self._read(self._sql["list_outbox"], params)]
+        return [_outbox(row) for row in await self._read(self._sql["list_outbox"], params)]
 
     async def get_conversation(self, key: str) -> ConversationRecord | None:
         rows = await self._read(self._sql["get_conversation"], {"key": key})
@@ -1010,11 +1011,11 @@ class SQLiteStore:
             raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
 
     async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return _raw(await self._read(self._sql["get_raw"], {"id": event_id}))
+        return stored_raw(await self._read(self._sql["get_raw"], {"id": event_id}))
 
     async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
         params = {"source": source, "nonce": nonce}
-        return _raw(await self._read(self._sql["nonce_first_body"], params))
+        return stored_raw(await self._read(self._sql["nonce_first_body"], params))
 
     async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
         rows = await self._read(self._sql["list_quarantine"], {"limit": limit})
@@ -1163,33 +1164,8 @@ def _outbox_row(row: OutboxRow) -> dict[str, Any]:
     }
 
 
-def _outbox_from_row(row: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(
-        id=row[0],
-        event_id=row[1],
-        conversation_key=row[2],
-        contact_key=row[3],
-        channel=row[4],
-        to=row[5],
-        category=row[6],
-        kind=row[7],
-        status=OutboxStatus(row[8]),
-        not_before=_dt(row[9]),
-        created_at=_parse_ts(row[10]),
-        attempts=row[11],
-        last_error=row[12],
-        provider_message_id=row[13],
-        payload=payload_decoder.decode(row[14]),
-        next_attempt_at=_dt(row[15]),
-        error_code=row[16],
-    )
-
-
-def _raw(rows: list[Any]) -> StoredRaw | None:
-    if not rows:
-        return None
-    content_type, body, blob = rows[0]
-    return StoredRaw(content_type=content_type, body=body, blob=blob)
+def _outbox(row: Sequence[Any]) -> OutboxRow:
+    return outbox_from_row(row, _dt)
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -1208,11 +1184,6 @@ def _in_savepoint(conn: sqlite3.Connection, work: Callable[[], T]) -> tuple[bool
         return False, exc
     conn.execute("RELEASE write")
     return True, result
-
-
-def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
-    if not future.done():
-        future.set_exception(error)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

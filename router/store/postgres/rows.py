@@ -9,9 +9,9 @@ import msgspec
 
 from router.errors import UnstorableEvent
 from router.events import encode_event
-from router.store.base import IngestItem, StoredRaw
-from router.store.records import ConversationRecord, OutboxRow, OutboxStatus
-from router.store.shared import payload_decoder
+from router.store.base import IngestItem
+from router.store.records import ConversationRecord, OutboxRow
+from router.store.shared import outbox_from_row as shared_outbox_from_row
 
 
 def db_text(value: str) -> str:
@@ -64,32 +64,11 @@ def outbox_params(row: OutboxRow) -> tuple[Any, ...]:
 
 
 def outbox_from_row(row: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(
-        id=row[0],
-        event_id=row[1],
-        conversation_key=row[2],
-        contact_key=row[3],
-        channel=row[4],
-        to=row[5],
-        category=row[6],
-        kind=row[7],
-        status=OutboxStatus(row[8]),
-        not_before=row[9],
-        created_at=row[10],
-        attempts=row[11],
-        last_error=row[12],
-        provider_message_id=row[13],
-        payload=payload_decoder.decode(row[14]),
-        next_attempt_at=row[15],
-        error_code=row[16],
-    )
+    return shared_outbox_from_row(row, _same)
 
 
-def stored_raw(rows: list[Any]) -> StoredRaw | None:
-    if not rows:
-        return None
-    content_type, body, blob = rows[0]
-    return StoredRaw(content_type=content_type, body=body, blob=blob)
+def _same(value: Any) -> Any:
+    return value  # asyncpg reads timestamptz as aware datetimes already
 
 
 def event_params(item: IngestItem) -> tuple[Any, ...]:

@@ -41,7 +41,6 @@ from router.store.postgres.rows import (
     event_params,
     outbox_from_row,
     outbox_params,
-    stored_raw,
 )
 from router.store.queries import migrations, queries
 from router.store.records import (
@@ -74,11 +73,13 @@ from router.store.shared import (
     book_slots,
     due_heads,
     event_from_row,
+    fail_pending,
     new_token,
     plan_slots,
     receipt_target,
     run_decoder,
     run_encoder,
+    stored_raw,
 )
 
 T = TypeVar("T")
@@ -174,7 +175,7 @@ class PostgresStore:
         while not self._queue.empty():
             entry = self._queue.get_nowait()
             if entry is not _STOP:
-                _fail(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+                fail_pending(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -258,7 +259,7 @@ class PostgresStore:
             reason = str(exc) if isinstance(exc, StoreUnavailable) else f"write failed: {exc!r}"
             self._commit_error = reason
             for _, future in batch:
-                _fail(future, StoreUnavailable(reason))
+                fail_pending(future, StoreUnavailable(reason))
             return
         self._commit_error = None
         self.batches_committed += 1
@@ -1057,8 +1058,3 @@ async def _reset_connection(conn: Conn) -> None:
     advisory locks, opens no cursor, listens on a connection of its own and sets nothing."""
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
-
-
-def _fail(future: asyncio.Future[IngestOutcome], error: StoreUnavailable) -> None:
-    if not future.done():
-        future.set_exception(error)
