@@ -38,6 +38,7 @@ from router.logs import get_logger, mask_address
 from router.metrics import Metrics
 from router.pipeline import render
 from router.pipeline.limits import Breakers, RateLimiter, retry_delay
+from router.pipeline.tasks import cancel
 from router.store.base import Store
 from router.store.records import (
     AttemptOutcome,
@@ -146,18 +147,12 @@ class Dispatcher:
         self._renewing = asyncio.create_task(self._renew_forever(), name="dispatch-leases")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         if self._inflight:  # let sends under way record their outcome
             await asyncio.wait(list(self._inflight.values()), timeout=self._config.timeout_seconds)
-        if self._renewing is not None:
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
-            self._renewing = None
+        await cancel(self._renewing)
+        self._renewing = None
         for sender in {id(s): s for s in self._senders.values()}.values():
             with contextlib.suppress(Exception):
                 await sender.close()

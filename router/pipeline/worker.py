@@ -22,6 +22,7 @@ from router.logs import get_logger
 from router.metrics import Metrics
 from router.pipeline.dispatch import Dispatcher
 from router.pipeline.route import ContactBook, LaneRouter
+from router.pipeline.tasks import cancel
 from router.pipeline.timers import TimerScheduler
 from router.rules import RuleSet
 from router.store.base import Store
@@ -73,11 +74,8 @@ class Worker:
         self._task = asyncio.create_task(self._run(), name="routing-worker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
@@ -178,11 +176,8 @@ class Routing:
         self._watch = asyncio.create_task(self._store.watch(self.wake), name="store-watch")
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await cancel(self._watch)
+        self._watch = None
         await self.worker.stop()
         await self.timers.stop()
         await self.dispatcher.stop()
