@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +21,11 @@ import uvicorn
 from click.testing import CliRunner
 
 from router.cli.main import cli
-from router.config import Settings, load_settings
+from router.config import ComplianceConfig, Settings, load_settings
 from router.http.app import create_app
 from router.http.server import uvicorn_config
 from router.logs import configure_logging
+from statemachines import quiet_hours
 
 if TYPE_CHECKING:
     from router.clock import Clock
@@ -306,3 +308,20 @@ def server_process(
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
+
+
+def open_quiet_hours(numbers: list[str], minutes: int = 10) -> str:
+    """A `compliance.quiet_hours` window (zone UTC, no state windows) that holds no marketing
+    row to `numbers` from now for `minutes`: SPEC §7 has no switch to turn quiet hours off,
+    and the rows under test must not be deferred whatever the time of day."""
+    now = datetime.now(UTC)
+    for hour in range(24):
+        window = f"{hour:02d}:00-{hour:02d}:30"
+        config = ComplianceConfig(quiet_hours=window, default_timezone="UTC", state_windows=False)
+        if all(
+            quiet_hours.not_before(now + timedelta(minutes=m), "marketing", None, n, config) is None
+            for n in numbers
+            for m in (0, minutes)
+        ):
+            return window
+    raise AssertionError("no quiet-hours window leaves now open")

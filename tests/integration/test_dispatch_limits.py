@@ -14,17 +14,14 @@ import itertools
 import sqlite3
 import time
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from router.config import ComplianceConfig
-from statemachines import quiet_hours
 from tests.cases import stripe, twilio
 from tests.fakes.twilio_api import FakeTwilio
-from tests.support import PUBLIC_URL, SECRETS, server_process, wait_for
+from tests.support import PUBLIC_URL, SECRETS, open_quiet_hours, server_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,23 +50,6 @@ rules:
 
 def phone(n: int) -> str:
     return f"+1555310{n:04d}"
-
-
-def open_quiet_hours(numbers: list[str], minutes: int = 10) -> str:
-    """A `compliance.quiet_hours` window (zone UTC, no state windows) that holds no marketing
-    row to `numbers` from now for `minutes`: the burst must not be deferred, whatever the
-    time of day the test runs at (SPEC §7 has no switch to turn quiet hours off)."""
-    now = datetime.now(UTC)
-    for hour in range(24):
-        window = f"{hour:02d}:00-{hour:02d}:30"
-        config = ComplianceConfig(quiet_hours=window, default_timezone="UTC", state_windows=False)
-        if all(
-            quiet_hours.not_before(now + timedelta(minutes=m), "marketing", None, n, config) is None
-            for n in numbers
-            for m in (0, minutes)
-        ):
-            return window
-    raise AssertionError("no quiet-hours window leaves now open")
 
 
 def test_a_two_segment_sms_takes_two_slots_of_its_sender(tmp_path: Path) -> None:

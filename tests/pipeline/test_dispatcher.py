@@ -19,16 +19,13 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from router.config import ComplianceConfig
 from router.logs import configure_logging
-from statemachines import quiet_hours
 from tests.cases import stripe, twilio
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.slack_api import server_error as slack_server_error
@@ -38,7 +35,15 @@ from tests.fakes.twilio_api import (
     server_error,
     twilio_error,
 )
-from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
+from tests.support import (
+    ADMIN_TOKEN,
+    PUBLIC_URL,
+    SECRETS,
+    LiveServer,
+    live_server,
+    open_quiet_hours,
+    wait_for,
+)
 
 OURS = "+15559870000"
 SUPPORT = "C0ESCALATE"
@@ -66,23 +71,6 @@ backoff_base_seconds = 0.05
 backoff_cap_seconds = 0.2
 timeout_seconds = 3
 """
-
-
-def open_quiet_hours(numbers: list[str], minutes: int = 10) -> str:
-    """A `compliance.quiet_hours` window (default zone UTC, no state windows) that holds no
-    marketing row to `numbers` from now for `minutes`: SPEC §7 has no switch to turn quiet
-    hours off, and the rows under test must not be deferred whatever the time of day."""
-    now = datetime.now(UTC)
-    for hour in range(24):
-        window = f"{hour:02d}:00-{hour:02d}:30"
-        config = ComplianceConfig(quiet_hours=window, default_timezone="UTC", state_windows=False)
-        if all(
-            quiet_hours.not_before(now + timedelta(minutes=m), "marketing", None, n, config) is None
-            for n in numbers
-            for m in (0, minutes)
-        ):
-            return window
-    raise AssertionError("no quiet-hours window leaves now open")
 
 
 @dataclass
