@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +33,28 @@ def postgres_url() -> str:
     return SERVER.database_url()
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     SERVER.drop()
+    session.config.stash[_EXIT_STATUS] = exitstatus
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A test cut short (a timeout) leaves what it opened open: an aiosqlite connection's
+    thread is not a daemon, so the interpreter would wait for it for ever after the summary
+    (a CI run hung so). Name such threads, then end with the run's own status."""
+    left = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if not left:
+        return
+    sys.stderr.write(f"threads left running by the tests, not waited for: {', '.join(left)}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash.get(_EXIT_STATUS, 1))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

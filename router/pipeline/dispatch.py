@@ -171,8 +171,9 @@ class Dispatcher:
                 await asyncio.sleep(0)
                 continue
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), sleep)
+            with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow
+                async with asyncio.timeout(sleep):  # a cancel that comes as the event is set
+                    await self._wake.wait()
 
     # -- one round -----------------------------------------------------------------------
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 
 async def cancel(task: asyncio.Task[Any] | None) -> None:
-    """Cancel `task` (if any) and wait until it has stopped."""
+    """Cancel `task` (if any) and wait until it has stopped.
+
+    The task's own CancelledError ends here; a cancel of the caller (a timeout around the
+    stop, a shutdown) goes on up instead of being swallowed with it."""
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

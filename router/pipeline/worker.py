@@ -91,8 +91,9 @@ class Worker:
                 await asyncio.sleep(0)  # let ingest answer between batches
                 continue
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._config.poll_seconds)
+            with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow
+                async with asyncio.timeout(self._config.poll_seconds):  # a cancel (see dispatch)
+                    await self._wake.wait()
 
     async def run_once(self) -> bool:
         """Claim, route and commit one batch; True if there was work (there may be more)."""

@@ -312,7 +312,8 @@ class LiveRules:
             except Exception as exc:  # the watcher itself failed: report it, retry in a second
                 self._watch_failed(exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._interrupt.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancel
+                        await self._interrupt.wait()
 
     def stop_watching(self) -> None:
         """End `watch` (at shutdown)."""

@@ -990,8 +990,9 @@ class PostgresStore:
                     await conn.add_listener(_CHANNEL, heard)
                 on_change()
                 while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), _LISTEN_CHECK_SECONDS)
+                    with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can
+                        async with asyncio.timeout(_LISTEN_CHECK_SECONDS):  # swallow a cancel
+                            await lost.wait()
                     if not lost.is_set():  # a connection cut without a close answers nothing
                         with wrap_exceptions():
                             await conn.fetchval("SELECT 1", timeout=self._timeout)
