@@ -128,6 +128,17 @@ def receipt_target(current: str, reported: str) -> str | None:
     return target
 
 
+def after_receipt(
+    current: str, error_code: str | None, reported: str, reported_code: str | None
+) -> tuple[str, str | None]:
+    """A row's status and error code once a receipt is applied: unchanged if it would move
+    the row back, and a receipt without an error code keeps the one there."""
+    target = receipt_target(current, reported)
+    if target is None:
+        return current, error_code
+    return target, reported_code if reported_code is not None else error_code
+
+
 def outbox_from_row(row: Sequence[Any], when: Callable[[Any], Any]) -> OutboxRow:
     """The `rows_by_id` columns -> the row; `when` reads a stored time (SQLite keeps text,
     PostgreSQL timestamptz) and keeps None."""

@@ -215,6 +215,70 @@ async def test_a_receipt_before_the_send_is_recorded_is_kept_for_then(store: Sto
     assert (stored.status, stored.error_code) == (OutboxStatus.UNDELIVERED, "30003")
 
 
+async def test_one_finish_of_many_rows_gives_each_its_own_outcome(store: Store) -> None:
+    """A round's attempts are finished together (PostgreSQL writes each kind in one statement):
+    every row still ends as its own attempt says, with its own receipts and history."""
+    sms, esc, early, sandbox, retry, dead, lost = (
+        message(n, f"sms:+{n}:+2", at_ms=n) for n in range(1, 8)
+    )
+    await routed(store, sms, row(sms, "sms"))
+    post = row(esc, "esc", channel="slack", to="C1", kind="escalation", contact_key=None)
+    await routed(store, esc, post)
+    for ev, name in ((early, "early"), (sandbox, "sandbox"), (retry, "retry"), (dead, "dead")):
+        await routed(store, ev, row(ev, name))
+    await routed(store, lost, row(lost, "lost"))
+    claimed = {c.row.id.rsplit(":", 1)[1]: c for c in await claim_all(store)}
+    assert len(claimed) == 7
+    receipt = Receipt(provider_message_id="SMearly", status="failed", error_code="30008", at=T0)
+    await routed(store, message(9, None, at_ms=9), receipts=[receipt])
+    later = T0 + timedelta(seconds=30)
+    stale = AttemptResult(
+        id=claimed["lost"].row.id, token="not-its-token", outcome=AttemptOutcome.SENT, at=T0,
+        duration_ms=1.0, provider_message_id="SMlost",
+    )  # fmt: skip
+    results = [
+        attempt(claimed["sms"], AttemptOutcome.SENT, provider_message_id="SM1",
+                provider_status="queued"),
+        attempt(claimed["retry"], AttemptOutcome.RETRY, error="503", error_code="503",
+                next_attempt_at=later),
+        attempt(claimed["esc"], AttemptOutcome.SENT, provider_message_id="1700000000.000200"),
+        stale,
+        attempt(claimed["early"], AttemptOutcome.SENT, provider_message_id="SMearly"),
+        attempt(claimed["dead"], AttemptOutcome.DEAD, error="invalid number", error_code="21211"),
+        attempt(claimed["sandbox"], AttemptOutcome.SENT, provider_message_id="sandbox-1",
+                provider_status="delivered"),
+    ]  # fmt: skip
+    assert await store.finish_attempts(results) == [True, True, True, False, True, True, True]
+    stored = await by_id(store)
+    got = {name: (r.status, r.provider_message_id, r.error_code) for name, r in stored.items()}
+    assert got == {
+        "sms": (OutboxStatus.SENT, "SM1", None),
+        "esc": (OutboxStatus.SENT, "1700000000.000200", None),
+        "early": (OutboxStatus.FAILED, "SMearly", "30008"),  # its receipt came first
+        "sandbox": (OutboxStatus.DELIVERED, "sandbox-1", None),
+        "retry": (OutboxStatus.PENDING, None, "503"),
+        "dead": (OutboxStatus.DEAD, None, "21211"),
+        "lost": (OutboxStatus.SENDING, None, None),  # fenced: nothing written
+    }
+    assert {name: r.attempts for name, r in stored.items()} == {
+        "sms": 1, "esc": 1, "early": 1, "sandbox": 1, "retry": 1, "dead": 1, "lost": 0
+    }  # fmt: skip
+    for name in ("sms", "esc", "early", "sandbox"):
+        [one] = await store.attempts(stored[name].id)
+        assert (one.outcome, one.duration_ms) == ("sent", 2.5)
+    assert [a.outcome for a in await store.attempts(stored["retry"].id)] == ["retry"]
+    assert [a.error_code for a in await store.attempts(stored["dead"].id)] == ["21211"]
+    assert await store.attempts(stored["lost"].id) == []
+    assert await store.escalation_thread("sms:+2:+2") == "1700000000.000200"
+    # The early receipt was used up: it does not move another row sent under the same id.
+    tenth = message(10, "sms:+10:+2", at_ms=10)
+    await routed(store, tenth, row(tenth, "again"))
+    [again] = [c for c in await claim_all(store) if c.row.id.endswith(":again")]
+    sent_again = attempt(again, AttemptOutcome.SENT, provider_message_id="SMearly")
+    assert await store.finish_attempts([sent_again]) == [True]
+    assert (await by_id(store))["again"].status is OutboxStatus.SENT
+
+
 async def test_a_carrier_opt_out_cancels_the_contacts_waiting_rows(store: Store) -> None:
     ev = message(1, "sms:+1:+2")
     await routed(

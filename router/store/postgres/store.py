@@ -70,6 +70,7 @@ from router.store.shared import (
     DISPATCH_SCAN,
     MAX_SCAN,
     SCAN_PAGE,
+    after_receipt,
     book_slots,
     due_heads,
     event_from_row,
@@ -384,9 +385,13 @@ class PostgresStore:
             return []
         found = await self._claimed_events(conn, lanes, now)
         kept = {lane: [i for i in ids if i in found] for lane, ids in lanes.items()}
-        for lane in [lane for lane, ids in kept.items() if not ids]:  # finished meanwhile
-            await conn.execute(self._sql["release_lease"], lane, leases[lane].token)
-            del kept[lane]
+        empty = [lane for lane, ids in kept.items() if not ids]  # finished meanwhile
+        if empty:
+            await conn.execute(
+                self._sql["release_lease"], empty, [leases[lane].token for lane in empty]
+            )
+            for lane in empty:
+                del kept[lane]
         if not kept:
             return []
         conversations = {
@@ -484,11 +489,12 @@ class PostgresStore:
         await self._many(
             conn, "failed_attempt", [(ln.failed_attempt,) for ln in lanes if ln.failed_attempt]
         )
-        await self._many(
-            conn,
-            "upsert_conversation",
-            [conversation_row(ln.conversation) for ln in lanes if ln.conversation is not None],
-        )
+        conversations = {  # each lane is a conversation of its own; the last write wins
+            ln.conversation.key: conversation_row(ln.conversation)
+            for ln in lanes
+            if ln.conversation is not None
+        }
+        await self._columns(conn, "upsert_conversation", list(conversations.values()))
         cancelled: list[str] = []
         new_ids: list[str] = []
         if any(lane.cancel_contacts for lane in lanes):  # cancels rows made before it only
@@ -509,7 +515,7 @@ class PostgresStore:
             "hold_lease_until",
             [(ln.lease.lane, ln.retry_at) for ln in lanes if ln.retry_at is not None],
         )
-        await self._many(
+        await self._columns(
             conn,
             "release_lease",
             [(ln.lease.lane, ln.lease.token) for ln in lanes if ln.retry_at is None],
@@ -542,15 +548,19 @@ class PostgresStore:
         if args:
             await conn.executemany(self._sql[name], args)
 
+    async def _columns(self, conn: Conn, name: str, rows: list[tuple[Any, ...]]) -> None:
+        """One named `unnest` statement for all `rows`, sent as one array per column (one
+        statement, not one per row as `_many`); nothing if none."""
+        if rows:
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            await conn.execute(self._sql[name], *columns)
+
     async def _record_results(self, conn: Conn, results: Sequence[EventResult]) -> None:
         """Each event's new status and its run."""
-        if not results:
-            return
-        await conn.executemany(
-            self._sql["finish_event"], [(r.status.value, r.event_id) for r in results]
-        )
-        await conn.executemany(
-            self._sql["insert_run"],
+        await self._columns(conn, "finish_event", [(r.event_id, r.status.value) for r in results])
+        await self._columns(
+            conn,
+            "insert_run",
             [(r.event_id, r.run.at, run_encoder.encode(r.run)) for r in results],
         )
 
@@ -691,26 +701,67 @@ class PostgresStore:
             ids = sorted({result.id for result in results})
             held = {r[0]: (r[1], r[2]) for r in await conn.fetch(self._sql["lock_rows"], ids)}
             done = []
+            fresh: list[AttemptResult] = []
             for result in results:
                 if held.get(result.id) != (result.token, "sending"):
                     done.append(False)  # fenced: the lease expired and another attempt took it
                     continue
                 held[result.id] = (None, "finished")
-                await self._finish_one(conn, result)
+                fresh.append(result)
                 done.append(True)
+            sent = [r for r in fresh if r.outcome is AttemptOutcome.SENT and r.opted_out is None]
+            for result in fresh:
+                if result.outcome is not AttemptOutcome.SENT or result.opted_out is not None:
+                    await self._finish_one(conn, result)
+            await self._finish_sent(conn, sent)
+            await self._insert_attempts(conn, fresh)
             return done
 
         return await self._transact(run, notify=True)  # a lane's next row may go now
 
+    async def _finish_sent(self, conn: Conn, results: Sequence[AttemptResult]) -> None:
+        """Sent rows, each kind of write in one statement for all of them (a round's sends
+        finish together): the receipts that beat the commit move each row on, never back."""
+        if not results:
+            return
+        provider_ids = [
+            db_text(r.provider_message_id) if r.provider_message_id else None for r in results
+        ]
+        waiting: dict[str, list[tuple[str, str | None]]] = {}
+        known = [pid for pid in provider_ids if pid]
+        if known:
+            for pid, status, error_code in await conn.fetch(self._sql["receipts_of"], known):
+                waiting.setdefault(pid, []).append((status, error_code))
+        statuses: list[str] = []
+        error_codes: list[str | None] = []
+        for result, pid in zip(results, provider_ids, strict=True):
+            status, error_code = "sent", None
+            for reported, code in waiting.get(pid, []) if pid else []:
+                status, error_code = after_receipt(status, error_code, reported, code)
+            if result.provider_status:
+                status, error_code = after_receipt(status, error_code, result.provider_status, None)
+            statuses.append(status)
+            error_codes.append(error_code)
+        posts = await conn.fetch(
+            self._sql["finish_sent"],
+            [r.id for r in results],
+            provider_ids,
+            statuses,
+            error_codes,
+        )
+        if waiting:
+            await conn.execute(self._sql["drop_receipts"], list(waiting))
+        await self._many(  # an escalation post's Slack thread belongs to its conversation
+            conn,
+            "map_thread",
+            [(f"slack:{recipient}:{ts}", key) for recipient, key, ts in posts],
+        )
+
     async def _finish_one(self, conn: Conn, result: AttemptResult) -> None:
+        """A row not sent, or sent to a contact the carrier says opted out (21610)."""
         sql, outcome = self._sql, result.outcome
         if outcome is AttemptOutcome.SENT:
-            await conn.execute(sql["finish_sent"], result.id, result.provider_message_id)
-            if result.provider_message_id:
-                await self._map_thread(conn, result.id, result.provider_message_id)
-                await self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
-            if result.provider_status:
-                await self._deliver(conn, result.id, "sent", result.provider_status, None)
+            await self._finish_sent(conn, [result])
         elif outcome is AttemptOutcome.IN_DOUBT:
             until = result.next_attempt_at or result.at
             await conn.execute(
@@ -735,22 +786,19 @@ class PostgresStore:
             await self._cancel_waiting(
                 conn, result.opted_out.address, "contact opted out at the carrier"
             )
-        await conn.execute(
-            sql["insert_attempt"],
-            result.id,
-            result.at,
-            outcome.value,
-            result.error,
-            result.error_code,
-            result.duration_ms,
-        )
 
-    async def _map_thread(self, conn: Conn, outbox_id: str, ts: str) -> None:
-        """An escalation post is sent: its Slack thread belongs to the conversation from now
-        on (agent replies and button presses there are routed with it)."""
-        row = await conn.fetchrow(self._sql["row_for_thread"], outbox_id)
-        if row is not None and row[0] == "escalation" and row[2] is not None:
-            await conn.execute(self._sql["map_thread"], f"slack:{row[1]}:{db_text(ts)}", row[2])
+    async def _insert_attempts(self, conn: Conn, results: Sequence[AttemptResult]) -> None:
+        if not results:
+            return
+        await conn.execute(
+            self._sql["insert_attempts"],
+            [r.id for r in results],
+            [r.at for r in results],
+            [r.outcome.value for r in results],
+            [r.error for r in results],
+            [r.error_code for r in results],
+            [r.duration_ms for r in results],
+        )
 
     async def _apply_receipt(self, conn: Conn, receipt: Receipt) -> None:
         provider_id = db_text(receipt.provider_message_id)
@@ -765,16 +813,6 @@ class PostgresStore:
             )
             return
         await self._deliver(conn, found[0], found[1], receipt.status, receipt.error_code)
-
-    async def _apply_waiting_receipts(
-        self, conn: Conn, row_id: str, provider_message_id: str
-    ) -> None:
-        waiting = await conn.fetch(self._sql["receipts_of"], provider_message_id)
-        status = "sent"
-        for receipt_status, error_code, _ in waiting:
-            status = await self._deliver(conn, row_id, status, receipt_status, error_code)
-        if waiting:
-            await conn.execute(self._sql["drop_receipts"], provider_message_id)
 
     async def _deliver(
         self, conn: Conn, row_id: str, current: str, reported: str, error_code: str | None

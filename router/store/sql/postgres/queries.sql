@@ -132,23 +132,33 @@ WHERE key = ANY($1::text[]);
 SELECT lane, token FROM leases WHERE lane = ANY($1::text[]) ORDER BY lane FOR UPDATE;
 
 -- name: release_lease
-DELETE FROM leases WHERE lane = $1 AND token = $2;
+-- The lanes $1 whose lease still carries the tokens $2.
+DELETE FROM leases l USING unnest($1::text[], $2::text[]) AS r(lane, token)
+WHERE l.lane = r.lane AND l.token = r.token;
 
 -- name: hold_lease_until
 UPDATE leases SET token = NULL, owner = NULL, until = $2 WHERE lane = $1;
 
 -- name: finish_event
-UPDATE events SET status = $1 WHERE id = $2;
+-- $1 event ids, $2 their new statuses.
+UPDATE events e SET status = f.status FROM unnest($1::text[], $2::text[]) AS f(id, status)
+WHERE e.id = f.id;
 
 -- name: failed_attempt
 UPDATE events SET attempts = attempts + 1 WHERE id = $1;
 
 -- name: insert_run
-INSERT INTO runs (event_id, at, body) VALUES ($1, $2, $3);
+-- $1 event ids, $2 times, $3 bodies, in the order given.
+INSERT INTO runs (event_id, at, body)
+SELECT event_id, at, body
+FROM unnest($1::text[], $2::timestamptz[], $3::bytea[]) WITH ORDINALITY AS r(event_id, at, body, place)
+ORDER BY place;
 
 -- name: upsert_conversation
+-- One array per column ($1..$6), each key once.
 INSERT INTO conversations (key, state, channel, contact, body, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
+                     $6::timestamptz[])
 ON CONFLICT (key) DO UPDATE SET state = excluded.state, channel = excluded.channel,
     contact = excluded.contact, body = excluded.body, updated_at = excluded.updated_at;
 
@@ -283,10 +293,20 @@ RETURNING o.id;
 SELECT id, lease_token, status FROM outbox WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
 
 -- name: finish_sent
-UPDATE outbox SET status = 'sent', provider_message_id = $2,
-    attempts = attempts + 1, last_error = NULL, error_code = NULL, lease_token = NULL,
-    lease_until = NULL, next_attempt_at = NULL
-WHERE id = $1;
+-- Rows sent, all in one statement: $1 ids, $2 provider message ids, $3 statuses (`sent`, or on
+-- by the receipts that beat this commit), $4 error codes. Returns the escalation posts among
+-- them (their Slack thread belongs to the conversation from now on).
+WITH sent AS (
+    UPDATE outbox o SET status = s.status, provider_message_id = s.provider_message_id,
+        attempts = o.attempts + 1, last_error = NULL, error_code = s.error_code,
+        lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+         AS s(id, provider_message_id, status, error_code)
+    WHERE o.id = s.id
+    RETURNING o.kind, o.recipient, o.conversation_key, s.provider_message_id
+)
+SELECT recipient, conversation_key, provider_message_id FROM sent
+WHERE kind = 'escalation' AND conversation_key IS NOT NULL AND provider_message_id IS NOT NULL;
 
 -- name: finish_retry
 -- $1 id, $2 error, $3 error_code, $4 next_attempt_at, $5 step (0 for a throttled retry).
@@ -307,9 +327,13 @@ UPDATE outbox SET attempts = attempts + 1, last_error = $2, error_code = $3,
     lease_token = NULL, lease_until = $4
 WHERE id = $1;
 
--- name: insert_attempt
+-- name: insert_attempts
+-- A commit's attempts in one statement, one array per column ($1..$6), in the order given.
 INSERT INTO outbox_attempts (outbox_id, at, outcome, error, error_code, duration_ms)
-VALUES ($1, $2, $3, $4, $5, $6);
+SELECT outbox_id, at, outcome, error, error_code, duration_ms
+FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::float8[])
+     WITH ORDINALITY AS a(outbox_id, at, outcome, error, error_code, duration_ms, place)
+ORDER BY place;
 
 -- name: attempts_of_row
 SELECT at, outcome, error, error_code, duration_ms FROM outbox_attempts
@@ -328,13 +352,12 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (provider_message_id, status) DO NOTHING;
 
 -- name: receipts_of
-SELECT status, error_code, at FROM receipts WHERE provider_message_id = $1 ORDER BY at;
+-- The receipts kept for these provider message ids ($1), each id's in arrival order.
+SELECT provider_message_id, status, error_code FROM receipts
+WHERE provider_message_id = ANY($1::text[]) ORDER BY provider_message_id, at;
 
 -- name: drop_receipts
-DELETE FROM receipts WHERE provider_message_id = $1;
-
--- name: row_for_thread
-SELECT kind, recipient, conversation_key FROM outbox WHERE id = $1;
+DELETE FROM receipts WHERE provider_message_id = ANY($1::text[]);
 
 -- name: escalation_thread
 SELECT provider_message_id FROM outbox
