@@ -8,7 +8,10 @@ SELECT coalesce(max(version), 0) FROM schema_migrations;
 -- name: insert_events
 -- A whole ingest batch in one statement, one array per column ($1..$16) plus each row's place
 -- in the batch ($17). Rows go in dedupe-key order (two batches never wait on each other's keys
--- in opposite orders); within a key the first submitted wins. Returns the ids stored.
+-- in opposite orders); within a key the first submitted wins. Returns the ids stored, and
+-- notifies channel $18 with payload $19 (sent at the commit) if any was: the other processes'
+-- workers wake without a statement of its own.
+WITH stored AS (
 INSERT INTO events (id, source, type, provider_type, dedupe_key, channel, contact_address,
                     conversation_key, status, received_at, occurred_at, correlation_id, body,
                     content_type, raw_body, raw_blob)
@@ -22,7 +25,11 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
           content_type, raw_body, raw_blob, place)
 ORDER BY dedupe_key, place
 ON CONFLICT (dedupe_key) DO NOTHING
-RETURNING id;
+RETURNING id
+), woken AS MATERIALIZED (
+    SELECT pg_notify($18, $19)
+)
+SELECT stored.id FROM stored, woken;
 
 -- name: insert_nonce
 -- $1 source, $2 nonce, $3 dedupe_key, $4 seen_at. A row back means the token is fresh.
