@@ -57,6 +57,7 @@ from harness import (
     query,
     settle_pinning,
     start_serve,
+    start_worker,
 )
 from ingest import PATH, PUBLIC_URL, TOKEN, free_port
 
@@ -356,14 +357,19 @@ class Server:
         worker: bool,
         name: str,
         store: StoreTarget | None = None,
+        split: bool = False,
     ) -> None:
+        """`worker`: routing in `serve`; `split`: in a `switchboard worker` process beside it
+        instead (not pinned), on the same store."""
         self.folder, self.name = folder, name
         self.store: StoreTarget = folder / "bench.db" if store is None else store
         self.port = free_port()
         (folder / "rules").mkdir(parents=True, exist_ok=True)
         (folder / "rules" / "echo.yaml").write_text(RULES)
         config = folder / "switchboard.toml"
-        text = config_text(self.port, folder, self.store, worker=worker, log_level=args.log_level)
+        text = config_text(
+            self.port, folder, self.store, worker=worker and not split, log_level=args.log_level
+        )
         config.write_text(text)
         self.log = folder / f"{name}.log"
         self.cpu = args.server_cpu
@@ -371,9 +377,21 @@ class Server:
         self.proc = start_serve(
             config, self.log, base=self.base, cpu=self.cpu, verbose=args.verbose, name=name
         )
+        self.worker: subprocess.Popen[bytes] | None = None
+        if split:
+            self.worker = start_worker(
+                config, folder / f"{name}-worker.log", cpu=None, verbose=args.verbose
+            )
 
     def cpu_sample(self) -> proc_stats.CpuSample:
         return proc_stats.cpu_sample(self.proc.pid, self.cpu)
+
+    def worker_cpu_s(self) -> float:
+        """CPU seconds the worker process has used (0 without one)."""
+        if self.worker is None:
+            return 0.0
+        sample = proc_stats.cpu_sample(self.worker.pid, None)
+        return sample.user_s + sample.system_s
 
     def metrics(self, processed: int) -> dict[str, float]:
         """The routing figures of /metrics (batches, their seconds, events routed), once they
@@ -405,6 +423,8 @@ class Server:
         return found
 
     def stop(self) -> None:
+        if self.worker is not None:
+            proc_stats.stop(self.worker)
         proc_stats.stop(self.proc)
 
 
@@ -424,6 +444,9 @@ class Phase:
     claim_ms: list[float] = field(default_factory=list)
     commit_ms: list[float] = field(default_factory=list)
     poll_ms: float = 0.0
+    #: The `switchboard worker` process's CPU from the first request to the last event
+    #: processed, in cores (0 when the worker runs in `serve`).
+    worker_cpu: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     rss_kb: int = 0
 
@@ -481,10 +504,17 @@ def phase_pipeline(
     requests: list[bytes],
     spare: bytes,
     store: StoreTarget | None = None,
+    *,
+    split: bool = False,
 ) -> Phase:
-    """B: the worker on; ingest N while it routes, then wait until every event is processed."""
-    print("\n== B. ingest with the worker running ([worker] in_serve = true)", flush=True)
-    server = Server(folder, args, worker=True, name="b-pipeline", store=store)
+    """B: the worker on; ingest N while it routes, then wait until every event is processed.
+    `split`: routing in a `switchboard worker` process beside `serve` (B2)."""
+    if split:
+        print("\n== B2. serve ingests, a `switchboard worker` process routes", flush=True)
+    else:
+        print("\n== B. ingest with the worker running ([worker] in_serve = true)", flush=True)
+    name = "b2-split" if split else "b-pipeline"
+    server = Server(folder, args, worker=True, name=name, store=store, split=split)
     expected = len(requests) + 1
     try:
         preflight(server.port, spare)
@@ -493,8 +523,8 @@ def phase_pipeline(
 
         profiler = start_profiler(args, server.proc.pid)
 
-        async def run() -> tuple[LoadRun, proc_stats.CpuShare, Watch, bool]:
-            before = server.cpu_sample()
+        async def run() -> tuple[LoadRun, proc_stats.CpuShare, Watch, bool, float]:
+            before, worker_before = server.cpu_sample(), server.worker_cpu_s()
             load_task = asyncio.ensure_future(drive(server.port, requests, args.concurrency))
             watcher = asyncio.ensure_future(
                 watch_until_done(server.store, args.poll_ms / 1000, load_task, args.deadline)
@@ -502,11 +532,12 @@ def phase_pipeline(
             load = await load_task
             cpu = proc_stats.cpu_share(before, server.cpu_sample())
             watch, done = await watcher
-            return load, cpu, watch, done
+            worker_s = server.worker_cpu_s() - worker_before
+            return load, cpu, watch, done, worker_s / max(watch.times[-1] - load.started, 1e-9)
 
-        load, cpu, watch, done = asyncio.run(run())
+        load, cpu, watch, done, worker_cpu = asyncio.run(run())
         stop_profiler(profiler, args.profile)
-        metrics = server.metrics(expected)
+        metrics = {} if split else server.metrics(expected)  # the worker serves no /metrics
         rss = proc_stats.peak_rss_kb(server.proc.pid)
     finally:
         server.stop()
@@ -521,7 +552,14 @@ def phase_pipeline(
     if not done or rows.problems or rows.events != expected:
         fail("B", rows, expected, server)
     last = watch.times[-1]
-    phase = Phase("B pipeline", load=load, cpu=cpu, rss_kb=rss, metrics=metrics)
+    phase = Phase(
+        "B2 split" if split else "B pipeline",
+        load=load,
+        cpu=cpu,
+        rss_kb=rss,
+        metrics=metrics,
+        worker_cpu=worker_cpu,
+    )
     phase.events_per_s = len(requests) / (last - load.started)
     phase.lag_s = last - load.finished
     phase.poll_ms = watch.interval_ms
@@ -530,9 +568,10 @@ def phase_pipeline(
             continue  # the pre-flight's event, routed before the clock started
         phase.claim_ms.append((created - received) * 1000)
         phase.commit_ms.append((watch.seen_at(seq) - received) * 1000)
+    beside = f"; worker process {worker_cpu:.0%} of a core" if split else ""
     print(
         f"  ingest {load.rps:,.0f} req/s; {phase.events_per_s:,.0f} events processed/s; "
-        f"all {rows.events:,} processed, one outbox row each"
+        f"all {rows.events:,} processed, one outbox row each{beside}"
     )
     return phase
 

@@ -12,7 +12,8 @@ processed per second, in one run, with the database on this same box.
 2. Events processed per second, bench/pipeline.py's method (its phases, imported): one echo
    rule, N signed SMS over M conversations from a Python client on the other core; on SQLite
    and on PostgreSQL: A ingest alone, B one `serve` with its worker routing while ingest runs,
-   C backlog drain (A's store, served again with the worker on).
+   C backlog drain (A's store, served again with the worker on), and B2 as B with the routing
+   in a `switchboard worker` process beside `serve` (not pinned), the scale-out shape.
 
 Every PostgreSQL store is a fresh database `switchboard_bench_<random>_<name>`, created through
 `--admin-url` and dropped at the end (`--keep` keeps them). The PostgreSQL server is not pinned:
@@ -299,6 +300,8 @@ class Pipeline:
     a: pipeline.Phase
     b: pipeline.Phase
     c: pipeline.Phase
+    #: B with routing in a `switchboard worker` process beside `serve`.
+    b2: pipeline.Phase
     #: PostgreSQL CPU seconds over each whole phase (start, migrations, stop included), and of
     #: that, the bench's own backends (the store polls and reads).
     pg_cpu_s: dict[str, float] = field(default_factory=dict)
@@ -306,23 +309,30 @@ class Pipeline:
     wal_bytes: dict[str, int] = field(default_factory=dict)
 
 
+#: The pipeline phases, in the order they run.
+PHASES = ("A", "B", "C", "B2")
+
+
 def run_pipeline(
     name: str,
     folder: Path,
     args: argparse.Namespace,
-    stores: tuple[str, str] | None,
+    stores: tuple[str, str, str] | None,
     meter: pg_admin.ServerMeter,
 ) -> Pipeline:
-    """A, B, C on SQLite files in `folder`, or on the PostgreSQL databases `stores` (A's and
-    C's, B's), with PostgreSQL's CPU over each phase."""
+    """A, B, C and B2 on SQLite files in `folder`, or on the PostgreSQL databases `stores`
+    (A's and C's, B's, B2's), with PostgreSQL's CPU over each phase."""
     print(f"\n######## pipeline on {name}", flush=True)
-    a_store, b_store = stores if stores else (None, None)
+    a_store, b_store, b2_store = stores if stores else (None, None, None)
     phases = {
         "A": lambda: pipeline.phase_ingest_alone(
             folder / "a", args, args.sms, args.sms_spare, a_store
         ),
         "B": lambda: pipeline.phase_pipeline(folder / "b", args, args.sms, args.sms_spare, b_store),
         "C": lambda: pipeline.phase_backlog(folder / "a", args, a_store),
+        "B2": lambda: pipeline.phase_pipeline(
+            folder / "b2", args, args.sms, args.sms_spare, b2_store, split=True
+        ),
     }
     done, pg_cpu, bench_cpu, wal = {}, {}, {}, {}
     for key, phase in phases.items():
@@ -335,13 +345,13 @@ def run_pipeline(
     pipeline.print_round(done["A"], done["B"], done["C"])
     if not stores:
         pg_cpu, bench_cpu, wal = {}, {}, {}
-    return Pipeline(name, done["A"], done["B"], done["C"], pg_cpu, bench_cpu, wal)
+    return Pipeline(name, done["A"], done["B"], done["C"], done["B2"], pg_cpu, bench_cpu, wal)
 
 
 def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
     """The figures compared between stores: value (for the ratio; NaN: no ratio) and text."""
-    a, b, c = run.a, run.b, run.c
-    assert a.load and b.load and a.cpu and b.cpu and c.cpu
+    a, b, c, b2 = run.a, run.b, run.c, run.b2
+    assert a.load and b.load and a.cpu and b.cpu and c.cpu and b2.load and b2.cpu
     nan = float("nan")
     rows = {
         "A. ingest alone, req/s": (a.load.rps, f"{a.load.rps:,.0f}"),
@@ -352,8 +362,11 @@ def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
             f"{harness.pct(b.commit_ms, 0.5):,.0f} / {harness.pct(b.commit_ms, 0.99):,.0f}",
         ),
         "C. backlog drain, events/s": (c.events_per_s or nan, f"{c.events_per_s or nan:,.0f}"),
+        "B2. serve + worker process: ingest req/s": (b2.load.rps, f"{b2.load.rps:,.0f}"),
+        "B2. events processed/s": (b2.events_per_s or nan, f"{b2.events_per_s or nan:,.0f}"),
+        "B2. worker process, cores": (nan, f"{b2.worker_cpu:.2f}"),
     }
-    for name, phase in (("A", a), ("B", b), ("C", c)):
+    for name, phase in (("A", a), ("B", b), ("C", c), ("B2", b2)):
         assert phase.cpu
         rows[f"{name}. server's core: serve / others"] = (
             nan,
@@ -361,13 +374,13 @@ def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
         )
     if run.pg_cpu_s:
         for label, seconds in (
-            ("PostgreSQL CPU per event, A / B / C, us", run.pg_cpu_s),
+            ("PostgreSQL CPU per event, A / B / C / B2, us", run.pg_cpu_s),
             ("  of which the bench's polls and reads", run.bench_cpu_s),
         ):
-            per_event = [seconds[phase] * 1e6 / len(b.load.latencies) for phase in "ABC"]
+            per_event = [seconds[phase] * 1e6 / len(b.load.latencies) for phase in PHASES]
             rows[label] = (nan, " / ".join(f"{us:,.0f}" for us in per_event))
-        per_event = [run.wal_bytes[phase] / len(b.load.latencies) for phase in "ABC"]
-        rows["PostgreSQL WAL per event, A / B / C, bytes"] = (
+        per_event = [run.wal_bytes[phase] / len(b.load.latencies) for phase in PHASES]
+        rows["PostgreSQL WAL per event, A / B / C / B2, bytes"] = (
             nan,
             " / ".join(f"{size:,.0f}" for size in per_event),
         )
@@ -377,13 +390,15 @@ def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
 def print_pipelines(runs: list[Pipeline]) -> None:
     print("\n== 2. Events processed per second (one echo rule, bench/pipeline.py's phases)")
     base, other = pipeline_rows(runs[0]), pipeline_rows(runs[1])
-    print(f"  {'':<42}{runs[0].name:>14}{runs[1].name:>18}{'ratio':>8}")
+    print(f"  {'':<46}{runs[0].name:>14}{runs[1].name:>24}{'ratio':>8}")
     for label in {**base, **other}:
         x, y = base.get(label, (float("nan"), "-")), other.get(label, (float("nan"), "-"))
         ratio = f"{y[0] / x[0]:.2f}x" if x[0] == x[0] and y[0] == y[0] else ""
-        print(f"  {label:<42}{x[1]:>14}{y[1]:>18}{ratio:>8}")
+        print(f"  {label:<46}{x[1]:>14}{y[1]:>24}{ratio:>8}")
     print("  (server's core: the serve process's share of its core and what other processes took")
-    print("   of it, during A's and B's load and C's drain; PostgreSQL CPU: the bench's backends")
+    print("   of it, during A's, B's and B2's load and C's drain; B2's worker is not pinned;")
+    print("   worker process: its CPU from the first request to the last event processed;")
+    print("   PostgreSQL CPU: the bench's backends")
     print("   and the server's background processes over the whole phase, server start and")
     print("   migrations included, per event sent; WAL: all the server wrote meanwhile)")
 
@@ -394,9 +409,13 @@ def print_aims(ingests: list[IngestRun], pipelines: list[Pipeline]) -> None:
         met = "met" if run.rps >= AIM_INGEST_RPS else "MISSED"
         print(f"  ingest >= {AIM_INGEST_RPS:,} req/s, {run.name}: {run.rps:,.0f} -> {met}")
     for run in pipelines[1:]:
-        rate = run.b.events_per_s or 0.0
-        met = "met" if rate >= AIM_EVENTS_PER_S else "MISSED"
-        print(f"  >= {AIM_EVENTS_PER_S:,} processed events/s, {run.name} B: {rate:,.0f} -> {met}")
+        for label, phase in (("B, one serve", run.b), ("B2, serve + worker", run.b2)):
+            rate = phase.events_per_s or 0.0
+            met = "met" if rate >= AIM_EVENTS_PER_S else "MISSED"
+            print(
+                f"  >= {AIM_EVENTS_PER_S:,} processed events/s, {run.name} {label}: "
+                f"{rate:,.0f} -> {met}"
+            )
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -529,7 +548,7 @@ def run_pipelines(
     meter = pg_admin.ServerMeter(args.admin_url, dbs.prefix)
     runs = [run_pipeline("sqlite", folder / "p-sqlite", args, None, meter)]
     args.profile = args.profile_pipeline  # pipeline.phase_pipeline's profiler, PostgreSQL only
-    stores = (dbs.create("pipeline_a"), dbs.create("pipeline_b"))
+    stores = (dbs.create("pipeline_a"), dbs.create("pipeline_b"), dbs.create("pipeline_b2"))
     runs.append(run_pipeline("postgres", folder / "p-pg", args, stores, meter))
     print_pipelines(runs)
     return runs
