@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the `store` fixture is imported, then named by the tests)
 """The pipeline's loops stop when asked, even when the ask comes in the same moment as a wake-up.
 
 On Python 3.11, `asyncio.wait_for` returns the result instead of raising when a cancel arrives
@@ -7,10 +8,7 @@ shutdown that awaited it hung for ever (seen in CI). Real store, real loops."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-
-import pytest
+from collections.abc import Awaitable, Callable
 
 from router.clock import FrozenClock
 from router.config import parse_settings
@@ -18,17 +16,7 @@ from router.metrics import Metrics
 from router.pipeline.dispatch import Dispatcher
 from router.pipeline.worker import Worker
 from router.store.sqlite import SQLiteStore
-from tests.pipeline.test_worker import T0
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "switchboard.db")
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+from tests.pipeline.test_worker import T0, store  # noqa: F401  (the fixture)
 
 
 async def stop_as_woken(
