@@ -71,6 +71,7 @@ import signed_requests  # noqa: E402
 from harness import (  # noqa: E402
     client_loop,
     connect_ro,
+    find_py_spy,
     pct,
     settle_pinning,
     start_serve,
@@ -90,7 +91,6 @@ rules:
 """
 #: The unique reference in every inbound body, echoed in the reply.
 REF = re.compile(r"\(ref e2e-(\d+)\)")
-PY_SPY_FALLBACK = "/tmp/pyspy/bin/py-spy"
 
 
 def customer(conversation: int) -> str:
@@ -1024,14 +1024,7 @@ def parse_args() -> argparse.Namespace:
     if args.conversations < 1 or args.numbers < 1 or args.rate_per_number <= 0:
         parser.error("--conversations and --numbers must be >= 1, --rate-per-number > 0")
     if args.profile:
-        here = str(Path(sys.executable).parent)
-        args.py_spy = (
-            shutil.which("py-spy")
-            or shutil.which("py-spy", path=here)
-            or (PY_SPY_FALLBACK if Path(PY_SPY_FALLBACK).exists() else None)
-        )
-        if args.py_spy is None:
-            parser.error("--profile needs py-spy: pip install py-spy (not a dependency)")
+        find_py_spy(args, parser)
     settle_pinning(args)
     return args
 

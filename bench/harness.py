@@ -19,6 +19,22 @@ from ingest import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 Popen = subprocess.Popen[bytes]
+#: Where py-spy is looked for last (`python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip install
+#: py-spy`: kept out of the project's venv, it is not a dependency).
+PY_SPY_FALLBACK = "/tmp/pyspy/bin/py-spy"
+
+
+def find_py_spy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """`args.py_spy`: py-spy on PATH, in the venv, or at PY_SPY_FALLBACK (the parser exits if
+    none); its folder is put on PATH for the profilers that call it by name."""
+    args.py_spy = (
+        shutil.which("py-spy")
+        or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        or shutil.which("py-spy", path=str(Path(PY_SPY_FALLBACK).parent))
+    )
+    if args.py_spy is None:
+        parser.error("--profile needs py-spy: pip install py-spy (not a dependency)")
+    os.environ["PATH"] = f"{Path(args.py_spy).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 def _spawn(config: Path, command: str, log: Path, cpu: int | None, verbose: bool) -> Popen:

@@ -53,6 +53,7 @@ from harness import (
     StoreReader,
     StoreTarget,
     client_loop,
+    find_py_spy,
     pct,
     query,
     settle_pinning,
@@ -775,10 +776,7 @@ def parse_args() -> argparse.Namespace:
     if args.conversations > 4_000_000:
         parser.error("--conversations: at most 4,000,000 senders")
     if args.profile:
-        here = str(Path(sys.executable).parent)
-        args.py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=here)
-        if args.py_spy is None:
-            parser.error("--profile needs py-spy: .venv/bin/pip install py-spy (not a dependency)")
+        find_py_spy(args, parser)
     settle_pinning(args)
     return args
 

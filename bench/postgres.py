@@ -53,7 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Issue 10's aims on this box, for PostgreSQL.
 AIM_INGEST_RPS = 5_000
 AIM_EVENTS_PER_S = 2_000
-PY_SPY_FALLBACK = "/tmp/pyspy/bin/py-spy"
 LIBS = ("litestar", "uvicorn", "uvloop", "httptools", "aiosqlite", "asyncpg", "twilio")
 
 
@@ -492,23 +491,9 @@ def parse_args() -> argparse.Namespace:
     args.requests = args.requests or max(20_000, 20_000 * args.duration)
     args.no_pin, args.profile_run = False, "postgres, 1 serve" if args.profile else None
     if args.profile or args.profile_pipeline:
-        find_py_spy(args, parser)
+        harness.find_py_spy(args, parser)
     harness.settle_pinning(args)
     return args
-
-
-def find_py_spy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """py-spy on PATH, in the venv, or at PY_SPY_FALLBACK; its folder is put on PATH for
-    bench/ingest.py's profiler."""
-    here = str(Path(sys.executable).parent)
-    args.py_spy = (
-        shutil.which("py-spy")
-        or shutil.which("py-spy", path=here)
-        or shutil.which("py-spy", path=str(Path(PY_SPY_FALLBACK).parent))
-    )
-    if args.py_spy is None:
-        parser.error("--profile needs py-spy: pip install py-spy (not a dependency)")
-    os.environ["PATH"] = f"{Path(args.py_spy).parent}{os.pathsep}{os.environ['PATH']}"
 
 
 def run_ingests(args: argparse.Namespace, folder: Path, dbs: pg_admin.Databases) -> list[IngestRun]:
