@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
+import os
 import re
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1037,20 +1040,32 @@ class SQLiteStore:
         """SQLite has no notifications: the writer connection reads `PRAGMA data_version`,
         which changes when another connection (another process, a CLI command) commits, and
         not for its own commits, which wake this process's worker and dispatcher directly.
-        The read touches only the WAL index in shared memory, so it is polled often."""
+        The read is cheap for SQLite but a hop to the writer's thread and back for this
+        process: it is made only while the WAL file's size or time changed lately (a commit
+        writes its frames there, then becomes visible after their fsync: reads go on for
+        `_WATCH_SETTLE` after the last change), and every `_WATCH_READ_EVERY` anyway; an idle
+        server does not spend a core's percent or two looking."""
         seen: int | None = None
+        wal = self.path.with_name(self.path.name + "-wal")
+        stamp: tuple[int, int] | None = None
+        changed_at = last_read = -math.inf
         while True:
             try:
-                writer = self._require(self._writer)
-                with wrap_exceptions():
-                    version = await self._call(writer, _data_version)
-                if seen is not None and version != seen:
-                    on_change()
-                seen = version
+                looked, now = _stamp(wal), time.monotonic()
+                if looked != stamp:
+                    stamp, changed_at = looked, now
+                if now - changed_at < _WATCH_SETTLE or now - last_read >= _WATCH_READ_EVERY:
+                    last_read = now
+                    writer = self._require(self._writer)
+                    with wrap_exceptions():
+                        version = await self._call(writer, _data_version)
+                    if seen is not None and version != seen:
+                        on_change()
+                    seen = version
                 await asyncio.sleep(_WATCH_SECONDS)
             except StoreUnavailable as exc:
                 log.warning("store watch paused", stage="store", error=str(exc))
-                seen = None
+                seen, stamp = None, None
                 await asyncio.sleep(1.0)
 
     async def ping(self) -> None:
@@ -1099,9 +1114,24 @@ class SQLiteStore:
         return conn
 
 
-#: How often `watch` reads the data version: a wake-up from another process waits this long
-#: at most (PostgreSQL notifies instead).
+#: How often `watch` looks at the WAL file: a wake-up from another process waits about this
+#: long (PostgreSQL notifies instead).
 _WATCH_SECONDS = 0.01
+#: How often `watch` reads the data version even if the WAL file looks the same (its time has
+#: the kernel's coarse granularity: a commit that rewrites a reset WAL in the same tick as the
+#: last look changes neither its size nor its time).
+_WATCH_READ_EVERY = 2.0
+#: How long `watch` goes on reading the data version after the WAL file last changed.
+_WATCH_SETTLE = 0.25
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The file's size and modification time, or None if it is not there."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_size, found.st_mtime_ns
 
 
 def _json_list(values: list[str]) -> str:
