@@ -522,7 +522,14 @@ def phase_pipeline(
         wait_idle(server.store)
         base_seq = read_max_seq(server.store)
 
-        profiler = start_profiler(args, server.proc.pid)
+        # B2 profiles its worker process, into FILE-b2-worker.EXT beside B's FILE.EXT.
+        profiled = server.worker or server.proc
+        path = (
+            str(Path(args.profile).with_stem(Path(args.profile).stem + "-b2-worker"))
+            if (split and args.profile)
+            else args.profile
+        )
+        profiler = start_profiler(args, profiled.pid, path)
 
         async def run() -> tuple[LoadRun, proc_stats.CpuShare, Watch, bool, float]:
             before, worker_before = server.cpu_sample(), server.worker_cpu_s()
@@ -537,7 +544,7 @@ def phase_pipeline(
             return load, cpu, watch, done, worker_s / max(watch.times[-1] - load.started, 1e-9)
 
         load, cpu, watch, done, worker_cpu = asyncio.run(run())
-        stop_profiler(profiler, args.profile)
+        stop_profiler(profiler, path, "B2's worker" if split else "the server during phase B")
         metrics = {} if split else server.metrics(expected)  # the worker serves no /metrics
         rss = proc_stats.peak_rss_kb(server.proc.pid)
     finally:
@@ -577,23 +584,29 @@ def phase_pipeline(
     return phase
 
 
-def start_profiler(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling the server (every thread) until stopped, if --profile asked for it."""
+def start_profiler(
+    args: argparse.Namespace, pid: int, path: str | None = None
+) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling process `pid` (every thread) into `path` (default: --profile) until
+    stopped, if --profile asked for it."""
     if not args.profile:
         return None
-    fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
-    cmd = [args.py_spy, "record", "--threads", "-r", "100", "-f", fmt, "-o", args.profile]
+    path = path or args.profile
+    fmt = "raw" if path.endswith(".txt") else "flamegraph"
+    cmd = [args.py_spy, "record", "--threads", "-r", "100", "-f", fmt, "-o", path]
     profiler = subprocess.Popen([*cmd, "-p", str(pid)], stdout=subprocess.DEVNULL)
     time.sleep(0.5)  # attached before the load starts
     return profiler
 
 
-def stop_profiler(profiler: subprocess.Popen[bytes] | None, path: str) -> None:
+def stop_profiler(
+    profiler: subprocess.Popen[bytes] | None, path: str, what: str = "the server during phase B"
+) -> None:
     if profiler is None:
         return
     profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
     profiler.wait(timeout=60)
-    print(f"  profile of the server during phase B: {path}")
+    print(f"  profile of {what}: {path}")
 
 
 def phase_backlog(
