@@ -30,6 +30,7 @@ from channels.outbound import (
     SendFailed,
     Sent,
 )
+from router.aio import cancel, wait_event
 from router.clock import Clock
 from router.config import Settings
 from router.errors import StoreUnavailable
@@ -38,7 +39,6 @@ from router.logs import get_logger, mask_address
 from router.metrics import Metrics
 from router.pipeline import render
 from router.pipeline.limits import Breakers, RateLimiter, retry_delay
-from router.pipeline.tasks import cancel
 from router.store.base import Store
 from router.store.records import (
     AttemptOutcome,
@@ -171,9 +171,7 @@ class Dispatcher:
                 await asyncio.sleep(0)
                 continue
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow
-                async with asyncio.timeout(sleep):  # a cancel that comes as the event is set
-                    await self._wake.wait()
+            await wait_event(self._wake, sleep)
 
     # -- one round -----------------------------------------------------------------------
 

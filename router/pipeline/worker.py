@@ -9,11 +9,11 @@ only the rhythm. Several workers, in one process or many, share the work safely.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 
 from channels.outbound import Sender
+from router.aio import cancel, wait_event
 from router.clock import Clock
 from router.config import Settings
 from router.errors import StoreUnavailable
@@ -22,7 +22,6 @@ from router.logs import get_logger
 from router.metrics import Metrics
 from router.pipeline.dispatch import Dispatcher
 from router.pipeline.route import ContactBook, LaneRouter
-from router.pipeline.tasks import cancel
 from router.pipeline.timers import TimerScheduler
 from router.rules import RuleSet
 from router.store.base import Store
@@ -91,9 +90,7 @@ class Worker:
                 await asyncio.sleep(0)  # let ingest answer between batches
                 continue
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow
-                async with asyncio.timeout(self._config.poll_seconds):  # a cancel (see dispatch)
-                    await self._wake.wait()
+            await wait_event(self._wake, self._config.poll_seconds)
 
     async def run_once(self) -> bool:
         """Claim, route and commit one batch; True if there was work (there may be more)."""

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from router.aio import wait_event
 from router.config import Settings
 from router.logs import get_logger
 from router.metrics import Metrics
@@ -311,9 +312,7 @@ class LiveRules:
                 await self._watch_once(self._interrupt)
             except Exception as exc:  # the watcher itself failed: report it, retry in a second
                 self._watch_failed(exc)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancel
-                        await self._interrupt.wait()
+                await wait_event(self._interrupt, 1.0)
 
     def stop_watching(self) -> None:
         """End `watch` (at shutdown)."""

@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 from asyncpg import Connection as Conn
 
+from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
 from router.events import Event, EventStatus
 from router.logs import get_logger
@@ -714,9 +715,11 @@ class PostgresStore:
                 held[result.id] = (None, "finished")
                 fresh.append(result)
                 done.append(True)
-            sent = [r for r in fresh if r.outcome is AttemptOutcome.SENT and r.opted_out is None]
+            sent: list[AttemptResult] = []  # finished together; the others one by one
             for result in fresh:
-                if result.outcome is not AttemptOutcome.SENT or result.opted_out is not None:
+                if result.outcome is AttemptOutcome.SENT and result.opted_out is None:
+                    sent.append(result)
+                else:
                     await self._finish_one(conn, result)
             await self._finish_sent(conn, sent)
             await self._insert_attempts(conn, fresh)
@@ -732,7 +735,7 @@ class PostgresStore:
         provider_ids = [
             db_text(r.provider_message_id) if r.provider_message_id else None for r in results
         ]
-        waiting: dict[str, list[tuple[str, str | None]]] = {}
+        waiting: dict[str | None, list[tuple[str, str | None]]] = {}
         known = [pid for pid in provider_ids if pid]
         if known:
             for pid, status, error_code in await conn.fetch(self._sql["receipts_of"], known):
@@ -741,7 +744,7 @@ class PostgresStore:
         error_codes: list[str | None] = []
         for result, pid in zip(results, provider_ids, strict=True):
             status, error_code = "sent", None
-            for reported, code in waiting.get(pid, []) if pid else []:
+            for reported, code in waiting.get(pid, ()):
                 status, error_code = after_receipt(status, error_code, reported, code)
             if result.provider_status:
                 status, error_code = after_receipt(status, error_code, result.provider_status, None)
@@ -1033,10 +1036,8 @@ class PostgresStore:
                     await conn.add_listener(_CHANNEL, heard)
                 on_change()
                 while not lost.is_set():
-                    with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can
-                        async with asyncio.timeout(_LISTEN_CHECK_SECONDS):  # swallow a cancel
-                            await lost.wait()
-                    if not lost.is_set():  # a connection cut without a close answers nothing
+                    # A connection cut without a close answers nothing: ask it now and then.
+                    if not await wait_event(lost, _LISTEN_CHECK_SECONDS):
                         with wrap_exceptions():
                             await conn.fetchval("SELECT 1", timeout=self._timeout)
                 raise StoreUnavailable("postgresql: the listening connection was lost")
