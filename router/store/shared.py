@@ -28,8 +28,10 @@ RECEIPT_STATUS = {
     "failed": "failed",
 }
 RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
-#: Unfinished outbox rows one dispatch scan reads.
+#: Unfinished outbox rows one dispatch scan reads at most.
 DISPATCH_SCAN = 4096
+#: The first page of a dispatch scan read in pages (PostgreSQL), at least.
+DISPATCH_PAGE = 256
 #: Unfinished events one claim reads at a time, and at most in all.
 SCAN_PAGE = 2048
 MAX_SCAN = 32768
@@ -47,33 +49,68 @@ def new_token() -> str:
     return secrets.token_hex(12)
 
 
-def due_heads(scan: Iterable[Sequence[Any]], moment: Any, limit: int) -> list[Head]:
-    """The due head of each lane from unfinished rows in creation order, urgent first.
+class DueHeads:
+    """The due head of each lane, picked from unfinished rows fed in creation order (in one go,
+    or page after page), urgent first.
 
-    Each scanned row is `(id, category, status, not_before, next_attempt_at, lane,
-    lease_until, attempt_started_at)`; times only compare with `moment`, so they may be the
-    store's text form (SQLite) or datetimes (PostgreSQL).
+    Each row is `(id, category, status, not_before, next_attempt_at, lane, lease_until,
+    attempt_started_at, ...)`; times only compare with `moment`, so they may be the store's
+    text form (SQLite) or datetimes (PostgreSQL).
     """
-    heads: dict[str, Head | None] = {}
-    urgent = 0
-    for row_id, category, status, not_before, next_attempt, lane, lease_until, started in scan:
-        if lane in heads:
-            continue
-        if status == "sending":  # in flight, or left in doubt by a dead dispatcher
-            expired = lease_until is None or lease_until <= moment
-            heads[lane] = (0, row_id, True, started) if expired else None
-        elif status == "deferred" and not_before is not None and not_before > moment:
-            continue  # quiet hours hold this row, not the rest of its lane
-        elif status == "pending" and next_attempt is not None and next_attempt > moment:
-            heads[lane] = None  # waiting for a retry: later rows of its lane wait too
-        else:
-            priority = 1 if category == "marketing" else 0
-            heads[lane] = (priority, row_id, False, None)
-            urgent += priority == 0
-        if urgent >= limit:
-            break  # enough of the first priority: later rows could not come first
-    due = [head for head in heads.values() if head is not None]
-    return sorted(due, key=lambda head: head[0])[:limit]  # stable: creation order per priority
+
+    def __init__(self, moment: Any, limit: int) -> None:
+        self._moment = moment
+        self._limit = limit
+        self._heads: dict[str, Head | None] = {}
+        self._urgent = 0
+
+    @property
+    def enough(self) -> bool:
+        """Enough heads of the first priority: later rows could not come first."""
+        return self._urgent >= self._limit
+
+    def feed(self, rows: Iterable[Sequence[Any]]) -> bool:
+        """Take rows (the next in creation order) until there are enough; `enough` after."""
+        heads, moment = self._heads, self._moment
+        for (
+            row_id,
+            category,
+            status,
+            not_before,
+            next_attempt,
+            lane,
+            lease_until,
+            started,
+            *_,
+        ) in rows:
+            if lane in heads:
+                continue
+            if status == "sending":  # in flight, or left in doubt by a dead dispatcher
+                expired = lease_until is None or lease_until <= moment
+                heads[lane] = (0, row_id, True, started) if expired else None
+            elif status == "deferred" and not_before is not None and not_before > moment:
+                continue  # quiet hours hold this row, not the rest of its lane
+            elif status == "pending" and next_attempt is not None and next_attempt > moment:
+                heads[lane] = None  # waiting for a retry: later rows of its lane wait too
+            else:
+                priority = 1 if category == "marketing" else 0
+                heads[lane] = (priority, row_id, False, None)
+                self._urgent += priority == 0
+            if self._urgent >= self._limit:
+                break
+        return self.enough
+
+    def due(self) -> list[Head]:
+        """At most `limit` heads, urgent first, each priority in creation order."""
+        due = [head for head in self._heads.values() if head is not None]
+        return sorted(due, key=lambda head: head[0])[: self._limit]  # stable sort
+
+
+def due_heads(scan: Iterable[Sequence[Any]], moment: Any, limit: int) -> list[Head]:
+    """The due heads of one scan of unfinished rows in creation order (see `DueHeads`)."""
+    picker = DueHeads(moment, limit)
+    picker.feed(scan)
+    return picker.due()
 
 
 def plan_slots(

@@ -470,8 +470,6 @@ class SQLiteStore:
                 for lease in leases.values()
             ],
         )
-        ids_kept = _json_list([event_id for ids in lanes.values() for event_id in ids])
-        conn.execute(self._sql["mark_processing"], {"ids": ids_kept})
         conversations = {
             row[0]: _conversation_from_row(row)
             for row in conn.execute(

@@ -87,6 +87,19 @@ async def test_due_rows_are_lane_heads_urgent_first(store: Store) -> None:
     assert f"{ev.id}:quiet" in [d.row.id for d in later]
 
 
+async def test_a_reply_behind_a_deep_marketing_backlog_still_comes_first(store: Store) -> None:
+    # Deeper than a first page of the scan (PostgreSQL reads it in growing pages): the scan
+    # goes on until it has enough urgent heads, so the reply is found behind the burst.
+    ev = message(1, "sms:+1:+2")
+    burst = [
+        row(ev, f"promo{i}", category="marketing", conversation_key=f"sms:+{1000 + i}:+2")
+        for i in range(700)
+    ]
+    await routed(store, ev, *burst, row(ev, "reply"))
+    due = await store.due_rows(T0, 3)
+    assert [d.row.id.rsplit(":", 1)[1] for d in due] == ["reply", "promo0", "promo1"]
+
+
 async def test_a_row_is_claimed_once_and_its_lane_waits_while_in_flight(store: Store) -> None:
     ev = message(1, "sms:+1:+2")
     await routed(store, ev, row(ev, "a"), row(ev, "b"))
@@ -482,12 +495,13 @@ async def test_conversations_contacts_and_timers_are_kept(store: Store) -> None:
     close = TimerRecord(
         conversation_key="sms:+1:+2", timer="close", due_at=T0 + timedelta(hours=24)
     )
-    await routed(
+    earlier = msgspec.structs.replace(close, due_at=T0 + timedelta(hours=1))
+    await routed(  # a timer armed twice in one commit: the last arming holds
         store,
         ev,
         conversation=conversation,
         contacts=[(contact, entry)],
-        timers_set=[remind, close],
+        timers_set=[earlier, remind, close],
     )
     assert await store.get_conversation("sms:+1:+2") == conversation
     assert await store.list_conversations("escalated") == [conversation]
@@ -520,6 +534,8 @@ async def test_a_failed_event_holds_its_lane_until_the_retry(store: Store) -> No
     retry_at = T0 + timedelta(seconds=5)
     raised = LaneCommit(lease=lane.lease, failed_attempt=ev.id, retry_at=retry_at)
     assert (await store.commit([raised], T0)).applied == [True]
+    stored = await store.get_event(ev.id)  # tried once, to be tried again
+    assert stored is not None and stored.status is EventStatus.PROCESSING
     assert await store.claim("w1", T0 + timedelta(seconds=4), LEASE, 10, 10) == []
     [again] = await store.claim("w1", retry_at, LEASE, 10, 10)
     assert again.attempts == {ev.id: 1} and [e.id for e in again.events] == [ev.id]

@@ -82,9 +82,9 @@ async def test_claim_gives_each_lane_its_events_in_arrival_order(store: Store) -
     assert list(by_lane) == ["sms:+1:+2", "sms:+3:+2", f"event:{stripe.id}"]
     assert by_lane["sms:+1:+2"] == [e.id for e in a[:3]]
     assert by_lane["sms:+3:+2"] == [e.id for e in b[:3]]
-    for lane in lanes:
+    for lane in lanes:  # a claim writes nothing on the event: the lease says it is taken
         stored = await store.get_event(lane.events[0].id)
-        assert stored is not None and stored.status is EventStatus.PROCESSING
+        assert stored is not None and stored.status is EventStatus.RECEIVED
 
 
 async def test_a_leased_lane_is_not_claimed_again_until_its_lease_expires(store: Store) -> None:
@@ -115,7 +115,7 @@ async def test_a_stale_lease_holder_cannot_commit(store: Store) -> None:
     )
     assert refused.applied == [False]
     assert await store.list_outbox(OutboxFilter()) == []
-    assert (await store.get_event(event.id)).status is EventStatus.PROCESSING  # type: ignore[union-attr]
+    assert (await store.get_event(event.id)).status is EventStatus.RECEIVED  # type: ignore[union-attr]
     applied = await store.commit(
         [LaneCommit(lease=fresh.lease, results=[done(event)], outbox=[row(event, "fresh")])], T0
     )

@@ -68,12 +68,13 @@ from router.store.records import (
     TimerRecord,
 )
 from router.store.shared import (
+    DISPATCH_PAGE,
     DISPATCH_SCAN,
     MAX_SCAN,
     SCAN_PAGE,
+    DueHeads,
     after_receipt,
     book_slots,
-    due_heads,
     event_from_row,
     fail_pending,
     new_token,
@@ -442,8 +443,8 @@ class PostgresStore:
     async def _claimed_events(
         self, conn: Conn, lanes: dict[str, list[str]], now: datetime
     ) -> dict[str, tuple[Event, int]]:
-        """The picked events still unfinished, decoded and marked `processing`; one that cannot
-        be read is failed at once (retrying cannot help, and the events after it must go on)."""
+        """The picked events still unfinished, decoded; one that cannot be read is failed at
+        once (retrying cannot help, and the events after it must go on)."""
         ids = [event_id for ids in lanes.values() for event_id in ids]
         found: dict[str, tuple[Event, int]] = {}
         for event_id, body, status, attempts in await conn.fetch(self._sql["claim_events"], ids):
@@ -530,15 +531,12 @@ class PostgresStore:
 
     async def _set_timers(self, conn: Conn, lanes: list[LaneCommit]) -> None:
         """Arm, then disarm, the lanes' timers (each lane names its own conversation's)."""
-        await self._many(
-            conn,
-            "set_timer",
-            [
-                (db_text(t.conversation_key), t.timer, t.due_at)
-                for lane in lanes
-                for t in lane.timers_set
-            ],
-        )
+        armed = {  # as if one after the other: the last setting of a timer wins
+            (db_text(t.conversation_key), t.timer): t.due_at
+            for lane in lanes
+            for t in lane.timers_set
+        }
+        await self._columns(conn, "set_timer", [(*key, due) for key, due in armed.items()])
         await self._many(
             conn,
             "clear_timer",
@@ -629,8 +627,17 @@ class PostgresStore:
     # -- dispatch ---------------------------------------------------------------------------
 
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
-        scan = await self._fetch(self._sql["dispatch_scan"], DISPATCH_SCAN)
-        due = due_heads(scan, now, limit)
+        # Page by page, growing, until enough heads of the first priority are found: a round
+        # reads a few hundred rows of a backlog, not all it may look at (DISPATCH_SCAN).
+        picker = DueHeads(now, limit)
+        after, page, read = None, max(4 * limit, DISPATCH_PAGE), 0
+        while True:
+            scan = await self._fetch(self._sql["dispatch_scan"], after, page)
+            read += len(scan)
+            if picker.feed(scan) or len(scan) < page or read >= DISPATCH_SCAN:
+                break
+            after, page = scan[-1][-1], min(2 * page, DISPATCH_SCAN - read)
+        due = picker.due()
         if not due:
             return []
         found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])

@@ -118,16 +118,10 @@ RETURNING lane;
 
 -- name: claim_events
 -- The picked events of the lanes taken that are still unfinished (another worker may have
--- finished some between the scan and the lease), as they were; `received` ones become
--- `processing` in the same statement.
-WITH picked AS (
-    SELECT id, body, status, attempts FROM events
-    WHERE id = ANY($1::text[]) AND status IN ('received', 'processing')
-), marked AS (
-    UPDATE events e SET status = 'processing' FROM picked p
-    WHERE e.id = p.id AND p.status = 'received'
-)
-SELECT id, body, status, attempts FROM picked;
+-- finished some between the scan and the lease). Claiming writes nothing on the event: the
+-- lease says it is taken, and the commit writes its outcome.
+SELECT id, body, status, attempts FROM events
+WHERE id = ANY($1::text[]) AND status IN ('received', 'processing');
 
 -- name: conversations_by_key
 SELECT key, state, channel, contact, body, updated_at FROM conversations
@@ -152,7 +146,8 @@ UPDATE events e SET status = f.status FROM unnest($1::text[], $2::text[]) AS f(i
 WHERE e.id = f.id;
 
 -- name: failed_attempt
-UPDATE events SET attempts = attempts + 1 WHERE id = $1;
+-- Its routing raised: `processing` until a retry finishes it (or it is `failed`).
+UPDATE events SET status = 'processing', attempts = attempts + 1 WHERE id = $1;
 
 -- name: insert_run
 -- $1 event ids, $2 times, $3 bodies, in the order given.
@@ -207,7 +202,9 @@ INSERT INTO consent_ledger (contact_key, at, event_id, channel, change, reason)
 VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: set_timer
-INSERT INTO timers (conversation_key, timer, due_at) VALUES ($1, $2, $3)
+-- One array per column ($1 conversation keys, $2 timers, $3 due times), each pair once.
+INSERT INTO timers (conversation_key, timer, due_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
 ON CONFLICT (conversation_key, timer) DO UPDATE SET due_at = excluded.due_at;
 
 -- name: clear_timer
@@ -259,10 +256,13 @@ ORDER BY updated_at DESC LIMIT $2;
 SELECT id FROM outbox WHERE id = ANY($1::text[]);
 
 -- name: dispatch_scan
--- Rows not finished, in creation order: the dispatcher takes the due head of each lane.
-SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, attempt_started_at
+-- Rows not finished, in creation order, a page at a time: $1 after (seq cursor, NULL: from
+-- the first), $2 limit. The dispatcher takes the due head of each lane.
+SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, attempt_started_at,
+       seq
 FROM outbox WHERE status IN ('pending', 'deferred', 'sending')
-ORDER BY seq LIMIT $1;
+  AND ($1::bigint IS NULL OR seq > $1)
+ORDER BY seq LIMIT $2;
 
 -- name: rows_by_id
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,

@@ -76,10 +76,6 @@ INSERT INTO leases (lane, token, owner, until) VALUES (:lane, :token, :owner, :u
 ON CONFLICT (lane) DO UPDATE SET token = excluded.token, owner = excluded.owner,
                                  until = excluded.until;
 
--- name: mark_processing
-UPDATE events SET status = 'processing'
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'received';
-
 -- name: claimed_events
 SELECT id, body, status, attempts FROM events WHERE id IN (SELECT value FROM json_each(:ids));
 
@@ -100,7 +96,8 @@ UPDATE leases SET token = NULL, owner = NULL, until = :until WHERE lane = :lane;
 UPDATE events SET status = :status WHERE id = :id;
 
 -- name: failed_attempt
-UPDATE events SET attempts = attempts + 1 WHERE id = :id;
+-- Its routing raised: `processing` until a retry finishes it (or it is `failed`).
+UPDATE events SET status = 'processing', attempts = attempts + 1 WHERE id = :id;
 
 -- name: insert_run
 INSERT INTO runs (event_id, at, body) VALUES (:event_id, :at, :body);
