@@ -711,34 +711,33 @@ class PostgresStore:
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         async def run(conn: Conn) -> list[bool]:
-            ids = sorted({result.id for result in results})
-            held = {r[0]: (r[1], r[2]) for r in await conn.fetch(self._sql["lock_rows"], ids)}
-            done = []
-            fresh: list[AttemptResult] = []
+            # Each finishing UPDATE carries its row's lease token: a row another attempt took
+            # over meanwhile is not changed (fenced), and no lock is read first.
+            firsts: dict[str, AttemptResult] = {}  # one token commits once
             for result in results:
-                if held.get(result.id) != (result.token, "sending"):
-                    done.append(False)  # fenced: the lease expired and another attempt took it
-                    continue
-                held[result.id] = (None, "finished")
-                fresh.append(result)
-                done.append(True)
+                firsts.setdefault(result.id, result)
+            unique = list(firsts.values())
             sent: list[AttemptResult] = []  # finished together; the others one by one
-            for result in fresh:
-                if result.outcome is AttemptOutcome.SENT and result.opted_out is None:
-                    sent.append(result)
-                else:
-                    await self._finish_one(conn, result)
-            await self._finish_sent(conn, sent)
-            await self._insert_attempts(conn, fresh)
-            return done
+            others: list[AttemptResult] = []
+            for result in unique:
+                plain = result.outcome is AttemptOutcome.SENT and result.opted_out is None
+                (sent if plain else others).append(result)
+            finished: set[str] = set()
+            for result in others:
+                if await self._finish_one(conn, result):
+                    finished.add(result.id)
+            finished |= await self._finish_sent(conn, sent)
+            await self._insert_attempts(conn, [r for r in unique if r.id in finished])
+            return [result.id in finished and firsts[result.id] is result for result in results]
 
         return await self._transact(run, notify=True)  # a lane's next row may go now
 
-    async def _finish_sent(self, conn: Conn, results: Sequence[AttemptResult]) -> None:
+    async def _finish_sent(self, conn: Conn, results: Sequence[AttemptResult]) -> set[str]:
         """Sent rows, each kind of write in one statement for all of them (a round's sends
-        finish together): the receipts that beat the commit move each row on, never back."""
+        finish together): the receipts that beat the commit move each row on, never back.
+        The ids finished (the others were fenced)."""
         if not results:
-            return
+            return set()
         provider_ids = [
             db_text(r.provider_message_id) if r.provider_message_id else None for r in results
         ]
@@ -757,50 +756,74 @@ class PostgresStore:
                 status, error_code = after_receipt(status, error_code, result.provider_status, None)
             statuses.append(status)
             error_codes.append(error_code)
-        posts = await conn.fetch(
+        done = await conn.fetch(
             self._sql["finish_sent"],
             [r.id for r in results],
             provider_ids,
             statuses,
             error_codes,
+            [r.token for r in results],
         )
-        if waiting:
-            await conn.execute(self._sql["drop_receipts"], list(waiting))
+        finished = {record[0] for record in done}
+        used = [
+            pid
+            for result, pid in zip(results, provider_ids, strict=True)
+            if pid in waiting and result.id in finished
+        ]
+        if used:
+            await conn.execute(self._sql["drop_receipts"], used)
+        posts = {result.id: pid for result, pid in zip(results, provider_ids, strict=True)}
         await self._many(  # an escalation post's Slack thread belongs to its conversation
             conn,
             "map_thread",
-            [(f"slack:{recipient}:{ts}", key) for recipient, key, ts in posts],
+            [
+                (f"slack:{recipient}:{posts[row_id]}", key)
+                for row_id, escalation, recipient, key in done
+                if escalation and posts[row_id] is not None
+            ],
         )
+        return finished
 
-    async def _finish_one(self, conn: Conn, result: AttemptResult) -> None:
-        """A row not sent, or sent to a contact the carrier says opted out (21610)."""
-        sql, outcome = self._sql, result.outcome
+    async def _finish_one(self, conn: Conn, result: AttemptResult) -> bool:
+        """A row not sent, or sent to a contact the carrier says opted out (21610); whether
+        it was finished (not fenced)."""
+        sql, outcome, fence = self._sql, result.outcome, (result.id, result.token)
         if outcome is AttemptOutcome.SENT:
-            await self._finish_sent(conn, [result])
+            finished = bool(await self._finish_sent(conn, [result]))
         elif outcome is AttemptOutcome.IN_DOUBT:
             until = result.next_attempt_at or result.at
-            await conn.execute(
-                sql["finish_in_doubt"], result.id, result.error, result.error_code, until
+            finished = (
+                await conn.fetchval(
+                    sql["finish_in_doubt"], *fence, result.error, result.error_code, until
+                )
+                is not None
             )
         elif outcome is AttemptOutcome.RETRY:
-            await conn.execute(
-                sql["finish_retry"],
-                result.id,
-                result.error,
-                result.error_code,
-                result.next_attempt_at,
-                0 if result.throttled else 1,
+            finished = (
+                await conn.fetchval(
+                    sql["finish_retry"],
+                    *fence,
+                    result.error,
+                    result.error_code,
+                    result.next_attempt_at,
+                    0 if result.throttled else 1,
+                )
+                is not None
             )
         else:
             status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
-            await conn.execute(
-                sql["finish_dead"], result.id, status, result.error, result.error_code
+            finished = (
+                await conn.fetchval(
+                    sql["finish_dead"], *fence, status, result.error, result.error_code
+                )
+                is not None
             )
-        if result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
+        if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
             await self._save_contact(conn, result.opted_out, result.ledger, result.at)
             await self._cancel_waiting(
                 conn, result.opted_out.address, "contact opted out at the carrier"
             )
+        return finished
 
     async def _insert_attempts(self, conn: Conn, results: Sequence[AttemptResult]) -> None:
         if not results:

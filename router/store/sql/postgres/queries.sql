@@ -295,44 +295,46 @@ FROM unnest($1::text[], $2::text[]) AS h(id, token)
 WHERE o.id = h.id AND o.lease_token = h.token AND o.status = 'sending'
 RETURNING o.id;
 
--- name: lock_rows
--- The lease of each row being finished, locked until the transaction ends.
-SELECT id, lease_token, status FROM outbox WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE;
-
 -- name: finish_sent
 -- Rows sent, all in one statement: $1 ids, $2 provider message ids, $3 statuses (`sent`, or on
--- by the receipts that beat this commit), $4 error codes. Returns the escalation posts among
--- them (their Slack thread belongs to the conversation from now on).
-WITH sent AS (
-    UPDATE outbox o SET status = s.status, provider_message_id = s.provider_message_id,
-        attempts = o.attempts + 1, last_error = NULL, error_code = s.error_code,
-        lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-         AS s(id, provider_message_id, status, error_code)
-    WHERE o.id = s.id
-    RETURNING o.kind, o.recipient, o.conversation_key, s.provider_message_id
-)
-SELECT recipient, conversation_key, provider_message_id FROM sent
-WHERE kind = 'escalation' AND conversation_key IS NOT NULL AND provider_message_id IS NOT NULL;
+-- by the receipts that beat this commit), $4 error codes, $5 the lease tokens they were sent
+-- under. A row whose lease another attempt took meanwhile is left alone (fenced). Returns the
+-- rows finished: id, and for an escalation post the Slack channel and conversation (its
+-- thread belongs to the conversation from now on).
+UPDATE outbox o SET status = s.status, provider_message_id = s.provider_message_id,
+    attempts = o.attempts + 1, last_error = NULL, error_code = s.error_code,
+    lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+     AS s(id, provider_message_id, status, error_code, token)
+WHERE o.id = s.id AND o.lease_token = s.token AND o.status = 'sending'
+RETURNING o.id, o.kind = 'escalation' AND o.conversation_key IS NOT NULL, o.recipient,
+          o.conversation_key;
 
 -- name: finish_retry
--- $1 id, $2 error, $3 error_code, $4 next_attempt_at, $5 step (0 for a throttled retry).
-UPDATE outbox SET status = 'pending', attempts = attempts + $5, last_error = $2,
-    error_code = $3, next_attempt_at = $4, lease_token = NULL,
+-- $1 id, $2 the lease token it was attempted under (a row another attempt's lease took is
+-- fenced: nothing changes, no row back), $3 error, $4 error_code, $5 next_attempt_at, $6 step
+-- (0 for a throttled retry).
+UPDATE outbox SET status = 'pending', attempts = attempts + $6, last_error = $3,
+    error_code = $4, next_attempt_at = $5, lease_token = NULL,
     lease_until = NULL, attempt_started_at = NULL
-WHERE id = $1;
+WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+RETURNING id;
 
 -- name: finish_dead
--- $1 id, $2 status (dead or cancelled), $3 error, $4 error_code.
-UPDATE outbox SET status = $2, attempts = attempts + 1, last_error = $3,
-    error_code = $4, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
-WHERE id = $1;
+-- $1 id, $2 lease token (fenced as finish_retry), $3 status (dead or cancelled), $4 error,
+-- $5 error_code.
+UPDATE outbox SET status = $3, attempts = attempts + 1, last_error = $4,
+    error_code = $5, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+RETURNING id;
 
 -- name: finish_in_doubt
--- Still `sending`, with no holder, until the in-doubt check may run ($4).
-UPDATE outbox SET attempts = attempts + 1, last_error = $2, error_code = $3,
-    lease_token = NULL, lease_until = $4
-WHERE id = $1;
+-- Still `sending`, with no holder, until the in-doubt check may run ($5). $1 id, $2 lease
+-- token (fenced as finish_retry), $3 error, $4 error_code.
+UPDATE outbox SET attempts = attempts + 1, last_error = $3, error_code = $4,
+    lease_token = NULL, lease_until = $5
+WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+RETURNING id;
 
 -- name: insert_attempts
 -- A commit's attempts in one statement, one array per column ($1..$6), in the order given.
