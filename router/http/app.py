@@ -19,6 +19,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from channels.base import InboundAdapter
+from router.aio import cancel
 from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
@@ -364,8 +365,8 @@ def create_app(
         try:
             yield
         finally:
-            upkeep.cancel()
-            flusher.cancel()
+            await cancel(upkeep)  # stopped before the store they use closes
+            await cancel(flusher)
             if ctx.routing is not None:
                 await ctx.routing.stop()
             flush_logs()
