@@ -143,3 +143,42 @@ class ServerMeter:
         sql = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint"
         self.wal_bytes = _run(self.admin_url, sql, self._lsn)[0][0]
         return sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+
+
+def _statement_name(query: str, named: dict[str, str]) -> str:
+    """The named query (router/store/sql/postgres/queries.sql) a pg_stat_statements entry
+    is: the one sharing its longest prefix (pg_stat_statements keeps the comments and the
+    text, but replaces literals with $n); else the entry's own first words."""
+    best, longest = "", 0
+    for name, sql in named.items():
+        pairs = zip(query, sql, strict=False)
+        length = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(query), len(sql)))
+        if length > longest:
+            best, longest = name, length
+    return best if longest >= 40 else " ".join(query.split())[:40]
+
+
+def statements_available(admin_url: str) -> str | None:
+    """None if pg_stat_statements can be read through `admin_url`, else why not."""
+    loaded = _run(admin_url, "SHOW shared_preload_libraries")[0][0]
+    if "pg_stat_statements" not in loaded:
+        return "shared_preload_libraries lacks pg_stat_statements (set it, restart the server)"
+    if not _run(admin_url, "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'"):
+        return "run CREATE EXTENSION pg_stat_statements in the admin database"
+    return None
+
+
+def statements(admin_url: str, database: str) -> list[tuple[str, int, float, int, int]]:
+    """What each statement run in `database` cost, most first: (name, calls, total ms, rows,
+    WAL bytes). A fresh database starts at zero: no reset needed."""
+    from router.store.queries import queries
+
+    named = queries("postgres")
+    found = _run(
+        admin_url,
+        "SELECT s.query, s.calls, s.total_exec_time, s.rows, s.wal_bytes::bigint"
+        " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+        " WHERE d.datname = $1 ORDER BY s.total_exec_time DESC",
+        database,
+    )
+    return [(_statement_name(query, named), *rest) for query, *rest in found]

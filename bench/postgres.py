@@ -19,6 +19,9 @@ Every PostgreSQL store is a fresh database `switchboard_bench_<random>_<name>`, 
 `--admin-url` and dropped at the end (`--keep` keeps them). The PostgreSQL server is not pinned:
 its processes run on whichever core is free, beside wrk or the client and the servers.
 
+3. With --statements: what each statement of the pipeline cost PostgreSQL per event, per
+   phase's database, from pg_stat_statements (when the server has it loaded).
+
 Run: .venv/bin/python bench/postgres.py                   (15 s per ingest run, 10,000 SMS)
      .venv/bin/python bench/postgres.py --quick           (a smoke run: 3 s, 1,000 SMS)
 """
@@ -402,6 +405,29 @@ def print_pipelines(runs: list[Pipeline]) -> None:
     print("   migrations included, per event sent; WAL: all the server wrote meanwhile)")
 
 
+def print_statements(args: argparse.Namespace, dbs: pg_admin.Databases) -> None:
+    """Per phase's database, what each statement cost PostgreSQL per event (--statements)."""
+    print("\n== 3. PostgreSQL's statements per event sent (pg_stat_statements, execution only)")
+    why_not = pg_admin.statements_available(args.admin_url)
+    if why_not is not None:
+        print(f"  not available: {why_not}")
+        return
+    for label, name in (
+        ("A + C (ingest alone, then the drain)", "pipeline_a"),
+        ("B (serve routing while ingesting)", "pipeline_b"),
+        ("B2 (serve + worker process)", "pipeline_b2"),
+    ):
+        found = pg_admin.statements(args.admin_url, f"{dbs.prefix}_{name}")
+        total_ms = sum(ms for _, _, ms, _, _ in found)
+        print(f"  {label}: {total_ms * 1000 / args.events:,.0f} us per event in all")
+        print(f"    {'statement':<28}{'us/event':>9}{'calls':>8}{'rows':>8}{'WAL B/event':>12}")
+        for statement, calls, ms, rows, wal in found[: args.statements]:
+            print(
+                f"    {statement[:27]:<28}{ms * 1000 / args.events:>9,.0f}{calls:>8,}"
+                f"{rows:>8,}{wal / args.events:>12,.0f}"
+            )
+
+
 def print_aims(ingests: list[IngestRun], pipelines: list[Pipeline]) -> None:
     print("\n== Aims (issue 10, PostgreSQL on this box)")
     for run in ingests[1:]:
@@ -483,6 +509,16 @@ def parse_args() -> argparse.Namespace:
         metavar="FILE",
         help="py-spy on the PostgreSQL server of pipeline phase B (blocking sampling: low figures)",
     )
+    add(
+        "--statements",
+        type=int,
+        nargs="?",
+        const=12,
+        default=0,
+        metavar="N",
+        help="the pipeline's N costliest statements per phase (12), from pg_stat_statements "
+        "(needs it in shared_preload_libraries and created in the admin database)",
+    )
     add("--keep", action="store_true", help="keep the temp dir and the databases")
     add("-v", "--verbose", action="store_true", help="print commands and wrk's output")
     args = parser.parse_args()
@@ -551,6 +587,8 @@ def main() -> None:
             ingests = run_ingests(args, folder, dbs)
         if not args.no_pipeline:
             pipelines = run_pipelines(args, folder, dbs)
+            if args.statements:
+                print_statements(args, dbs)
         print_aims(ingests, pipelines)
         print(f"  loadavg after: {proc_stats.loadavg()}")
     finally:
