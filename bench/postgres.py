@@ -407,7 +407,10 @@ def print_pipelines(runs: list[Pipeline]) -> None:
 
 def print_statements(args: argparse.Namespace, dbs: pg_admin.Databases) -> None:
     """Per phase's database, what each statement cost PostgreSQL per event (--statements)."""
-    print("\n== 3. PostgreSQL's statements per event sent (pg_stat_statements, execution only)")
+    print("\n== 3. PostgreSQL's statements per event sent (pg_stat_statements)")
+    print("  (execution time: wall time in the backend, so on a saturated box it includes waiting")
+    print("   for a core; the ranking holds better than the figures. Rows: of the dispatcher's")
+    print("   statements, those sent before the phase ended)")
     why_not = pg_admin.statements_available(args.admin_url)
     if why_not is not None:
         print(f"  not available: {why_not}")
