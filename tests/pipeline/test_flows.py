@@ -42,8 +42,11 @@ rules:
       - send: {channel: sms, to: "{{ data.phone }}", category: transactional,
                text: "Thanks for your payment"}
 """
-#: A Friday, 22:00 in New York (quiet hours 21:00-08:00 there).
-FRIDAY_NIGHT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
+#: A Friday, 22:00 in New York (quiet hours 21:00-08:00 there). Far ahead of the real time on
+#: purpose: timers fire on real time (apscheduler), so a frozen clock in the past would see
+#: the ones it arms (a claim reminder, say) fire at once and route events nobody sent. This
+#: was 2026-11-28 03:00 UTC, and the flows broke once that moment had passed.
+FRIDAY_NIGHT = datetime(2099, 11, 21, 3, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -238,7 +241,7 @@ def test_stop_cancels_waiting_messages_blocks_later_ones_and_start_resubscribes(
     flow.stripe("customer.subscription.deleted", "evt_winback1")  # marketing, at 22:00: held
     [held] = flow.outbox()
     assert held["status"] == "deferred"
-    assert held["not_before"] == "2026-11-28T13:00:00Z"  # 08:00 in New York
+    assert held["not_before"] == "2099-11-21T13:00:00Z"  # 08:00 in New York
 
     flow.sms("Stop!", "SM1")
     rows = {row["kind"]: row for row in flow.outbox()}
