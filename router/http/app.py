@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import hmac
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,6 +36,7 @@ from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.housekeeping import upkeep_forever
+from router.store.records import LIVE
 from router.timeutil import parse_since
 from router.views import (
     conversation_to_builtins,
@@ -76,6 +78,7 @@ class AppContext:
             blob_threshold_bytes=settings.storage.blob_threshold_bytes,
             on_stored=self.worker.wake if self.worker is not None else None,
         )
+        self.outbox_counts = OutboxCounts(store, clock)
 
 
 def _ctx(state: State) -> AppContext:
@@ -142,9 +145,37 @@ async def metrics(request: Request[Any, Any, Any], state: State) -> Response[byt
     return _respond(200, "text/plain; version=0.0.4", ctx.metrics.render())
 
 
+class OutboxCounts:
+    """Outbox rows by (status, channel) for /metrics, at a cost that does not grow with the
+    table: the rows still moving (and the dead letters) are counted at every scrape, through
+    the status index; the settled ones, which only ever pile up, by a scan of the whole table
+    at most once a minute, and never for more than 1% of the time (a slower scan waits
+    longer before the next)."""
+
+    #: The least time between two counts of the settled rows.
+    SETTLED_EVERY = timedelta(seconds=60)
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._settled: dict[tuple[str, str], int] = {}
+        self._settled_next = datetime.min.replace(tzinfo=UTC)
+
+    async def read(self) -> dict[tuple[str, str], int]:
+        now = self._clock.now()
+        if now >= self._settled_next:
+            started = time.perf_counter()
+            every = await self._store.outbox_counts()
+            cost = timedelta(seconds=100 * (time.perf_counter() - started))
+            self._settled = {key: n for key, n in every.items() if key[0] not in LIVE}
+            self._settled_next = now + max(self.SETTLED_EVERY, cost)
+        live = await self._store.outbox_counts(live_only=True)
+        return {**self._settled, **live}
+
+
 async def _outbox_gauges(ctx: AppContext) -> None:
     now = ctx.clock.now()
-    counts = await ctx.store.outbox_counts()
+    counts = await ctx.outbox_counts.read()
     ctx.metrics.outbox.clear()
     for (status, channel), count in counts.items():
         ctx.metrics.outbox.labels(status, channel).set(count)

@@ -235,8 +235,10 @@ class Store(Protocol):
         """`dlq discard`: a dead row is cancelled for good; False if it is not dead."""
         ...
 
-    async def outbox_counts(self) -> dict[tuple[str, str], int]:
-        """Rows by (status, channel), for /metrics."""
+    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
+        """Rows by (status, channel), for /metrics: every row (a scan of the whole table), or
+        with `live_only` those of `records.LIVE` (an index range each: cheap while they are
+        few)."""
         ...
 
     async def oldest_due(self, now: datetime) -> datetime | None:

@@ -33,6 +33,9 @@ class OutboxStatus(StrEnum):
 
 #: Rows an opt-out cancels: everything not yet handed to a provider.
 WAITING = (OutboxStatus.PENDING, OutboxStatus.DEFERRED)
+#: Rows still moving, and the dead letters: few, and what /metrics counts at every scrape
+#: (`outbox_counts_live` in both stores' SQL names them the same).
+LIVE = (OutboxStatus.PENDING, OutboxStatus.DEFERRED, OutboxStatus.SENDING, OutboxStatus.DEAD)
 
 
 class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -872,8 +872,9 @@ class SQLiteStore:
 
         return await self._transact(run)
 
-    async def outbox_counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._read(self._sql["outbox_counts"], {})
+    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
+        name = "outbox_counts_live" if live_only else "outbox_counts"
+        rows = await self._read(self._sql[name], {})
         return {(row[0], row[1]): row[2] for row in rows}
 
     async def oldest_due(self, now: datetime) -> datetime | None:

@@ -4,17 +4,19 @@ server, a frozen clock; read back as a user reads it (`switchboard ... --json`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from router.clock import FrozenClock
 from tests.cases import slack, stripe, twilio
 from tests.cases.base import SignedRequest
-from tests.support import PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
+from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
 
 CUSTOMER = "+15551230001"
 OURS = "+15559870000"
@@ -312,3 +314,35 @@ def test_marketing_waits_for_the_window_in_the_recipients_zone(
     flow.stripe("customer.subscription.deleted", "evt_dst_open", phone=phone)
     [fresh] = [r for r in flow.outbox() if r["id"] != row["id"]]
     assert fresh["status"] != "deferred" and fresh["not_before"] is None
+
+
+def outbox_rows(server: LiveServer) -> dict[tuple[str, str], float]:
+    """`switchboard_outbox_rows` as /metrics shows it now, by (status, channel)."""
+    answer = httpx.get(
+        server.base_url + "/metrics",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    found = re.findall(
+        r'^switchboard_outbox_rows\{channel="(\w+)",status="(\w+)"\} ([0-9.]+)$',
+        answer.text,
+        re.MULTILINE,
+    )
+    return {(status, channel): float(n) for channel, status, n in found}
+
+
+def test_metrics_count_moving_rows_at_once_and_settled_ones_at_most_a_minute_late(
+    flow: Flow, server: LiveServer
+) -> None:
+    assert outbox_rows(server) == {}  # the settled rows are counted now: none
+    flow.stripe("customer.subscription.deleted", "evt_winback1")  # marketing at 22:00: held
+    flow.sms("what are your hours?", "SM1")  # the reply leaves at once (sandbox: delivered)
+    wait_for(lambda: any(r["status"] == "delivered" for r in flow.outbox()), timeout=10)
+    # The held row shows at the next scrape; the delivered one waits for the next count of
+    # the settled rows, which a scrape starts at most once a minute.
+    assert outbox_rows(server) == {("deferred", "sms"): 1.0}
+    flow.clock.advance(timedelta(seconds=59))
+    assert outbox_rows(server) == {("deferred", "sms"): 1.0}
+    flow.clock.advance(timedelta(seconds=2))
+    assert outbox_rows(server) == {("deferred", "sms"): 1.0, ("delivered", "sms"): 1.0}

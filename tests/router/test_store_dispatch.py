@@ -15,6 +15,7 @@ import msgspec
 from router.events import Event, EventStatus
 from router.store.base import Store
 from router.store.records import (
+    LIVE,
     AttemptOutcome,
     AttemptResult,
     BreakerNews,
@@ -338,6 +339,21 @@ async def test_counts_and_ages(store: Store) -> None:
     }
     assert await store.oldest_due(T0) == T0 - timedelta(minutes=5)
     assert await store.next_due(T0) == T0 + timedelta(hours=1)
+
+
+async def test_live_counts_are_the_live_statuses_of_all_counts(store: Store) -> None:
+    ev = message(1, "sms:+1:+2")
+    rows = [
+        row(ev, f"{status}-{channel}", status=status, conversation_key=None, channel=channel)
+        for status in OutboxStatus
+        for channel in ("sms", "slack")
+    ]
+    await routed(store, ev, *rows)
+    every = await store.outbox_counts()
+    channels = ("sms", "slack")
+    assert every == {(status.value, channel): 1 for status in OutboxStatus for channel in channels}
+    live = {key: n for key, n in every.items() if key[0] in LIVE}
+    assert len(live) == 8 and await store.outbox_counts(live_only=True) == live
 
 
 # -- rate slots, booked with the claims -------------------------------------------------------

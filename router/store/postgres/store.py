@@ -901,8 +901,9 @@ class PostgresStore:
                 status = await conn.execute(sql, *args)
         return not status.endswith(" 0")
 
-    async def outbox_counts(self) -> dict[tuple[str, str], int]:
-        rows = await self._fetch(self._sql["outbox_counts"])
+    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
+        name = "outbox_counts_live" if live_only else "outbox_counts"
+        rows = await self._fetch(self._sql[name])
         return {(row[0], row[1]): row[2] for row in rows}
 
     async def oldest_due(self, now: datetime) -> datetime | None:
