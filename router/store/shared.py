@@ -96,7 +96,7 @@ class DueHeads:
                 priority = 1 if category == "marketing" else 0
                 heads[lane] = (priority, row_id, False, None)
                 self._urgent += priority == 0
-            if self._urgent >= self._limit:
+            if self.enough:
                 break
         return self.enough
 

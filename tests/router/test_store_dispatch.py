@@ -284,6 +284,12 @@ async def test_one_finish_of_many_rows_gives_each_its_own_outcome(store: Store) 
     assert [a.error_code for a in await store.attempts(stored["dead"].id)] == ["21211"]
     assert await store.attempts(stored["lost"].id) == []
     assert await store.escalation_thread("sms:+2:+2") == "1700000000.000200"
+    # The post's Slack thread now belongs to its conversation: a reply there is in its lane.
+    reply = message(11, "slack:C1:1700000000.000200", at_ms=11)
+    await put(store, reply)
+    [thread] = await store.claim("w1", T0, LEASE, 10, 10)
+    assert thread.lease.lane == "sms:+2:+2"
+    await store.commit([LaneCommit(lease=thread.lease, results=[done(reply)])], T0)
     # The early receipt was used up: it does not move another row sent under the same id.
     tenth = message(10, "sms:+10:+2", at_ms=10)
     await routed(store, tenth, row(tenth, "again"))

@@ -772,14 +772,13 @@ class PostgresStore:
         ]
         if used:
             await conn.execute(self._sql["drop_receipts"], used)
-        posts = {result.id: pid for result, pid in zip(results, provider_ids, strict=True)}
         await self._many(  # an escalation post's Slack thread belongs to its conversation
             conn,
             "map_thread",
             [
-                (f"slack:{recipient}:{posts[row_id]}", key)
-                for row_id, escalation, recipient, key in done
-                if escalation and posts[row_id] is not None
+                (f"slack:{recipient}:{ts}", key)
+                for _, escalation, recipient, key, ts in done
+                if escalation
             ],
         )
         return finished
@@ -787,37 +786,23 @@ class PostgresStore:
     async def _finish_one(self, conn: Conn, result: AttemptResult) -> bool:
         """A row not sent, or sent to a contact the carrier says opted out (21610); whether
         it was finished (not fenced)."""
-        sql, outcome, fence = self._sql, result.outcome, (result.id, result.token)
+        outcome = result.outcome
         if outcome is AttemptOutcome.SENT:
             finished = bool(await self._finish_sent(conn, [result]))
-        elif outcome is AttemptOutcome.IN_DOUBT:
-            until = result.next_attempt_at or result.at
-            finished = (
-                await conn.fetchval(
-                    sql["finish_in_doubt"], *fence, result.error, result.error_code, until
-                )
-                is not None
-            )
-        elif outcome is AttemptOutcome.RETRY:
-            finished = (
-                await conn.fetchval(
-                    sql["finish_retry"],
-                    *fence,
-                    result.error,
-                    result.error_code,
-                    result.next_attempt_at,
-                    0 if result.throttled else 1,
-                )
-                is not None
-            )
         else:
-            status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
-            finished = (
-                await conn.fetchval(
-                    sql["finish_dead"], *fence, status, result.error, result.error_code
-                )
-                is not None
-            )
+            extra: tuple[Any, ...]
+            if outcome is AttemptOutcome.IN_DOUBT:
+                until = result.next_attempt_at or result.at
+                name, extra = "finish_in_doubt", (result.error, result.error_code, until)
+            elif outcome is AttemptOutcome.RETRY:
+                step = 0 if result.throttled else 1
+                name = "finish_retry"
+                extra = (result.error, result.error_code, result.next_attempt_at, step)
+            else:
+                status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
+                name, extra = "finish_dead", (status, result.error, result.error_code)
+            fenced = self._sql[name]  # each returns the id only if the token still held it
+            finished = await conn.fetchval(fenced, result.id, result.token, *extra) is not None
         if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
             await self._save_contact(conn, result.opted_out, result.ledger, result.at)
             await self._cancel_waiting(

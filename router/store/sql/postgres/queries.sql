@@ -299,16 +299,17 @@ RETURNING o.id;
 -- Rows sent, all in one statement: $1 ids, $2 provider message ids, $3 statuses (`sent`, or on
 -- by the receipts that beat this commit), $4 error codes, $5 the lease tokens they were sent
 -- under. A row whose lease another attempt took meanwhile is left alone (fenced). Returns the
--- rows finished: id, and for an escalation post the Slack channel and conversation (its
--- thread belongs to the conversation from now on).
+-- rows finished: id, whether it is an escalation post (its Slack thread belongs to the
+-- conversation from now on), the Slack channel, the conversation and the post's ts.
 UPDATE outbox o SET status = s.status, provider_message_id = s.provider_message_id,
     attempts = o.attempts + 1, last_error = NULL, error_code = s.error_code,
     lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
      AS s(id, provider_message_id, status, error_code, token)
 WHERE o.id = s.id AND o.lease_token = s.token AND o.status = 'sending'
-RETURNING o.id, o.kind = 'escalation' AND o.conversation_key IS NOT NULL, o.recipient,
-          o.conversation_key;
+RETURNING o.id, o.kind = 'escalation' AND o.conversation_key IS NOT NULL
+          AND s.provider_message_id IS NOT NULL, o.recipient, o.conversation_key,
+          s.provider_message_id;
 
 -- name: finish_retry
 -- $1 id, $2 the lease token it was attempted under (a row another attempt's lease took is
