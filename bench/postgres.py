@@ -392,11 +392,11 @@ def pipeline_rows(run: Pipeline) -> dict[str, tuple[float, str]]:
 def print_pipelines(runs: list[Pipeline]) -> None:
     print("\n== 2. Events processed per second (one echo rule, bench/pipeline.py's phases)")
     base, other = pipeline_rows(runs[0]), pipeline_rows(runs[1])
-    print(f"  {'':<50}{runs[0].name:>12}{runs[1].name:>24}{'ratio':>8}")
+    print(f"  {'':<50}{runs[0].name:>12}{runs[1].name:>32}{'ratio':>8}")
     for label in {**base, **other}:
         x, y = base.get(label, (float("nan"), "-")), other.get(label, (float("nan"), "-"))
         ratio = f"{y[0] / x[0]:.2f}x" if x[0] == x[0] and y[0] == y[0] else ""
-        print(f"  {label:<50}{x[1]:>12}{y[1]:>24}{ratio:>8}")
+        print(f"  {label:<50}{x[1]:>12}{y[1]:>32}{ratio:>8}")
     print("  (server's core: the serve process's share of its core and what other processes took")
     print("   of it, during A's, B's and B2's load and C's drain; B2's worker is not pinned;")
     print("   worker process: its CPU from the first request to the last event processed;")
