@@ -8,7 +8,8 @@ means the same schema everywhere (each store records applied versions in `schema
 from __future__ import annotations
 
 import re
-from functools import cache
+from collections.abc import Mapping
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Literal
 
@@ -35,3 +36,46 @@ def migrations(backend: Backend) -> list[tuple[int, str]]:
         if entry.name.endswith(".sql") and entry.name[:1].isdigit():
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+#: Ends a line of a filtered query that is kept only when its one parameter is given.
+OPTIONAL = "-- optional"
+_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def filtered(
+    backend: Backend, sql: str, params: Mapping[str, object]
+) -> tuple[str, tuple[str, ...]]:
+    """A filtered query with only the filters given, and the names of its parameters in the
+    order of the placeholders.
+
+    `sql` names its parameters `:name` on both backends. A line ending in `-- optional` holds
+    one condition and its one parameter; it is dropped when that parameter is None. Writing
+    `(:x IS NULL OR col = :x)` instead would hide from the planner the index each filter can
+    use: SQLite then scans the table, and PostgreSQL's generic plan does too after a pooled
+    connection's fifth call. For PostgreSQL the placeholders become `$1`, `$2`, ... in the
+    order of the names returned."""
+    given = frozenset(name for name, value in params.items() if value is not None)
+    return _filtered(backend, sql, given)
+
+
+@lru_cache(maxsize=512)
+def _filtered(backend: Backend, sql: str, given: frozenset[str]) -> tuple[str, tuple[str, ...]]:
+    lines = []
+    for line in sql.splitlines():
+        if line.lstrip().startswith("--"):
+            continue
+        if line.rstrip().endswith(OPTIONAL):
+            found = _PARAMETER.findall(line)
+            if len(found) != 1:
+                raise ValueError(f"an optional line holds one parameter, not {found}: {line!r}")
+            name = found[0]
+            if name not in given:
+                continue
+            line = line.rstrip().removesuffix(OPTIONAL).rstrip()
+        lines.append(line)
+    text = "\n".join(lines)
+    names = tuple(dict.fromkeys(_PARAMETER.findall(text)))
+    if backend == "postgres":
+        text = _PARAMETER.sub(lambda m: f"${names.index(m[1]) + 1}", text)
+    return text, names

@@ -36,7 +36,7 @@ from router.store.base import (
     StoredRaw,
 )
 from router.store.blobs import BlobStore
-from router.store.queries import migrations, queries
+from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     AttemptOutcome,
     AttemptRecord,
@@ -923,7 +923,7 @@ class SQLiteStore:
             )
 
     async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._read(self._sql["list_timers"], {"due_before": _ts(due_before)})
+        rows = await self._read_filtered("list_timers", {"due_before": _ts(due_before)})
         return [
             TimerRecord(conversation_key=row[0], timer=row[1], due_at=_parse_ts(row[2]))
             for row in rows
@@ -942,7 +942,7 @@ class SQLiteStore:
             "before": where.before,
             "limit": where.limit,
         }
-        return [_outbox(row) for row in await self._read(self._sql["list_outbox"], params)]
+        return [_outbox(row) for row in await self._read_filtered("list_outbox", params)]
 
     async def get_conversation(self, key: str) -> ConversationRecord | None:
         rows = await self._read(self._sql["get_conversation"], {"key": key})
@@ -951,7 +951,7 @@ class SQLiteStore:
     async def list_conversations(
         self, state: str | None, limit: int = 100
     ) -> list[ConversationRecord]:
-        rows = await self._read(self._sql["list_conversations"], {"state": state, "limit": limit})
+        rows = await self._read_filtered("list_conversations", {"state": state, "limit": limit})
         return [_conversation_from_row(row) for row in rows]
 
     async def get_contact(self, key: str) -> ContactRecord | None:
@@ -989,7 +989,7 @@ class SQLiteStore:
             "before": where.before,
             "limit": where.limit,
         }
-        rows = await self._read(self._sql["list_events"], params)
+        rows = await self._read_filtered("list_events", params)
         found = []
         for row in rows:
             try:
@@ -1105,6 +1105,11 @@ class SQLiteStore:
         reader = self._require(self._reader)
         with wrap_exceptions():
             return list(await reader.execute_fetchall(sql, params))
+
+    async def _read_filtered(self, name: str, params: dict[str, Any]) -> list[Any]:
+        """Read with the filtered query `name`, only the filters given in it (`filtered`)."""
+        sql, names = filtered("sqlite", self._sql[name], params)
+        return await self._read(sql, {name: params[name] for name in names})
 
     @staticmethod
     def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:

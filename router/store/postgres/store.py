@@ -43,7 +43,7 @@ from router.store.postgres.rows import (
     outbox_from_row,
     outbox_params,
 )
-from router.store.queries import migrations, queries
+from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     AttemptOutcome,
     AttemptRecord,
@@ -930,7 +930,7 @@ class PostgresStore:
         }
 
     async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._fetch(self._sql["list_timers"], due_before)
+        rows = await self._fetch_filtered("list_timers", due_before=due_before)
         return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
 
     async def runs(self, event_id: str) -> list[RunRecord]:
@@ -938,14 +938,14 @@ class PostgresStore:
         return [run_decoder.decode(row[0]) for row in rows]
 
     async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
-        rows = await self._fetch(
-            self._sql["list_outbox"],
-            where.status.value if where.status else None,
-            db_opt_text(where.channel),
-            db_opt_text(where.to),
-            db_opt_text(where.event_id),
-            db_opt_text(where.before),
-            where.limit,
+        rows = await self._fetch_filtered(
+            "list_outbox",
+            status=where.status.value if where.status else None,
+            channel=db_opt_text(where.channel),
+            recipient=db_opt_text(where.to),
+            event_id=db_opt_text(where.event_id),
+            before=db_opt_text(where.before),
+            limit=where.limit,
         )
         return [outbox_from_row(row) for row in rows]
 
@@ -956,7 +956,9 @@ class PostgresStore:
     async def list_conversations(
         self, state: str | None, limit: int = 100
     ) -> list[ConversationRecord]:
-        rows = await self._fetch(self._sql["list_conversations"], db_opt_text(state), limit)
+        rows = await self._fetch_filtered(
+            "list_conversations", state=db_opt_text(state), limit=limit
+        )
         return [conversation_from_row(row) for row in rows]
 
     async def get_contact(self, key: str) -> ContactRecord | None:
@@ -970,15 +972,15 @@ class PostgresStore:
         return msgspec.structs.replace(contact, ledger=ledger)
 
     async def list_events(self, where: EventFilter) -> list[Event]:
-        rows = await self._fetch(
-            self._sql["list_events"],
-            db_opt_text(where.source),
-            db_opt_text(where.type),
-            where.status.value if where.status else None,
-            where.since,
-            where.until,
-            db_opt_text(where.before),
-            where.limit,
+        rows = await self._fetch_filtered(
+            "list_events",
+            source=db_opt_text(where.source),
+            type=db_opt_text(where.type),
+            status=where.status.value if where.status else None,
+            since=where.since,
+            until=where.until,
+            before=db_opt_text(where.before),
+            limit=where.limit,
         )
         found = []
         for row in rows:
@@ -1087,6 +1089,11 @@ class PostgresStore:
             async with self._connection() as conn:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
+
+    async def _fetch_filtered(self, name: str, **params: Any) -> list[asyncpg.Record]:
+        """`_fetch` of the filtered query `name` with only the filters given (`filtered`)."""
+        sql, names = filtered("postgres", self._sql[name], params)
+        return await self._fetch(sql, *(params[name] for name in names))
 
     async def _fetch_value(self, sql: str, *args: Any) -> Any:
         with wrap_exceptions():

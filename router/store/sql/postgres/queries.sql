@@ -59,15 +59,17 @@ SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correl
 FROM quarantine ORDER BY id DESC LIMIT $1;
 
 -- name: list_events
--- $1 source, $2 type, $3 status, $4 since, $5 until, $6 before (id cursor), $7 limit.
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
 SELECT body, status, id FROM events
-WHERE ($1::text IS NULL OR source = $1)
-  AND ($2::text IS NULL OR type = $2)
-  AND ($3::text IS NULL OR status = $3)
-  AND ($4::timestamptz IS NULL OR received_at >= $4)
-  AND ($5::timestamptz IS NULL OR received_at < $5)
-  AND ($6::text IS NULL OR id < $6)
-ORDER BY id DESC LIMIT $7;
+WHERE TRUE
+  AND source = :source                -- optional
+  AND type = :type                    -- optional
+  AND status = :status                -- optional
+  AND received_at >= :since           -- optional
+  AND received_at < :until            -- optional
+  AND id < :before                    -- optional
+ORDER BY id DESC LIMIT :limit;
 
 -- name: get_event
 SELECT body, status FROM events WHERE id = $1;
@@ -213,8 +215,11 @@ DELETE FROM timers WHERE conversation_key = $1 AND timer = $2
   AND ($3::timestamptz IS NULL OR due_at = $3);
 
 -- name: list_timers
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
 SELECT conversation_key, timer, due_at FROM timers
-WHERE ($1::timestamptz IS NULL OR due_at < $1)
+WHERE TRUE
+  AND due_at < :due_before            -- optional
 ORDER BY due_at;
 
 -- name: contacts_by_key
@@ -232,25 +237,31 @@ ON CONFLICT (thread_key) DO NOTHING;
 SELECT body FROM runs WHERE event_id = $1 ORDER BY seq;
 
 -- name: list_outbox
--- $1 status, $2 channel, $3 recipient, $4 event_id, $5 before (row id cursor), $6 limit.
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
+-- :before is a row id, the cursor of the previous page.
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
        not_before, created_at, attempts, last_error, provider_message_id, payload,
        next_attempt_at, error_code
 FROM outbox
-WHERE ($1::text IS NULL OR status = $1)
-  AND ($2::text IS NULL OR channel = $2)
-  AND ($3::text IS NULL OR recipient = $3)
-  AND ($4::text IS NULL OR event_id = $4)
-  AND ($5::text IS NULL OR seq < (SELECT seq FROM outbox WHERE id = $5))
-ORDER BY seq DESC LIMIT $6;
+WHERE TRUE
+  AND status = :status                -- optional
+  AND channel = :channel              -- optional
+  AND recipient = :recipient          -- optional
+  AND event_id = :event_id            -- optional
+  AND seq < (SELECT seq FROM outbox WHERE id = :before)  -- optional
+ORDER BY seq DESC LIMIT :limit;
 
 -- name: get_conversation
 SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE key = $1;
 
 -- name: list_conversations
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
 SELECT key, state, channel, contact, body, updated_at FROM conversations
-WHERE ($1::text IS NULL OR state = $1)
-ORDER BY updated_at DESC LIMIT $2;
+WHERE TRUE
+  AND state = :state                  -- optional
+ORDER BY updated_at DESC LIMIT :limit;
 
 -- name: existing_outbox_ids
 SELECT id FROM outbox WHERE id = ANY($1::text[]);

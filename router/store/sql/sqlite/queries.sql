@@ -38,13 +38,16 @@ SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correl
 FROM quarantine ORDER BY id DESC LIMIT :limit;
 
 -- name: list_events
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
 SELECT body, status, id FROM events
-WHERE (:source IS NULL OR source = :source)
-  AND (:type IS NULL OR type = :type)
-  AND (:status IS NULL OR status = :status)
-  AND (:since IS NULL OR received_at >= :since)
-  AND (:until IS NULL OR received_at < :until)
-  AND (:before IS NULL OR id < :before)
+WHERE TRUE
+  AND source = :source                -- optional
+  AND type = :type                    -- optional
+  AND status = :status                -- optional
+  AND received_at >= :since           -- optional
+  AND received_at < :until            -- optional
+  AND id < :before                    -- optional
 ORDER BY id DESC LIMIT :limit;
 
 -- name: get_event
@@ -142,8 +145,11 @@ DELETE FROM timers WHERE conversation_key = :key AND timer = :timer
   AND (:due_at IS NULL OR due_at = :due_at);
 
 -- name: list_timers
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
 SELECT conversation_key, timer, due_at FROM timers
-WHERE (:due_before IS NULL OR due_at < :due_before)
+WHERE TRUE
+  AND due_at < :due_before            -- optional
 ORDER BY due_at;
 
 -- name: contacts_by_key
@@ -162,23 +168,30 @@ ON CONFLICT (thread_key) DO NOTHING;
 SELECT body FROM runs WHERE event_id = :event_id ORDER BY seq;
 
 -- name: list_outbox
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
+-- :before is a row id, the cursor of the previous page.
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
        not_before, created_at, attempts, last_error, provider_message_id, payload,
        next_attempt_at, error_code
 FROM outbox
-WHERE (:status IS NULL OR status = :status)
-  AND (:channel IS NULL OR channel = :channel)
-  AND (:recipient IS NULL OR recipient = :recipient)
-  AND (:event_id IS NULL OR event_id = :event_id)
-  AND (:before IS NULL OR seq < (SELECT seq FROM outbox WHERE id = :before))
+WHERE TRUE
+  AND status = :status                -- optional
+  AND channel = :channel              -- optional
+  AND recipient = :recipient          -- optional
+  AND event_id = :event_id            -- optional
+  AND seq < (SELECT seq FROM outbox WHERE id = :before)  -- optional
 ORDER BY seq DESC LIMIT :limit;
 
 -- name: get_conversation
 SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE key = :key;
 
 -- name: list_conversations
+-- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
+-- its parameter is given, so the planner sees the index that filter can use.
 SELECT key, state, channel, contact, body, updated_at FROM conversations
-WHERE (:state IS NULL OR state = :state)
+WHERE TRUE
+  AND state = :state                  -- optional
 ORDER BY updated_at DESC LIMIT :limit;
 
 -- name: existing_outbox_ids
