@@ -39,6 +39,18 @@ def new_ulid(at: datetime) -> str:
     if value <= _last and millis == _last >> 80:
         value = _last + 1
     _last = value
+    return _encode(value)
+
+
+def ulid_floor(at: datetime) -> str:
+    """The smallest ULID of `at`'s millisecond. Every event's id is made from its
+    `received_at` (`new_ulid(received_at)`), so `received_at >= at` implies
+    `id >= ulid_floor(at)`: a time bound becomes a range of the primary key."""
+    aware = at if at.tzinfo is not None else at.astimezone()
+    return _encode(((aware - _EPOCH) // _MILLISECOND) << 80)
+
+
+def _encode(value: int) -> str:
     pairs = _PAIRS
     return "".join(
         (

@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 from router.events import Event, EventStatus, decode_event
-from router.store.base import StoredRaw
+from router.ids import ulid_floor
+from router.store.base import EventFilter, StoredRaw
 from router.store.records import OutboxRow, OutboxStatus, RunRecord
 
 #: Delivery receipts: the row status each Twilio status means, and how far along it is.
@@ -27,6 +28,7 @@ RECEIPT_STATUS = {
     "undelivered": "undelivered",
     "failed": "failed",
 }
+_MILLISECOND = timedelta(milliseconds=1)
 RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
 #: Unfinished outbox rows one dispatch scan reads at most.
 DISPATCH_SCAN = 4096
@@ -41,6 +43,16 @@ payload_decoder = msgspec.json.Decoder(dict[str, Any])
 
 #: A lane's due head: (priority, row id, in doubt, when its previous attempt started).
 Head = tuple[int, str, bool, Any]
+
+
+def id_bounds(where: EventFilter) -> tuple[str | None, str | None]:
+    """`where`'s time bounds as bounds of the event id, for the primary key to serve them:
+    the smallest id of `since`'s millisecond, and the smallest of the millisecond after
+    `until`'s (an id holds its event's `received_at` to the millisecond, `router.ids`). The
+    exact `received_at` conditions stay beside them in the query."""
+    since = ulid_floor(where.since) if where.since is not None else None
+    until = ulid_floor(where.until + _MILLISECOND) if where.until is not None else None
+    return since, until
 
 
 def new_token() -> str:

@@ -69,6 +69,7 @@ from router.store.shared import (
     due_heads,
     event_from_row,
     fail_pending,
+    id_bounds,
     new_token,
     outbox_from_row,
     plan_slots,
@@ -980,7 +981,10 @@ class SQLiteStore:
     # -- reads ----------------------------------------------------------------------------
 
     async def list_events(self, where: EventFilter) -> list[Event]:
+        since_id, until_id = id_bounds(where)
         params = {
+            "since_id": since_id,
+            "until_id": until_id,
             "source": where.source,
             "type": where.type,
             "status": where.status.value if where.status else None,

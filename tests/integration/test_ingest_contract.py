@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 
 import pytest
 
+from router.ids import ulid_floor
 from tests.cases import ALL_CASES, ProviderCase
 from tests.support import SECRETS, WRONG_SECRETS, LiveServer
 
@@ -44,6 +46,9 @@ def test_signed_request_is_stored_with_normalised_fields(
     assert event["dedupe_key"] == case.dedupe_key(key)
     for name, value in case.expected(key).items():
         assert event[name] == value, name
+    # Time bounds of `events list` read the primary key: the id holds `received_at`'s ms.
+    received = datetime.fromisoformat(event["received_at"])
+    assert ulid_floor(received) <= event["id"] < ulid_floor(received + timedelta(milliseconds=1))
 
 
 def test_rotated_second_secret_is_accepted(server: LiveServer, case: ProviderCase) -> None:

@@ -248,6 +248,29 @@ async def test_list_events_filters_newest_first(
     assert [e.id for e in listed] == [four_events[name].id for name in expected]
 
 
+async def test_time_bounds_hold_to_the_microsecond(store: Store) -> None:
+    """`since` and `until` are exact on `received_at`, also inside one millisecond: the id
+    bounds that let the primary key serve them (an id keeps only the millisecond) are a
+    superset, never the filter itself."""
+    us = timedelta(microseconds=1)
+    offsets = {"a": 0, "b": 400, "c": 900, "d": 1000}
+    at = {name: T0 + offset * us for name, offset in offsets.items()}
+    for name, moment in at.items():
+        await store.ingest(item(event(name, at=moment)))
+
+    async def listed(**where: datetime) -> list[str]:
+        found = await store.list_events(EventFilter(**where))
+        return sorted(e.dedupe_key.split(":")[1] for e in found)
+
+    half = T0 + 500 * us
+    assert await listed(since=half) == ["c", "d"]
+    assert await listed(until=half) == ["a", "b"]
+    assert await listed(since=at["b"], until=at["d"]) == ["b", "c"]
+    assert await listed(since=at["d"]) == ["d"]
+    assert await listed(until=at["a"]) == []
+    assert await listed(since=at["a"], until=at["a"] + us) == ["a"]
+
+
 async def test_get_event_round_trips_every_field(store: Store) -> None:
     original = event("full", data={"nested": {"a": [1, 2.5, None, "ü"]}}, text="ünïcödé ✓")
     original = msgspec.structs.replace(original, occurred_at=T0 - timedelta(seconds=3))

@@ -77,6 +77,7 @@ from router.store.shared import (
     book_slots,
     event_from_row,
     fail_pending,
+    id_bounds,
     new_token,
     plan_slots,
     receipt_target,
@@ -972,8 +973,11 @@ class PostgresStore:
         return msgspec.structs.replace(contact, ledger=ledger)
 
     async def list_events(self, where: EventFilter) -> list[Event]:
+        since_id, until_id = id_bounds(where)
         rows = await self._fetch_filtered(
             "list_events",
+            since_id=since_id,
+            until_id=until_id,
             source=db_opt_text(where.source),
             type=db_opt_text(where.type),
             status=where.status.value if where.status else None,

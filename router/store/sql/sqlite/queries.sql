@@ -40,12 +40,15 @@ FROM quarantine ORDER BY id DESC LIMIT :limit;
 -- name: list_events
 -- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
 -- its parameter is given, so the planner sees the index that filter can use.
+-- :since_id and :until_id bound the primary key from :since and :until (shared.id_bounds).
 SELECT body, status, id FROM events
 WHERE TRUE
   AND source = :source                -- optional
   AND type = :type                    -- optional
   AND status = :status                -- optional
+  AND id >= :since_id                 -- optional
   AND received_at >= :since           -- optional
+  AND id < :until_id                  -- optional
   AND received_at < :until            -- optional
   AND id < :before                    -- optional
 ORDER BY id DESC LIMIT :limit;
