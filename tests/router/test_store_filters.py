@@ -48,6 +48,12 @@ INDEXED = [
         "events_by_source_type (source=?)",
         "events_by_source_type",
     ),
+    (
+        "list_events",
+        {"source": "twilio", "type": "message.received", "before": "01M8G7TP22X71V3PDQJSMMW70V"},
+        "events_by_source_type (source=? AND type=? AND id<?)",
+        "events_by_source_type",
+    ),
     ("list_timers", {"due_before": SINCE}, "timers_by_due (due_at<?)", "timers_by_due"),
 ]
 
@@ -134,4 +140,6 @@ async def test_postgres_generic_plan_reads_the_filters_index(
     plan = "\n".join(row[0] for row in rows)
     assert f"using {pg_index} " in plan or f"on {pg_index}" in plan, plan
     assert "Index Cond" in plan or "Bitmap Index Scan" in plan, plan
+    if "id<?" in index:  # the index holds the listing's order: pages need no sort
+        assert "Sort" not in plan, plan
 
