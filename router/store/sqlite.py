@@ -123,8 +123,19 @@ def wrap_exceptions() -> Iterator[None]:
 class SQLiteStore:
     """The single-box store: one file, WAL, group-committed durable ingest."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        max_batch: int = 512,
+        watch_read_every: float = 2.0,
+    ) -> None:
         self.path = path
+        #: How often `watch` reads the data version even if the WAL file looks the same (its
+        #: time has the kernel's coarse granularity: a commit that rewrites a reset WAL in the
+        #: same tick as the last look changes neither its size nor its time).
+        self._watch_read_every = watch_read_every
         self.blobs = BlobStore(path.parent / "blobs")
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
@@ -1046,7 +1057,7 @@ class SQLiteStore:
         The read is cheap for SQLite but a hop to the writer's thread and back for this
         process: it is made only while the WAL file's size or time changed lately (a commit
         writes its frames there, then becomes visible after their fsync: reads go on for
-        `_WATCH_SETTLE` after the last change), and every `_WATCH_READ_EVERY` anyway; an idle
+        `_WATCH_SETTLE` after the last change), and every `watch_read_every` s anyway; an idle
         server does not spend a core's percent or two looking."""
         seen: int | None = None
         wal = self.path.with_name(self.path.name + "-wal")
@@ -1057,7 +1068,7 @@ class SQLiteStore:
                 looked, now = _stamp(wal), time.monotonic()
                 if looked != stamp:
                     stamp, changed_at = looked, now
-                if now - changed_at < _WATCH_SETTLE or now - last_read >= _WATCH_READ_EVERY:
+                if now - changed_at < _WATCH_SETTLE or now - last_read >= self._watch_read_every:
                     last_read = now
                     writer = self._require(self._writer)
                     with wrap_exceptions():
@@ -1125,10 +1136,6 @@ class SQLiteStore:
 #: How often `watch` looks at the WAL file: a wake-up from another process waits about this
 #: long (PostgreSQL notifies instead).
 _WATCH_SECONDS = 0.01
-#: How often `watch` reads the data version even if the WAL file looks the same (its time has
-#: the kernel's coarse granularity: a commit that rewrites a reset WAL in the same tick as the
-#: last look changes neither its size nor its time).
-_WATCH_READ_EVERY = 2.0
 #: How long `watch` goes on reading the data version after the WAL file last changed.
 _WATCH_SETTLE = 0.25
 

@@ -9,21 +9,17 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import pytest
-
 from tests.router.test_store import backend, event, item, open_backend  # noqa: F401
 
 DEADLINE = 10.0
 
 
-async def test_a_commit_elsewhere_wakes_the_watcher(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_commit_elsewhere_wakes_the_watcher(backend: str, tmp_path: Path) -> None:
     # SQLite reads the data version only while its WAL file changes, and every few seconds
     # anyway: with that safety net pushed out of reach, only the WAL's change can wake it.
-    monkeypatch.setattr("router.store.sqlite._WATCH_READ_EVERY", 3600.0)
+    options = {"watch_read_every": 3600.0} if backend == "sqlite" else {}
     async with (
-        open_backend(backend, tmp_path) as watched,
+        open_backend(backend, tmp_path, **options) as watched,
         open_backend(backend, tmp_path) as other,
     ):
         woken = asyncio.Event()
