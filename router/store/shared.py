@@ -28,7 +28,6 @@ RECEIPT_STATUS = {
     "undelivered": "undelivered",
     "failed": "failed",
 }
-_MILLISECOND = timedelta(milliseconds=1)
 RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
 #: Unfinished outbox rows one dispatch scan reads at most.
 DISPATCH_SCAN = 4096
@@ -43,6 +42,9 @@ payload_decoder = msgspec.json.Decoder(dict[str, Any])
 
 #: A lane's due head: (priority, row id, in doubt, when its previous attempt started).
 Head = tuple[int, str, bool, Any]
+
+
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def id_bounds(where: EventFilter) -> tuple[str | None, str | None]:
