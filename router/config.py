@@ -47,6 +47,10 @@ class ServerConfig(msgspec.Struct, **_STRICT):
     max_body_memory_bytes: BodyLimit = 256 * MiB
 
 
+#: The shortest `storage.retention_days` other than 0.
+MIN_RETENTION_DAYS = 7
+
+
 class StorageConfig(msgspec.Struct, **_STRICT):
     #: `sqlite:///PATH` or `postgresql://user@host/db`; may be a secret (`env:`, `file:`), as a
     #: PostgreSQL URL can carry a password.
@@ -59,6 +63,10 @@ class StorageConfig(msgspec.Struct, **_STRICT):
     #: PostgreSQL: connections each process keeps open, and at most opens.
     pool_min_size: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 2
     pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    #: Days a finished event is kept, with its routing runs and settled outbox rows; 0 keeps
+    #: everything. At least MIN_RETENTION_DAYS: a provider's redelivery must still meet its
+    #: stored original (Stripe retries for up to three days).
+    retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class RulesConfig(msgspec.Struct, **_STRICT):

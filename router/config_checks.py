@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from router.config import Settings
+from router.config import MIN_RETENTION_DAYS, Settings
 from router.rules.windows import load_zone, parse_window
 from router.timeutil import parse_duration
 
@@ -42,6 +42,12 @@ def _server(settings: Settings) -> Iterator[Problem]:
         yield "storage.url", "expected sqlite:///PATH or postgresql://USER@HOST/DB"
     if storage.pool_min_size > storage.pool_max_size:
         yield "storage.pool_min_size", "must be at most storage.pool_max_size"
+    if 0 < storage.retention_days < MIN_RETENTION_DAYS:
+        yield (
+            "storage.retention_days",
+            f"must be 0 (keep everything) or at least {MIN_RETENTION_DAYS}: a provider may"
+            " redeliver a webhook days later, and only a stored original makes it a duplicate",
+        )
     if settings.server.max_body_memory_bytes < settings.server.max_body_bytes:
         yield (
             "server.max_body_memory_bytes",

@@ -24,6 +24,7 @@ from router.store.records import (
     LaneCommit,
     OutboxFilter,
     OutboxRow,
+    Pruned,
     RowClaims,
     RunRecord,
     SlotRequest,
@@ -119,6 +120,19 @@ class Store(Protocol):
 
     async def prune_nonces(self, before: datetime) -> None:
         """Forget one-time tokens first seen before `before`."""
+        ...
+
+    async def prune(self, before: datetime, limit: int = 500) -> Pruned:
+        """Remove, in one transaction, up to `limit` events received before `before` whose
+        work is over, oldest first, with their routing runs and outbox rows (and attempts);
+        then up to `limit` quarantined requests and the early receipts received before it.
+
+        An event's work is over when it is processed, ignored or failed and every outbox row
+        it made is settled (sent, delivered, undelivered, failed, cancelled). Kept whatever
+        their age: events still routing, rows waiting, sending or dead (a person decides),
+        and escalation posts (a conversation's Slack thread lives on them). Conversations,
+        contacts and their consent ledger are never pruned, nor blobs: they are shared by
+        content, and an ingest may be about to point at one again."""
         ...
 
     async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:

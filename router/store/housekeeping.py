@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from router.clock import Clock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.logs import get_logger
 from router.store.base import Store
+from router.store.records import Pruned
 
 log = get_logger("switchboard.housekeeping")
 
@@ -25,11 +26,46 @@ def nonce_retention(settings: Settings) -> timedelta:
     return timedelta(seconds=2 * tolerance + 60)
 
 
+#: Events one retention transaction removes at most: short transactions, so ingest's
+#: commits (on SQLite, the same writer) go on between them.
+PRUNE_BATCH = 500
+
+
 async def upkeep_once(store: Store, clock: Clock, settings: Settings) -> None:
     """One pass: remove blob temp files of writes that died (the first pass runs at start-up),
-    forget one-time tokens no verifier would accept any more."""
+    forget one-time tokens no verifier would accept any more, and, with
+    `storage.retention_days`, remove what is older than that (`prune_old`)."""
     await sweep_blob_temp_files(store)
     await store.prune_nonces(clock.now() - nonce_retention(settings))
+    if settings.storage.retention_days:
+        await prune_old(store, clock.now() - timedelta(days=settings.storage.retention_days))
+
+
+async def prune_old(store: Store, before: datetime) -> Pruned:
+    """`Store.prune` batch after batch until a batch finds less than a full one; the total."""
+    total = Pruned()
+    while True:
+        batch = await store.prune(before, PRUNE_BATCH)
+        total = Pruned(
+            events=total.events + batch.events,
+            outbox_rows=total.outbox_rows + batch.outbox_rows,
+            quarantined=total.quarantined + batch.quarantined,
+            receipts=total.receipts + batch.receipts,
+        )
+        if batch.events < PRUNE_BATCH and batch.quarantined < PRUNE_BATCH:
+            break
+        await asyncio.sleep(0)
+    if total != Pruned():
+        log.info(
+            "pruned",
+            stage="housekeeping",
+            before=before.isoformat(),
+            events=total.events,
+            outbox_rows=total.outbox_rows,
+            quarantined=total.quarantined,
+            receipts=total.receipts,
+        )
+    return total
 
 
 async def sweep_blob_temp_files(store: Store) -> None:

@@ -318,3 +318,13 @@ class AttemptRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     error_code: str | None = None
     duration_ms: float | None = None
+
+
+class Pruned(msgspec.Struct, frozen=True, kw_only=True):
+    """What one `Store.prune` removed: events (each with its runs and outbox rows and their
+    attempts), those outbox rows, quarantined requests, and early receipts no row claimed."""
+
+    events: int = 0
+    outbox_rows: int = 0
+    quarantined: int = 0
+    receipts: int = 0

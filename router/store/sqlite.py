@@ -27,6 +27,7 @@ import msgspec
 
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Event, EventStatus, encode_event
+from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
     EventFilter,
@@ -54,6 +55,7 @@ from router.store.records import (
     LedgerRecord,
     OutboxFilter,
     OutboxRow,
+    Pruned,
     Receipt,
     RowClaims,
     RunRecord,
@@ -398,6 +400,25 @@ class SQLiteStore:
     async def prune_nonces(self, before: datetime) -> None:
         """Forget one-time tokens older than any timestamp a verifier would still accept."""
         await self._write(self._sql["prune_nonces"], {"before": timestamp(before)})
+
+    async def prune(self, before: datetime, limit: int = 500) -> Pruned:
+        return await self._transact(lambda conn: self._prune(conn, before, limit))
+
+    def _prune(self, conn: sqlite3.Connection, before: datetime, limit: int) -> Pruned:
+        sql = self._sql
+        bound = {"before_id": ulid_floor(before), "before": timestamp(before), "limit": limit}
+        found = [row[0] for row in conn.execute(sql["prunable_events"], bound)]
+        ids = {"ids": _json_list(found)}
+        conn.execute(sql["prune_attempts"], ids)
+        outbox_rows = conn.execute(sql["prune_outbox"], ids).rowcount
+        gone = [row[0] for row in conn.execute(sql["prune_events"], ids).fetchall()]
+        conn.execute(sql["prune_runs"], {"ids": _json_list(gone)})
+        return Pruned(
+            events=len(gone),
+            outbox_rows=outbox_rows,
+            quarantined=conn.execute(sql["prune_quarantine"], bound).rowcount,
+            receipts=conn.execute(sql["prune_receipts"], {"before": timestamp(before)}).rowcount,
+        )
 
     async def _write(self, sql: str, params: dict[str, Any]) -> None:
         await self._transact(lambda conn: conn.execute(sql, params))

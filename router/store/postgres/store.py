@@ -24,6 +24,7 @@ from asyncpg import Connection as Conn
 from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
 from router.events import Event, EventStatus
+from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
     EventFilter,
@@ -61,6 +62,7 @@ from router.store.records import (
     LedgerRecord,
     OutboxFilter,
     OutboxRow,
+    Pruned,
     Receipt,
     RowClaims,
     RunRecord,
@@ -88,6 +90,11 @@ from router.store.shared import (
 
 T = TypeVar("T")
 log = get_logger("switchboard.store")
+
+
+def _affected(status: str) -> int:
+    """The row count of a command's status, e.g. `DELETE 3`."""
+    return int(status.rsplit(" ", 1)[1])
 _Prepared = tuple[IngestItem, tuple[Any, ...]]
 _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
@@ -338,6 +345,25 @@ class PostgresStore:
     async def prune_nonces(self, before: datetime) -> None:
         """Forget one-time tokens older than any timestamp a verifier would still accept."""
         await self._execute(self._sql["prune_nonces"], before)
+
+    async def prune(self, before: datetime, limit: int = 500) -> Pruned:
+        sql = self._sql
+
+        async def run(conn: Conn) -> Pruned:
+            bound = (ulid_floor(before), before, limit)
+            found = [row[0] for row in await conn.fetch(sql["prunable_events"], *bound)]
+            await conn.execute(sql["prune_attempts"], found)
+            outbox_rows = _affected(await conn.execute(sql["prune_outbox"], found))
+            gone = [row[0] for row in await conn.fetch(sql["prune_events"], found)]
+            await conn.execute(sql["prune_runs"], gone)
+            return Pruned(
+                events=len(gone),
+                outbox_rows=outbox_rows,
+                quarantined=_affected(await conn.execute(sql["prune_quarantine"], *bound)),
+                receipts=_affected(await conn.execute(sql["prune_receipts"], before)),
+            )
+
+        return await self._transact(run)
 
     async def _execute(self, sql: str, *args: Any) -> None:
         with wrap_exceptions():

@@ -461,3 +461,45 @@ INSERT INTO breakers (key, state, changed_at)
 SELECT k, s, c FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(k, s, c) ORDER BY k
 ON CONFLICT (key) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at
 WHERE excluded.changed_at > breakers.changed_at;
+
+-- name: prunable_events
+-- Retention (Store.prune). A batch of old events whose work looks over, oldest first; the
+-- deletes below check again, so a row made meanwhile (a replay) keeps its event.
+-- $1 before_id, $2 before, $3 limit. Rows another transaction holds are left for later.
+SELECT e.id FROM events e
+WHERE e.id < $1 AND e.received_at < $2
+  AND e.status IN ('processed', 'ignored', 'failed')
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id
+                  AND (o.status IN ('pending', 'deferred', 'sending', 'dead')
+                       OR o.kind = 'escalation'))
+ORDER BY e.id LIMIT $3
+FOR UPDATE OF e SKIP LOCKED;
+
+-- name: prune_attempts
+DELETE FROM outbox_attempts WHERE outbox_id IN (
+  SELECT id FROM outbox WHERE event_id = ANY($1::text[])
+    AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
+    AND kind <> 'escalation');
+
+-- name: prune_outbox
+DELETE FROM outbox WHERE event_id = ANY($1::text[])
+  AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
+  AND kind <> 'escalation';
+
+-- name: prune_events
+DELETE FROM events e WHERE e.id = ANY($1::text[])
+  AND e.status IN ('processed', 'ignored', 'failed')
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id)
+RETURNING e.id;
+
+-- name: prune_runs
+DELETE FROM runs WHERE event_id = ANY($1::text[]);
+
+-- name: prune_quarantine
+-- $1 before_id, $2 before, $3 limit.
+DELETE FROM quarantine WHERE id IN (
+  SELECT id FROM quarantine WHERE id < $1 AND received_at < $2
+  ORDER BY id LIMIT $3);
+
+-- name: prune_receipts
+DELETE FROM receipts WHERE at < $1;

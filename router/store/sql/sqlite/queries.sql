@@ -348,3 +348,42 @@ SELECT key, state, changed_at FROM breakers;
 INSERT INTO breakers (key, state, changed_at) VALUES (:key, :state, :changed_at)
 ON CONFLICT (key) DO UPDATE SET state = excluded.state, changed_at = excluded.changed_at
 WHERE excluded.changed_at > breakers.changed_at;
+
+-- name: prunable_events
+-- Retention (Store.prune). A batch of old events whose work looks over, oldest first; the
+-- deletes below check again, so a row made meanwhile (a replay) keeps its event.
+SELECT e.id FROM events e
+WHERE e.id < :before_id AND e.received_at < :before
+  AND e.status IN ('processed', 'ignored', 'failed')
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id
+                  AND (o.status IN ('pending', 'deferred', 'sending', 'dead')
+                       OR o.kind = 'escalation'))
+ORDER BY e.id LIMIT :limit;
+
+-- name: prune_attempts
+DELETE FROM outbox_attempts WHERE outbox_id IN (
+  SELECT id FROM outbox WHERE event_id IN (SELECT value FROM json_each(:ids))
+    AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
+    AND kind <> 'escalation');
+
+-- name: prune_outbox
+DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(:ids))
+  AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
+  AND kind <> 'escalation';
+
+-- name: prune_events
+DELETE FROM events WHERE id IN (SELECT value FROM json_each(:ids))
+  AND status IN ('processed', 'ignored', 'failed')
+  AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = events.id)
+RETURNING id;
+
+-- name: prune_runs
+DELETE FROM runs WHERE event_id IN (SELECT value FROM json_each(:ids));
+
+-- name: prune_quarantine
+DELETE FROM quarantine WHERE id IN (
+  SELECT id FROM quarantine WHERE id < :before_id AND received_at < :before
+  ORDER BY id LIMIT :limit);
+
+-- name: prune_receipts
+DELETE FROM receipts WHERE at < :before;
