@@ -350,6 +350,10 @@ class PostgresStore:
         sql = self._sql
 
         async def run(conn: Conn) -> Pruned:
+            # A batch's ids differ every call: a generic plan (a pooled connection's sixth)
+            # cannot know how few they are, and on tables without statistics it scanned
+            # them whole (0.7 s a statement at 20,000 events, against 5 ms planned afresh).
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             bound = (ulid_floor(before), before, limit)
             found = [row[0] for row in await conn.fetch(sql["prunable_events"], *bound)]
             await conn.execute(sql["prune_attempts"], found)
