@@ -62,6 +62,11 @@ class Databases:
         self.names.clear()
 
 
+def analyze(url: str) -> None:
+    """Gather the planner's statistics of the database at `url` now (autovacuum would, later)."""
+    _run(url, "ANALYZE")
+
+
 def describe(admin_url: str) -> str:
     """The server's version, the settings that decide a commit's cost, and its data folder."""
     [(version,)] = _run(admin_url, "SELECT version()")
