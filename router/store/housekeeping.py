@@ -46,12 +46,7 @@ async def prune_old(store: Store, before: datetime) -> Pruned:
     total = Pruned()
     while True:
         batch = await store.prune(before, PRUNE_BATCH)
-        total = Pruned(
-            events=total.events + batch.events,
-            outbox_rows=total.outbox_rows + batch.outbox_rows,
-            quarantined=total.quarantined + batch.quarantined,
-            receipts=total.receipts + batch.receipts,
-        )
+        total += batch
         if batch.events < PRUNE_BATCH and batch.quarantined < PRUNE_BATCH:
             break
         await asyncio.sleep(0)

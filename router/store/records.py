@@ -328,3 +328,11 @@ class Pruned(msgspec.Struct, frozen=True, kw_only=True):
     outbox_rows: int = 0
     quarantined: int = 0
     receipts: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(
+            events=self.events + other.events,
+            outbox_rows=self.outbox_rows + other.outbox_rows,
+            quarantined=self.quarantined + other.quarantined,
+            receipts=self.receipts + other.receipts,
+        )
