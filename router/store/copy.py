@@ -152,6 +152,9 @@ async def copy_store(
             with wrap_exceptions():
                 report = await _copy_all(reader, conn, heard, page_rows)
                 blobs = await _copy_blobs(path.parent / "blobs", conn, heard)
+                # The planner's statistics now, not when autovacuum gets round to it: without
+                # them PostgreSQL plans the first hours' claims and prunes blind.
+                await conn.execute("ANALYZE")
         finally:
             await conn.close()
     report.tables["blobs"] = blobs

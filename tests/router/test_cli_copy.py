@@ -239,6 +239,17 @@ async def read_sqlite(path: Path) -> dict[str, Any]:
         await store.close()
 
 
+async def analyzed_tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL"
+        )
+    finally:
+        await conn.close()
+    return {row[0] for row in rows}
+
+
 async def read_postgres(url: str) -> dict[str, Any]:
     store = PostgresStore(url)
     await store.open()
@@ -280,6 +291,9 @@ def test_copy_moves_everything_and_a_second_run_skips_it_all(
     for name, counts in report["tables"].items():
         assert counts["read"] > 0, name  # populate filled every copied table
         assert counts == {"read": counts["read"], "written": counts["read"], "skipped": 0}, name
+
+    # The planner has statistics at once (not when autovacuum gets round to it).
+    assert run_blocking(lambda: analyzed_tables(destination)) >= {"events", "outbox", "runs"}
 
     sqlite_side = run_blocking(lambda: read_sqlite(path))
     postgres_side = run_blocking(lambda: read_postgres(destination))
