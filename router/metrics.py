@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from router.store.records import Pruned
 
 
 class Metrics:
@@ -45,6 +48,13 @@ class Metrics:
         self.outbox_rows = Counter(
             "switchboard_outbox_rows_created_total",
             "Outbox rows made by routing (a replay that finds its rows makes none).",
+            registry=self.registry,
+        )
+        self.pruned = Counter(
+            "switchboard_pruned_total",
+            "What retention (storage.retention_days) removed: events, outbox_rows, quarantined,"
+            " receipts.",
+            ["what"],
             registry=self.registry,
         )
         self.route_batch_seconds = Histogram(
@@ -91,6 +101,11 @@ class Metrics:
             "How long the oldest due row has been waiting (0 when none is).",
             registry=self.registry,
         )
+
+    def count_pruned(self, pruned: Pruned) -> None:
+        """What one retention pass removed (`housekeeping.upkeep_once`)."""
+        for what, count in msgspec.structs.asdict(pruned).items():
+            self.pruned.labels(what).inc(count)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -389,7 +389,9 @@ def create_app(
         except BaseException:
             await the_store.close()  # its thread would otherwise keep the process alive
             raise
-        upkeep = asyncio.create_task(upkeep_forever(the_store, ctx.clock, settings))
+        upkeep = asyncio.create_task(
+            upkeep_forever(the_store, ctx.clock, settings, ctx.metrics.count_pruned)
+        )
         if ctx.routing is not None:
             await ctx.routing.start()
         flusher = asyncio.create_task(flush_logs_forever())

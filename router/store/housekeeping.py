@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from router.clock import Clock
@@ -31,14 +32,23 @@ def nonce_retention(settings: Settings) -> timedelta:
 PRUNE_BATCH = 500
 
 
-async def upkeep_once(store: Store, clock: Clock, settings: Settings) -> None:
+#: Told what each pass's retention removed (the server counts it in /metrics).
+OnPruned = Callable[[Pruned], None]
+
+
+async def upkeep_once(
+    store: Store, clock: Clock, settings: Settings, on_pruned: OnPruned | None = None
+) -> None:
     """One pass: remove blob temp files of writes that died (the first pass runs at start-up),
     forget one-time tokens no verifier would accept any more, and, with
     `storage.retention_days`, remove what is older than that (`prune_old`)."""
     await sweep_blob_temp_files(store)
     await store.prune_nonces(clock.now() - nonce_retention(settings))
     if settings.storage.retention_days:
-        await prune_old(store, clock.now() - timedelta(days=settings.storage.retention_days))
+        cutoff = clock.now() - timedelta(days=settings.storage.retention_days)
+        pruned = await prune_old(store, cutoff)
+        if on_pruned is not None:
+            on_pruned(pruned)
 
 
 async def prune_old(store: Store, before: datetime) -> Pruned:
@@ -74,11 +84,13 @@ async def sweep_blob_temp_files(store: Store) -> None:
         log.info("blob temp files removed", stage="housekeeping", count=removed)
 
 
-async def upkeep_forever(store: Store, clock: Clock, settings: Settings) -> None:
+async def upkeep_forever(
+    store: Store, clock: Clock, settings: Settings, on_pruned: OnPruned | None = None
+) -> None:
     """Run `upkeep_once` every INTERVAL_SECONDS; a store hiccup is logged, never fatal."""
     while True:
         try:
-            await upkeep_once(store, clock, settings)
+            await upkeep_once(store, clock, settings, on_pruned)
         except StoreUnavailable as exc:
             log.warning("upkeep skipped", stage="housekeeping", error=str(exc))
         await asyncio.sleep(INTERVAL_SECONDS)

@@ -14,6 +14,7 @@ from router.clock import FrozenClock
 from router.config import ConfigError, parse_settings
 from router.events import Event
 from router.ids import new_ulid
+from router.metrics import Metrics
 from router.store.base import QuarantinedRequest, Store
 from router.store.housekeeping import PRUNE_BATCH, prune_old, upkeep_once
 from router.store.records import (
@@ -137,8 +138,11 @@ async def test_upkeep_prunes_only_when_retention_is_set(store: Store) -> None:
     clock = FrozenClock(T0 + 31 * DAY)
     await upkeep_once(store, clock, parse_settings(""))  # retention_days = 0: keep everything
     assert await store.get_event(finished.id) is not None
-    await upkeep_once(store, clock, parse_settings("[storage]\nretention_days = 30\n"))
+    metrics = Metrics()
+    retained = parse_settings("[storage]\nretention_days = 30\n")
+    await upkeep_once(store, clock, retained, metrics.count_pruned)
     assert await store.get_event(finished.id) is None
+    assert b'switchboard_pruned_total{what="events"} 1.0' in metrics.render()
 
 
 def test_retention_is_off_or_at_least_a_week() -> None:
