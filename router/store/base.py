@@ -122,7 +122,7 @@ class Store(Protocol):
         """Forget one-time tokens first seen before `before`."""
         ...
 
-    async def prune(self, before: datetime, limit: int = 500) -> Pruned:
+    async def prune(self, before: datetime, limit: int) -> Pruned:
         """Remove, in one transaction, up to `limit` events received before `before` whose
         work is over, oldest first, with their routing runs and outbox rows (and attempts);
         then up to `limit` quarantined requests and the early receipts received before it.

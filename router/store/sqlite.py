@@ -401,7 +401,7 @@ class SQLiteStore:
         """Forget one-time tokens older than any timestamp a verifier would still accept."""
         await self._write(self._sql["prune_nonces"], {"before": timestamp(before)})
 
-    async def prune(self, before: datetime, limit: int = 500) -> Pruned:
+    async def prune(self, before: datetime, limit: int) -> Pruned:
         return await self._transact(lambda conn: self._prune(conn, before, limit))
 
     def _prune(self, conn: sqlite3.Connection, before: datetime, limit: int) -> Pruned:

@@ -73,7 +73,7 @@ async def test_an_old_finished_event_goes_with_its_rows_and_the_rest_stays(store
     )
     assert applied.applied == [True]
 
-    pruned = await store.prune(CUTOFF)
+    pruned = await store.prune(CUTOFF, PRUNE_BATCH)
 
     assert pruned.events == 1 and pruned.outbox_rows == 1
     assert await store.get_event(finished.id) is None
@@ -91,7 +91,7 @@ async def test_an_old_finished_event_goes_with_its_rows_and_the_rest_stays(store
         assert await store.get_event(kept.id) is not None, kept.dedupe_key
         assert await outbox_of(store, kept) == rows, kept.dedupe_key
     assert await store.runs(waiting.id) != []
-    assert await store.prune(CUTOFF) == Pruned()  # nothing more is old and over
+    assert await store.prune(CUTOFF, PRUNE_BATCH) == Pruned()  # nothing more is old and over
 
 
 async def test_old_quarantine_and_unclaimed_receipts_go(store: Store) -> None:
@@ -114,7 +114,7 @@ async def test_old_quarantine_and_unclaimed_receipts_go(store: Store) -> None:
     commit = LaneCommit(lease=lane.lease, results=[done(status)], receipts=[receipt])
     await store.commit([commit], T0)
 
-    pruned = await store.prune(CUTOFF)
+    pruned = await store.prune(CUTOFF, PRUNE_BATCH)
 
     assert (pruned.quarantined, pruned.receipts, pruned.events) == (1, 1, 1)
     assert [q.received_at for q in await store.list_quarantine()] == [CUTOFF + DAY]

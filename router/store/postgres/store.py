@@ -346,7 +346,7 @@ class PostgresStore:
         """Forget one-time tokens older than any timestamp a verifier would still accept."""
         await self._execute(self._sql["prune_nonces"], before)
 
-    async def prune(self, before: datetime, limit: int = 500) -> Pruned:
+    async def prune(self, before: datetime, limit: int) -> Pruned:
         sql = self._sql
 
         async def run(conn: Conn) -> Pruned:
