@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from functools import cache, lru_cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Literal
 
 Backend = Literal["sqlite", "postgres"]
@@ -20,10 +21,17 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def queries(backend: Backend) -> dict[str, str]:
-    """`{name: sql}` from `sql/<backend>/queries.sql`."""
-    folder = resources.files(__package__).joinpath("sql", backend)
-    text = folder.joinpath("queries.sql").read_text(encoding="utf-8")
-    parts = _NAME.split(text)[1:]
+    """`{name: sql}` from `sql/<backend>/queries.sql` and the listings both backends share,
+    `sql/shared/listings.sql` (filtered: see `filtered`)."""
+    own = _named(resources.files(__package__).joinpath("sql", backend, "queries.sql"))
+    shared = _named(resources.files(__package__).joinpath("sql", "shared", "listings.sql"))
+    if both := own.keys() & shared.keys():
+        raise ValueError(f"queries named twice, in {backend} and shared: {sorted(both)}")
+    return {**own, **shared}
+
+
+def _named(file: Traversable) -> dict[str, str]:
+    parts = _NAME.split(file.read_text(encoding="utf-8"))[1:]
     return {name: sql.strip() for name, sql in zip(parts[::2], parts[1::2], strict=True)}
 
 

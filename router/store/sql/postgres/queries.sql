@@ -58,22 +58,6 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correlation_id
 FROM quarantine ORDER BY id DESC LIMIT $1;
 
--- name: list_events
--- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
--- its parameter is given, so the planner sees the index that filter can use.
--- :since_id and :until_id bound the primary key from :since and :until (shared.id_bounds).
-SELECT body, status, id FROM events
-WHERE TRUE
-  AND source = :source                -- optional
-  AND type = :type                    -- optional
-  AND status = :status                -- optional
-  AND id >= :since_id                 -- optional
-  AND received_at >= :since           -- optional
-  AND id < :until_id                  -- optional
-  AND received_at < :until            -- optional
-  AND id < :before                    -- optional
-ORDER BY id DESC LIMIT :limit;
-
 -- name: get_event
 SELECT body, status FROM events WHERE id = $1;
 
@@ -217,14 +201,6 @@ ON CONFLICT (conversation_key, timer) DO UPDATE SET due_at = excluded.due_at;
 DELETE FROM timers WHERE conversation_key = $1 AND timer = $2
   AND ($3::timestamptz IS NULL OR due_at = $3);
 
--- name: list_timers
--- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
--- its parameter is given, so the planner sees the index that filter can use.
-SELECT conversation_key, timer, due_at FROM timers
-WHERE TRUE
-  AND due_at < :due_before            -- optional
-ORDER BY due_at;
-
 -- name: contacts_by_key
 SELECT key, consent, opted_out_at, timezone FROM contacts WHERE key = ANY($1::text[]);
 
@@ -239,32 +215,8 @@ ON CONFLICT (thread_key) DO NOTHING;
 -- name: runs_of_event
 SELECT body FROM runs WHERE event_id = $1 ORDER BY seq;
 
--- name: list_outbox
--- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
--- its parameter is given, so the planner sees the index that filter can use.
--- :before is a row id, the cursor of the previous page.
-SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
-       not_before, created_at, attempts, last_error, provider_message_id, payload,
-       next_attempt_at, error_code
-FROM outbox
-WHERE TRUE
-  AND status = :status                -- optional
-  AND channel = :channel              -- optional
-  AND recipient = :recipient          -- optional
-  AND event_id = :event_id            -- optional
-  AND seq < (SELECT seq FROM outbox WHERE id = :before)  -- optional
-ORDER BY seq DESC LIMIT :limit;
-
 -- name: get_conversation
 SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE key = $1;
-
--- name: list_conversations
--- Filtered (router.store.queries.filtered): a line ending in `-- optional` is kept only when
--- its parameter is given, so the planner sees the index that filter can use.
-SELECT key, state, channel, contact, body, updated_at FROM conversations
-WHERE TRUE
-  AND state = :state                  -- optional
-ORDER BY updated_at DESC LIMIT :limit;
 
 -- name: existing_outbox_ids
 SELECT id FROM outbox WHERE id = ANY($1::text[]);
