@@ -70,6 +70,7 @@ def config_text(
     source_options: dict[str, str] | None = None,
     server_options: str = "",
     storage_url: str | None = None,
+    storage_options: str = "",
 ) -> str:
     """A complete config with every source configured with two secrets each.
 
@@ -77,7 +78,8 @@ def config_text(
 
     `source_options` adds TOML lines to a source's table (key `twilio`, ..., `custom`), e.g.
     `{"twilio": 'accept_types = ["message.received"]'}`; `server_options` adds lines to
-    `[server]` (e.g. `header_timeout_seconds = 0.5`); `extra` is appended at the end.
+    `[server]` (e.g. `header_timeout_seconds = 0.5`), `storage_options` to `[storage]`;
+    `extra` is appended at the end.
     """
     opts = source_options or {}
     return f"""
@@ -93,6 +95,7 @@ admin_token = "{ADMIN_TOKEN}"
 url = "{storage_url or f"sqlite:///{db_path}"}"
 busy_timeout_ms = {busy_timeout_ms}
 blob_threshold_bytes = 65536
+{storage_options}
 
 [sources.twilio]
 auth_tokens = {_toml_list(SECRETS["twilio"])}

@@ -346,3 +346,35 @@ def test_metrics_count_moving_rows_at_once_and_settled_ones_at_most_a_minute_lat
     assert outbox_rows(server) == {("deferred", "sms"): 1.0}
     flow.clock.advance(timedelta(seconds=2))
     assert outbox_rows(server) == {("deferred", "sms"): 1.0, ("delivered", "sms"): 1.0}
+
+
+def test_a_restart_past_the_retention_removes_what_is_over_and_keeps_the_rest(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    """Upkeep runs as `serve` starts: a month later, with 30 days of retention, the routed
+    question and its delivered answer are gone; the conversation stays."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "flows.yaml").write_text(RULES)
+    extra = f'[rules]\npath = "{rules}"\n'
+    with live_server(tmp_path, clock=clock, routing=True, extra=extra) as server:
+        flow = Flow(server, clock)
+        flow.sms("What are your hours?", "SM" + "7" * 32)
+        wait_for(lambda: [r["status"] for r in flow.outbox()] == ["delivered"], timeout=10)
+        [question] = server.events()
+
+    clock.advance(timedelta(days=31))
+    retained = "retention_days = 30"
+    with live_server(
+        tmp_path, clock=clock, routing=True, extra=extra, storage_options=retained
+    ) as server:
+        flow = Flow(server, clock)
+        wait_for(lambda: server.events() == [], timeout=10)
+        assert flow.outbox() == []
+        assert server.cli("events", "show", question["id"]).exit_code == 1
+        assert flow.conversation()["state"] == "bot"  # conversations are never pruned
+        metrics = httpx.get(
+            f"{server.base_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ).text
+        assert 'switchboard_pruned_total{what="events"} 1.0' in metrics
+        assert 'switchboard_pruned_total{what="outbox_rows"} 1.0' in metrics
