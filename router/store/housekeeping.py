@@ -42,11 +42,11 @@ async def upkeep_once(
     """One pass: remove blob temp files of writes that died (the first pass runs at start-up),
     forget one-time tokens no verifier would accept any more, and, with
     `storage.retention_days`, remove what is older than that (`prune_old`)."""
+    now = clock.now()
     await sweep_blob_temp_files(store)
-    await store.prune_nonces(clock.now() - nonce_retention(settings))
+    await store.prune_nonces(now - nonce_retention(settings))
     if settings.storage.retention_days:
-        cutoff = clock.now() - timedelta(days=settings.storage.retention_days)
-        pruned = await prune_old(store, cutoff)
+        pruned = await prune_old(store, now - timedelta(days=settings.storage.retention_days))
         if on_pruned is not None:
             on_pruned(pruned)
 
