@@ -69,6 +69,7 @@ class SendFailed(Exception):
         *,
         code: str | None = None,
         retry_after: float | None = None,
+        unanswered: bool = False,
     ) -> None:
         super().__init__(reason)
         self.kind = kind
@@ -77,6 +78,10 @@ class SendFailed(Exception):
         self.code = code
         #: Seconds the provider asked to wait (HTTP Retry-After), for a transient failure.
         self.retry_after = retry_after
+        #: In doubt with no answer at all (a timeout, a connection lost after the request
+        #: went out): the request may still be on its way and land after a look made at once,
+        #: so the dispatcher gives it time before it looks.
+        self.unanswered = unanswered
 
 
 class NotCheckable(Exception):

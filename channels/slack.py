@@ -499,7 +499,9 @@ def _transport_failure(exc: BaseException, *, idempotent: bool) -> SendFailed:
     if idempotent:
         return SendFailed(FailureKind.TRANSIENT, f"no answer from Slack: {detail}")
     return SendFailed(
-        FailureKind.IN_DOUBT, f"no answer from Slack after the post went out: {detail}"
+        FailureKind.IN_DOUBT,
+        f"no answer from Slack after the post went out: {detail}",
+        unanswered=True,
     )
 
 

@@ -413,7 +413,9 @@ def _transport_failure(exc: BaseException, exchange: _Exchange, timeout: float) 
     )
     if exchange.went_out:
         return SendFailed(
-            FailureKind.IN_DOUBT, f"{what}, after the request went out: it may have been created"
+            FailureKind.IN_DOUBT,
+            f"{what}, after the request went out: it may have been created",
+            unanswered=True,
         )
     return SendFailed(FailureKind.TRANSIENT, f"{what}, before the request went out")
 

@@ -312,7 +312,9 @@ class Dispatcher:
         except SendFailed as failed:
             return await self._failed(claimed, key, failed, now)
         except TimeoutError:
-            late = SendFailed(FailureKind.IN_DOUBT, "no answer in time: it may have been sent")
+            late = SendFailed(
+                FailureKind.IN_DOUBT, "no answer in time: it may have been sent", unanswered=True
+            )
             return await self._failed(claimed, key, late, now)
         self.breakers.success(key)
         return self._sent(claimed, sent)
@@ -349,8 +351,14 @@ class Dispatcher:
     async def _check(
         self, claimed: ClaimedRow, sender: Sender, message: Outgoing, key: str
     ) -> AttemptResult | None:
-        """A row a crash left in doubt: ask the provider before any resend. None: send."""
-        since = claimed.previous_attempt_at or claimed.row.created_at
+        """A row that may be out already: ask the provider before any resend. None: send.
+
+        The look searches from the start of the first attempt that may have sent it (the row's
+        doubt window), however many claims and looks came since: a look that found the message
+        and then crashed before its outcome was stored must not leave the next one searching
+        too late. A failed look leaves the window open (`may_have_sent`), so the next attempt
+        looks again rather than sending."""
+        since = claimed.doubt_since or claimed.row.created_at
         try:
             found = await sender.find(message, since - timedelta(seconds=5))
         except NotCheckable:
@@ -426,6 +434,7 @@ class Dispatcher:
         if kind is FailureKind.PERMANENT:
             self.breakers.success(key)  # the provider answered: the destination is up
             return self._result(claimed, AttemptOutcome.DEAD, failure.reason, failure.code)
+        out = claimed.in_doubt or kind is FailureKind.IN_DOUBT  # may this row be out now?
         if failure.retry_after is not None and kind is FailureKind.TRANSIENT:
             # Throttled (429, Slack `ratelimited`): slow the destination down; the row is not
             # failing, so it uses no attempt and does not count against the breaker.
@@ -440,12 +449,13 @@ class Dispatcher:
         self.breakers.failure(key)
         tries = row.attempts + 1
         if tries >= self._config.max_attempts:
-            return self._result(
+            dead = self._result(
                 claimed,
                 AttemptOutcome.DEAD,
                 f"gave up after {tries} attempts: {failure.reason}",
                 failure.code,
             )
+            return msgspec.structs.replace(dead, may_have_sent=out)
         delay = retry_delay(
             row.attempts,
             failure.retry_after,
@@ -453,10 +463,13 @@ class Dispatcher:
             base=self._config.backoff_base_seconds,
             cap=self._config.backoff_cap_seconds,
         )
+        if failure.unanswered:  # still on its way, maybe: a look at once could miss it
+            delay = max(delay, self._config.timeout_seconds)
         outcome = AttemptOutcome.IN_DOUBT if kind is FailureKind.IN_DOUBT else AttemptOutcome.RETRY
         return msgspec.structs.replace(
             self._result(claimed, outcome, failure.reason, failure.code),
             next_attempt_at=now + timedelta(seconds=delay),
+            may_have_sent=out,
         )
 
     def _result(
@@ -474,6 +487,8 @@ class Dispatcher:
             duration_ms=0.0,
             error=error,
             error_code=code,
+            # Not sent by this attempt, but an earlier one may have sent it: keep looking.
+            may_have_sent=claimed.in_doubt,
         )
 
     # -- observation ---------------------------------------------------------------------

@@ -223,9 +223,12 @@ class DueRow(msgspec.Struct, frozen=True, kw_only=True):
     """The head of a lane, due now: what the dispatcher may claim."""
 
     row: OutboxRow
-    #: Left `sending` by an attempt whose lease expired: it may have been sent.
+    #: An earlier attempt may have sent it, its outcome unrecorded: left `sending` by an
+    #: attempt whose lease expired, or retried after a look or a send that did not settle it.
     in_doubt: bool = False
-    previous_attempt_at: datetime | None = None
+    #: When the first of those attempts started: where the look for it begins (None: unknown,
+    #: look from the row's creation).
+    doubt_since: datetime | None = None
 
 
 class ClaimedRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -233,10 +236,11 @@ class ClaimedRow(msgspec.Struct, frozen=True, kw_only=True):
 
     row: OutboxRow
     token: str
-    #: The previous attempt's lease expired while `sending`: it may have been sent.
+    #: An earlier attempt may have sent it (see `DueRow`): look before any resend.
     in_doubt: bool = False
-    #: When that previous attempt started (what `Sender.find` searches from).
-    previous_attempt_at: datetime | None = None
+    #: When the first attempt that may have sent it started (what `Sender.find` searches
+    #: from); it stays the same across claims until an outcome settles the row.
+    doubt_since: datetime | None = None
     #: The rate slot booked with the claim: the send starts then, not before. None: the row
     #: asked for no slot (an unlimited destination).
     start: datetime | None = None
@@ -298,6 +302,11 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     #: waiting row to it is cancelled in the same transaction.
     opted_out: ContactRecord | None = None
     ledger: LedgerRecord | None = None
+    #: A message of the row may be out with its outcome unknown (an earlier attempt left it in
+    #: doubt, or this one got no answer): a `retry` or `dead` row keeps its doubt window, and
+    #: its next attempt (a dead row retried by hand too) looks for it first. `sent` closes the
+    #: window whatever this says; `in_doubt` always keeps it.
+    may_have_sent: bool = False
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):

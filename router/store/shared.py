@@ -40,7 +40,7 @@ run_encoder = msgspec.json.Encoder()
 run_decoder = msgspec.json.Decoder(RunRecord)
 payload_decoder = msgspec.json.Decoder(dict[str, Any])
 
-#: A lane's due head: (priority, row id, in doubt, when its previous attempt started).
+#: A lane's due head: (priority, row id, in doubt, when its doubt window opened or None).
 Head = tuple[int, str, bool, Any]
 
 
@@ -68,8 +68,10 @@ class DueHeads:
     or page after page), urgent first.
 
     Each row is `(id, category, status, not_before, next_attempt_at, lane, lease_until,
-    attempt_started_at, ...)`; times only compare with `moment`, so they may be the store's
-    text form (SQLite) or datetimes (PostgreSQL).
+    doubt_since, ...)`; times only compare with `moment`, so they may be the store's text form
+    (SQLite) or datetimes (PostgreSQL). A head is in doubt when an attempt may have sent it
+    unrecorded: left `sending` by an attempt whose lease expired, or waiting with its doubt
+    window open (a retry after a look or a send that could not settle it).
     """
 
     def __init__(self, moment: Any, limit: int) -> None:
@@ -94,21 +96,21 @@ class DueHeads:
             next_attempt,
             lane,
             lease_until,
-            started,
+            doubt_since,
             *_,
         ) in rows:
             if lane in heads:
                 continue
             if status == "sending":  # in flight, or left in doubt by a dead dispatcher
                 expired = lease_until is None or lease_until <= moment
-                heads[lane] = (0, row_id, True, started) if expired else None
+                heads[lane] = (0, row_id, True, doubt_since) if expired else None
             elif status == "deferred" and not_before is not None and not_before > moment:
                 continue  # quiet hours hold this row, not the rest of its lane
             elif status == "pending" and next_attempt is not None and next_attempt > moment:
                 heads[lane] = None  # waiting for a retry: later rows of its lane wait too
             else:
                 priority = 1 if category == "marketing" else 0
-                heads[lane] = (priority, row_id, False, None)
+                heads[lane] = (priority, row_id, doubt_since is not None, doubt_since)
                 self._urgent += priority == 0
             if self.enough:
                 break

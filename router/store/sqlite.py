@@ -681,9 +681,9 @@ class SQLiteStore:
             DueRow(
                 row=_outbox(rows[row_id]),
                 in_doubt=in_doubt,
-                previous_attempt_at=_dt(started),
+                doubt_since=_dt(since),
             )
-            for _, row_id, in_doubt, started in due
+            for _, row_id, in_doubt, since in due
             if row_id in rows
         ]
 
@@ -723,7 +723,7 @@ class SQLiteStore:
                     row=head.row,
                     token=token,
                     in_doubt=head.in_doubt,
-                    previous_attempt_at=head.previous_attempt_at,
+                    doubt_since=head.doubt_since,
                     start=start,
                 )
                 for (head, token, _), start in zip(taken, starts, strict=True)
@@ -786,6 +786,7 @@ class SQLiteStore:
                     "error_code": result.error_code,
                     "next_attempt_at": _ts(result.next_attempt_at),
                     "step": 0 if result.throttled else 1,
+                    "in_doubt": result.may_have_sent,
                 },
             )
         else:
@@ -796,6 +797,7 @@ class SQLiteStore:
                     "status": "dead" if outcome is AttemptOutcome.DEAD else "cancelled",
                     "error": result.error,
                     "error_code": result.error_code,
+                    "in_doubt": result.may_have_sent,
                 },
             )
         if result.opted_out is not None:

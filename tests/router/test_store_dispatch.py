@@ -163,7 +163,7 @@ async def test_an_in_doubt_row_comes_back_as_in_doubt(store: Store) -> None:
     assert await store.due_rows(T0 + timedelta(seconds=59), 10) == []
     assert await store.next_due(T0) == check_at
     [due] = await store.due_rows(check_at, 10)
-    assert due.in_doubt and due.previous_attempt_at == T0
+    assert due.in_doubt and due.doubt_since == T0
     [reclaimed] = (await store.claim_rows([due], "d2", check_at, LEASE)).claimed
     assert reclaimed.in_doubt and reclaimed.token != claimed.token
 
@@ -191,11 +191,65 @@ async def test_an_expired_lease_leaves_the_row_in_doubt(store: Store) -> None:
     [claimed] = await claim_all(store)
     assert await store.due_rows(T0 + timedelta(seconds=LEASE - 1), 10) == []
     [due] = await store.due_rows(T0 + timedelta(seconds=LEASE), 10)
-    assert due.in_doubt and due.previous_attempt_at == T0
+    assert due.in_doubt and due.doubt_since == T0
     [taken] = (await store.claim_rows([due], "d2", T0 + timedelta(seconds=LEASE), LEASE)).claimed
     late = attempt(claimed, AttemptOutcome.SENT, provider_message_id="SMlate")
     assert await store.finish_attempts([late]) == [False]  # the old holder is fenced
     assert await store.finish_attempts([attempt(taken, AttemptOutcome.SENT)]) == [True]
+
+
+async def test_the_doubt_window_stays_open_across_claims_until_an_outcome_settles_it(
+    store: Store,
+) -> None:
+    """Sent, then two claims whose holders died: the third look must still search from the
+    first attempt, which is the one that may have sent it (issue 17)."""
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a"))
+    await claim_all(store)  # the first attempt, at T0: it may have sent the message
+    moment = T0
+    for _ in range(2):  # each later holder dies too, before any outcome is stored
+        moment += timedelta(seconds=LEASE + 60)
+        [due] = await store.due_rows(moment, 10)
+        assert due.in_doubt and due.doubt_since == T0
+        assert (await store.claim_rows([due], "d", moment, LEASE)).claimed
+    [due] = await store.due_rows(moment + timedelta(seconds=LEASE), 10)
+    assert due.in_doubt and due.doubt_since == T0
+
+
+async def test_a_retry_keeps_the_window_only_when_the_row_may_be_out(store: Store) -> None:
+    """A look that failed, or a send refused after a look found nothing, cannot say an earlier
+    attempt did not send: the row waits for its retry still in doubt. A refusal of an attempt
+    nothing was in doubt for closes the window: the next attempt sends without looking."""
+    first, second = message(1, "sms:+1:+2"), message(2, "sms:+3:+4")
+    await routed(store, first, row(first, "a"))
+    await routed(store, second, row(second, "b"))
+    claims = {c.row.id.rsplit(":", 1)[1]: c for c in await claim_all(store)}
+    retry_at = T0 + timedelta(seconds=5)
+    failed_look = attempt(
+        claims["a"], AttemptOutcome.RETRY, next_attempt_at=retry_at, may_have_sent=True
+    )
+    refused = attempt(claims["b"], AttemptOutcome.RETRY, next_attempt_at=retry_at)
+    assert await store.finish_attempts([failed_look, refused]) == [True, True]
+    due = {d.row.id.rsplit(":", 1)[1]: d for d in await store.due_rows(retry_at, 10)}
+    assert (due["a"].in_doubt, due["a"].doubt_since) == (True, T0)
+    assert (due["b"].in_doubt, due["b"].doubt_since) == (False, None)
+    later = retry_at + timedelta(seconds=1)
+    again = {c.row.id.rsplit(":", 1)[1]: c for c in await claim_all(store, later)}
+    assert again["a"].in_doubt and again["a"].doubt_since == T0
+    assert not again["b"].in_doubt
+
+
+async def test_a_dead_row_that_may_be_out_is_looked_for_when_retried_by_hand(
+    store: Store,
+) -> None:
+    ev = message(1, "sms:+1:+2")
+    await routed(store, ev, row(ev, "a"))
+    [claimed] = await claim_all(store)
+    gave_up = attempt(claimed, AttemptOutcome.DEAD, error="no answer", may_have_sent=True)
+    assert await store.finish_attempts([gave_up]) == [True]
+    assert await store.requeue_dead(claimed.row.id) is True
+    [due] = await store.due_rows(T0, 10)
+    assert due.in_doubt and due.doubt_since == T0
 
 
 async def test_receipts_move_a_row_forward_never_back(store: Store) -> None:

@@ -674,7 +674,7 @@ class PostgresStore:
         found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])
         rows = {row[0]: row for row in found}
         return [
-            DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, previous_attempt_at=at)
+            DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, doubt_since=at)
             for _, row_id, in_doubt, at in due
             if row_id in rows
         ]
@@ -720,7 +720,7 @@ class PostgresStore:
                     row=due[place].row,
                     token=tokens[due[place].row.id],
                     in_doubt=due[place].in_doubt,
-                    previous_attempt_at=due[place].previous_attempt_at,
+                    doubt_since=due[place].doubt_since,
                     start=start,
                 )
                 for place, start in zip(kept, starts, strict=True)
@@ -828,10 +828,17 @@ class PostgresStore:
             elif outcome is AttemptOutcome.RETRY:
                 step = 0 if result.throttled else 1
                 name = "finish_retry"
-                extra = (result.error, result.error_code, result.next_attempt_at, step)
+                extra = (
+                    result.error,
+                    result.error_code,
+                    result.next_attempt_at,
+                    step,
+                    result.may_have_sent,
+                )
             else:
                 status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
-                name, extra = "finish_dead", (status, result.error, result.error_code)
+                name = "finish_dead"
+                extra = (status, result.error, result.error_code, result.may_have_sent)
             fenced = self._sql[name]  # each returns the id only if the token still held it
             finished = await conn.fetchval(fenced, result.id, result.token, *extra) is not None
         if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)

@@ -224,8 +224,7 @@ SELECT id FROM outbox WHERE id = ANY($1::text[]);
 -- name: dispatch_scan
 -- Rows not finished, in creation order, a page at a time: $1 after (seq cursor, NULL: from
 -- the first), $2 limit. The dispatcher takes the due head of each lane.
-SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, attempt_started_at,
-       seq
+SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, doubt_since, seq
 FROM outbox WHERE status IN ('pending', 'deferred', 'sending')
   AND ($1::bigint IS NULL OR seq > $1)
 ORDER BY seq LIMIT $2;
@@ -239,6 +238,8 @@ FROM outbox WHERE id = ANY($1::text[]);
 -- name: claim_rows
 -- Lease the rows $1 with tokens $2 until $3, each only if still claimable at $4; rows another
 -- dispatcher has locked right now are skipped. Returns the ids taken (with their token).
+-- The doubt window opens with the first attempt and stays open across claims (0008); a row
+-- left `sending` with none known (claimed by a previous version) is looked for from its start.
 WITH wanted AS (
     SELECT id, token FROM unnest($1::text[], $2::text[]) AS w(id, token)
 ), free AS (
@@ -249,7 +250,7 @@ WITH wanted AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE outbox o SET status = 'sending', lease_token = w.token, lease_until = $3,
-                    attempt_started_at = $4
+    doubt_since = coalesce(o.doubt_since, CASE WHEN o.status = 'sending' THEN o.created_at END, $4)
 FROM wanted w
 WHERE o.id = w.id AND o.id IN (SELECT id FROM free)
 RETURNING o.id;
@@ -280,18 +281,20 @@ RETURNING o.id, o.kind = 'escalation' AND o.conversation_key IS NOT NULL
 -- name: finish_retry
 -- $1 id, $2 the lease token it was attempted under (a row another attempt's lease took is
 -- fenced: nothing changes, no row back), $3 error, $4 error_code, $5 next_attempt_at, $6 step
--- (0 for a throttled retry).
+-- (0 for a throttled retry), $7 whether a message of the row may be out unrecorded: if so its
+-- doubt window stays open and the next attempt looks first.
 UPDATE outbox SET status = 'pending', attempts = attempts + $6, last_error = $3,
     error_code = $4, next_attempt_at = $5, lease_token = NULL,
-    lease_until = NULL, attempt_started_at = NULL
+    lease_until = NULL, doubt_since = CASE WHEN $7::boolean THEN doubt_since END
 WHERE id = $1 AND lease_token = $2 AND status = 'sending'
 RETURNING id;
 
 -- name: finish_dead
 -- $1 id, $2 lease token (fenced as finish_retry), $3 status (dead or cancelled), $4 error,
--- $5 error_code.
+-- $5 error_code, $6 as finish_retry's $7 (a dead row retried by hand looks first if it may be out).
 UPDATE outbox SET status = $3, attempts = attempts + 1, last_error = $4,
-    error_code = $5, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+    error_code = $5, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
+    doubt_since = CASE WHEN $6::boolean THEN doubt_since END
 WHERE id = $1 AND lease_token = $2 AND status = 'sending'
 RETURNING id;
 
@@ -360,8 +363,9 @@ SELECT min(due) FROM (
 ) AS waiting;
 
 -- name: requeue_dead
+-- The doubt window stays: a row that may be out is looked for before it is sent again.
 UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL,
-    lease_token = NULL, lease_until = NULL, attempt_started_at = NULL
+    lease_token = NULL, lease_until = NULL
 WHERE id = $1 AND status = 'dead';
 
 -- name: discard_dead

@@ -155,7 +155,7 @@ SELECT id FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
 -- name: dispatch_scan
 -- Rows not finished, in creation order: the dispatcher takes the due head of each lane.
 -- Only what choosing needs: the chosen rows are read whole afterwards (`rows_by_id`).
-SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, attempt_started_at
+SELECT id, category, status, not_before, next_attempt_at, lane, lease_until, doubt_since
 FROM outbox WHERE status IN ('pending', 'deferred', 'sending')
 ORDER BY seq LIMIT :limit;
 
@@ -166,8 +166,10 @@ SELECT id, event_id, conversation_key, contact_key, channel, recipient, category
 FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: claim_row
+-- The doubt window opens with the first attempt and stays open across claims (0008); a row
+-- left `sending` with none known (claimed by a previous version) is looked for from its start.
 UPDATE outbox SET status = 'sending', lease_token = :token, lease_until = :until,
-                  attempt_started_at = :now
+    doubt_since = coalesce(doubt_since, CASE WHEN status = 'sending' THEN created_at END, :now)
 WHERE id = :id AND (status IN ('pending', 'deferred')
                     OR (status = 'sending' AND lease_until <= :now));
 
@@ -185,14 +187,18 @@ UPDATE outbox SET status = 'sent', provider_message_id = :provider_message_id,
 WHERE id = :id;
 
 -- name: finish_retry
+-- :in_doubt (1 or 0): whether a message of the row may be out unrecorded; if so the window
+-- stays open and the next attempt looks first.
 UPDATE outbox SET status = 'pending', attempts = attempts + :step, last_error = :error,
     error_code = :error_code, next_attempt_at = :next_attempt_at, lease_token = NULL,
-    lease_until = NULL, attempt_started_at = NULL
+    lease_until = NULL, doubt_since = CASE WHEN :in_doubt THEN doubt_since END
 WHERE id = :id;
 
 -- name: finish_dead
+-- :in_doubt as finish_retry: a dead row retried by hand looks first if it may be out.
 UPDATE outbox SET status = :status, attempts = attempts + 1, last_error = :error,
-    error_code = :error_code, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
+    error_code = :error_code, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
+    doubt_since = CASE WHEN :in_doubt THEN doubt_since END
 WHERE id = :id;
 
 -- name: insert_attempt
@@ -238,8 +244,9 @@ SELECT min(due) FROM (
 );
 
 -- name: requeue_dead
+-- The doubt window stays: a row that may be out is looked for before it is sent again.
 UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL,
-    lease_token = NULL, lease_until = NULL, attempt_started_at = NULL
+    lease_token = NULL, lease_until = NULL
 WHERE id = :id AND status = 'dead';
 
 -- name: discard_dead
