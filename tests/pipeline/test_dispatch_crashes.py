@@ -1,0 +1,291 @@
+# ruff: noqa: F811  (fixtures are imported, then named by the tests)
+"""A reply left in doubt by crashes is sent exactly once (SPEC §8, §11; issue 17).
+
+Each dispatcher here is one life of a process: it claims the row and sends through the real
+TwilioSender to the fake Twilio API on loopback, and is then killed where the scenario says,
+as `kill -9` would leave it (its attempt abandoned where it waits, nothing recorded), or its
+outcome's commit fails for real (the database is locked by another connection). The next life
+starts a lease and a minute later on the injected clock, on the same store, both backends.
+What is asserted is what a customer sees, the Messages the fake holds, and what `outbox list`
+shows: one Message, and the row `sent` naming it.
+
+Twilio keeps nothing of ours on a Message, so the look before a resend searches by number,
+text and time: it must search from the first attempt that may have sent the message. Each
+claim used to restart that window, so a second crash made the third life look too late and
+send again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from router.clock import FrozenClock
+from router.config import load_settings
+from router.http.providers import senders
+from router.metrics import Metrics
+from router.pipeline.dispatch import Dispatcher
+from router.store.base import Store
+from router.store.records import OutboxFilter, OutboxRow, OutboxStatus
+from tests.fakes._http import accept_then_drop, timeout
+from tests.fakes.twilio_api import FakeTwilio, server_error
+from tests.postgres import SERVER
+from tests.router.test_store import backend, open_backend  # noqa: F401
+from tests.router.test_store_dispatch import routed
+from tests.router.test_store_routing import message, row
+from tests.support import config_text
+
+OURS = "+15559870000"
+CUSTOMER = "+15551230001"
+TEXT = "Your table for two is booked for 8 pm"
+LEASE = 30.0
+#: Between two lives: the lease runs out, and a restart takes a while.
+RESTART = timedelta(seconds=LEASE + 60)
+#: Held answers: far longer than any scenario waits (the held attempt is killed first).
+HELD = 30.0
+
+
+@asynccontextmanager
+async def life(
+    store: Store, fake: FakeTwilio, clock: FrozenClock, tmp_path: Path
+) -> AsyncIterator[Dispatcher]:
+    """One life of a dispatcher process: its senders open, its rounds run by the test."""
+    config = tmp_path / "life.toml"
+    config.write_text(
+        config_text(
+            tmp_path / "unused.db",
+            extra=f"""
+[channels.sms]
+account_sid = "{fake.account_sid}"
+auth_token = "{fake.auth_token}"
+from = "{OURS}"
+mode = "live"
+api_base = "{fake.url}"
+rate_per_second = 1000
+
+[dispatch]
+lease_seconds = {LEASE}
+timeout_seconds = 5
+backoff_base_seconds = 1
+backoff_cap_seconds = 2
+""",
+        )
+    )
+    settings = load_settings(config)
+    by_channel = senders(settings)
+    distinct = list({id(s): s for s in by_channel.values()}.values())
+    for sender in distinct:
+        await sender.start()
+    try:
+        yield Dispatcher(store, settings, by_channel, clock, Metrics())
+    finally:
+        for sender in distinct:
+            await sender.close()
+
+
+async def kill(dispatcher: Dispatcher) -> None:
+    """What `kill -9` leaves of a dispatcher whose attempts wait on the provider: their leases
+    in the store and no outcome. Its attempts are cancelled where they wait."""
+    attempts = list(dispatcher._inflight.values())
+    assert attempts, "nothing in flight to kill"
+    for attempt in attempts:
+        attempt.cancel()
+    await asyncio.gather(*attempts, return_exceptions=True)
+
+
+async def until(condition: Any, what: str, seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def attempts_end(dispatcher: Dispatcher) -> None:
+    await until(lambda: dispatcher.in_flight == 0, "the attempts to end")
+
+
+async def reply_waiting(store: Store, clock: FrozenClock) -> OutboxRow:
+    """One conversational SMS to the customer, committed by routing, due now."""
+    event = message(1, f"sms:{CUSTOMER}:{OURS}")
+    reply = row(event, "reply", to=CUSTOMER, payload={"text": TEXT}, created_at=clock.now())
+    await routed(store, event, reply)
+    return reply
+
+
+async def the_row(store: Store, reply: OutboxRow) -> OutboxRow:
+    [found] = [r for r in await store.list_outbox(OutboxFilter()) if r.id == reply.id]
+    return found
+
+
+def wall_clock() -> FrozenClock:
+    """The injected clock starts at the wall clock's second: the fake dates its Messages by
+    the wall clock, and the look compares the two."""
+    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
+
+
+async def killed_mid_send(store: Store, fake: FakeTwilio, clock: FrozenClock, tmp: Path) -> None:
+    """A life that sends: Twilio creates the Message, and the process dies before the answer."""
+    fake.fail_next(1, accept_then_drop(HELD), op="create")
+    async with life(store, fake, clock, tmp) as first:
+        await first.run_once()
+        await until(lambda: fake.accepted_count() == 1, "the Message to be created")
+        await kill(first)
+    clock.advance(RESTART)
+
+
+async def last_life_settles(
+    store: Store, fake: FakeTwilio, clock: FrozenClock, tmp: Path, reply: OutboxRow
+) -> None:
+    """A life that runs to the end: exactly one Message, and the row `sent` naming it."""
+    async with life(store, fake, clock, tmp) as last:
+        await last.run_once()
+        await attempts_end(last)
+    [sent] = fake.snapshot()
+    assert [(m.to, m.body) for m in fake.snapshot()] == [(CUSTOMER, TEXT)]
+    settled = await the_row(store, reply)
+    assert (settled.status, settled.provider_message_id) == (OutboxStatus.SENT, sent.sid)
+
+
+async def test_killed_right_after_the_claim_the_next_life_looks_then_sends_once(
+    backend: str, tmp_path: Path
+) -> None:
+    clock = wall_clock()
+    with FakeTwilio() as fake:
+        async with open_backend(backend, tmp_path) as store:
+            reply = await reply_waiting(store, clock)
+            fake.fail_next(1, timeout(HELD), op="create")  # held before Twilio acts on it
+            async with life(store, fake, clock, tmp_path) as first:
+                await first.run_once()
+                await until(lambda: fake.calls["create"] == 1, "the send to go out")
+                await kill(first)
+            assert fake.accepted_count() == 0
+            clock.advance(RESTART)
+            await last_life_settles(store, fake, clock, tmp_path, reply)
+            assert fake.calls["list"] == 1  # it looked before sending
+
+
+async def test_killed_mid_send_the_next_life_finds_the_message_and_sends_nothing(
+    backend: str, tmp_path: Path
+) -> None:
+    clock = wall_clock()
+    with FakeTwilio() as fake:
+        async with open_backend(backend, tmp_path) as store:
+            reply = await reply_waiting(store, clock)
+            await killed_mid_send(store, fake, clock, tmp_path)
+            await last_life_settles(store, fake, clock, tmp_path, reply)
+            assert fake.calls["create"] == 1
+
+
+async def test_killed_mid_send_then_mid_look_the_third_life_still_finds_it(
+    backend: str, tmp_path: Path
+) -> None:
+    clock = wall_clock()
+    with FakeTwilio() as fake:
+        async with open_backend(backend, tmp_path) as store:
+            reply = await reply_waiting(store, clock)
+            await killed_mid_send(store, fake, clock, tmp_path)
+            fake.fail_next(1, timeout(HELD), op="list")  # the look's answer never comes
+            async with life(store, fake, clock, tmp_path) as second:
+                await second.run_once()
+                await until(lambda: fake.calls["list"] == 1, "the look")
+                await kill(second)
+            clock.advance(RESTART)
+            await last_life_settles(store, fake, clock, tmp_path, reply)
+            assert fake.calls["create"] == 1
+
+
+async def test_a_look_that_found_it_but_whose_outcome_was_never_stored_is_found_again(
+    backend: str, tmp_path: Path
+) -> None:
+    """The second life finds the Message, and the commit of that outcome fails (the database
+    is locked by someone else meanwhile): the third life must search from the first send."""
+    clock = wall_clock()
+    options: dict[str, Any] = {"busy_timeout_ms": 200} if backend == "sqlite" else {}
+    with FakeTwilio() as fake:
+        async with open_backend(backend, tmp_path, **options) as store:
+            reply = await reply_waiting(store, clock)
+            await killed_mid_send(store, fake, clock, tmp_path)
+            fake.slow = 0.5  # the look's answer takes a while: time to lock the table first
+            async with life(store, fake, clock, tmp_path) as second:
+                await second.run_once()  # the claim is committed; the look is under way
+                async with outcome_commit_fails(backend, tmp_path):
+                    await attempts_end(second)
+                assert fake.calls["list"] == 1 and "sent" not in second.finished
+            fake.slow = 0.0
+            assert (await the_row(store, reply)).status == OutboxStatus.SENDING
+            clock.advance(RESTART)
+            await last_life_settles(store, fake, clock, tmp_path, reply)
+            assert fake.calls["create"] == 1
+
+
+async def test_a_failed_look_keeps_the_row_in_doubt_and_the_next_look_finds_it(
+    backend: str, tmp_path: Path
+) -> None:
+    clock = wall_clock()
+    with FakeTwilio() as fake:
+        async with open_backend(backend, tmp_path) as store:
+            reply = await reply_waiting(store, clock)
+            await killed_mid_send(store, fake, clock, tmp_path)
+            fake.fail_next(1, server_error(503), op="list")
+            async with life(store, fake, clock, tmp_path) as second:
+                await second.run_once()
+                await attempts_end(second)
+                assert second.finished == {"retry": 1}
+            waiting = await the_row(store, reply)
+            assert waiting.status == OutboxStatus.PENDING and "looking" in (
+                waiting.last_error or ""
+            )
+            clock.advance(RESTART)  # past its retry
+            await last_life_settles(store, fake, clock, tmp_path, reply)
+            assert fake.calls["list"] == 2 and fake.calls["create"] == 1
+
+
+@asynccontextmanager
+async def outcome_commit_fails(backend: str, tmp_path: Path) -> AsyncIterator[None]:
+    """While inside, a commit of the outbox fails: another connection holds the lock it needs.
+    SQLite: the write lock, past the store's busy timeout. PostgreSQL: a SHARE lock on the
+    table, and the backend that waits for it is terminated (a commit that fails, not one that
+    goes through once the lock is released)."""
+    if backend == "sqlite":
+        locker = sqlite3.connect(tmp_path / "var" / "switchboard.db", isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        return
+    assert SERVER.url is not None
+    locker_pg = await asyncpg.connect(SERVER.url)
+    stop = asyncio.Event()
+
+    async def terminate_waiters() -> None:
+        watcher = await asyncpg.connect(SERVER.url)
+        try:
+            while not stop.is_set():
+                await watcher.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE NOT granted AND relation = 'outbox'::regclass"
+                )
+                await asyncio.sleep(0.01)
+        finally:
+            await watcher.close()
+
+    try:
+        async with locker_pg.transaction():
+            await locker_pg.execute("LOCK TABLE outbox IN SHARE MODE")
+            terminating = asyncio.create_task(terminate_waiters())
+            try:
+                yield
+            finally:
+                stop.set()
+                await terminating
+    finally:
+        await locker_pg.close()
