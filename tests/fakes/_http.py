@@ -352,11 +352,16 @@ class FakeHTTPService(abc.ABC):
         self.faults = FaultScript(self.default_op)
         self.slow = 0.0
         self.slow_accept_first = True
+        #: Up to this many seconds more than `slow`, at random (seeded): a provider that stalls.
+        self.slow_jitter = 0.0
+        self._stalls = random.Random(0)
         self.calls: Counter[str] = Counter()
         self.applied: list[AppliedFault] = []
         self.errors: list[str] = []  # requests the fake itself failed on (500)
         self.in_flight = 0
         self.peak_in_flight = 0
+        #: Requests being answered now, by operation (`create`, `list`, ...).
+        self.in_flight_ops: Counter[str] = Counter()
         self._server = LoopbackHTTPServer(self._dispatch, type(self).__name__, self.errors)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -449,6 +454,17 @@ class FakeHTTPService(abc.ABC):
             op, key = "unreadable", None
         fault = self.faults.pick(op, key)
         with self.lock:
+            self.in_flight_ops[op] += 1
+        try:
+            return await self._perform(request, op, key, fault)
+        finally:
+            with self.lock:
+                self.in_flight_ops[op] -= 1
+
+    async def _perform(
+        self, request: Request, op: str, key: str | None, fault: Fault | None
+    ) -> Response | Drop:
+        with self.lock:
             self.calls[op] += 1
             if fault is not None:
                 self.applied.append(AppliedFault(op, key, fault.label or fault.kind))
@@ -478,8 +494,8 @@ class FakeHTTPService(abc.ABC):
         return response
 
     async def _slow(self, *, before_accept: bool) -> None:
-        if self.slow > 0 and before_accept != self.slow_accept_first:
-            await asyncio.sleep(self.slow)
+        if (self.slow > 0 or self.slow_jitter > 0) and before_accept != self.slow_accept_first:
+            await asyncio.sleep(self.slow + self._stalls.uniform(0, self.slow_jitter))
 
 
 def first(values: Mapping[str, list[str]], name: str) -> str | None:

@@ -369,6 +369,64 @@ def test_no_reply_is_lost_or_doubled_across_repeated_kill_9(tmp_path: Path) -> N
     assert_exactly_once(fake, sent, rows)
 
 
+#: Lives of the server killed in the stalling-provider test, half mid-send, half mid-look.
+CHAOS_KILLS = 30
+
+
+def test_kills_mid_send_and_mid_look_with_a_stalling_provider_lose_and_double_nothing(
+    tmp_path: Path,
+) -> None:
+    """Every answer of the fake stalls 0.2-0.7 s after Twilio acted (the Message exists, the
+    look sees it), a quarter of the looks fail (503), and the server is SIGKILLed CHAOS_KILLS
+    times: alternately while a created Message's answer is on its way (mid-send), and while a
+    look for a row left in doubt is (mid-look, which leaves that row claimed again without an
+    outcome). Nothing is lost, and no reply reaches the fake twice. The long soak of this is
+    bench/crash_soak.py."""
+    port = free_port()
+    customers, per_customer = 24, 8
+    sent = [(c, n) for n in range(per_customer) for c in range(customers)]
+    db_path = tmp_path / "var" / "switchboard.db"
+    kills: Counter[str] = Counter()
+    with fake_twilio(port) as fake:
+        fake.slow, fake.slow_jitter = 0.2, 0.5
+        fake.fail_randomly(0.25, (server_error(503),), op="list", seed=3)  # failed looks too
+        dispatch = (
+            "lease_seconds = 1\ntimeout_seconds = 3\nconcurrency = 16\n"
+            "backoff_base_seconds = 0.02\nbackoff_cap_seconds = 0.3\n"
+        )
+        config = options(tmp_path, fake, dispatch=dispatch, worker="lease_seconds = 1")
+        for run in range(CHAOS_KILLS + 1):
+            with (
+                server_process(tmp_path, port=port, log_name=f"chaos{run}.log", **config) as srv,
+                poster(srv.base_url) as post,
+            ):
+                if run == 0:  # every inbound is stored before the first kill
+                    post.post(sent)
+                    assert post.acked == set(sent) and not post.refused
+                if run == CHAOS_KILLS:
+                    wait_for(lambda: settled(db_path, len(sent)), timeout=60)
+                    rows = outbox_rows(srv.config_path)
+                    dlq = dead_letters(srv.config_path)
+                    break
+                op = "create" if run % 2 == 0 else "list"
+                created = fake.accepted_count()
+
+                def caught(op: str = op, created: int = created) -> bool:
+                    if op == "create":  # a Message made in this life, its answer pending
+                        return fake.in_flight_ops[op] > 0 and len(fake.accepted) > created
+                    return fake.in_flight_ops[op] > 0
+
+                if fake.wait_until(caught, timeout=10):
+                    kills[op] += 1
+                os.kill(srv.process.pid, signal.SIGKILL)
+                srv.process.wait(timeout=10)
+    print(f"killed mid-send {kills['create']}, mid-look {kills['list']} times")
+    assert kills["create"] >= CHAOS_KILLS // 2 - 2 and kills["list"] >= CHAOS_KILLS // 2 - 2
+    assert dlq == []
+    assert {row["status"] for row in rows} <= {"sent", "delivered"}
+    assert_exactly_once(fake, sent, rows)
+
+
 def test_sandbox_mode_marks_rows_delivered_and_calls_nobody(tmp_path: Path) -> None:
     port = free_port()
     sent = [(c, n) for n in range(5) for c in range(20)]
