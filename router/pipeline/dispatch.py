@@ -4,7 +4,9 @@ Each round reads the due head of every lane (rows of one conversation leave in c
 order; conversational and transactional before marketing), keeps those whose destination has a
 free rate slot and a closed breaker, leases them, and sends each in a task of its own. Every
 attempt's outcome is recorded under the lease token, so a dispatcher that lost its lease
-cannot record anything. A row left `sending` by a crash is asked about before any resend.
+cannot record anything. A row that may be out without its outcome stored (a crash, no answer)
+is looked for at the provider, from its first such attempt, before any resend (README, "After
+a crash").
 
 Woken when the worker commits rows; otherwise it sleeps until the next row falls due (a retry,
 the end of quiet hours), the next rate slot frees, or the poll.
