@@ -626,8 +626,12 @@ class SlackSender:
             failure = slack_failure(exc, message.to, idempotent=True)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             failure = _transport_failure(exc, idempotent=True)
-        else:
-            return None  # FIND_PAGES read, not there
+        else:  # FIND_PAGES read and more to come: "not there" would be a guess
+            failure = SendFailed(
+                FailureKind.TRANSIENT,
+                f"over {FIND_PAGES * 200} posts since {since - FIND_SKEW:%Y-%m-%d %H:%M:%S} UTC, "
+                "the look cannot reach its first post",
+            )
         raise SendFailed(
             failure.kind,
             f"looking the message up failed: {failure.reason}",

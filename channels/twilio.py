@@ -520,6 +520,12 @@ class TwilioSender:
                 and (best is None or created > best.date_created)
             ):
                 best = candidate
+        if best is None and len(found) >= FIND_LIMIT and not _reaches(found, cutoff):
+            raise SendFailed(  # "not found" would be a guess: the row stays in doubt
+                FailureKind.TRANSIENT,
+                f"looking the message up failed: over {FIND_LIMIT} messages to this number "
+                f"since {cutoff:%Y-%m-%d %H:%M:%S} UTC, the look cannot reach its first send",
+            )
         if best is None:
             return None
         status = getattr(best, "status", None)
@@ -597,6 +603,12 @@ class TwilioSender:
                 retry_after=failure.retry_after,
             )
         raise failure
+
+
+def _reaches(found: list[Any], cutoff: datetime) -> bool:
+    """Whether a list of Messages, newest first, cut at its limit, goes back to `cutoff`."""
+    created = [m.date_created for m in found if isinstance(m.date_created, datetime)]
+    return bool(created) and min(created) < cutoff
 
 
 #: GSM 03.38: the basic set (one septet each) and the extension set (two: escape + char).

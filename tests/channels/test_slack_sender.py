@@ -339,3 +339,21 @@ async def test_close_and_send_again(fake: FakeSlack) -> None:
         "01A",
         "01B",
     ]
+
+
+async def test_a_look_that_cannot_reach_the_first_post_fails_instead_of_guessing(
+    fake: FakeSlack, sender: SlackSender
+) -> None:
+    """More posts in the channel since the doubt window opened than a look reads (FIND_PAGES
+    pages): the look fails and the row stays in doubt, instead of "not there" and a repost."""
+    from channels.slack import FIND_PAGES
+
+    since = datetime.now(UTC)
+    await sender.send(_message("01DOUBT"))
+    with fake.lock:
+        for _ in range(FIND_PAGES * 200):
+            fake._post(CHANNEL, {"text": "busy channel"})
+    with pytest.raises(SendFailed) as lookup:
+        await sender.find(_message("01DOUBT"), since)
+    assert lookup.value.kind is FailureKind.TRANSIENT
+    assert "cannot reach its first post" in lookup.value.reason

@@ -398,3 +398,35 @@ def test_units_are_segments_for_sms_and_one_for_whatsapp(fake: FakeTwilio) -> No
     assert sender.units(_message(text="a" * 400)) == 3
     assert sender.units(_message(text="hello")) == 1
     assert sender.units(_message(channel="whatsapp", text="a" * 400)) == 1
+
+
+def _busy_number(fake: FakeTwilio, count: int, text: str = "Another message") -> None:
+    """`count` Messages to TO from FROM, made now at the fake (not sent by the sender)."""
+    with fake.lock:
+        for _ in range(count):
+            fake._create({"To": [TO], "From": [FROM], "Body": [text]}, None)
+
+
+async def test_a_look_that_cannot_reach_the_first_send_fails_instead_of_guessing(
+    fake: FakeTwilio, sender: TwilioSender
+) -> None:
+    """More Messages to the number since the doubt window opened than one look reads: "not
+    found" would be a guess, and a resend then a duplicate. The look fails (the row stays in
+    doubt and is looked for again); one the list reaches past is answered as before."""
+    from channels.twilio import FIND_LIMIT
+
+    since = datetime.now(UTC)
+    await sender.send(_message())  # the send in doubt, oldest in the window
+    _busy_number(fake, FIND_LIMIT)
+    with pytest.raises(SendFailed) as lookup:
+        await sender.find(_message(), since)
+    assert lookup.value.kind is FailureKind.TRANSIENT
+    assert "cannot reach its first send" in lookup.value.reason
+    _busy_number(fake, 1, text="Your table is ready")  # the newest is a match: found
+    found = await sender.find(_message(), since)
+    assert found is not None and found.provider_message_id == fake.snapshot()[-1].sid
+    # A list that reaches back past the window's start is complete: not there is not there.
+    with fake.lock:
+        oldest_listed = fake.messages[fake._order[-FIND_LIMIT]]
+        oldest_listed["date_created"] = twilio_api._rfc2822(since - timedelta(hours=2))
+    assert await sender.find(_message(text="never sent"), since - timedelta(hours=1)) is None
