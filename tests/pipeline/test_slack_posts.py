@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.cases import slack, twilio
-from tests.fakes.slack_api import FakeSlack, SlackPost
+from tests.fakes.slack_api import FakeSlack, SlackPost, slack_error
 from tests.support import PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
 
 CUSTOMER = "+15551230001"
@@ -148,3 +148,59 @@ def test_a_customers_markup_reaches_slack_escaped_and_the_rules_own_markup_stays
     desk.sms(f"still {HOSTILE}", "SM2")  # with people now: relayed to the thread
     [_, relay] = desk.posts(SUPPORT, 2)
     assert (relay.thread_ts, relay.text) == (escalation.ts, f"Customer: still {SHOWN}")
+
+
+def escalate_resolve_escalate(desk: Desk) -> SlackPost:
+    """An escalation resolved from its post, then a newer one opened; the older post."""
+    desk.sms("a human please", "SM1")
+    [older] = desk.posts(SUPPORT, 1)
+    desk.button("switchboard.resolve", older.ts, "1.1.resolve")
+    assert desk.state() == "closed"
+    wait_for(lambda: len(desk.slack.updates) == 1, timeout=10)  # the post says it is resolved
+    return older
+
+
+def test_a_button_on_an_earlier_escalations_post_is_refused_with_the_reason(desk: Desk) -> None:
+    older = escalate_resolve_escalate(desk)
+    desk.sms("a human again please", "SM2")
+    [_, newer] = desk.posts(SUPPORT, 2)
+    assert desk.state() == "escalated"
+
+    desk.button("switchboard.claim", older.ts, "1.2.claim")
+    assert desk.state() == "escalated"  # unclaimed: nobody has seen the newer one
+    run = desk.last_run("agent.action")
+    assert run["transition"]["trigger"] == "claim"
+    assert "post of an earlier escalation" in run["transition"]["refused"]
+    assert older.ts in run["transition"]["refused"]
+
+    desk.button("switchboard.claim", newer.ts, "1.3.claim")  # its own post's button works
+    assert desk.state() == "agent"
+
+
+def test_a_button_on_the_older_post_is_refused_while_the_newer_post_is_unsent(
+    desk: Desk,
+) -> None:
+    older = escalate_resolve_escalate(desk)
+    desk.slack.fail_for(SUPPORT, slack_error("not_in_channel"))  # the newer post goes nowhere
+    desk.sms("a human again please", "SM2")
+    assert desk.state() == "escalated"
+
+    desk.button("switchboard.resolve", older.ts, "1.2.resolve")
+    assert desk.state() == "escalated"
+    run = desk.last_run("agent.action")
+    assert run["transition"]["trigger"] == "resolve"
+    assert "the open one's post is not sent yet" in run["transition"]["refused"]
+    assert len(desk.slack.posts_in(SUPPORT)) == 1
+
+
+def test_a_click_on_a_message_that_is_no_escalation_post_records_why(desk: Desk) -> None:
+    desk.sms("a human please", "SM1")
+    desk.posts(SUPPORT, 1)
+    desk.button("switchboard.claim", "1700000000.000001", "1.1.claim")
+    assert desk.state() == "escalated"
+    run = desk.last_run("agent.action")
+    assert run["transition"] == {
+        "trigger": "claim",
+        "refused": f"the button's message (ts 1700000000.000001 in {SUPPORT}) "
+        "is no escalation post sent",
+    }
