@@ -98,9 +98,11 @@ async def event_detail(store: Store, event: Event) -> dict[str, Any]:
     }
 
 
-def outbox_filter(params: Mapping[str, str], *, limit: int) -> OutboxFilter:
-    """An outbox query (`status`, `channel`, `to`; `cursor` = the last id of the previous page)
-    as a filter; ValueError names what is wrong. `limit` is checked by the caller."""
+def outbox_filter(
+    params: Mapping[str, str], *, limit: int, before: str | None = None
+) -> OutboxFilter:
+    """An outbox query (`status`, `channel`, `to`) as a filter; ValueError names what is wrong.
+    `limit` and `before` (the last id of the previous page) are checked by the caller."""
     status = params.get("status") or None
     if status is not None and status not in _STATUSES:
         raise ValueError(f"status must be one of {', '.join(s.value for s in OutboxStatus)}")
@@ -108,15 +110,13 @@ def outbox_filter(params: Mapping[str, str], *, limit: int) -> OutboxFilter:
     if channel is not None and channel not in OUTBOX_CHANNELS:
         raise ValueError(f"channel must be one of {', '.join(OUTBOX_CHANNELS)}")
     to = outbox_recipient(params["to"]) if params.get("to") else None
-    cursor = params.get("cursor") or None
-    for name, value in (("to", to), ("cursor", cursor)):
-        if value is not None and (len(value) > 512 or not value.isprintable()):
-            raise ValueError(f"{name} must be printable text of at most 512 characters")
+    if to is not None and (len(to) > 512 or not to.isprintable()):
+        raise ValueError("to must be printable text of at most 512 characters")
     return OutboxFilter(
         status=OutboxStatus(status) if status else None,
         channel=channel,
         to=to,
-        before=cursor,
+        before=before,
         limit=limit,
     )
 

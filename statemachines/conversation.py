@@ -67,6 +67,9 @@ class Escalation(msgspec.Struct, frozen=True, kw_only=True):
     #: The Slack user who claimed it.
     agent: str | None = None
     reminded: bool = False
+    #: The event that opened it: its post is the `escalation` outbox row that event made, and
+    #: only that post's buttons act on it. None on escalations stored before it was kept.
+    event_id: str | None = None
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -227,6 +230,7 @@ class _Run:
             slack_channel=ctx.slack_channel or self.policy.escalation_channel,
             reason=ctx.reason,
             rule_id=ctx.rule_id,
+            event_id=ctx.event_id,
         )
         self.conversation = msgspec.structs.replace(conv, escalation=escalation)
         history = tuple(

@@ -7,10 +7,11 @@ import contextlib
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
@@ -24,7 +25,7 @@ from router.aio import cancel
 from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
-from router.events import Event, EventStatus, encode_event
+from router.events import EventStatus, encode_event
 from router.http.providers import accept_types, body_limits, inbound_adapters, senders
 from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
@@ -36,7 +37,7 @@ from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.housekeeping import upkeep_forever
-from router.store.records import LIVE
+from router.store.records import LIVE, OutboxFilter
 from router.timeutil import parse_since
 from router.views import (
     conversation_to_builtins,
@@ -226,59 +227,81 @@ async def api_replay(request: Request[Any, Any, Any], state: State) -> Response[
     return _json(200, report)
 
 
-#: Most events one page of /api/events holds, and most bytes: a page stops at whichever
-#: comes first, and the `Link: <...>; rel="next"` header gives the rest.
-MAX_PAGE_EVENTS = 200
+#: Most items one page of /api/events or /api/outbox holds, and most bytes: a page stops at
+#: whichever comes first, and the `Link: <...>; rel="next"` header gives the rest.
+MAX_PAGE_ITEMS = 200
 MAX_PAGE_BYTES = 1024 * 1024
-_CURSOR = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_ULID = "[0-9A-HJKMNP-TV-Z]{26}"
+Filter = TypeVar("Filter")
+Item = TypeVar("Item")
 
 
-@get("/api/events", include_in_schema=False)
-async def api_events(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
-    """Events, newest first; filters `source`, `type`, `status`, `since`, `limit`; pages by
-    `cursor` (from the `Link` header of the previous page)."""
+@dataclass(frozen=True)
+class Listing(Generic[Filter, Item]):
+    """A paged admin listing: its query read into a store filter, the store's read, and how one
+    item is shown. Every listing pages, caps and refuses alike (`_listed`)."""
+
+    path: str
+    #: What a `cursor` must look like (the id of the last item of the previous page).
+    cursor: re.Pattern[str]
+    cursor_is: str
+    #: The store filter of a query, for `limit` items older than `cursor`; ValueError names
+    #: what is wrong.
+    where: Callable[[Mapping[str, str], int, str | None, datetime], Filter]
+    read: Callable[[Store, Filter], Awaitable[list[Item]]]
+    encode: Callable[[Item], bytes]
+    ident: Callable[[Item], str]
+
+
+async def _listed(
+    request: Request[Any, Any, Any], state: State, listing: Listing[Filter, Item]
+) -> Response[bytes]:
     ctx = _ctx(state)
     denied = _authorised(request, ctx)
     if denied:
         return denied
+    params = request.query_params
     try:
-        where = _event_filter(request.query_params, ctx.clock.now())
+        limit = _query_int(params, "limit", default=100, low=1, high=MAX_PAGE_ITEMS)
+        cursor = params.get("cursor")
+        if cursor is not None and not listing.cursor.fullmatch(cursor):
+            raise ValueError(f"cursor must be {listing.cursor_is}, as given by the Link header")
+        where = listing.where(params, limit + 1, cursor, ctx.clock.now())
     except ValueError as exc:
         return _json(400, {"error": f"bad query: {exc}"})
     try:
-        events = await ctx.store.list_events(msgspec.structs.replace(where, limit=where.limit + 1))
+        items = await listing.read(ctx.store, where)
     except StoreUnavailable:
         return _json(503, {"error": "store unavailable"})
-    encoded, more = _page(events, where.limit)
+    encoded, more = _page(items, limit, listing.encode)
     response = _respond(200, "application/json", b"[" + b",".join(encoded) + b"]")
     if more:
-        shown = events[len(encoded) - 1].id
-        query = {**request.query_params.dict(), "cursor": [shown]}
+        query = {**params.dict(), "cursor": [listing.ident(items[len(encoded) - 1])]}
         link = urlencode([(name, value) for name, values in query.items() for value in values])
-        response.headers["link"] = f'</api/events?{link}>; rel="next"'
+        response.headers["link"] = f'<{listing.path}?{link}>; rel="next"'
     return response
 
 
-def _page(events: list[Event], limit: int) -> tuple[list[bytes], bool]:
-    """The encoded events of one page (at least one, at most `limit` or MAX_PAGE_BYTES), and
+def _page(
+    items: list[Item], limit: int, encode: Callable[[Item], bytes]
+) -> tuple[list[bytes], bool]:
+    """The encoded items of one page (at least one, at most `limit` or MAX_PAGE_BYTES), and
     whether more are left."""
     encoded: list[bytes] = []
     size = 0
-    for event in events[:limit]:
-        body = encode_event(event)
+    for item in items[:limit]:
+        body = encode(item)
         size += len(body) + 1
         if encoded and size > MAX_PAGE_BYTES:
             return encoded, True
         encoded.append(body)
-    return encoded, len(events) > limit
+    return encoded, len(items) > limit
 
 
-def _event_filter(params: Mapping[str, str], now: datetime) -> EventFilter:
+def _event_filter(
+    params: Mapping[str, str], limit: int, cursor: str | None, now: datetime
+) -> EventFilter:
     """The /api/events query as a filter; ValueError names what is wrong."""
-    limit = _query_int(params, "limit", default=100, low=1, high=MAX_PAGE_EVENTS)
-    cursor = params.get("cursor")
-    if cursor is not None and not _CURSOR.match(cursor):
-        raise ValueError("cursor must be an event id, as given by the Link header")
     return EventFilter(
         source=params.get("source"),
         type=params.get("type"),
@@ -287,6 +310,44 @@ def _event_filter(params: Mapping[str, str], now: datetime) -> EventFilter:
         before=cursor,
         limit=limit,
     )
+
+
+def _outbox_filter(
+    params: Mapping[str, str], limit: int, cursor: str | None, now: datetime
+) -> OutboxFilter:
+    del now  # no time filters here
+    return outbox_filter(params, limit=limit, before=cursor)
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+EVENTS = Listing(
+    path="/api/events",
+    cursor=re.compile(_ULID),
+    cursor_is="an event id",
+    where=_event_filter,
+    read=lambda store, where: store.list_events(where),
+    encode=encode_event,
+    ident=lambda event: event.id,
+)
+OUTBOX = Listing(
+    path="/api/outbox",
+    #: An outbox id: the event's id, `:`, then a rule id and action index or an effect's name.
+    cursor=re.compile(_ULID + r":[A-Za-z0-9_.:-]{1,300}"),
+    cursor_is="an outbox row id",
+    where=_outbox_filter,
+    read=lambda store, where: store.list_outbox(where),
+    encode=lambda row: _encode_json(outbox_to_builtins(row)),
+    ident=lambda row: row.id,
+)
+
+
+@get("/api/events", include_in_schema=False)
+async def api_events(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Events, newest first; filters `source`, `type`, `status`, `since`, `limit`; pages by
+    `cursor` (from the `Link` header of the previous page)."""
+    return await _listed(request, state, EVENTS)
 
 
 def _query_int(params: Mapping[str, str], name: str, *, default: int, low: int, high: int) -> int:
@@ -318,34 +379,12 @@ async def api_event(
     return _json(200, detail)
 
 
-#: Most outbox rows one page of /api/outbox holds; `Link: <...>; rel="next"` gives the rest.
-MAX_PAGE_ROWS = 200
-
-
 @get("/api/outbox", include_in_schema=False)
 async def api_outbox(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     """Outbox rows, newest first; filters `status`, `channel`, `to` (as stored: E.164 for
-    phones), `limit`; pages by `cursor` (from the `Link` header of the previous page)."""
-    ctx = _ctx(state)
-    denied = _authorised(request, ctx)
-    if denied:
-        return denied
-    params = request.query_params
-    try:
-        limit = _query_int(params, "limit", default=100, low=1, high=MAX_PAGE_ROWS)
-        where = outbox_filter(params, limit=limit + 1)
-    except ValueError as exc:
-        return _json(400, {"error": f"bad query: {exc}"})
-    try:
-        rows = await ctx.store.list_outbox(where)
-    except StoreUnavailable:
-        return _json(503, {"error": "store unavailable"})
-    response = _json(200, [outbox_to_builtins(row) for row in rows[:limit]])
-    if len(rows) > limit:
-        query = {**params.dict(), "cursor": [rows[limit - 1].id]}
-        link = urlencode([(name, value) for name, values in query.items() for value in values])
-        response.headers["link"] = f'</api/outbox?{link}>; rel="next"'
-    return response
+    phones), `limit`; pages by `cursor` (from the `Link` header of the previous page), with the
+    caps and refusals of /api/events."""
+    return await _listed(request, state, OUTBOX)
 
 
 @get("/api/conversations/{key:str}", include_in_schema=False)

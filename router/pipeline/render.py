@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.logs import mask_address
+from router.slack_markup import escape
 from statemachines.effects import HistoryLine, PostEscalation, PostReminder, RelayToThread
 
 ACTION_CLAIM = "switchboard.claim"
@@ -32,11 +33,6 @@ MAX_TEXT = 40_000
 MAX_LINE = 1000
 _ARROWS = {"in": "→ customer", "out": "← reply"}
 _FIXED_BLOCKS = 4  # header, fields, history caption, actions
-
-
-def escape(text: str) -> str:
-    """Escape Slack's control characters so text shows literally (no mentions, no links)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _clip(text: str, limit: int) -> str:

@@ -77,7 +77,7 @@ async def replay(
     advance: Callable[[int], None] = lambda _: None,
 ) -> ReplayReport:
     """Replay `events` in order; `advance(n)` after each batch (a progress bar)."""
-    router = LaneRouter(settings, lambda: ruleset)
+    router = LaneRouter(settings, lambda: ruleset, store.escalation_post)
     report = ReplayReport(rules_version=ruleset.version, dry_run=dry_run)
     batch: list[Event] = []
     for event in events:

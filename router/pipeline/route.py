@@ -2,12 +2,14 @@
 
 Everything here decides; nothing writes. `LaneRouter.route` turns a lane's events into one
 `LaneCommit` that the store applies in one transaction with the lease check. The only I/O is
-reading the consent of a recipient not seen yet in this batch (`ContactBook`).
+reading the consent of a recipient not seen yet in this batch (`ContactBook`), and, for a button
+press, the conversation's latest escalation post (a button acts only on its own escalation).
 
 Per event, in this order:
 1. a timer event fires its trigger (`remind`, `inactive`) on the conversation;
 2. an agent's reply or button press in an escalation thread fires `agent_reply`, `claim`,
-   `resolve` or `back_to_bot`;
+   `resolve` or `back_to_bot`; a button on an earlier escalation's post, or on a message that
+   is no escalation post, is refused with the reason on the run;
 3. a customer's message: consent and help keywords first (the rules never see them); then, if
    the conversation is with people, the message goes to the Slack thread instead of the rules;
 4. the rules decide; `reply`, `send` and `forward` become rows, `escalate` fires the machine,
@@ -50,6 +52,7 @@ from statemachines.conversation import (
     Conversation,
     ConversationState,
     Direction,
+    Escalation,
     Message,
     Outcome,
     Policy,
@@ -78,6 +81,8 @@ _conversation_encoder = msgspec.json.Encoder()
 _conversation_decoder = msgspec.json.Decoder(Conversation)
 
 ContactLookup = Callable[[list[str]], Awaitable[dict[str, ContactRecord]]]
+#: The latest sent escalation post of a conversation (`Store.escalation_post`).
+PostLookup = Callable[[str], Awaitable[OutboxRow | None]]
 
 
 class ContactBook:
@@ -187,9 +192,15 @@ class _LaneWork:
 class LaneRouter:
     """Routes lanes with one configuration; `ruleset` is read per lane (live reload)."""
 
-    def __init__(self, settings: Settings, ruleset: Callable[[], RuleSet | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: Callable[[], RuleSet | None],
+        escalation_post: PostLookup,
+    ) -> None:
         self.settings = settings
         self._ruleset = ruleset
+        self._escalation_post = escalation_post
         self.policy = Policy.from_config(
             settings.escalation, settings.channels.slack.escalation_channel
         )
@@ -313,6 +324,11 @@ class LaneRouter:
         if mapped and event.type in (EventType.AGENT_REPLY, EventType.AGENT_ACTION):
             await self._agent_event(work, event, book, now)
             return work
+        if event.type == EventType.AGENT_ACTION:  # its message is in no escalation thread
+            work.transition = {
+                "trigger": _trigger(event) or event.data.get("action_id"),
+                "refused": f"the button's message {_message(event)} is no escalation post sent",
+            }
         customer = (
             conversational
             and event.type in _CUSTOMER_MESSAGES
@@ -415,12 +431,16 @@ class LaneRouter:
             context = Context(event_id=event.id, now=now, message=message, agent=agent)
             await self._fire(work, event, "agent_reply", context, book, now)
             return
-        action_id = event.data.get("action_id")
-        trigger = render.ACTION_TRIGGERS.get(action_id) if isinstance(action_id, str) else None
+        trigger = _trigger(event)
         if trigger is None:
-            work.errors.append(f"unknown escalation action {action_id!r}")
+            work.errors.append(f"unknown escalation action {event.data.get('action_id')!r}")
             return
         before = work.conversation.escalation if work.conversation is not None else None
+        if before is not None and work.conversation is not None:
+            stale = await self._stale_post(work.conversation.key, before, event)
+            if stale is not None:
+                work.transition = {"trigger": trigger, "refused": stale}
+                return
         await self._fire(
             work, event, trigger, Context(event_id=event.id, now=now, agent=agent), book, now
         )
@@ -439,6 +459,23 @@ class LaneRouter:
                     work.conversation.key,
                 )
             )
+
+    async def _stale_post(
+        self, conversation_key: str, escalation: Escalation, event: Event
+    ) -> str | None:
+        """Why a button cannot act on the open escalation (None: it can). Its post is the
+        latest escalation post sent, and the one the open escalation's event made; a newer
+        escalation whose post is not sent yet leaves an older post the latest."""
+        latest = await self._escalation_post(conversation_key)
+        clicked = (event.data.get("channel"), event.data.get("message_ts"))
+        if latest is None or (latest.to, latest.provider_message_id) != clicked:
+            return f"the button's message {_message(event)} is the post of an earlier escalation"
+        if escalation.event_id is not None and latest.event_id != escalation.event_id:
+            return (
+                f"the button's message {_message(event)} is the post of an earlier escalation; "
+                "the open one's post is not sent yet"
+            )
+        return None
 
     async def _fire(
         self,
@@ -760,6 +797,17 @@ def _sender_of(current: Conversation | None) -> dict[str, str]:
         return {}
     parts = current.key.split(":")
     return {"from": parts[-1]} if len(parts) >= 3 and parts[-1] else {}
+
+
+def _trigger(event: Event) -> str | None:
+    """The machine trigger of a button press (`claim`, `resolve`, `back_to_bot`), if ours."""
+    action_id = event.data.get("action_id")
+    return render.ACTION_TRIGGERS.get(action_id) if isinstance(action_id, str) else None
+
+
+def _message(event: Event) -> str:
+    """The message a button press came from, as a person reads it in a run's record."""
+    return f"(ts {event.data.get('message_ts')} in {event.data.get('channel')})"
 
 
 def _text(value: Any) -> str | None:

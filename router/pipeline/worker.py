@@ -54,7 +54,7 @@ class Worker:
         self._clock = clock
         self._metrics = metrics
         self._config = settings.worker
-        self._router = LaneRouter(settings, ruleset)
+        self._router = LaneRouter(settings, ruleset, store.escalation_post)
         self._on_timers = on_timers
         #: Called after a commit that made rows or receipts (wakes the dispatcher).
         self._on_rows = on_rows

@@ -21,7 +21,7 @@ import msgspec
 
 from router.events import Event, event_to_builtins
 from router.rules.match import Context
-from router.rules.model import Action, Decision, Rule, Snapshot
+from router.rules.model import Action, ActionSpec, Decision, Rule, Snapshot
 from router.rules.operators import words
 from router.rules.regexes import RegexTimeout
 from router.rules.templates import describe, render
@@ -154,9 +154,18 @@ def _actions(rule: Rule, doc: dict[str, Any], errors: list[str]) -> list[Action]
     result: list[Action] = []
     for spec in rule.then:
         try:
-            params = render(spec.params, doc)
+            params = render(spec.params, doc, slack=_posted_to_slack(spec, doc))
         except Exception as exc:  # any template failure is recorded, never raised
             errors.append(f"rule {rule.id}, action {spec.index} ({spec.kind}): {describe(exc)}")
             continue
         result.append(Action(rule_id=rule.id, index=spec.index, kind=spec.kind, params=params))
     return result
+
+
+def _posted_to_slack(spec: ActionSpec, doc: dict[str, Any]) -> bool:
+    """Whether the action's text becomes a Slack message: a `send` to channel slack, or a
+    `reply` to a message that came from Slack. Its templates then escape what they interpolate.
+    (An `escalate` reason is escaped whole where the escalation post is made.)"""
+    if spec.kind == "send":
+        return spec.params.get("channel") == "slack"
+    return spec.kind == "reply" and doc.get("channel") == "slack"

@@ -8,6 +8,10 @@
   makes a value optional.
 - Templates are checked at load: syntax errors, unknown top-level names, names starting with `_`
   (`''.__class__`, `__mro__`), calls (`'x'.ljust(9)`, `data.items()`) and `%` are load errors.
+- Rendered for Slack (`render(..., slack=True)`), every interpolated value is escaped like
+  jinja's autoescape would, with Slack's escape (`&`, `<`, `>`): a customer's
+  `<!channel>` or `<https://evil|click>` shows as typed, while the rule's own literal text
+  stays markup (a rule may mention `<!here>` on purpose).
 - Loading stays cheap: the commonest templates (`{{ data.a }}`, `{{ x | default('y') }}`) are
   read by one regex instead of jinja's parser; jinja compiles a template only when it must render
   it, once per distinct text (shared across reloads).
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +30,8 @@ import jinja2.meta
 from jinja2 import StrictUndefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
+
+from router.slack_markup import escape
 
 #: Longest text one template or one `*` may produce.
 MAX_OUTPUT = 100_000
@@ -84,8 +90,19 @@ class _Env(SandboxedEnvironment):
 FILTER_NAMES = ", ".join(sorted(_FILTERS))
 
 
-def make_environment() -> SandboxedEnvironment:
-    env = _Env(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+def _slack_value(value: Any) -> str:
+    """jinja's `finalize` for Slack: each `{{ }}` value, as text, escaped."""
+    return escape(value if isinstance(value, str) else str(value))
+
+
+def make_environment(finalize: Callable[[Any], Any] | None = None) -> SandboxedEnvironment:
+    """The sandbox; `finalize` is applied to every `{{ }}` value (not to literal text)."""
+    env = _Env(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=finalize,
+    )
     env.globals.clear()
     env.filters = {name: env.filters[name] for name in _FILTERS}
     env.filters["replace"] = _safe_replace
@@ -94,6 +111,8 @@ def make_environment() -> SandboxedEnvironment:
 
 
 ENV = make_environment()
+#: The same sandbox for texts posted to Slack: interpolated values escaped.
+SLACK_ENV = make_environment(finalize=_slack_value)
 
 
 _FAIL: Any = object()
@@ -128,19 +147,20 @@ class Template:
         self.source = source
         self._parts = parts
 
-    def render(self, context: Mapping[str, Any]) -> str:
-        text = self._fast(context) if self._parts is not None else _FAIL
+    def render(self, context: Mapping[str, Any], *, slack: bool = False) -> str:
+        """The text; `slack`: every interpolated value escaped for Slack."""
+        text = self._fast(context, slack) if self._parts is not None else _FAIL
         if text is _FAIL:
-            text = self.render_with_jinja(context)
+            text = self.render_with_jinja(context, slack=slack)
         if len(text) > MAX_OUTPUT:
             raise SecurityError("the rendered text is too long")
         return str(text)
 
-    def render_with_jinja(self, context: Mapping[str, Any]) -> str:
+    def render_with_jinja(self, context: Mapping[str, Any], *, slack: bool = False) -> str:
         """The same render, always through jinja (tests compare the two)."""
-        return _jinja(self.source).render(context)
+        return _jinja(self.source, slack).render(context)
 
-    def _fast(self, context: Mapping[str, Any]) -> Any:
+    def _fast(self, context: Mapping[str, Any], slack: bool) -> Any:
         out: list[str] = []
         for part in self._parts or ():
             if isinstance(part, str):
@@ -156,7 +176,8 @@ class Template:
                         raise UndefinedError(f"'{'.'.join(part.path[: depth + 1])}' is undefined")
                     return _FAIL
                 node = node[key]
-            out.append(node if isinstance(node, str) else str(node))
+            value = node if isinstance(node, str) else str(node)
+            out.append(escape(value) if slack else value)
         return "".join(out)
 
 
@@ -205,9 +226,10 @@ def is_template(text: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _jinja(source: str) -> jinja2.Template:
-    """jinja's compiled template of a text: compiled on first use, shared by every reload."""
-    return ENV.from_string(source)
+def _jinja(source: str, slack: bool = False) -> jinja2.Template:
+    """jinja's compiled template of a text (for Slack or not): compiled on first use, shared by
+    every reload."""
+    return (SLACK_ENV if slack else ENV).from_string(source)
 
 
 def compile_template(source: str, names: Iterable[str]) -> Template:
@@ -341,14 +363,15 @@ def _quick_lookup(found: re.Match[str], names: Iterable[str]) -> _Lookup | None:
     return _Lookup(path, literal[1:-1] if literal[0] in "'\"" else int(literal))
 
 
-def render(value: Any, context: Mapping[str, Any]) -> Any:
-    """Render every template inside a parameter value (texts, lists, mappings)."""
+def render(value: Any, context: Mapping[str, Any], *, slack: bool = False) -> Any:
+    """Render every template inside a parameter value (texts, lists, mappings); `slack`: the
+    texts are posted to Slack, so interpolated values are escaped."""
     if isinstance(value, Template):
-        return value.render(context)
+        return value.render(context, slack=slack)
     if isinstance(value, list):
-        return [render(item, context) for item in value]
+        return [render(item, context, slack=slack) for item in value]
     if isinstance(value, dict):
-        return {key: render(item, context) for key, item in value.items()}
+        return {key: render(item, context, slack=slack) for key, item in value.items()}
     return value
 
 

@@ -4,6 +4,7 @@ and outbox rows, `/api/outbox`, `/api/conversations/{key}`; bearer auth, 400, 40
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ import httpx
 import pytest
 
 from router.store.sqlite import sqlite_path
+from tests.cases.stripe import invoice, stripe_event
+from tests.cases.stripe import signed as stripe_signed
 from tests.cases.twilio import message_params, signed
 from tests.support import (
     ADMIN_TOKEN,
@@ -35,6 +38,13 @@ rules:
     when: {channel: sms}
     then:
       - reply: {text: "hi back"}
+"""
+FORWARD_RULES = """version: 1
+rules:
+  - id: crm
+    when: {source: stripe}
+    then:
+      - forward: {to: crm}
 """
 #: Where a reply can be while the dispatcher (sandbox senders in tests) takes it out.
 ON_ITS_WAY = {"pending", "sending", "sent", "delivered"}
@@ -133,12 +143,52 @@ def test_outbox_pages_by_link(routed: tuple[LiveServer, list[str]]) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["status=lost", "channel=fax", "limit=0", "limit=201", "limit=ten", "limit=%EF%BC%91"],
+    [
+        "status=lost",
+        "channel=fax",
+        "limit=0",
+        "limit=201",
+        "limit=ten",
+        "limit=%EF%BC%91",
+        "cursor=garbage",
+        "cursor=",
+        "cursor=01J00000000000000000000000",  # an event id, not a row's
+        "cursor=01J00000000000000000000000:hi:0%0A",
+        "cursor=01J00000000000000000000000:" + "x" * 400,
+    ],
 )
 def test_outbox_bad_query_is_400(routed: tuple[LiveServer, list[str]], query: str) -> None:
     response = get(routed[0], f"/api/outbox?{query}")
     assert response.status_code == 400, response.text
     assert response.json()["error"].startswith("bad query")
+
+
+def test_outbox_page_stops_at_its_byte_budget(tmp_path: Path) -> None:
+    """Like /api/events: a page holds at most about 1 MiB of rows, whatever `limit` says, and
+    the `Link` header gives the rest (a forward row carries its whole event, 200 kB here)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "crm.yaml").write_text(FORWARD_RULES)
+    with live_server(tmp_path, routing=True, extra=f'[rules]\npath = "{rules}"\n') as server:
+        for n in range(8):
+            obj = {**invoice(str(n)), "description": "x" * 200_000}
+            payload = stripe_event(f"evt_big{n}", "invoice.payment_failed", obj)
+            request = stripe_signed(payload, SECRETS["stripe"][0], int(time.time()))
+            assert server.post(request).status_code == 200
+        wait_for(
+            lambda: sum(e["status"] == "processed" for e in server.events()) == 8, interval=0.05
+        )
+        response = get(server, "/api/outbox?limit=200&channel=http")
+        assert response.status_code == 200, response.text
+        first = response.json()
+        assert len(response.content) <= 1024 * 1024 and len(first) == 5
+        assert response.links["next"]["url"].startswith("/api/outbox?")
+        rest = get(server, response.links["next"]["url"])
+        assert "next" not in rest.links
+        events = {e["id"]: e["dedupe_key"] for e in server.events()}
+        assert [events[row["event_id"]] for row in first + rest.json()] == [
+            f"stripe:evt_big{n}" for n in reversed(range(8))
+        ]
 
 
 @pytest.mark.parametrize(

@@ -161,8 +161,10 @@ def test_rendered_values_are_text_and_unicode_safe(tmp_path: Path) -> None:
     assert decision.actions[0].params == {"text": "Grüße, Zoë 👋"}
 
 
+#: Texts, often with Slack's markup characters in them.
+TEXTS = st.text(max_size=5) | st.text(alphabet="<>&!@|ab", max_size=6)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXTS,
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3)
     ),
@@ -177,23 +179,71 @@ SOURCES = [
     "{{ contact.address }}",
     "{{ data.a | default('x') | upper }}",
     "{{- data.b -}}  \n",
+    "<!here> {{ data.a | default('<x>') }} & {{ text }}",
 ]
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    data=JSON, text=st.none() | st.text(max_size=5), contact=st.none() | st.just({"address": "+1"})
+    data=JSON,
+    text=st.none() | TEXTS,
+    contact=st.none() | st.just({"address": "+1"}),
+    slack=st.booleans(),
 )
-def test_fast_render_equals_jinja(data: Any, text: str | None, contact: Any) -> None:
+def test_fast_render_equals_jinja(data: Any, text: str | None, contact: Any, slack: bool) -> None:
     context = {"data": data, "text": text, "contact": contact}
     for source in SOURCES:
         template = compile_template(source, ["data", "text", "contact"])
         try:
-            expected: Any = template.render_with_jinja(context)
+            expected: Any = template.render_with_jinja(context, slack=slack)
         except Exception as exc:  # the sandbox's error, which render must raise too
             expected = type(exc)
         try:
-            got: Any = template.render(context)
+            got: Any = template.render(context, slack=slack)
         except Exception as exc:
             got = type(exc)
         assert got == expected, source
+
+
+HOSTILE = "<!channel> urgent <@U0OWNER> <https://evil.example/x|click here> & co"
+SHOWN = (
+    "&lt;!channel&gt; urgent &lt;@U0OWNER&gt; &lt;https://evil.example/x|click here&gt; &amp; co"
+)
+
+
+@pytest.mark.parametrize(
+    ("then", "channel", "posted"),
+    [
+        ({"send": {"channel": "slack", "to": "C0SALES", "category": "transactional"}}, None, 1),
+        ({"send": {"channel": "sms", "to": "+15551230001", "category": "marketing"}}, None, 0),
+        ({"reply": {}}, Channel.SLACK, 1),
+        ({"reply": {}}, Channel.SMS, 0),
+    ],
+)
+@pytest.mark.parametrize(
+    ("template", "jinja_only"),
+    [
+        ("<!here> {{ text }} (from <@{{ contact.address }}>)", False),
+        ("{% if text %}<!here> {{ text }} (from <@{{ contact.address }}>){% endif %}", True),
+    ],
+)
+def test_a_text_posted_to_slack_escapes_what_it_interpolates_and_keeps_its_own_markup(
+    tmp_path: Path,
+    then: dict[str, Any],
+    channel: Channel | None,
+    posted: int,
+    template: str,
+    jinja_only: bool,
+) -> None:
+    """Both renderings (the quick one and jinja's) escape for Slack; other channels get the
+    customer's text as it is."""
+    kind = next(iter(then))
+    action = {kind: {**then[kind], "text": template}}
+    ruleset = one_rule(tmp_path, {}, [action])
+    assert (ruleset.rules[0].then[0].params["text"]._parts is None) is jinja_only
+    event = make_event(text=HOSTILE, contact="U0<&>", channel=channel or Channel.SMS)
+    [decided] = decide(ruleset, event).actions
+    if posted:
+        assert decided.params["text"] == f"<!here> {SHOWN} (from <@U0&lt;&amp;&gt;>)"
+    else:
+        assert decided.params["text"] == f"<!here> {HOSTILE} (from <@U0<&>>)"
