@@ -184,6 +184,8 @@ def test_cancel_my_order_is_reviewed_and_opt_out_cancels_the_held_marketing(desk
     assert [(e["change"], e["reason"], e["event_id"]) for e in contact["ledger"]] == [
         ("review", "possible opt-out: CANCEL", review_event)
     ]
+    human = desk.server.cli("contacts", "show", CUSTOMER)
+    assert "marketing held until a person decides" in human.stdout, human.stdout
     post = desk.post_with_buttons()
     assert post.thread_ts is None  # the escalation post itself
     assert _actions(post) == [
