@@ -9,9 +9,6 @@ revocation was honoured.
 from __future__ import annotations
 
 import functools
-import re
-import string
-import unicodedata
 from datetime import datetime
 from enum import StrEnum
 
@@ -21,73 +18,59 @@ import phonenumbers
 from router.config import ComplianceConfig
 from statemachines import _engine
 from statemachines.definitions import consent as definition
-from statemachines.effects import CancelPending, Effect, Notice, SendNotice
+from statemachines.effects import (
+    AskPeople,
+    CancelPending,
+    Effect,
+    HoldMarketing,
+    Notice,
+    ReleaseHeld,
+    SendNotice,
+)
+from statemachines.revocation import KEYWORDS, OPT_OUT_TYPES, Keyword, KeywordKind, classify
+
+__all__ = [
+    "KEYWORDS",
+    "OPT_OUT_TYPES",
+    "ConsentContext",
+    "ConsentOutcome",
+    "ConsentState",
+    "Decision",
+    "Gate",
+    "Keyword",
+    "KeywordKind",
+    "LedgerEntry",
+    "classify",
+    "contact_key",
+    "gate",
+    "may_send",
+    "on_decision",
+    "on_keyword",
+    "on_send_error",
+]
 
 
 class ConsentState(StrEnum):
     SUBSCRIBED = definition.SUBSCRIBED
     OPTED_OUT = definition.OPTED_OUT
+    #: A message may have been a revocation: marketing is held until a person decides.
+    REVIEW = definition.REVIEW
 
 
-class KeywordKind(StrEnum):
+class Decision(StrEnum):
+    """A person's answer to a possible opt-out (Slack buttons, console)."""
+
     OPT_OUT = "opt_out"
-    OPT_IN = "opt_in"
-    HELP = "help"
+    KEEP_SUBSCRIBED = "keep_subscribed"
 
 
-#: SPEC §7. "OPT OUT" with a space is counted by the FCC (47 CFR 64.1200(a)(10)), not by Twilio.
-KEYWORDS: dict[str, KeywordKind] = {
-    **dict.fromkeys(
-        ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT", "OPT OUT"],
-        KeywordKind.OPT_OUT,
-    ),
-    **dict.fromkeys(["START", "UNSTOP", "YES"], KeywordKind.OPT_IN),
-    **dict.fromkeys(["HELP", "INFO"], KeywordKind.HELP),
-}
-#: Twilio's `OptOutType` form field, sent when its Advanced Opt-Out recognised a keyword.
-OPT_OUT_TYPES: dict[str, KeywordKind] = {
-    "STOP": KeywordKind.OPT_OUT,
-    "START": KeywordKind.OPT_IN,
-    "HELP": KeywordKind.HELP,
-}
-_SPACES = re.compile(r"\s+")
-#: ASCII punctuation as people mean it (`<`, `+`, `~` are Unicode symbols, not punctuation).
-_ASCII_PUNCTUATION = frozenset(string.punctuation)
+class Gate(StrEnum):
+    """What the send gate does with a row."""
 
-
-class Keyword(msgspec.Struct, frozen=True, kw_only=True):
-    """A recognised compliance keyword: what it means and the word as normalised."""
-
-    kind: KeywordKind
-    #: `STOP`, `OPT OUT`, ... or `OptOutType=STOP`: what the ledger records as the reason.
-    word: str
-
-
-def classify(text: str | None, opt_out_type: str | None = None) -> Keyword | None:
-    """The keyword a whole message is, if any: case-insensitive, trimmed, trailing punctuation
-    ignored. Twilio's `OptOutType` wins, as Twilio has already acted on it."""
-    given = (opt_out_type or "").strip().upper()
-    provider = OPT_OUT_TYPES.get(given)
-    if provider is not None:
-        return Keyword(kind=provider, word=f"OptOutType={given}")
-    word = _normalise(text or "")
-    kind = KEYWORDS.get(word)
-    return Keyword(kind=kind, word=word) if kind is not None else None
-
-
-def _normalise(text: str) -> str:
-    """`  Opt   out!! ` -> `OPT OUT`: trailing punctuation and spaces go, inner runs of
-    whitespace become one space."""
-    trimmed = text.strip()
-    while trimmed and _is_trailing_noise(trimmed[-1]):
-        trimmed = trimmed[:-1]
-    return _SPACES.sub(" ", trimmed).upper()
-
-
-def _is_trailing_noise(char: str) -> bool:
-    return (
-        char.isspace() or char in _ASCII_PUNCTUATION or unicodedata.category(char).startswith("P")
-    )
+    SEND = "send"
+    #: Kept waiting until a person decides (a `marketing` row to a contact in review).
+    HOLD = "hold"
+    CANCEL = "cancel"
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -144,7 +127,9 @@ _TRIGGERS = {
     KeywordKind.OPT_OUT: "opt_out",
     KeywordKind.OPT_IN: "opt_in",
     KeywordKind.HELP: "help",
+    KeywordKind.REVIEW: "possible_opt_out",
 }
+_DECISIONS = {Decision.OPT_OUT: "decide_opt_out", Decision.KEEP_SUBSCRIBED: "keep_subscribed"}
 #: Twilio: "Attempt to send to unsubscribed recipient" (the carrier or Twilio holds a STOP).
 TWILIO_UNSUBSCRIBED = 21610
 
@@ -153,10 +138,30 @@ def on_keyword(
     state: ConsentState, keyword: Keyword, context: ConsentContext, compliance: ComplianceConfig
 ) -> ConsentOutcome:
     """Apply a classified keyword. An opt-in keyword that changes nothing (a `YES` from a
-    subscribed contact) is not consumed: it is an ordinary answer, and the rules see it."""
-    outcome = _fire(state, _TRIGGERS[keyword.kind], keyword.word, context, compliance)
-    consumed = outcome.refused is None or keyword.kind is not KeywordKind.OPT_IN
+    subscribed contact) is not consumed: it is an ordinary answer, and the rules see it. A
+    possible opt-out is never consumed: the message goes to the conversation (and, as
+    `AskPeople` says, to people), and from an opted-out contact it is an ordinary message."""
+    reason = keyword.word
+    if keyword.kind is KeywordKind.REVIEW:
+        reason = f"possible opt-out: {keyword.word}"
+    outcome = _fire(state, _TRIGGERS[keyword.kind], reason, context, compliance)
+    consumed = (
+        outcome.refused is None or keyword.kind is not KeywordKind.OPT_IN
+    ) and keyword.kind is not KeywordKind.REVIEW
     return msgspec.structs.replace(outcome, consumed=consumed)
+
+
+def on_decision(
+    state: ConsentState,
+    decision: Decision,
+    who: str,
+    context: ConsentContext,
+    compliance: ComplianceConfig,
+) -> ConsentOutcome:
+    """A person's answer to a possible opt-out; refused unless the contact is in review (a
+    second click, or a click after the customer sent STOP or START, changes nothing)."""
+    reason = f"{decision.value.replace('_', ' ')}, decided by {who}"
+    return _fire(state, _DECISIONS[decision], reason, context, compliance)
 
 
 def on_send_error(
@@ -169,12 +174,22 @@ def on_send_error(
     return _fire(state, "carrier_opt_out", f"twilio error {error_code}", context, compliance)
 
 
-def may_send(state: ConsentState, category: str, notice: Notice | None = None) -> bool:
+def gate(state: ConsentState, category: str, notice: Notice | None = None) -> Gate:
     """The send gate, checked when a row is made and again before it leaves. After an opt-out
     nothing of any `category` goes, except the compliance notices themselves: the opt-out
     confirmation (made as the state changes), an opt-in confirmation, and a HELP answer (carrier
-    rules require HELP to be answered whatever the opt-in status)."""
-    return state is ConsentState.SUBSCRIBED or notice is not None
+    rules require HELP to be answered whatever the opt-in status). In review, `marketing` is
+    held; transactional and conversational messages still go."""
+    if notice is not None or state is ConsentState.SUBSCRIBED:
+        return Gate.SEND
+    if state is ConsentState.REVIEW:
+        return Gate.HOLD if category == "marketing" else Gate.SEND
+    return Gate.CANCEL
+
+
+def may_send(state: ConsentState, category: str, notice: Notice | None = None) -> bool:
+    """True when `gate` lets the row go now."""
+    return gate(state, category, notice) is Gate.SEND
 
 
 def _fire(
@@ -228,6 +243,15 @@ class _Run:
 
     def answer_help(self) -> None:
         self._notice(Notice.HELP, self.compliance.help_text)
+
+    def hold_marketing(self) -> None:
+        self.effects.append(HoldMarketing(contact_key=contact_key(self.context.address)))
+
+    def release(self) -> None:
+        self.effects.append(ReleaseHeld(contact_key=contact_key(self.context.address)))
+
+    def ask_people(self) -> None:
+        self.effects.append(AskPeople(reason=self.reason))
 
     def _notice(self, notice: Notice, text: str) -> None:
         ctx = self.context

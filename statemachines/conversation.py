@@ -121,6 +121,8 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     rule_id: str | None = None
     slack_channel: str | None = None
+    #: `escalate` for a possible opt-out: the post asks people to decide (SPEC §7 `review`).
+    consent_review: bool = False
 
 
 class Transition(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,6 +245,7 @@ class _Run:
                 reason=ctx.reason,
                 rule_id=ctx.rule_id,
                 history=history,
+                consent_review=ctx.consent_review,
             ),
             ScheduleTimer(timer=Timer.CLAIM_REMINDER, due_at=ctx.now + self.policy.claim_timeout),
         ]

@@ -48,6 +48,8 @@ class PostEscalation(msgspec.Struct, tag="post_escalation", **_CMD):
     reason: str | None
     rule_id: str | None
     history: tuple[HistoryLine, ...]
+    #: A possible opt-out (SPEC §7 `review`): the post carries Opt out / Keep subscribed too.
+    consent_review: bool = False
 
     @property
     def key(self) -> str:
@@ -139,6 +141,40 @@ class CancelPending(msgspec.Struct, tag="cancel_pending", **_CMD):
         return "cancel_pending"
 
 
+class HoldMarketing(msgspec.Struct, tag="hold_marketing", **_CMD):
+    """Hold every waiting `marketing` row to this contact until a person decides (SPEC §7
+    `review`): not sent, not lost; an opt-out cancels them, keeping the contact releases them."""
+
+    contact_key: str
+
+    @property
+    def key(self) -> str:
+        return "hold_marketing"
+
+
+class ReleaseHeld(msgspec.Struct, tag="release_held", **_CMD):
+    """The review ended with the contact subscribed: the held marketing rows wait only for
+    quiet hours again."""
+
+    contact_key: str
+
+    @property
+    def key(self) -> str:
+        return "release_held"
+
+
+class AskPeople(msgspec.Struct, tag="ask_people", **_CMD):
+    """Escalate the conversation as a possible opt-out, with the Opt out / Keep subscribed
+    buttons (or, already with people, ask in its thread)."""
+
+    #: The escalation's reason: `possible opt-out: CANCEL`.
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return "ask_people"
+
+
 Effect = (
     PostEscalation
     | RelayToThread
@@ -148,4 +184,7 @@ Effect = (
     | CancelTimer
     | SendNotice
     | CancelPending
+    | HoldMarketing
+    | ReleaseHeld
+    | AskPeople
 )

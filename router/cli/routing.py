@@ -339,6 +339,8 @@ def _print_contact(shown: dict[str, Any]) -> None:
         consent += " (no consent change recorded)"
     elif shown["opted_out_at"]:
         consent += f" since {when(shown['opted_out_at'])}"
+    elif shown["consent"] == "review":
+        consent += " (a possible opt-out: marketing held until a person decides)"
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()

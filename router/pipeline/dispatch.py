@@ -52,6 +52,8 @@ from router.store.records import (
     LedgerRecord,
     SlotRequest,
 )
+from statemachines import consent
+from statemachines.consent import ConsentState, Gate
 
 log = get_logger("switchboard.dispatch")
 
@@ -66,6 +68,10 @@ _LEASED_PER_PLACE = 2
 _BREAKER_SYNC = timedelta(seconds=1)
 #: Compliance notices: they leave even to an opted-out contact (consent.may_send).
 NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
+#: A marketing row claimed as its contact went into review (the hold at routing missed it,
+#: it was being sent): looked at again this much later, until a person decides.
+_REVIEW_RECHECK = timedelta(minutes=1)
+HELD_FOR_REVIEW = "held: possible opt-out under review"
 
 
 class Dispatcher:
@@ -290,12 +296,18 @@ class Dispatcher:
             return self._result(
                 claimed, AttemptOutcome.DEAD, f"no sender for channel {row.channel!r}"
             )
-        if (
-            row.contact_key
-            and row.kind not in NOTICES
-            and await self._consent.opted_out(row.contact_key)
-        ):  # an opt-out committed a moment before the send wins
-            return self._result(claimed, AttemptOutcome.CANCELLED, "contact opted out")
+        if row.contact_key and row.kind not in NOTICES:
+            # An opt-out, or a review, committed a moment before the send wins.
+            state = ConsentState(await self._consent.state(row.contact_key))
+            decided = consent.gate(state, row.category)
+            if decided is Gate.CANCEL:
+                return self._result(claimed, AttemptOutcome.CANCELLED, "contact opted out")
+            if decided is Gate.HOLD:  # asked again later, using no attempt, until decided
+                return msgspec.structs.replace(
+                    self._result(claimed, AttemptOutcome.RETRY, HELD_FOR_REVIEW),
+                    next_attempt_at=now + _REVIEW_RECHECK,
+                    throttled=True,
+                )
         try:
             message = await self._prepared(claimed)
         except SendFailed as failed:
@@ -581,11 +593,12 @@ class _ConsentReads:
     def __init__(self, store: Store) -> None:
         self._store = store
         #: Contact key -> the attempts waiting for it, asked since the last read began.
-        self._asked: dict[str, list[asyncio.Future[bool]]] = {}
+        self._asked: dict[str, list[asyncio.Future[str]]] = {}
         self._reading: asyncio.Task[None] | None = None
 
-    async def opted_out(self, contact_key: str) -> bool:
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def state(self, contact_key: str) -> str:
+        """The contact's consent (`subscribed` when unknown), read after the question."""
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._asked.setdefault(contact_key, []).append(answer)
         if self._reading is None:
             self._reading = asyncio.create_task(self._read(), name="consent-reads")
@@ -608,10 +621,10 @@ class _ConsentReads:
                     continue
                 for key, answers in asked.items():
                     contact = found.get(key)
-                    out = contact is not None and contact.consent == "opted_out"
+                    state = contact.consent if contact is not None else "subscribed"
                     for answer in answers:
                         if not answer.done():
-                            answer.set_result(out)
+                            answer.set_result(state)
         finally:
             self._reading = None
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from router.logs import mask_address
 from router.slack_markup import escape
+from statemachines.consent import Decision
 from statemachines.effects import HistoryLine, PostEscalation, PostReminder, RelayToThread
 
 ACTION_CLAIM = "switchboard.claim"
@@ -22,6 +23,14 @@ ACTION_TRIGGERS: dict[str, str] = {
     ACTION_CLAIM: "claim",
     ACTION_RESOLVE: "resolve",
     ACTION_BACK_TO_BOT: "back_to_bot",
+}
+
+ACTION_OPT_OUT = "switchboard.consent.opt_out"
+ACTION_KEEP_SUBSCRIBED = "switchboard.consent.keep_subscribed"
+#: Button action id -> the person's answer to a possible opt-out (SPEC §7 `review`).
+CONSENT_ACTIONS: dict[str, Decision] = {
+    ACTION_OPT_OUT: Decision.OPT_OUT,
+    ACTION_KEEP_SUBSCRIBED: Decision.KEEP_SUBSCRIBED,
 }
 
 #: Slack Block Kit limits: blocks per message, section text, section field, top-level text.
@@ -90,6 +99,13 @@ def _button(label: str, action_id: str, value: str) -> dict[str, Any]:
     }
 
 
+def _consent_buttons(conversation_key: str) -> list[dict[str, Any]]:
+    """Opt out / Keep subscribed: a person decides whether the message was a revocation."""
+    opt_out = _button("Opt out", ACTION_OPT_OUT, conversation_key)
+    opt_out["style"] = "danger"
+    return [opt_out, _button("Keep subscribed", ACTION_KEEP_SUBSCRIBED, conversation_key)]
+
+
 def escalation_payload(
     effect: PostEscalation, conversation_key: str, *, debug: bool
 ) -> dict[str, Any]:
@@ -125,6 +141,8 @@ def escalation_payload(
             ],
         },
     ]
+    if effect.consent_review:
+        blocks.append(_consent_block(conversation_key))
     text = _clip(f"A customer needs a person: {who} ({reason})", MAX_TEXT)
     return {"text": text, "blocks": blocks, "conversation_key": conversation_key}
 
@@ -137,12 +155,35 @@ def reminder_payload(effect: PostReminder) -> dict[str, Any]:
     }
 
 
-def relay_payload(effect: RelayToThread, *, debug: bool) -> dict[str, Any]:
-    """A customer message copied into the thread; shown in full (escaped) whatever `debug`."""
+def relay_payload(
+    effect: RelayToThread,
+    *,
+    debug: bool,
+    consent_review: str | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """A customer message copied into the thread; shown in full (escaped) whatever `debug`.
+    A possible opt-out (`consent_review`, the reason) carries the Opt out / Keep subscribed
+    buttons for conversation `key`."""
     del debug  # the text is the conversation itself: agents see it either way
+    text = _clip(f"Customer: {escape(effect.text)}", MAX_TEXT)
+    payload: dict[str, Any] = {"text": text, "thread_ts": effect.thread_ts}
+    if consent_review is not None:
+        ask = f"*{escape(consent_review).capitalize()}*: does the customer want no more messages?"
+        payload["blocks"] = [
+            {"type": "section", "text": _mrkdwn(_clip(text, MAX_SECTION))},
+            {"type": "context", "elements": [_mrkdwn(ask)]},
+            _consent_block(key or ""),
+        ]
+    return payload
+
+
+def _consent_block(conversation_key: str) -> dict[str, Any]:
+    """The actions block of a possible opt-out: marketing to the contact waits for this."""
     return {
-        "text": _clip(f"Customer: {escape(effect.text)}", MAX_TEXT),
-        "thread_ts": effect.thread_ts,
+        "type": "actions",
+        "block_id": "consent",
+        "elements": _consent_buttons(conversation_key),
     }
 
 
@@ -162,7 +203,11 @@ def escalation_update_payload(
     conversation can still be resolved or handed back; a finished one has none)."""
     who = f"<@{escape(agent)}>" if agent else "someone"
     line = _OUTCOMES.get(state, "{who} acted on it").format(who=who)
-    kept = [block for block in post.get("blocks", []) if block.get("type") != "actions"]
+    kept = [  # the buttons still useful follow; a possible opt-out still waits for its answer
+        block
+        for block in post.get("blocks", [])
+        if block.get("type") != "actions" or block.get("block_id") == "consent"
+    ]
     blocks: list[dict[str, Any]] = [*kept, {"type": "context", "elements": [_mrkdwn(line)]}]
     if state == "agent":
         blocks.append(

@@ -33,10 +33,12 @@ from router.pipeline import render
 from router.rules import RuleSet, evaluate
 from router.rules.model import Action, ConversationView, Decision, Snapshot
 from router.store.records import (
+    HELD_UNTIL,
     ClaimedLane,
     ContactRecord,
     ConversationRecord,
     EventResult,
+    HoldChange,
     LaneCommit,
     LedgerRecord,
     OutboxRow,
@@ -46,7 +48,14 @@ from router.store.records import (
     TimerRecord,
 )
 from statemachines import consent, conversation, quiet_hours
-from statemachines.consent import ConsentContext, ConsentState, Keyword
+from statemachines.consent import (
+    ConsentContext,
+    ConsentOutcome,
+    ConsentState,
+    Gate,
+    Keyword,
+    KeywordKind,
+)
 from statemachines.conversation import (
     Context,
     Conversation,
@@ -58,13 +67,16 @@ from statemachines.conversation import (
     Policy,
 )
 from statemachines.effects import (
+    AskPeople,
     CancelPending,
     CancelTimer,
     Effect,
+    HoldMarketing,
     PostEscalation,
     PostReminder,
     RelayToCustomer,
     RelayToThread,
+    ReleaseHeld,
     ScheduleTimer,
     SendNotice,
 )
@@ -115,6 +127,7 @@ class _EventWork:
     conversation: Conversation | None
     rows: list[OutboxRow] = field(default_factory=list)
     cancels: list[tuple[str, str]] = field(default_factory=list)
+    holds: list[HoldChange] = field(default_factory=list)
     contacts: list[tuple[ContactRecord, LedgerRecord | None]] = field(default_factory=list)
     timers_set: list[TimerRecord] = field(default_factory=list)
     timers_cleared: list[tuple[str, str, datetime | None]] = field(default_factory=list)
@@ -125,6 +138,8 @@ class _EventWork:
     #: The conversation as the rules saw it.
     view: ConversationView | None = None
     receipts: list[Receipt] = field(default_factory=list)
+    #: A possible opt-out: the escalation's reason (people decide; the rules do not answer).
+    consent_review: str | None = None
 
 
 @dataclass
@@ -135,6 +150,7 @@ class _LaneWork:
     results: list[EventResult] = field(default_factory=list)
     rows: list[OutboxRow] = field(default_factory=list)
     cancels: list[tuple[str, str]] = field(default_factory=list)
+    holds: list[HoldChange] = field(default_factory=list)
     contacts: list[tuple[ContactRecord, LedgerRecord | None]] = field(default_factory=list)
     timers_set: list[TimerRecord] = field(default_factory=list)
     timers_cleared: list[tuple[str, str, datetime | None]] = field(default_factory=list)
@@ -147,9 +163,12 @@ class _LaneWork:
                 _cancelled(row, reason) if _waiting_for(row, contact_key) else row
                 for row in self.rows
             ]
+        for change in work.holds:
+            self.rows = [_held_or_released(row, change) for row in self.rows]
         self.conversation = work.conversation
         self.rows += work.rows
         self.cancels += work.cancels
+        self.holds += work.holds
         self.contacts += work.contacts
         self.receipts += work.receipts
         for cleared in work.timers_cleared:  # the later order wins
@@ -182,6 +201,7 @@ class _LaneWork:
             conversation=record,
             outbox=self.rows,
             cancel_contacts=self.cancels,
+            holds=self.holds,
             contacts=self.contacts,
             timers_set=self.timers_set,
             timers_cleared=self.timers_cleared,
@@ -352,6 +372,9 @@ class LaneRouter:
                 book,
                 now,
             )
+            if work.consent_review is not None:  # people decide; the bot does not answer
+                await self._ask_people(work, event, work.consent_review, book, now)
+                return work
             if state_before in (ConversationState.ESCALATED, ConversationState.AGENT):
                 return work  # with people: relayed to the thread, the bot stays silent
         ruleset = self._ruleset()
@@ -376,7 +399,8 @@ class LaneRouter:
     async def _compliance(
         self, work: _EventWork, event: Event, book: ContactBook, now: datetime
     ) -> bool:
-        """Consent and help keywords; True when the message was one the rules must not see."""
+        """Consent and help keywords; True when the message was one the rules must not see.
+        A possible opt-out is not consumed: it sets `work.consent_review` (`AskPeople`)."""
         opt_out_type = event.data.get("opt_out_type")
         keyword: Keyword | None = consent.classify(
             event.text, opt_out_type if isinstance(opt_out_type, str) else None
@@ -395,6 +419,23 @@ class LaneRouter:
             ConsentState(contact.consent), keyword, context, self.compliance
         )
         work.compliance = keyword.kind.value
+        if outcome.refused is not None and keyword.kind is KeywordKind.REVIEW:
+            return False  # already opted out: an ordinary message
+        if outcome.refused is not None and outcome.consumed:
+            work.errors.append(f"consent: {outcome.refused}")
+        await self._consent_changed(work, event, contact, outcome, book, now)
+        return outcome.consumed
+
+    async def _consent_changed(
+        self,
+        work: _EventWork,
+        event: Event,
+        contact: ContactRecord,
+        outcome: ConsentOutcome,
+        book: ContactBook,
+        now: datetime,
+    ) -> None:
+        """The contact's new consent and its ledger entry (on a change), and the effects."""
         if outcome.ledger is not None:
             updated = msgspec.structs.replace(
                 contact,
@@ -410,10 +451,45 @@ class LaneRouter:
                 reason=outcome.ledger.reason,
             )
             work.contacts.append((updated, entry))
-        if outcome.refused is not None and outcome.consumed:
-            work.errors.append(f"consent: {outcome.refused}")
         await self._effects(work, event, outcome.effects, book, now)
-        return outcome.consumed
+
+    async def _ask_people(
+        self, work: _EventWork, event: Event, reason: str, book: ContactBook, now: datetime
+    ) -> None:
+        """A possible opt-out: escalate the conversation with the Opt out / Keep subscribed
+        buttons. Already with people, the message went to the thread with those buttons."""
+        if work.conversation is None or work.conversation.state is not ConversationState.BOT:
+            return
+        context = Context(event_id=event.id, now=now, reason=reason, consent_review=True)
+        await self._fire(work, event, "escalate", context, book, now)
+
+    async def _consent_decision(
+        self,
+        work: _EventWork,
+        event: Event,
+        decision: consent.Decision,
+        book: ContactBook,
+        now: datetime,
+    ) -> None:
+        """A person's Opt out / Keep subscribed on a possible opt-out, for the contact of the
+        conversation the button's thread escalated; recorded in the ledger with this event."""
+        current = work.conversation
+        work.compliance = f"decision: {decision.value}"
+        if current is None or current.contact is None:
+            work.errors.append(f"consent decision {decision.value}: no contact to decide for")
+            return
+        contact = await book.get(consent.contact_key(current.contact))
+        context = ConsentContext(
+            event_id=event.id, now=now, address=current.contact, channel=current.channel
+        )
+        who = event.contact.address if event.contact else "someone"
+        outcome = consent.on_decision(
+            ConsentState(contact.consent), decision, f"{who} in Slack", context, self.compliance
+        )
+        if outcome.refused is not None:
+            work.errors.append(f"consent: {outcome.refused}")
+            return
+        await self._consent_changed(work, event, contact, outcome, book, now)
 
     async def _agent_event(
         self, work: _EventWork, event: Event, book: ContactBook, now: datetime
@@ -430,6 +506,11 @@ class LaneRouter:
             )
             context = Context(event_id=event.id, now=now, message=message, agent=agent)
             await self._fire(work, event, "agent_reply", context, book, now)
+            return
+        action_id = event.data.get("action_id")
+        decision = render.CONSENT_ACTIONS.get(action_id) if isinstance(action_id, str) else None
+        if decision is not None:  # about the contact, not the escalation: any post will do
+            await self._consent_decision(work, event, decision, book, now)
             return
         trigger = _trigger(event)
         if trigger is None:
@@ -620,7 +701,9 @@ class LaneRouter:
                     )
                 )
             elif isinstance(effect, RelayToThread):
-                payload = render.relay_payload(effect, debug=self.debug)
+                payload = render.relay_payload(
+                    effect, debug=self.debug, consent_review=work.consent_review, key=key
+                )
                 work.rows.append(
                     self._slack_row(
                         event, row_id, "relay_to_thread", effect.slack_channel, payload, now, key
@@ -645,7 +728,8 @@ class LaneRouter:
                 )
             elif isinstance(effect, SendNotice):
                 channel = effect.channel or "sms"
-                payload = {"text": effect.text, **_sender(event)}
+                # A person's decision comes from Slack: answer from the conversation's number.
+                payload = {"text": effect.text, **(_sender(event) or _sender_of(work.conversation))}
                 await self._customer_row(
                     work,
                     event,
@@ -666,12 +750,38 @@ class LaneRouter:
                     _cancelled(row, reason) if _waiting_for(row, effect.contact_key) else row
                     for row in work.rows
                 ]
+            elif isinstance(effect, HoldMarketing | ReleaseHeld):
+                await self._hold_or_release(work, event, effect, book, now)
+            elif isinstance(effect, AskPeople):
+                work.consent_review = effect.reason
             elif isinstance(effect, ScheduleTimer) and key is not None:
                 work.timers_set.append(
                     TimerRecord(conversation_key=key, timer=str(effect.timer), due_at=effect.due_at)
                 )
             elif isinstance(effect, CancelTimer) and key is not None:
                 work.timers_cleared.append((key, str(effect.timer), None))
+
+    async def _hold_or_release(
+        self,
+        work: _EventWork,
+        event: Event,
+        effect: HoldMarketing | ReleaseHeld,
+        book: ContactBook,
+        now: datetime,
+    ) -> None:
+        """Hold the contact's waiting marketing (stored, and made earlier in this event), or
+        release it to wait for quiet hours only."""
+        if isinstance(effect, HoldMarketing):
+            reason = f"held: possible opt-out under review (event {event.id})"
+            change = HoldChange(contact_key=effect.contact_key, hold=True, reason=reason)
+        else:
+            contact = await book.get(effect.contact_key)
+            opens = quiet_hours.not_before(
+                now, "marketing", contact.timezone, effect.contact_key, self.compliance
+            )
+            change = HoldChange(contact_key=effect.contact_key, hold=False, not_before=opens)
+        work.holds.append(change)
+        work.rows = [_held_or_released(row, change) for row in work.rows]
 
     async def _customer_row(
         self,
@@ -694,8 +804,14 @@ class LaneRouter:
             event, row_id, kind, channel, to, category, payload, now, contact_key=contact_key
         )
         contact = await book.get(contact_key)
-        if not notice and not consent.may_send(ConsentState(contact.consent), category):
+        gate = Gate.SEND if notice else consent.gate(ConsentState(contact.consent), category)
+        if gate is Gate.CANCEL:
             row = _cancelled(row, "contact opted out")
+        elif gate is Gate.HOLD:
+            reason = f"held: possible opt-out under review (event {event.id})"
+            row = _held_or_released(
+                row, HoldChange(contact_key=contact_key, hold=True, reason=reason)
+            )
         elif not notice and channel in ("sms", "whatsapp"):
             hold_until = quiet_hours.not_before(
                 now, category, contact.timezone, consent.contact_key(to), self.compliance
@@ -818,6 +934,27 @@ def _waiting_for(row: OutboxRow, contact_key: str) -> bool:
     return row.contact_key == contact_key and row.status in (
         OutboxStatus.PENDING,
         OutboxStatus.DEFERRED,
+    )
+
+
+def _held_or_released(row: OutboxRow, change: HoldChange) -> OutboxRow:
+    """A row not stored yet, as the store's hold or release would leave it."""
+    if row.contact_key != change.contact_key:
+        return row
+    if change.hold:
+        if row.category != "marketing" or row.status not in (
+            OutboxStatus.PENDING,
+            OutboxStatus.DEFERRED,
+        ):
+            return row
+        return msgspec.structs.replace(
+            row, status=OutboxStatus.DEFERRED, not_before=HELD_UNTIL, last_error=change.reason
+        )
+    if row.status is not OutboxStatus.DEFERRED or row.not_before != HELD_UNTIL:
+        return row
+    status = OutboxStatus.PENDING if change.not_before is None else OutboxStatus.DEFERRED
+    return msgspec.structs.replace(
+        row, status=status, not_before=change.not_before, last_error=None
     )
 
 

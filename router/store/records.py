@@ -7,7 +7,7 @@ The store knows these as plain records. A conversation's machine value travels a
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -20,7 +20,8 @@ class OutboxStatus(StrEnum):
     """SPEC §9. `pending` and `deferred` rows wait; the dispatcher moves the rest."""
 
     PENDING = "pending"
-    #: Held by quiet hours until `not_before`.
+    #: Held by quiet hours until `not_before`, or, `not_before` = `HELD_UNTIL`, until a
+    #: person decides whether its recipient opted out (SPEC §7 `review`).
     DEFERRED = "deferred"
     SENDING = "sending"
     SENT = "sent"
@@ -33,6 +34,11 @@ class OutboxStatus(StrEnum):
 
 #: Rows an opt-out cancels: everything not yet handed to a provider.
 WAITING = (OutboxStatus.PENDING, OutboxStatus.DEFERRED)
+#: The `not_before` of a `marketing` row held while its recipient's consent is in review:
+#: no date, a person decides (a release sets the real one). Far off rather than NULL, so every
+#: query that waits for `not_before` (the dispatcher's scan, its wake-up, the overdue count)
+#: already leaves the row alone and never holds up the rest of its lane.
+HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
 #: Rows still moving, and the dead letters: few, and what /metrics counts at every scrape
 #: (`outbox_counts_live` in both stores' SQL names them the same).
 LIVE = (OutboxStatus.PENDING, OutboxStatus.DEFERRED, OutboxStatus.SENDING, OutboxStatus.DEAD)
@@ -186,6 +192,18 @@ class EventResult(msgspec.Struct, frozen=True, kw_only=True):
     run: RunRecord
 
 
+class HoldChange(msgspec.Struct, frozen=True, kw_only=True):
+    """Hold a contact's waiting `marketing` rows (consent in review), or release the held ones
+    (kept subscribed): `not_before` then, None for at once."""
+
+    contact_key: str
+    hold: bool
+    #: Hold: why, shown as the rows' `last_error`.
+    reason: str | None = None
+    #: Release: when quiet hours let them go, None for at once.
+    not_before: datetime | None = None
+
+
 class LaneCommit(msgspec.Struct, frozen=True, kw_only=True):
     """Everything one lane's processing writes, applied only if its lease is still held."""
 
@@ -195,6 +213,8 @@ class LaneCommit(msgspec.Struct, frozen=True, kw_only=True):
     outbox: list[OutboxRow] = []
     #: `(contact_key, reason)`: cancel that contact's waiting rows, in this transaction.
     cancel_contacts: list[tuple[str, str]] = []
+    #: Marketing held or released by a consent review, in the order the events made them.
+    holds: list[HoldChange] = []
     #: Consent changes: the contact's new state, and the ledger entry to append.
     contacts: list[tuple[ContactRecord, LedgerRecord | None]] = []
     timers_set: list[TimerRecord] = []

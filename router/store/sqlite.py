@@ -39,6 +39,7 @@ from router.store.base import (
 from router.store.blobs import BlobStore
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
+    HELD_UNTIL,
     AttemptOutcome,
     AttemptRecord,
     AttemptResult,
@@ -50,6 +51,7 @@ from router.store.records import (
     ConversationRecord,
     DueRow,
     EventResult,
+    HoldChange,
     LaneCommit,
     Lease,
     LedgerRecord,
@@ -558,6 +560,8 @@ class SQLiteStore:
                 conn.execute(sql["upsert_conversation"], _conversation_row(lane.conversation))
             for contact_key, reason in lane.cancel_contacts:
                 cancelled += self._cancel_waiting(conn, contact_key, reason)
+            for change in lane.holds:
+                self._hold_or_release(conn, change)
             new_ids += self._insert_rows(conn, lane.outbox)
             for contact, entry in lane.contacts:
                 self._save_contact(conn, contact, entry, now)
@@ -613,6 +617,16 @@ class SQLiteStore:
         """Cancel a contact's pending and deferred rows; their ids."""
         params = {"contact_key": contact_key, "reason": reason}
         return [row[0] for row in conn.execute(self._sql["cancel_waiting"], params)]
+
+    def _hold_or_release(self, conn: sqlite3.Connection, change: HoldChange) -> None:
+        """A consent review's hold on the contact's waiting marketing, or its release."""
+        params = {"contact_key": change.contact_key, "held": timestamp(HELD_UNTIL)}
+        if change.hold:
+            conn.execute(self._sql["hold_marketing"], {**params, "reason": change.reason})
+        else:
+            conn.execute(
+                self._sql["release_held"], {**params, "not_before": _ts(change.not_before)}
+            )
 
     def _save_contact(
         self,

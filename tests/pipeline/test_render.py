@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from router import logs
@@ -214,3 +215,41 @@ def test_an_update_keeps_the_context_says_who_and_keeps_only_useful_buttons() ->
     resolved = render.escalation_update_payload(post, "closed", "U0<!channel>", KEY)
     assert not [b for b in resolved["blocks"] if b["type"] == "actions"]
     assert "<!channel>" not in json.dumps(resolved)
+
+
+def _action_ids(payload: dict[str, Any]) -> list[list[str]]:
+    return [
+        [e["action_id"] for e in b["elements"]] for b in payload["blocks"] if b["type"] == "actions"
+    ]
+
+
+def test_a_possible_opt_out_asks_opt_out_or_keep_subscribed() -> None:
+    post = escalation([line(1, "cancel my order")], reason="possible opt-out: CANCEL")
+    payload = render.escalation_payload(post, KEY, debug=False)
+    assert _action_ids(payload)[-1:] == [
+        ["switchboard.claim", "switchboard.resolve", "switchboard.back_to_bot"]
+    ]
+
+    review = render.escalation_payload(
+        msgspec.structs.replace(post, consent_review=True), KEY, debug=False
+    )
+    check_block_kit(review)
+    assert _action_ids(review)[-1] == [render.ACTION_OPT_OUT, render.ACTION_KEEP_SUBSCRIBED]
+    (consent,) = [b for b in review["blocks"] if b.get("block_id") == "consent"]
+    assert {e["value"] for e in consent["elements"]} == {KEY}
+    assert consent["elements"][0]["style"] == "danger"
+    assert set(render.CONSENT_ACTIONS) == {render.ACTION_OPT_OUT, render.ACTION_KEEP_SUBSCRIBED}
+    # A claim keeps the question: the contact's marketing waits for its answer.
+    claimed = render.escalation_update_payload(review, "agent", "U0AGENT", KEY)
+    assert [render.ACTION_OPT_OUT, render.ACTION_KEEP_SUBSCRIBED] in _action_ids(claimed)
+
+
+def test_a_possible_opt_out_relayed_to_the_thread_carries_the_buttons_escaped() -> None:
+    effect = RelayToThread(slack_channel="C0ESCALATE", thread_ts=None, text="end <!channel>")
+    payload = render.relay_payload(
+        effect, debug=False, consent_review="possible opt-out: END", key=KEY
+    )
+    check_block_kit(payload)
+    assert payload["text"] == "Customer: end &lt;!channel&gt;"
+    assert _action_ids(payload) == [[render.ACTION_OPT_OUT, render.ACTION_KEEP_SUBSCRIBED]]
+    assert "<!channel>" not in json.dumps(payload)

@@ -13,9 +13,11 @@ from router.events import Contact, Event, EventStatus
 from router.ids import new_ulid
 from router.store.base import IngestItem, Store
 from router.store.records import (
+    HELD_UNTIL,
     AttemptOutcome,
     AttemptResult,
     EventResult,
+    HoldChange,
     LaneCommit,
     OutboxFilter,
     OutboxRow,
@@ -183,6 +185,63 @@ async def test_an_opt_out_cancels_waiting_rows_of_that_contact_only(store: Store
         "other": OutboxStatus.PENDING,
         "opt_out_confirmation": OutboxStatus.PENDING,
     }
+
+
+async def _commit_holds(store: Store, event: Event, *changes: HoldChange) -> None:
+    await put(store, event)
+    [lane] = await store.claim("w1", T0, LEASE, 10, 10)
+    commit = LaneCommit(lease=lane.lease, results=[done(event)], holds=list(changes))
+    assert (await store.commit([commit], T0)).applied == [True]
+
+
+async def test_a_review_holds_waiting_marketing_and_a_release_lets_it_wait_for_quiet_hours(
+    store: Store,
+) -> None:
+    event = message(1, "sms:+1:+2")
+    await put(store, event)
+    [lane] = await store.claim("w1", T0, LEASE, 10, 10)
+    quiet_end = T0 + timedelta(hours=9)
+    marketing = {"category": "marketing", "kind": "send"}
+    rows = [
+        row(event, "pending", **marketing),
+        row(event, "deferred", status=OutboxStatus.DEFERRED, not_before=quiet_end, **marketing),
+        row(event, "receipt", category="transactional"),
+        row(event, "sent", status=OutboxStatus.SENT, **marketing),
+        row(event, "other", to="+15557770000", contact_key="+15557770000", **marketing),
+    ]
+    await store.commit([LaneCommit(lease=lane.lease, results=[done(event)], outbox=rows)], T0)
+
+    def rows_now() -> Any:
+        return store.list_outbox(OutboxFilter())
+
+    held = HoldChange(contact_key="+15551230001", hold=True, reason="held: review")
+    await _commit_holds(store, message(2, "sms:+1:+2", at_ms=1), held)
+    found = {r.id.rsplit(":", 1)[1]: r for r in await rows_now()}
+    assert {k: (r.status, r.not_before) for k, r in found.items()} == {
+        "pending": (OutboxStatus.DEFERRED, HELD_UNTIL),
+        "deferred": (OutboxStatus.DEFERRED, HELD_UNTIL),
+        "receipt": (OutboxStatus.PENDING, None),
+        "sent": (OutboxStatus.SENT, None),
+        "other": (OutboxStatus.PENDING, None),
+    }
+    assert found["pending"].last_error == "held: review"
+
+    release = HoldChange(contact_key="+15551230001", hold=False, not_before=quiet_end)
+    await _commit_holds(store, message(3, "sms:+1:+2", at_ms=2), release)
+    found = {r.id.rsplit(":", 1)[1]: r for r in await rows_now()}
+    for key in ("pending", "deferred"):
+        assert (found[key].status, found[key].not_before) == (OutboxStatus.DEFERRED, quiet_end)
+        assert found[key].last_error is None
+    # Rows deferred by quiet hours only are not held ones: a release leaves them be.
+    at_once = HoldChange(contact_key="+15551230001", hold=False)
+    await _commit_holds(store, message(4, "sms:+1:+2", at_ms=3), at_once)
+    deferred = await store.list_outbox(OutboxFilter(status=OutboxStatus.DEFERRED))
+    assert sorted(r.id.rsplit(":", 1)[1] for r in deferred) == ["deferred", "pending"]
+    # Held and released in one commit, in the events' order: they go at once.
+    await _commit_holds(store, message(5, "sms:+1:+2", at_ms=4), held, at_once)
+    found = {r.id.rsplit(":", 1)[1]: r for r in await rows_now()}
+    for key in ("pending", "deferred"):
+        assert (found[key].status, found[key].not_before) == (OutboxStatus.PENDING, None)
 
 
 async def test_thread_events_join_the_conversation_they_escalated(store: Store) -> None:

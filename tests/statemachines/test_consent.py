@@ -14,23 +14,34 @@ from statemachines.consent import (
     KEYWORDS,
     ConsentContext,
     ConsentState,
+    Decision,
+    Gate,
     Keyword,
     KeywordKind,
     LedgerEntry,
     classify,
     contact_key,
+    gate,
     may_send,
+    on_decision,
     on_keyword,
     on_send_error,
 )
-from statemachines.effects import CancelPending, Notice, SendNotice
+from statemachines.effects import (
+    AskPeople,
+    CancelPending,
+    HoldMarketing,
+    Notice,
+    ReleaseHeld,
+    SendNotice,
+)
 
 NOW = datetime(2026, 11, 23, 22, 30, tzinfo=UTC)  # inside the default quiet hours, on purpose
 CONFIG = ComplianceConfig(
     help_text="Acme: reply STOP to stop.", stop_confirmation="Stopped.", start_confirmation="Back!"
 )
 CTX = ConsentContext(event_id="e1", now=NOW, address="whatsapp:+15551230001", channel="whatsapp")
-SUB, OUT = ConsentState.SUBSCRIBED, ConsentState.OPTED_OUT
+SUB, OUT, REV = ConsentState.SUBSCRIBED, ConsentState.OPTED_OUT, ConsentState.REVIEW
 K = KeywordKind
 
 CLASSIFIED = [
@@ -60,14 +71,8 @@ CLASSIFIED = [
 ]
 
 NOT_KEYWORDS = [
-    "stop it",
-    "please stop",
-    "STOP STOP",
-    "opt-out",
-    "optout now",
     "yes please",
     "help me",
-    "¿stop",
     "st op",
     "",
     "   ",
@@ -151,6 +156,13 @@ MACHINE = [
     (SUB, K.OPT_IN, SUB, [], False, False, False),  # a plain "yes": the rules see it
     (SUB, K.HELP, SUB, [Notice.HELP], False, False, True),
     (OUT, K.HELP, OUT, [Notice.HELP], False, False, True),
+    (REV, K.HELP, REV, [Notice.HELP], False, False, True),
+    # A possible opt-out goes on to the conversation (and to people), never consumed.
+    (SUB, K.REVIEW, REV, [], False, True, False),
+    (REV, K.REVIEW, REV, [], False, False, False),
+    (OUT, K.REVIEW, OUT, [], False, False, False),  # already out: an ordinary message
+    (REV, K.OPT_OUT, OUT, [Notice.OPT_OUT_CONFIRMATION], True, True, True),
+    (REV, K.OPT_IN, SUB, [], False, True, True),  # START settles the review
 ]
 
 
@@ -230,3 +242,64 @@ def test_stop_then_start_leaves_two_ledger_entries() -> None:
         (SUB, "START", "sms"),
     ]
     assert {e.contact_key for e in entries if e} == {"+15551230001"}
+
+
+def test_a_possible_opt_out_holds_marketing_asks_people_and_writes_the_ledger() -> None:
+    outcome = on_keyword(SUB, Keyword(kind=K.REVIEW, word="CANCEL"), CTX, CONFIG)
+
+    assert outcome.state is REV
+    assert outcome.effects == (
+        HoldMarketing(contact_key="+15551230001"),
+        AskPeople(reason="possible opt-out: CANCEL"),
+    )
+    assert outcome.ledger is not None
+    assert (outcome.ledger.change, outcome.ledger.reason) == (REV, "possible opt-out: CANCEL")
+
+
+# (state, decision, state after, effects' kinds, ledger written)
+DECISIONS = [
+    (REV, Decision.OPT_OUT, OUT, ["cancel_pending", "send_notice"], True),
+    (REV, Decision.KEEP_SUBSCRIBED, SUB, ["release_held"], True),
+    # A second click, or a click after the customer settled it: refused, nothing happens.
+    (SUB, Decision.OPT_OUT, SUB, [], False),
+    (SUB, Decision.KEEP_SUBSCRIBED, SUB, [], False),
+    (OUT, Decision.OPT_OUT, OUT, [], False),
+    (OUT, Decision.KEEP_SUBSCRIBED, OUT, [], False),
+]
+
+
+@pytest.mark.parametrize(("state", "decision", "after", "effects", "ledger"), DECISIONS)
+def test_a_person_decides_only_while_in_review(
+    state: ConsentState, decision: Decision, after: ConsentState, effects: list[str], ledger: bool
+) -> None:
+    outcome = on_decision(state, decision, "U0AGENT", CTX, CONFIG)
+
+    assert outcome.state is after
+    assert [type(e).__struct_config__.tag for e in outcome.effects] == effects
+    assert (outcome.refused is None) is ledger
+    if ledger:
+        assert outcome.ledger is not None
+        assert outcome.ledger.reason == f"{decision.value.replace('_', ' ')}, decided by U0AGENT"
+
+
+def test_keeping_the_contact_releases_what_was_held() -> None:
+    outcome = on_decision(REV, Decision.KEEP_SUBSCRIBED, "U0AGENT", CTX, CONFIG)
+
+    assert outcome.effects == (ReleaseHeld(contact_key="+15551230001"),)
+
+
+@pytest.mark.parametrize(
+    ("state", "category", "decided"),
+    [
+        (REV, "marketing", Gate.HOLD),
+        (REV, "transactional", Gate.SEND),
+        (REV, "conversational", Gate.SEND),
+        (SUB, "marketing", Gate.SEND),
+        (OUT, "marketing", Gate.CANCEL),
+        (OUT, "transactional", Gate.CANCEL),
+    ],
+)
+def test_in_review_the_gate_holds_marketing_only(
+    state: ConsentState, category: str, decided: Gate
+) -> None:
+    assert gate(state, category) is decided

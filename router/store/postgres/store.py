@@ -46,6 +46,7 @@ from router.store.postgres.rows import (
 )
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
+    HELD_UNTIL,
     AttemptOutcome,
     AttemptRecord,
     AttemptResult,
@@ -57,6 +58,7 @@ from router.store.records import (
     ConversationRecord,
     DueRow,
     EventResult,
+    HoldChange,
     LaneCommit,
     Lease,
     LedgerRecord,
@@ -535,10 +537,12 @@ class PostgresStore:
         await self._columns(conn, "upsert_conversation", list(conversations.values()))
         cancelled: list[str] = []
         new_ids: list[str] = []
-        if any(lane.cancel_contacts for lane in lanes):  # cancels rows made before it only
+        if any(lane.cancel_contacts or lane.holds for lane in lanes):  # rows made before only
             for lane in lanes:
                 for contact_key, reason in lane.cancel_contacts:
                     cancelled += await self._cancel_waiting(conn, contact_key, reason)
+                for change in lane.holds:
+                    await self._hold_or_release(conn, change)
                 new_ids += await self._insert_rows(conn, lane.outbox)
         else:
             new_ids = await self._insert_rows(conn, [row for ln in lanes for row in ln.outbox])
@@ -617,6 +621,16 @@ class PostgresStore:
         """Cancel a contact's pending and deferred rows; their ids."""
         found = await conn.fetch(self._sql["cancel_waiting"], db_text(contact_key), db_text(reason))
         return [record[0] for record in found]
+
+    async def _hold_or_release(self, conn: Conn, change: HoldChange) -> None:
+        """A consent review's hold on the contact's waiting marketing, or its release."""
+        key = db_text(change.contact_key)
+        if change.hold:
+            await conn.fetch(
+                self._sql["hold_marketing"], key, HELD_UNTIL, db_text(change.reason or "")
+            )
+        else:
+            await conn.fetch(self._sql["release_held"], key, HELD_UNTIL, change.not_before)
 
     async def _save_contact(
         self, conn: Conn, contact: ContactRecord, entry: LedgerRecord | None, now: datetime

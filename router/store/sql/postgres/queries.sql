@@ -178,6 +178,21 @@ UPDATE outbox SET status = 'cancelled', last_error = $2
 WHERE contact_key = $1 AND status IN ('pending', 'deferred')
 RETURNING id;
 
+-- name: hold_marketing
+-- A possible opt-out (consent in review): the contact's waiting marketing waits for a person.
+-- $1 contact_key, $2 held until (records.HELD_UNTIL), $3 reason.
+UPDATE outbox SET status = 'deferred', not_before = $2, last_error = $3
+WHERE contact_key = $1 AND status IN ('pending', 'deferred') AND category = 'marketing'
+RETURNING id;
+
+-- name: release_held
+-- Kept subscribed: the held rows wait for quiet hours only ($3), or go at once.
+-- $1 contact_key, $2 held until (records.HELD_UNTIL), $3 not_before or NULL.
+UPDATE outbox SET status = CASE WHEN $3::timestamptz IS NULL THEN 'pending' ELSE 'deferred' END,
+    not_before = $3, last_error = NULL
+WHERE contact_key = $1 AND status = 'deferred' AND not_before >= $2
+RETURNING id;
+
 -- name: upsert_contact
 -- $1 key, $2 consent, $3 opted_out_at, $4 timezone, $5 updated_at.
 INSERT INTO contacts (key, consent, opted_out_at, timezone, updated_at)

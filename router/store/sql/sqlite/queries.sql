@@ -112,6 +112,19 @@ UPDATE outbox SET status = 'cancelled', last_error = :reason
 WHERE contact_key = :contact_key AND status IN ('pending', 'deferred')
 RETURNING id;
 
+-- name: hold_marketing
+-- A possible opt-out (consent in review): the contact's waiting marketing waits for a person.
+UPDATE outbox SET status = 'deferred', not_before = :held, last_error = :reason
+WHERE contact_key = :contact_key AND status IN ('pending', 'deferred') AND category = 'marketing'
+RETURNING id;
+
+-- name: release_held
+-- Kept subscribed: the held rows wait for quiet hours only (:not_before), or go at once.
+UPDATE outbox SET status = CASE WHEN :not_before IS NULL THEN 'pending' ELSE 'deferred' END,
+    not_before = :not_before, last_error = NULL
+WHERE contact_key = :contact_key AND status = 'deferred' AND not_before >= :held
+RETURNING id;
+
 -- name: upsert_contact
 INSERT INTO contacts (key, consent, opted_out_at, timezone, updated_at)
 VALUES (:key, :consent, :opted_out_at, :timezone, :updated_at)
