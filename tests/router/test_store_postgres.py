@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -223,11 +224,17 @@ async def test_a_lease_row_locked_by_another_claim_is_skipped_not_waited_for(url
 
 class Proxy:
     """A TCP proxy on loopback to the PostgreSQL server: `cut()` drops every connection and
-    refuses new ones (the network or the server gone), `restore()` listens again."""
+    refuses new ones (the network or the server gone), `restore()` listens again.
+    `hold_close`: when the server ends a connection, what it sent last is passed on but the
+    close is not (a close that comes late); `ended` counts the connections the server ended."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, hold_close: bool = False) -> None:
         self.target = (host, port)
         self.port = 0
+        self.hold_close = hold_close
+        self.ended = 0
+        #: The client side's port of each connection, for `unread_by_clients`.
+        self.client_ports: set[int] = set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -242,19 +249,47 @@ class Proxy:
             writer.transport.abort()
         await self._server.wait_closed()
 
+    def unread_by_clients(self) -> int:
+        """Bytes passed on to the clients that they have not read yet (the kernel's count)."""
+        unread = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
+            if local in self.client_ports and remote == self.port:
+                unread += int(fields[4].split(":")[1], 16)
+        return unread
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.client_ports.add(writer.get_extra_info("peername")[1])
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), self._from_server(up_reader, writer))
         self._writers -= {writer, up_writer}
 
+    async def _from_server(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await _pipe(reader, writer, hold_close=self.hold_close)
+        self.ended += 1
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, hold_close: bool = False
+) -> None:
     with contextlib.suppress(ConnectionError, OSError):
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
-    writer.transport.abort()
+    if not hold_close:
+        writer.transport.abort()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait, letting the loop run, until `condition` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_lost_connection_is_unavailable_then_the_store_recovers(url: str) -> None:
@@ -277,6 +312,38 @@ async def test_a_lost_connection_is_unavailable_then_the_store_recovers(url: str
         keys = {e.dedupe_key for e in await store.list_events(EventFilter())}
         assert keys == {"twilio:before", "twilio:after"}
         await proxy.cut()
+
+
+async def test_connections_the_server_ended_are_dropped_though_their_close_is_late(
+    url: str,
+) -> None:
+    """The server ends every pooled connection (pg_terminate_backend: a failover, an operator)
+    and its last message, FATAL, is read; their close has not come yet, so they still look
+    open, and the driver refuses any statement on them ("another operation is in progress").
+    The store does not give the caller that error, nor a 503: it drops each such connection
+    and runs the work on a live one, though here the close never comes."""
+    parts = urlsplit(url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432, hold_close=True)
+    await proxy.start()
+    via_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
+    async with opened(via_proxy, pool_min_size=2, pool_max_size=2) as store:
+        assert await store.ingest(item(event("before"))) is IngestOutcome.STORED
+        admin = await asyncpg.connect(url, timeout=5)
+        try:
+            ended = await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'switchboard'"
+            )
+        finally:
+            await admin.close()
+        assert ended == 2
+        await until(lambda: proxy.ended == 2 and proxy.unread_by_clients() == 0)
+
+        await store.ping()
+        assert await store.ingest(item(event("after"))) is IngestOutcome.STORED
+        keys = {e.dedupe_key for e in await store.list_events(EventFilter())}
+        assert keys == {"twilio:before", "twilio:after"}
+        await proxy.cut()  # the late closes come: the pool closes at once
 
 
 async def test_the_url_password_never_shows() -> None:

@@ -11,14 +11,29 @@ import asyncpg
 
 from router.errors import StoreUnavailable
 
-#: Driver failures: every one means "cannot commit right now" to the caller.
+#: Driver failures: every one means "cannot commit right now" to the caller. InternalClientError
+#: is the driver's protocol refusing a statement (`refused_unsent`), a subclass of neither.
 DRIVER_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
     asyncio.TimeoutError,
 )
+
+
+def refused_unsent(exc: BaseException) -> bool:
+    """True if the driver refused to send a statement because the connection's protocol was not
+    idle, though no statement of ours ran on it: the server ended the connection while it sat
+    in the pool (`pg_terminate_backend`, a restart), and its FATAL message was read before its
+    close. asyncpg then leaves the protocol in its error-consuming state and the connection
+    still looks open, so the pool hands it out and the first statement is refused at once,
+    before anything is written ("cannot switch to state N; another operation (2) is in
+    progress"). Nothing ran and the backend is gone: the work is safe to run again elsewhere."""
+    return isinstance(exc, asyncpg.InternalClientError) and str(exc).startswith(
+        "cannot switch to state"
+    )
 
 
 def is_postgres_url(url: str) -> bool:

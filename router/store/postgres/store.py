@@ -34,7 +34,12 @@ from router.store.base import (
     StoredRaw,
 )
 from router.store.postgres.blobs import PostgresBlobs
-from router.store.postgres.connection import DRIVER_ERRORS, redact_url, wrap_exceptions
+from router.store.postgres.connection import (
+    DRIVER_ERRORS,
+    redact_url,
+    refused_unsent,
+    wrap_exceptions,
+)
 from router.store.postgres.rows import (
     conversation_from_row,
     conversation_row,
@@ -372,9 +377,7 @@ class PostgresStore:
         return await self._transact(run)
 
     async def _execute(self, sql: str, *args: Any) -> None:
-        with wrap_exceptions():
-            async with self._connection() as conn:
-                await conn.execute(sql, *args)
+        await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
 
     async def put_blob(self, digest: str, content: bytes) -> None:
         """Keep `content` under `digest` (PostgresBlobs.put runs it on the store's loop)."""
@@ -923,9 +926,7 @@ class PostgresStore:
     async def requeue_dead(self, outbox_id: str) -> bool:
         requeued = await self._changed(self._sql["requeue_dead"], db_text(outbox_id))
         if requeued:
-            with wrap_exceptions():
-                async with self._connection() as conn:
-                    await self._notify(conn)
+            await self._transact(self._notify, single_statement=True)
         return requeued
 
     async def discard_dead(self, outbox_id: str, reason: str) -> bool:
@@ -933,9 +934,7 @@ class PostgresStore:
 
     async def _changed(self, sql: str, *args: Any) -> bool:
         """Run one UPDATE; True if it changed a row."""
-        with wrap_exceptions():
-            async with self._connection() as conn:
-                status = await conn.execute(sql, *args)
+        status = await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
         return not status.endswith(" 0")
 
     async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
@@ -1111,8 +1110,7 @@ class PostgresStore:
                 while not lost.is_set():
                     # A connection cut without a close answers nothing: ask it now and then.
                     if not await wait_event(lost, _LISTEN_CHECK_SECONDS):
-                        with wrap_exceptions():
-                            await conn.fetchval("SELECT 1", timeout=self._timeout)
+                        await self._check_listening(conn, lost)
                 raise StoreUnavailable("postgresql: the listening connection was lost")
             except StoreUnavailable as exc:
                 log.warning("store watch paused", stage="store", error=str(exc))
@@ -1121,6 +1119,17 @@ class PostgresStore:
                     with contextlib.suppress(*DRIVER_ERRORS):
                         await asyncio.wait_for(conn.close(), self._timeout)
             await asyncio.sleep(1.0)
+
+    async def _check_listening(self, conn: Conn, lost: asyncio.Event) -> None:
+        """Ask the listening connection whether it still answers; `lost` is set if the server
+        ended it (its close is on the way), StoreUnavailable if it fails otherwise."""
+        with wrap_exceptions():
+            try:
+                await conn.fetchval("SELECT 1", timeout=self._timeout)
+            except asyncpg.InternalClientError as exc:
+                if not refused_unsent(exc):
+                    raise
+                lost.set()
 
     async def ping(self) -> None:
         """Unavailable unless the writer runs, the database answers and takes writes (not a
@@ -1140,10 +1149,10 @@ class PostgresStore:
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement on a pooled connection, committed on its own (no BEGIN round trip)."""
-        with wrap_exceptions():
-            async with self._connection() as conn:
-                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-                return rows
+        rows: list[asyncpg.Record] = await self._transact(
+            lambda conn: conn.fetch(sql, *args), single_statement=True
+        )
+        return rows
 
     async def _fetch_filtered(self, name: str, **params: Any) -> list[asyncpg.Record]:
         """`_fetch` of the filtered query `name` with only the filters given (`filtered`)."""
@@ -1151,9 +1160,7 @@ class PostgresStore:
         return await self._fetch(sql, *(params[name] for name in names))
 
     async def _fetch_value(self, sql: str, *args: Any) -> Any:
-        with wrap_exceptions():
-            async with self._connection() as conn:
-                return await conn.fetchval(sql, *args)
+        return await self._transact(lambda conn: conn.fetchval(sql, *args), single_statement=True)
 
     async def _transact(
         self,
@@ -1162,26 +1169,40 @@ class PostgresStore:
         notify: bool = False,
         single_statement: bool = False,
     ) -> T:
-        """Run `fn` in one transaction on a pooled connection; once more if PostgreSQL chose
-        it as a deadlock victim (it was rolled back whole, so running it again is safe).
+        """Run `fn` in one transaction on a pooled connection. It runs again, on another
+        connection, if PostgreSQL chose it as a deadlock victim (it was rolled back whole),
+        and if the server had ended its connection while pooled (`refused_unsent`: nothing
+        of it ran), until a live one is found: the driver closes each such connection as it
+        refuses, so there are at most as many as the pool holds.
         `notify`: the transaction makes work for others (events, rows): one NOTIFY, sent by
         PostgreSQL at the commit, wakes every other process's worker and dispatcher.
         `single_statement`: `fn` runs one statement, atomic by itself: no BEGIN and COMMIT."""
+        deadlocks_left = 1
+        ended_left = self._pool_max_size
         with wrap_exceptions():
-            for tries_left in (1, 0):
+            while True:
                 try:
-                    async with self._connection() as conn:
-                        if single_statement:
-                            return await fn(conn)
-                        async with conn.transaction():
-                            result = await fn(conn)
-                            if notify:
-                                await self._notify(conn)
-                            return result
+                    return await self._attempt(fn, notify, single_statement)
                 except asyncpg.DeadlockDetectedError:
-                    if not tries_left:
+                    if not deadlocks_left:
                         raise
-        raise AssertionError("unreachable")
+                    deadlocks_left -= 1
+                except asyncpg.InternalClientError as exc:
+                    if not (refused_unsent(exc) and ended_left):
+                        raise
+                    ended_left -= 1
+
+    async def _attempt(
+        self, fn: Callable[[Conn], Awaitable[T]], notify: bool, single_statement: bool
+    ) -> T:
+        async with self._connection() as conn:
+            if single_statement:
+                return await fn(conn)
+            async with conn.transaction():
+                result = await fn(conn)
+                if notify:
+                    await self._notify(conn)
+                return result
 
 
 async def _reset_connection(conn: Conn) -> None:
