@@ -6,57 +6,29 @@ against the fake Twilio API on loopback."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 
 from router.clock import FrozenClock
-from router.config import load_settings
-from router.http.providers import senders
-from router.metrics import Metrics
 from router.pipeline.dispatch import HELD_FOR_REVIEW, Dispatcher
 from router.store.base import Store
 from router.store.records import ContactRecord, OutboxFilter, OutboxStatus
 from tests.fakes.twilio_api import FakeTwilio
+from tests.pipeline.dispatching import dispatcher_on, twilio_channel
 from tests.pipeline.test_dispatchers_share import round_of
 from tests.router.test_store import T0, backend, store  # noqa: F401
 from tests.router.test_store_dispatch import routed
 from tests.router.test_store_routing import message, row
-from tests.support import SECRETS, config_text
+from tests.support import SECRETS
 
 CUSTOMER = "+15551230001"
 
 
-@asynccontextmanager
-async def dispatcher(
+def dispatcher(
     store: Store, fake: FakeTwilio, clock: FrozenClock, tmp_path: Path
-) -> AsyncIterator[Dispatcher]:
-    config = tmp_path / "dispatch.toml"
-    config.write_text(
-        config_text(
-            tmp_path / "unused.db",
-            extra=f"""
-[channels.sms]
-account_sid = "{fake.account_sid}"
-auth_token = "{fake.auth_token}"
-from = "+15559870000"
-mode = "live"
-api_base = "{fake.url}"
-rate_per_second = 100
-""",
-        )
-    )
-    settings = load_settings(config)
-    by_channel = senders(settings)
-    distinct = list({id(s): s for s in by_channel.values()}.values())
-    for sender in distinct:
-        await sender.start()
-    try:
-        yield Dispatcher(store, settings, by_channel, clock, Metrics())
-    finally:
-        for sender in distinct:
-            await sender.close()
+) -> AbstractAsyncContextManager[Dispatcher]:
+    return dispatcher_on(store, clock, tmp_path, twilio_channel(fake, "+15559870000", 100))
 
 
 async def consent(store: Store, n: int, state: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,19 +28,16 @@ from typing import Any
 import asyncpg
 
 from router.clock import FrozenClock
-from router.config import load_settings
-from router.http.providers import senders
-from router.metrics import Metrics
 from router.pipeline.dispatch import Dispatcher
 from router.store.base import Store
 from router.store.records import OutboxFilter, OutboxRow, OutboxStatus
 from tests.fakes._http import accept_then_drop, timeout
 from tests.fakes.twilio_api import FakeTwilio, server_error
+from tests.pipeline.dispatching import dispatcher_on, twilio_channel
 from tests.postgres import SERVER
 from tests.router.test_store import backend, open_backend  # noqa: F401
 from tests.router.test_store_dispatch import routed
 from tests.router.test_store_routing import message, row
-from tests.support import config_text
 
 OURS = "+15559870000"
 CUSTOMER = "+15551230001"
@@ -52,42 +49,18 @@ RESTART = timedelta(seconds=LEASE + 60)
 HELD = 30.0
 
 
-@asynccontextmanager
-async def life(
+def life(
     store: Store, fake: FakeTwilio, clock: FrozenClock, tmp_path: Path
-) -> AsyncIterator[Dispatcher]:
+) -> AbstractAsyncContextManager[Dispatcher]:
     """One life of a dispatcher process: its senders open, its rounds run by the test."""
-    config = tmp_path / "life.toml"
-    config.write_text(
-        config_text(
-            tmp_path / "unused.db",
-            extra=f"""
-[channels.sms]
-account_sid = "{fake.account_sid}"
-auth_token = "{fake.auth_token}"
-from = "{OURS}"
-mode = "live"
-api_base = "{fake.url}"
-rate_per_second = 1000
-
+    dispatch = f"""
 [dispatch]
 lease_seconds = {LEASE}
 timeout_seconds = 5
 backoff_base_seconds = 1
 backoff_cap_seconds = 2
-""",
-        )
-    )
-    settings = load_settings(config)
-    by_channel = senders(settings)
-    distinct = list({id(s): s for s in by_channel.values()}.values())
-    for sender in distinct:
-        await sender.start()
-    try:
-        yield Dispatcher(store, settings, by_channel, clock, Metrics())
-    finally:
-        for sender in distinct:
-            await sender.close()
+"""
+    return dispatcher_on(store, clock, tmp_path, twilio_channel(fake, OURS) + dispatch, "life")
 
 
 async def kill(dispatcher: Dispatcher) -> None:

@@ -8,41 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 
 from router.clock import FrozenClock
-from router.config import load_settings
-from router.http.providers import senders
-from router.metrics import Metrics
 from router.pipeline.dispatch import Dispatcher
 from router.store.base import Store
 from tests.fakes.slack_api import FakeSlack, server_error
+from tests.pipeline.dispatching import dispatcher_on
 from tests.router.test_store import T0, backend, open_backend  # noqa: F401
 from tests.router.test_store_dispatch import routed
 from tests.router.test_store_routing import message, row
-from tests.support import config_text
 
 CHANNEL = "C0SUPPORT1"
 KEY = f"slack:{CHANNEL}"
 
 
-@asynccontextmanager
-async def dispatcher(
+def dispatcher(
     store: Store,
     fake: FakeSlack,
     clock: FrozenClock,
     tmp_path: Path,
     name: str,
     dispatch: str = "",
-) -> AsyncIterator[Dispatcher]:
-    config = tmp_path / f"{name}.toml"
-    config.write_text(
-        config_text(
-            tmp_path / "unused.db",
-            extra=f"""
+) -> AbstractAsyncContextManager[Dispatcher]:
+    config = f"""
 [channels.slack]
 mode = "live"
 api_base = "{fake.base_url}"
@@ -55,19 +47,8 @@ breaker_failures = 2
 breaker_open_seconds = 30
 backoff_base_seconds = 60
 {dispatch or "timeout_seconds = 3"}
-""",
-        )
-    )
-    settings = load_settings(config)
-    by_channel = senders(settings)
-    distinct = list({id(s): s for s in by_channel.values()}.values())
-    for sender in distinct:
-        await sender.start()
-    try:
-        yield Dispatcher(store, settings, by_channel, clock, Metrics())
-    finally:
-        for sender in distinct:
-            await sender.close()
+"""
+    return dispatcher_on(store, clock, tmp_path, config, name)
 
 
 async def post_rows(store: Store, first: int, count: int) -> None:
