@@ -21,6 +21,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -97,81 +98,91 @@ async def the_row(store: Store, reply: OutboxRow) -> OutboxRow:
     return found
 
 
-def wall_clock() -> FrozenClock:
+@dataclass
+class Scene:
+    """One reply waiting in a store, the fake Twilio, and the clock the lives share."""
+
+    store: Store
+    fake: FakeTwilio
+    clock: FrozenClock
+    tmp_path: Path
+    reply: OutboxRow
+
+    def life(self) -> AbstractAsyncContextManager[Dispatcher]:
+        return life(self.store, self.fake, self.clock, self.tmp_path)
+
+    async def row(self) -> OutboxRow:
+        return await the_row(self.store, self.reply)
+
+    async def killed_mid_send(self) -> None:
+        """A life that sends: Twilio creates the Message, and the process dies before the
+        answer comes; the next life starts a lease and a minute later."""
+        self.fake.fail_next(1, accept_then_drop(HELD), op="create")
+        async with self.life() as first:
+            await first.run_once()
+            await until(lambda: self.fake.accepted_count() == 1, "the Message to be created")
+            await kill(first)
+        self.clock.advance(RESTART)
+
+    async def last_life_settles(self) -> None:
+        """A life that runs to the end: exactly one Message, and the row `sent` naming it."""
+        async with self.life() as last:
+            await last.run_once()
+            await attempts_end(last)
+        [sent] = self.fake.snapshot()
+        assert (sent.to, sent.body) == (CUSTOMER, TEXT)
+        settled = await self.row()
+        assert (settled.status, settled.provider_message_id) == (OutboxStatus.SENT, sent.sid)
+
+
+@asynccontextmanager
+async def scene(backend: str, tmp_path: Path, **store_options: Any) -> AsyncIterator[Scene]:
     """The injected clock starts at the wall clock's second: the fake dates its Messages by
     the wall clock, and the look compares the two."""
-    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
-
-
-async def killed_mid_send(store: Store, fake: FakeTwilio, clock: FrozenClock, tmp: Path) -> None:
-    """A life that sends: Twilio creates the Message, and the process dies before the answer."""
-    fake.fail_next(1, accept_then_drop(HELD), op="create")
-    async with life(store, fake, clock, tmp) as first:
-        await first.run_once()
-        await until(lambda: fake.accepted_count() == 1, "the Message to be created")
-        await kill(first)
-    clock.advance(RESTART)
-
-
-async def last_life_settles(
-    store: Store, fake: FakeTwilio, clock: FrozenClock, tmp: Path, reply: OutboxRow
-) -> None:
-    """A life that runs to the end: exactly one Message, and the row `sent` naming it."""
-    async with life(store, fake, clock, tmp) as last:
-        await last.run_once()
-        await attempts_end(last)
-    [sent] = fake.snapshot()
-    assert [(m.to, m.body) for m in fake.snapshot()] == [(CUSTOMER, TEXT)]
-    settled = await the_row(store, reply)
-    assert (settled.status, settled.provider_message_id) == (OutboxStatus.SENT, sent.sid)
+    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+    with FakeTwilio() as fake:
+        async with open_backend(backend, tmp_path, **store_options) as store:
+            reply = await reply_waiting(store, clock)
+            yield Scene(store, fake, clock, tmp_path, reply)
 
 
 async def test_killed_right_after_the_claim_the_next_life_looks_then_sends_once(
     backend: str, tmp_path: Path
 ) -> None:
-    clock = wall_clock()
-    with FakeTwilio() as fake:
-        async with open_backend(backend, tmp_path) as store:
-            reply = await reply_waiting(store, clock)
-            fake.fail_next(1, timeout(HELD), op="create")  # held before Twilio acts on it
-            async with life(store, fake, clock, tmp_path) as first:
-                await first.run_once()
-                await until(lambda: fake.calls["create"] == 1, "the send to go out")
-                await kill(first)
-            assert fake.accepted_count() == 0
-            clock.advance(RESTART)
-            await last_life_settles(store, fake, clock, tmp_path, reply)
-            assert fake.calls["list"] == 1  # it looked before sending
+    async with scene(backend, tmp_path) as sc:
+        sc.fake.fail_next(1, timeout(HELD), op="create")  # held before Twilio acts on it
+        async with sc.life() as first:
+            await first.run_once()
+            await until(lambda: sc.fake.calls["create"] == 1, "the send to go out")
+            await kill(first)
+        assert sc.fake.accepted_count() == 0
+        sc.clock.advance(RESTART)
+        await sc.last_life_settles()
+        assert sc.fake.calls["list"] == 1  # it looked before sending
 
 
 async def test_killed_mid_send_the_next_life_finds_the_message_and_sends_nothing(
     backend: str, tmp_path: Path
 ) -> None:
-    clock = wall_clock()
-    with FakeTwilio() as fake:
-        async with open_backend(backend, tmp_path) as store:
-            reply = await reply_waiting(store, clock)
-            await killed_mid_send(store, fake, clock, tmp_path)
-            await last_life_settles(store, fake, clock, tmp_path, reply)
-            assert fake.calls["create"] == 1
+    async with scene(backend, tmp_path) as sc:
+        await sc.killed_mid_send()
+        await sc.last_life_settles()
+        assert sc.fake.calls["create"] == 1
 
 
 async def test_killed_mid_send_then_mid_look_the_third_life_still_finds_it(
     backend: str, tmp_path: Path
 ) -> None:
-    clock = wall_clock()
-    with FakeTwilio() as fake:
-        async with open_backend(backend, tmp_path) as store:
-            reply = await reply_waiting(store, clock)
-            await killed_mid_send(store, fake, clock, tmp_path)
-            fake.fail_next(1, timeout(HELD), op="list")  # the look's answer never comes
-            async with life(store, fake, clock, tmp_path) as second:
-                await second.run_once()
-                await until(lambda: fake.calls["list"] == 1, "the look")
-                await kill(second)
-            clock.advance(RESTART)
-            await last_life_settles(store, fake, clock, tmp_path, reply)
-            assert fake.calls["create"] == 1
+    async with scene(backend, tmp_path) as sc:
+        await sc.killed_mid_send()
+        sc.fake.fail_next(1, timeout(HELD), op="list")  # the look's answer never comes
+        async with sc.life() as second:
+            await second.run_once()
+            await until(lambda: sc.fake.calls["list"] == 1, "the look")
+            await kill(second)
+        sc.clock.advance(RESTART)
+        await sc.last_life_settles()
+        assert sc.fake.calls["create"] == 1
 
 
 async def test_a_look_that_found_it_but_whose_outcome_was_never_stored_is_found_again(
@@ -179,45 +190,37 @@ async def test_a_look_that_found_it_but_whose_outcome_was_never_stored_is_found_
 ) -> None:
     """The second life finds the Message, and the commit of that outcome fails (the database
     is locked by someone else meanwhile): the third life must search from the first send."""
-    clock = wall_clock()
     options: dict[str, Any] = {"busy_timeout_ms": 200} if backend == "sqlite" else {}
-    with FakeTwilio() as fake:
-        async with open_backend(backend, tmp_path, **options) as store:
-            reply = await reply_waiting(store, clock)
-            await killed_mid_send(store, fake, clock, tmp_path)
-            fake.slow = 0.5  # the look's answer takes a while: time to lock the table first
-            async with life(store, fake, clock, tmp_path) as second:
-                await second.run_once()  # the claim is committed; the look is under way
-                async with outcome_commit_fails(backend, tmp_path):
-                    await attempts_end(second)
-                assert fake.calls["list"] == 1 and "sent" not in second.finished
-            fake.slow = 0.0
-            assert (await the_row(store, reply)).status == OutboxStatus.SENDING
-            clock.advance(RESTART)
-            await last_life_settles(store, fake, clock, tmp_path, reply)
-            assert fake.calls["create"] == 1
+    async with scene(backend, tmp_path, **options) as sc:
+        await sc.killed_mid_send()
+        sc.fake.slow = 0.5  # the look's answer takes a while: time to lock the table first
+        async with sc.life() as second:
+            await second.run_once()  # the claim is committed; the look is under way
+            async with outcome_commit_fails(backend, tmp_path):
+                await attempts_end(second)
+            assert sc.fake.calls["list"] == 1 and "sent" not in second.finished
+        sc.fake.slow = 0.0
+        assert (await sc.row()).status == OutboxStatus.SENDING
+        sc.clock.advance(RESTART)
+        await sc.last_life_settles()
+        assert sc.fake.calls["create"] == 1
 
 
 async def test_a_failed_look_keeps_the_row_in_doubt_and_the_next_look_finds_it(
     backend: str, tmp_path: Path
 ) -> None:
-    clock = wall_clock()
-    with FakeTwilio() as fake:
-        async with open_backend(backend, tmp_path) as store:
-            reply = await reply_waiting(store, clock)
-            await killed_mid_send(store, fake, clock, tmp_path)
-            fake.fail_next(1, server_error(503), op="list")
-            async with life(store, fake, clock, tmp_path) as second:
-                await second.run_once()
-                await attempts_end(second)
-                assert second.finished == {"retry": 1}
-            waiting = await the_row(store, reply)
-            assert waiting.status == OutboxStatus.PENDING and "looking" in (
-                waiting.last_error or ""
-            )
-            clock.advance(RESTART)  # past its retry
-            await last_life_settles(store, fake, clock, tmp_path, reply)
-            assert fake.calls["list"] == 2 and fake.calls["create"] == 1
+    async with scene(backend, tmp_path) as sc:
+        await sc.killed_mid_send()
+        sc.fake.fail_next(1, server_error(503), op="list")
+        async with sc.life() as second:
+            await second.run_once()
+            await attempts_end(second)
+            assert second.finished == {"retry": 1}
+        waiting = await sc.row()
+        assert waiting.status == OutboxStatus.PENDING and "looking" in (waiting.last_error or "")
+        sc.clock.advance(RESTART)  # past its retry
+        await sc.last_life_settles()
+        assert sc.fake.calls["list"] == 2 and sc.fake.calls["create"] == 1
 
 
 @asynccontextmanager
