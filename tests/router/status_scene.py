@@ -36,11 +36,11 @@ EXPECTED: dict[str, Any] = {
 }
 #: The alerts of the scene, after the server's (none is running), in order.
 ALERTS = [
-    "2 events waiting to be routed, the oldest for 5m 0s (is a worker running?)",
+    "2 events waiting to be routed, the oldest for 5m (is a worker running?)",
     "1 dead letter in the outbox: see `switchboard dlq list`",
     "circuit breaker half-open for slack:C1: sends to it are held",
     "circuit breaker open for sms:+15559870000: sends to it are held",
-    "escalation unclaimed for 25m 0s, past its reminder (escalation.claim_timeout 10m); "
+    "escalation unclaimed for 25m, past its reminder (escalation.claim_timeout 10m); "
     "2 unclaimed escalations in all",
 ]
 
