@@ -18,6 +18,7 @@ from router.cli.copy import copy_command
 from router.cli.routing import contacts, conversations, outbox, print_event_detail
 from router.cli.routing_commands import dlq, replay_command, worker
 from router.cli.rules import require_rules, rules
+from router.cli.status import status_command
 from router.clock import SystemClock
 from router.events import Event, EventStatus, event_to_builtins
 from router.store.base import EventFilter, QuarantinedRequest, Store
@@ -280,6 +281,7 @@ cli.add_command(worker)
 cli.add_command(replay_command)
 cli.add_command(dlq)
 cli.add_command(copy_command)
+cli.add_command(status_command)
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ from router.pipeline.ingest import Ingestor
 from router.pipeline.replay import replay, select
 from router.pipeline.worker import Routing, routing
 from router.rules.live import LiveRules
+from router.status.model import ServerCheck, ServerStatus
+from router.status.read import read_status, server_url
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.housekeeping import upkeep_forever
@@ -182,6 +184,30 @@ async def _outbox_gauges(ctx: AppContext) -> None:
         ctx.metrics.outbox.labels(status, channel).set(count)
     oldest = await ctx.store.oldest_due(now)
     ctx.metrics.queue_age.set((now - oldest).total_seconds() if oldest is not None else 0)
+
+
+@get("/api/status", include_in_schema=False)
+async def api_status(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """The object of `switchboard status --json` (SPEC §12), this server telling its own
+    readiness."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    try:
+        await ctx.store.ping()
+        check = ServerCheck(
+            status=ServerStatus(
+                url=server_url(ctx.settings.server),
+                ready=True,
+                rules_version=ctx.rules.version,
+                rules_error=ctx.rules.error,
+            )
+        )
+        status = await read_status(ctx.store, ctx.settings, check, ctx.clock.now())
+    except StoreUnavailable as exc:
+        return _json(503, {"error": f"store unavailable: {exc}"})
+    return _json(200, status)
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -457,6 +483,7 @@ def create_app(
             api_outbox,
             api_conversation,
             api_replay,
+            api_status,
         ],
         state=State({"ctx": ctx}),
         lifespan=[lifespan],

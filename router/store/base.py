@@ -28,6 +28,8 @@ from router.store.records import (
     RowClaims,
     RunRecord,
     SlotRequest,
+    StatusCounts,
+    StorageUse,
     TimerRecord,
 )
 
@@ -257,6 +259,16 @@ class Store(Protocol):
 
     async def oldest_due(self, now: datetime) -> datetime | None:
         """Since when the oldest due row has been waiting (queue age, for /metrics)."""
+        ...
+
+    async def status_counts(self, now: datetime) -> StatusCounts:
+        """Events waiting and failed, outbox rows due at `now`, open escalations: each count
+        through an index holding only what it counts (`switchboard status`, SPEC §12)."""
+        ...
+
+    async def storage_use(self) -> StorageUse:
+        """Bytes of the database and the blobs, and the free space of the disk they are on
+        where this process can see it; read from sizes, never by reading the rows."""
         ...
 
     async def rate_slots(self) -> dict[str, datetime]:

@@ -68,6 +68,21 @@ class BlobStore:
         self.failing = None
         return digest
 
+    def total_bytes(self) -> int:
+        """The bytes of every blob file (temp files of writes under way left out). Blocking:
+        one `stat` per blob, read from the folder listings."""
+        total = 0
+        if not self.root.is_dir():
+            return 0
+        for folder in os.scandir(self.root):
+            if folder.is_dir():
+                total += sum(
+                    entry.stat().st_size
+                    for entry in os.scandir(folder.path)
+                    if entry.is_file() and not entry.name.startswith(".")
+                )
+        return total
+
     def probe(self) -> None:
         """Write, fsync and remove a small temp file: OSError unless blobs can be written now.
         Blocking. Clears `failing` when it succeeds."""

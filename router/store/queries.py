@@ -21,10 +21,17 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def queries(backend: Backend) -> dict[str, str]:
-    """`{name: sql}` from `sql/<backend>/queries.sql` and the listings both backends share,
-    `sql/shared/listings.sql` (filtered: see `filtered`)."""
+    """`{name: sql}` from `sql/<backend>/queries.sql` and the queries both backends share,
+    `sql/shared/*.sql` (run through `filtered`, which numbers their `:name` parameters for
+    PostgreSQL): the listings, and what `switchboard status` counts."""
     own = _named(resources.files(__package__).joinpath("sql", backend, "queries.sql"))
-    shared = _named(resources.files(__package__).joinpath("sql", "shared", "listings.sql"))
+    shared: dict[str, str] = {}
+    for file in sorted(resources.files(__package__).joinpath("sql", "shared").iterdir(), key=str):
+        if file.name.endswith(".sql"):
+            named = _named(file)
+            if twice := shared.keys() & named.keys():
+                raise ValueError(f"queries named twice in sql/shared: {sorted(twice)}")
+            shared.update(named)
     if both := own.keys() & shared.keys():
         raise ValueError(f"queries named twice, in {backend} and shared: {sorted(both)}")
     return {**own, **shared}

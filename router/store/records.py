@@ -282,6 +282,34 @@ class BreakerNews(msgspec.Struct, frozen=True, kw_only=True):
     changed_at: datetime
 
 
+class StatusCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """What `switchboard status` reads of the events and conversations, each through an index
+    that holds only the few rows counted, never a scan of a table that grows."""
+
+    #: Events not yet routed (`received`, `processing`).
+    events_waiting: int
+    #: The id of the oldest of them (a ULID of its `received_at`); None when none waits.
+    oldest_waiting_id: str | None
+    events_failed: int
+    #: Conversations handed to people: `escalated` (not yet claimed) and `agent` (claimed).
+    escalated: int
+    agent: int
+    #: Outbox rows waiting whose time has come, and since when the oldest has waited.
+    outbox_due: int
+    oldest_due: datetime | None
+
+
+class StorageUse(msgspec.Struct, frozen=True, kw_only=True):
+    """Bytes the store takes, and what is left on its disk where this process can see it."""
+
+    #: The database: SQLite's file and its WAL; PostgreSQL's database.
+    database_bytes: int
+    blobs_bytes: int
+    #: The disk of the SQLite file; None on PostgreSQL (its server's disk is not visible here).
+    disk_free_bytes: int | None
+    disk_total_bytes: int | None
+
+
 class RowClaims(msgspec.Struct, frozen=True, kw_only=True):
     """What `claim_rows` leased, and what it left for want of a rate slot."""
 

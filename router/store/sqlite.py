@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -62,6 +63,8 @@ from router.store.records import (
     RowClaims,
     RunRecord,
     SlotRequest,
+    StatusCounts,
+    StorageUse,
     TimerRecord,
 )
 from router.store.shared import (
@@ -929,6 +932,33 @@ class SQLiteStore:
     async def oldest_due(self, now: datetime) -> datetime | None:
         rows = await self._read(self._sql["oldest_due"], {"now": timestamp(now)})
         return _dt(rows[0][0]) if rows else None
+
+    async def status_counts(self, now: datetime) -> StatusCounts:
+        [events] = await self._read(self._sql["status_events"], {})
+        [escalations] = await self._read(self._sql["status_escalations"], {})
+        [due] = await self._read_filtered("status_outbox_due", {"now": timestamp(now)})
+        return StatusCounts(
+            events_waiting=events[0],
+            oldest_waiting_id=events[1],
+            events_failed=events[2],
+            escalated=escalations[0],
+            agent=escalations[1],
+            outbox_due=due[0],
+            oldest_due=_dt(due[1]),
+        )
+
+    async def storage_use(self) -> StorageUse:
+        return await asyncio.to_thread(self._storage_use)
+
+    def _storage_use(self) -> StorageUse:
+        files = (self.path, self.path.with_name(self.path.name + "-wal"))
+        disk = shutil.disk_usage(self.path.parent)
+        return StorageUse(
+            database_bytes=sum(f.stat().st_size for f in files if f.exists()),
+            blobs_bytes=self.blobs.total_bytes(),
+            disk_free_bytes=disk.free,
+            disk_total_bytes=disk.total,
+        )
 
     async def rate_slots(self) -> dict[str, datetime]:
         rows = await self._read(self._sql["rate_slots"], {})

@@ -407,12 +407,12 @@ def test_an_unreachable_destination_fails_without_its_password(tmp_path: Path) -
 @pytest.mark.postgres
 def test_copy_refuses_a_source_at_another_schema_version(tmp_path: Path, destination: str) -> None:
     path = make_empty_source(tmp_path)
-    latest = migrations("sqlite")[-1][0]
+    (previous, _), (latest, _) = migrations("sqlite")[-2:]  # numbers may skip (branches)
     with sqlite3.connect(path) as conn:
         conn.execute("DELETE FROM schema_migrations WHERE version = ?", (latest,))
     result = copy(tmp_path, "--from", source_url(tmp_path), "--to", destination)
     assert result.exit_code == 1
-    expected = f"the source's schema is version {latest - 1} and the destination's {latest}"
+    expected = f"the source's schema is version {previous} and the destination's {latest}"
     assert expected in result.stderr
 
 

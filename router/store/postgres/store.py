@@ -74,6 +74,8 @@ from router.store.records import (
     RowClaims,
     RunRecord,
     SlotRequest,
+    StatusCounts,
+    StorageUse,
     TimerRecord,
 )
 from router.store.shared import (
@@ -945,6 +947,29 @@ class PostgresStore:
     async def oldest_due(self, now: datetime) -> datetime | None:
         oldest: datetime | None = await self._fetch_value(self._sql["oldest_due"], now)
         return oldest
+
+    async def status_counts(self, now: datetime) -> StatusCounts:
+        [events] = await self._fetch(self._sql["status_events"])
+        [escalations] = await self._fetch(self._sql["status_escalations"])
+        [due] = await self._fetch_filtered("status_outbox_due", now=now)
+        return StatusCounts(
+            events_waiting=events[0],
+            oldest_waiting_id=events[1],
+            events_failed=events[2],
+            escalated=escalations[0],
+            agent=escalations[1],
+            outbox_due=due[0],
+            oldest_due=due[1],
+        )
+
+    async def storage_use(self) -> StorageUse:
+        [sizes] = await self._fetch(self._sql["storage_use"])
+        return StorageUse(
+            database_bytes=sizes[0],
+            blobs_bytes=sizes[1],
+            disk_free_bytes=None,
+            disk_total_bytes=None,
+        )
 
     async def rate_slots(self) -> dict[str, datetime]:
         return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}

@@ -474,3 +474,8 @@ DELETE FROM quarantine WHERE id IN (
 
 -- name: prune_receipts
 DELETE FROM receipts WHERE at < $1;
+
+-- name: storage_use
+-- The database's size on disk and the blob table's (with its TOAST and index): both read
+-- the catalog and the files' sizes, not the rows.
+SELECT pg_database_size(current_database()), pg_total_relation_size('blobs');
