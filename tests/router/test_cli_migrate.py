@@ -54,3 +54,13 @@ def test_migrate_with_postgres_unreachable_fails_without_the_password(tmp_path: 
     assert result.exit_code == 1
     assert result.stdout == ""
     assert "store unavailable" in result.stderr and "s3cr3t-pw" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_migrations_are_numbered_one_by_one_alike_on_both_backends(kind: str) -> None:
+    """A store applies only versions above its own, so a number skipped and filled in later
+    (two branches each taking one) would never run where the later one already has: the
+    versions go 1, 2, 3... with no gap, the same on both backends."""
+    versions = [version for version, _ in migrations(kind)]
+    assert versions == list(range(1, len(versions) + 1))
+    assert versions == [version for version, _ in migrations("sqlite")]

@@ -4,7 +4,7 @@
 
 -- name: status_events
 -- Events not yet routed and the oldest of them (its id, a ULID of its received_at): the
--- partial index events_unfinished; failed events: the partial index events_failed (0011).
+-- partial index events_unfinished; failed events: the partial index events_failed (0009).
 SELECT
     (SELECT count(*) FROM events WHERE status IN ('received', 'processing')),
     (SELECT min(id) FROM events WHERE status IN ('received', 'processing')),
