@@ -102,8 +102,6 @@ log = get_logger("switchboard.store")
 def _affected(status: str) -> int:
     """The row count of a command's status, e.g. `DELETE 3`."""
     return int(status.rsplit(" ", 1)[1])
-
-
 _Prepared = tuple[IngestItem, tuple[Any, ...]]
 _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
