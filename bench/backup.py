@@ -66,7 +66,7 @@ def build_store(db: Path, size_mb: int) -> None:
         for start in range(0, rows, 5000):
             conn.execute("BEGIN")
             conn.executemany(
-                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
                 (_row(n) for n in range(start, min(rows, start + 5000))),
             )
             conn.execute("COMMIT")
