@@ -170,6 +170,8 @@ class SQLiteStore:
             self._hold = Hold(self.path, exclusive=False)
         except StoreHeld as exc:
             raise StoreUnavailable(str(exc)) from exc
+        except OSError as exc:  # a folder the process may not write to
+            raise StoreUnavailable(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
         try:
             with wrap_exceptions():
                 self._writer = await self._connect(synchronous="FULL")
