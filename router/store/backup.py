@@ -28,8 +28,9 @@ import msgspec
 DB_NAME = "switchboard.db"
 MANIFEST = "manifest.json"
 BLOBS = "blobs"
-#: Pages copied per backup step (4 MiB at SQLite's default 4 KiB page).
-PAGES_PER_STEP = 1024
+#: Pages copied per backup step (1 MiB at SQLite's default 4 KiB page): on 1 GB, p99 step
+#: 42 ms against 170 ms with 1,024 pages, for the same total time (bench/backup.py).
+PAGES_PER_STEP = 256
 #: What `counts` of a manifest holds.
 COUNTED = ("events", "outbox", "contacts", "conversations")
 _COUNT = {table: f"SELECT count(*) FROM {table}" for table in COUNTED}  # noqa: S608 (constants)
