@@ -241,6 +241,17 @@ class DispatchConfig(msgspec.Struct, **_STRICT):
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
+class BackupConfig(msgspec.Struct, **_STRICT):
+    """Scheduled backups of a SQLite store by `serve` (SPEC §12)."""
+
+    #: Each scheduled backup goes into a new dated folder under this one.
+    dir: str = "var/backups"
+    #: How often `serve` takes one (`6h`, `1d`); "0" never.
+    interval: str = "0"
+    #: Scheduled backups kept: older ones are removed once a new one is complete.
+    keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 7
+
+
 class LoggingConfig(msgspec.Struct, **_STRICT):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: Only with debug on do logs show full phone numbers and message bodies.
@@ -258,6 +269,7 @@ class Settings(msgspec.Struct, **_STRICT):
     worker: WorkerConfig = WorkerConfig()
     dispatch: DispatchConfig = DispatchConfig()
     logging: LoggingConfig = LoggingConfig()
+    backup: BackupConfig = BackupConfig()
     #: Named time windows for rules' `during:` (e.g. `business = "Mon-Fri 09:00-17:00"`).
     windows: dict[str, str] = {}
 

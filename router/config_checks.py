@@ -31,6 +31,7 @@ def problems(settings: Settings) -> Iterator[Problem]:
     yield from _compliance(settings)
     yield from _durations(settings)
     yield from _windows(settings)
+    yield from _backup(settings)
 
 
 def _server(settings: Settings) -> Iterator[Problem]:
@@ -102,3 +103,20 @@ def _windows(settings: Settings) -> Iterator[Problem]:
             parse_window(spec)
         except ValueError as exc:
             yield f"windows.{name}", str(exc)
+
+
+def _backup(settings: Settings) -> Iterator[Problem]:
+    interval = settings.backup.interval
+    if interval.strip() == "0":
+        return
+    try:
+        parse_duration(interval)
+    except ValueError as exc:
+        yield "backup.interval", f'{exc}, or "0" for no scheduled backups'
+        return
+    if not settings.storage.url.startswith("sqlite:///"):
+        yield (
+            "backup.interval",
+            "scheduled backups copy a SQLite store; on PostgreSQL use pg_dump"
+            ' (README.md, "Backups on PostgreSQL") and set "0"',
+        )

@@ -13,6 +13,7 @@ from typing import Any
 import click
 import msgspec
 
+from router.cli.backup import backup_command, restore_command
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.copy import copy_command
 from router.cli.routing import contacts, conversations, outbox, print_event_detail
@@ -282,6 +283,8 @@ cli.add_command(replay_command)
 cli.add_command(dlq)
 cli.add_command(copy_command)
 cli.add_command(status_command)
+cli.add_command(backup_command)
+cli.add_command(restore_command)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from router.pipeline.worker import Routing, routing
 from router.rules.live import LiveRules
 from router.status.model import ServerCheck, ServerStatus
 from router.status.read import read_status, server_url
+from router.store.backup_schedule import backups_forever
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.housekeeping import upkeep_forever
@@ -457,6 +458,7 @@ def create_app(
         upkeep = asyncio.create_task(
             upkeep_forever(the_store, ctx.clock, settings, ctx.metrics.count_pruned)
         )
+        backups = asyncio.create_task(backups_forever(settings, ctx.clock))
         if ctx.routing is not None:
             await ctx.routing.start()
         flusher = asyncio.create_task(flush_logs_forever())
@@ -464,6 +466,7 @@ def create_app(
             yield
         finally:
             await cancel(upkeep)  # stopped before the store they use closes
+            await cancel(backups)
             await cancel(flusher)
             if ctx.routing is not None:
                 await ctx.routing.stop()

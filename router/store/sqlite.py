@@ -38,6 +38,7 @@ from router.store.base import (
     StoredRaw,
 )
 from router.store.blobs import BlobStore
+from router.store.holding import Hold, StoreHeld
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     HELD_UNTIL,
@@ -161,11 +162,19 @@ class SQLiteStore:
         #: the write lock still work, so only a commit tells that the store is ready again).
         self._commit_error: str | None = None
         self.migrations_applied: list[int] = []
+        #: The shared lock on `<db>.lock` while open: `switchboard restore` refuses meanwhile.
+        self._hold: Hold | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._hold = Hold(self.path, exclusive=False)
+        except StoreHeld as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        except OSError as exc:  # a folder the process may not write to
+            raise StoreUnavailable(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
         try:
             with wrap_exceptions():
                 self._writer = await self._connect(synchronous="FULL")
@@ -194,6 +203,9 @@ class SQLiteStore:
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+        if self._hold is not None:
+            self._hold.release()
+            self._hold = None
 
     async def _connect(self, *, synchronous: str) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
