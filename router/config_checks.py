@@ -31,6 +31,7 @@ def problems(settings: Settings) -> Iterator[Problem]:
     yield from _compliance(settings)
     yield from _durations(settings)
     yield from _windows(settings)
+    yield from _reconcile(settings)
 
 
 def _server(settings: Settings) -> Iterator[Problem]:
@@ -102,3 +103,18 @@ def _windows(settings: Settings) -> Iterator[Problem]:
             parse_window(spec)
         except ValueError as exc:
             yield f"windows.{name}", str(exc)
+
+
+def _reconcile(settings: Settings) -> Iterator[Problem]:
+    reconcile = settings.reconcile
+    if reconcile.interval.strip() != "0":
+        try:
+            if parse_duration(reconcile.interval).total_seconds() <= 0:
+                yield "reconcile.interval", "must be a positive duration, or \"0\" for never"
+        except ValueError as exc:
+            yield "reconcile.interval", f"{exc}, or \"0\" for never"
+    try:
+        if parse_duration(reconcile.lookback).total_seconds() <= 0:
+            yield "reconcile.lookback", "must be a positive duration, e.g. 24h"
+    except ValueError as exc:
+        yield "reconcile.lookback", str(exc)
