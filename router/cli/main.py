@@ -15,6 +15,7 @@ import msgspec
 
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.copy import copy_command
+from router.cli.reconcile import reconcile_command
 from router.cli.routing import contacts, conversations, outbox, print_event_detail
 from router.cli.routing_commands import dlq, replay_command, worker
 from router.cli.rules import require_rules, rules
@@ -280,6 +281,7 @@ cli.add_command(worker)
 cli.add_command(replay_command)
 cli.add_command(dlq)
 cli.add_command(copy_command)
+cli.add_command(reconcile_command)
 
 
 def main() -> None:

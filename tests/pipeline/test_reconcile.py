@@ -67,7 +67,9 @@ async def test_a_pass_ingests_inbound_messages_as_their_webhook_would(
     store: Store, fake: FakeTwilio, clock: FrozenClock, reconciler: Reconciler
 ) -> None:
     at = clock.now() - timedelta(minutes=30)
-    sids = [fake.receive(CUSTOMER, OURS, f"message {i}", at=at + timedelta(seconds=i)) for i in range(5)]
+    sids = [
+        fake.receive(CUSTOMER, OURS, f"message {i}", at=at + timedelta(seconds=i)) for i in range(5)
+    ]
     outbound = fake.receive(OURS, CUSTOMER, "our own reply", at=at)
     fake.messages[outbound]["direction"] = "outbound-api"
 
