@@ -13,11 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.cases.twilio import signed
 from tests.fakes.twilio_api import FakeTwilio
-from tests.support import PUBLIC_URL, SECRETS, ServerProcess, run_cli, server_process, wait_for
+from tests.support import (
+    ADMIN_TOKEN,
+    PUBLIC_URL,
+    SECRETS,
+    ServerProcess,
+    run_cli,
+    server_process,
+    wait_for,
+)
 
 OURS = "+15559870000"
 HAPPY, STOPPER, HUMAN = "+15551230001", "+15551230002", "+15551230003"
@@ -87,6 +96,11 @@ def test_messages_sent_while_serve_was_down_are_recovered_once_and_routed(
         assert events[f"twilio:{human}"]["via"] == "reconcile"
         assert events["twilio:SM" + "a" * 32]["via"] == "webhook"
         assert cli_json(server, "contacts", "show", STOPPER)["consent"] == "opted_out"
+        scrape = httpx.get(
+            server.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ).text
+        assert 'switchboard_reconcile_recovered_total{source="twilio"} 2.0' in scrape
+        assert 'switchboard_reconcile_last_success_timestamp_seconds{source="twilio"}' in scrape
         conversation = cli_json(server, "conversations", "show", f"sms:{HUMAN}:{OURS}")
         assert conversation["state"] == "escalated"
 
