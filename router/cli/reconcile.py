@@ -36,7 +36,7 @@ def reconcile_command(
         raise click.BadParameter(str(exc), param_hint="--since") from exc
 
     async def run(store: Store) -> list[SourceReport]:
-        passes = reconciler(store, settings, SystemClock(), Metrics())
+        passes = reconciler(store, settings, SystemClock(), Metrics(), log_passes=False)
         try:
             return await passes.run(source, since=since_at, dry_run=dry_run)
         finally:

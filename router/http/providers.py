@@ -168,6 +168,8 @@ def reconciler(
     clock: Clock,
     metrics: Metrics,
     on_stored: Callable[[], None] | None = None,
+    *,
+    log_passes: bool = True,
 ) -> Reconciler:
     """The reconciler of `settings`: its histories, `accept_types`, and `reconcile`."""
     found, skipped = histories(settings)
@@ -180,4 +182,5 @@ def reconciler(
         skipped=skipped,
         accept_types=accept_types(settings),
         on_stored=on_stored,
+        log_passes=log_passes,
     )

@@ -72,8 +72,10 @@ class Reconciler:
         skipped: Mapping[str, str] | None = None,
         accept_types: Mapping[str, Sequence[str]] | None = None,
         on_stored: Callable[[], None] | None = None,
+        log_passes: bool = True,
     ) -> None:
-        """`skipped`: sources not asked, and why (each reported so by every pass)."""
+        """`skipped`: sources not asked, and why (each reported so by every pass).
+        `log_passes`: log each pass (the server); a command printing its report does not."""
         self._store = store
         self._histories = dict(histories)
         self._skipped = dict(skipped or {})
@@ -82,6 +84,7 @@ class Reconciler:
         self._metrics = metrics
         self._accept = accept_types or {}
         self._on_stored = on_stored
+        self._log = log_passes
 
     async def run(
         self, only: str | None = None, *, since: datetime | None = None, dry_run: bool = False
@@ -165,17 +168,10 @@ class Reconciler:
             self._metrics.reconcile_recovered.labels(source).inc(report.recovered)
         if report.error is not None:
             self._metrics.reconcile_errors.labels(source).inc()
-            log.warning("reconcile.failed", source=source, stage="reconcile", error=report.error)
         elif report.until is not None:
             self._metrics.reconcile_last_success.labels(source).set(report.until.timestamp())
-        log.info(
-            "reconcile.pass",
-            source=source,
-            stage="reconcile",
-            outcome="failed" if report.error else "ok",
-            seen=report.seen,
-            recovered=report.recovered,
-        )
+        if self._log:
+            _log_pass(report)
         try:
             await self._store.record_reconcile(
                 source,
@@ -186,6 +182,14 @@ class Reconciler:
             )
         except StoreUnavailable as exc:  # the next pass asks again from the old mark
             report.error = report.error or f"could not record the pass: {exc}"
+
+
+def _log_pass(report: SourceReport) -> None:
+    fields = {"source": report.source, "stage": "reconcile", "seen": report.seen}
+    if report.error is not None:
+        log.warning("reconcile.failed", **fields, outcome="failed", error=report.error)
+    else:
+        log.info("reconcile.pass", **fields, outcome="ok", recovered=report.recovered)
 
 
 async def reconcile_forever(reconciler: Reconciler, config: ReconcileConfig) -> None:
