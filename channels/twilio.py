@@ -534,6 +534,11 @@ class TwilioSender:
             status=status if isinstance(status, str) and status else "queued",
         )
 
+    async def read(self, request: Any) -> Any:
+        """One read-only SDK call (`request(client)`: a list page, a fetch) under the timeout;
+        its failure raised as a `SendFailed` classified as for a lookup (retry_after kept)."""
+        return await self._call(request, check=True)
+
     async def close(self) -> None:
         http, self._http, self._client = self._http, None, None
         if http is not None:

@@ -252,6 +252,18 @@ class BackupConfig(msgspec.Struct, **_STRICT):
     keep: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 7
 
 
+class ReconcileConfig(msgspec.Struct, **_STRICT):
+    """Reconciliation (SPEC §12): asking the providers for what their webhooks never brought."""
+
+    #: How often `serve` (or `switchboard worker` when the worker is not in serve) runs a
+    #: pass; "0" never (then only at start, and `switchboard reconcile`).
+    interval: str = "10m"
+    #: How far back the first pass of a source looks (it has no last success to start from).
+    lookback: str = "24h"
+    #: Run a pass when the process starts: it catches up the time the box was down.
+    on_start: bool = True
+
+
 class LoggingConfig(msgspec.Struct, **_STRICT):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: Only with debug on do logs show full phone numbers and message bodies.
@@ -270,6 +282,7 @@ class Settings(msgspec.Struct, **_STRICT):
     dispatch: DispatchConfig = DispatchConfig()
     logging: LoggingConfig = LoggingConfig()
     backup: BackupConfig = BackupConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     #: Named time windows for rules' `during:` (e.g. `business = "Mon-Fri 09:00-17:00"`).
     windows: dict[str, str] = {}
 

@@ -32,6 +32,7 @@ def problems(settings: Settings) -> Iterator[Problem]:
     yield from _durations(settings)
     yield from _windows(settings)
     yield from _backup(settings)
+    yield from _reconcile(settings)
 
 
 def _server(settings: Settings) -> Iterator[Problem]:
@@ -120,3 +121,18 @@ def _backup(settings: Settings) -> Iterator[Problem]:
             "scheduled backups copy a SQLite store; on PostgreSQL use pg_dump"
             ' (README.md, "Backups on PostgreSQL") and set "0"',
         )
+
+
+def _reconcile(settings: Settings) -> Iterator[Problem]:
+    reconcile = settings.reconcile
+    if reconcile.interval.strip() != "0":
+        try:
+            if parse_duration(reconcile.interval).total_seconds() <= 0:
+                yield "reconcile.interval", "must be a positive duration, or \"0\" for never"
+        except ValueError as exc:
+            yield "reconcile.interval", f"{exc}, or \"0\" for never"
+    try:
+        if parse_duration(reconcile.lookback).total_seconds() <= 0:
+            yield "reconcile.lookback", "must be a positive duration, e.g. 24h"
+    except ValueError as exc:
+        yield "reconcile.lookback", str(exc)

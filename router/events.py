@@ -19,6 +19,14 @@ class EventStatus(StrEnum):
     FAILED = "failed"
 
 
+class Via(StrEnum):
+    """How an event reached Switchboard."""
+
+    WEBHOOK = "webhook"
+    #: Fetched from the provider's API by a reconciliation pass (a webhook that never came).
+    RECONCILE = "reconcile"
+
+
 class Channel(StrEnum):
     """Conversational channels; non-conversational events (Stripe, custom) have none."""
 
@@ -84,6 +92,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     occurred_at: datetime | None = None
     correlation_id: str
     status: EventStatus = EventStatus.RECEIVED
+    #: How it came: `webhook`, or `reconcile` when fetched from the provider afterwards (§12).
+    via: Via = Via.WEBHOOK
 
 
 _encoder = msgspec.json.Encoder()

@@ -102,6 +102,26 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.reconcile_recovered = Counter(
+            "switchboard_reconcile_recovered_total",
+            "Events reconciliation fetched from a provider because no webhook brought them.",
+            ["source"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "switchboard_reconcile_errors_total",
+            "Reconciliation passes of a source that failed (retried at the next pass).",
+            ["source"],
+            registry=self.registry,
+        )
+        self.reconcile_last_success = Gauge(
+            "switchboard_reconcile_last_success_timestamp_seconds",
+            "Unix time up to which the last successful reconciliation pass of a source looked "
+            "(read from the store when scraped: any process of the fleet may have run it).",
+            ["source"],
+            registry=self.registry,
+        )
+
     def count_pruned(self, pruned: Pruned) -> None:
         """What one retention pass removed (`housekeeping.upkeep_once`)."""
         for what, count in msgspec.structs.asdict(pruned).items():

@@ -16,6 +16,7 @@ import msgspec
 from router.cli.backup import backup_command, restore_command
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.copy import copy_command
+from router.cli.reconcile import reconcile_command
 from router.cli.routing import contacts, conversations, outbox, print_event_detail
 from router.cli.routing_commands import dlq, replay_command, worker
 from router.cli.rules import require_rules, rules
@@ -285,6 +286,7 @@ cli.add_command(copy_command)
 cli.add_command(status_command)
 cli.add_command(backup_command)
 cli.add_command(restore_command)
+cli.add_command(reconcile_command)
 
 
 def main() -> None:

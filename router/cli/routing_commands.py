@@ -13,14 +13,16 @@ import click
 import msgspec
 import uvloop
 
+from router.aio import cancel
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.rules import require_rules
 from router.clock import SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
-from router.http.providers import senders
+from router.http.providers import reconciler, senders
 from router.logs import configure_logging, flush_logs, get_logger
 from router.metrics import Metrics
+from router.pipeline.reconcile import reconcile_forever
 from router.pipeline.replay import ReplayReport, replay, select
 from router.pipeline.worker import routing
 from router.rules import RuleSet
@@ -72,12 +74,20 @@ async def _work(settings: Settings, rules: LiveRules) -> None:
     pipeline = routing(
         store, settings, lambda: rules.ruleset, SystemClock(), metrics, senders(settings)
     )
+    # Reconciliation passes run where ingest runs; here only when `serve` has no worker (one
+    # pass at a time for the fleet either way: the store's lock).
+    passes = reconciler(store, settings, SystemClock(), metrics, pipeline.wake)
+    passing: asyncio.Task[None] | None = None
     try:
         await rules.start()
         await pipeline.start()
+        if not settings.worker.in_serve:
+            passing = asyncio.create_task(reconcile_forever(passes, settings.reconcile))
         log.info("worker.started", stage="route", owner=pipeline.worker.owner)
         await stop.wait()
     finally:
+        await cancel(passing)
+        await passes.close()
         await pipeline.stop()
         await rules.stop()
         await store.close()

@@ -26,11 +26,18 @@ from router.clock import Clock, SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
 from router.events import EventStatus, encode_event
-from router.http.providers import accept_types, body_limits, inbound_adapters, senders
+from router.http.providers import (
+    accept_types,
+    body_limits,
+    inbound_adapters,
+    reconciler,
+    senders,
+)
 from router.http.webhooks import BodyBudget, webhooks
 from router.logs import flush_logs, flush_logs_forever
 from router.metrics import Metrics
 from router.pipeline.ingest import Ingestor
+from router.pipeline.reconcile import reconcile_forever
 from router.pipeline.replay import replay, select
 from router.pipeline.worker import Routing, routing
 from router.rules.live import LiveRules
@@ -83,6 +90,11 @@ class AppContext:
             on_stored=self.worker.wake if self.worker is not None else None,
         )
         self.outbox_counts = OutboxCounts(store, clock)
+        #: Reconciliation passes (SPEC §12), off the request path: at start, then every
+        #: `reconcile.interval`.
+        self.reconciler = reconciler(
+            store, settings, clock, metrics, self.routing.wake if self.routing else None
+        )
 
 
 def _ctx(state: State) -> AppContext:
@@ -146,6 +158,7 @@ async def metrics(request: Request[Any, Any, Any], state: State) -> Response[byt
         return denied
     with contextlib.suppress(StoreUnavailable):  # the other figures are still worth a scrape
         await _outbox_gauges(ctx)
+        await _reconcile_gauges(ctx)
     return _respond(200, "text/plain; version=0.0.4", ctx.metrics.render())
 
 
@@ -175,6 +188,13 @@ class OutboxCounts:
             self._settled_next = now + max(self.SETTLED_EVERY, cost)
         live = await self._store.outbox_counts(live_only=True)
         return {**self._settled, **live}
+
+
+async def _reconcile_gauges(ctx: AppContext) -> None:
+    for source, record in (await ctx.store.reconcile_state()).items():
+        if record.last_success is not None:
+            gauge = ctx.metrics.reconcile_last_success.labels(source)
+            gauge.set(record.last_success.timestamp())
 
 
 async def _outbox_gauges(ctx: AppContext) -> None:
@@ -462,12 +482,15 @@ def create_app(
         if ctx.routing is not None:
             await ctx.routing.start()
         flusher = asyncio.create_task(flush_logs_forever())
+        passes = asyncio.create_task(reconcile_forever(ctx.reconciler, settings.reconcile))
         try:
             yield
         finally:
             await cancel(upkeep)  # stopped before the store they use closes
             await cancel(backups)
             await cancel(flusher)
+            await cancel(passes)
+            await ctx.reconciler.close()
             if ctx.routing is not None:
                 await ctx.routing.stop()
             flush_logs()

@@ -5,8 +5,11 @@ Only the HTTP app and the CLI import this module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from channels.base import InboundAdapter
 from channels.email import SmtpSender
+from channels.history import History
 from channels.mailgun import MailgunAdapter
 from channels.outbound import Sender
 from channels.sandbox import SandboxSender
@@ -15,8 +18,12 @@ from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter, SlackSe
 from channels.standard import HttpForwardSender, StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
 from channels.twilio import TwilioAdapter, TwilioSender
+from channels.twilio_history import TwilioHistory
 from router.clock import Clock
 from router.config import Settings
+from router.metrics import Metrics
+from router.pipeline.reconcile import Reconciler
+from router.store.base import Store
 
 
 def inbound_adapters(settings: Settings, clock: Clock) -> dict[str, InboundAdapter]:
@@ -132,3 +139,48 @@ def senders(settings: Settings) -> dict[str, Sender]:
         "email": mail,
         "http": forwards,
     }
+
+
+def histories(settings: Settings) -> tuple[dict[str, History], dict[str, str]]:
+    """What reconciliation asks (SPEC §12): `{source: History}` for each source with live
+    credentials, and `{source: why not}` for the others."""
+    found: dict[str, History] = {}
+    skipped: dict[str, str] = {}
+    sms = settings.channels.sms
+    if sms.mode != "live":
+        skipped["twilio"] = "channels.sms is in sandbox mode"
+    elif not (sms.account_sid and sms.auth_token):
+        skipped["twilio"] = "no credentials (channels.sms account_sid, auth_token)"
+    else:
+        sender = TwilioSender(
+            account_sid=sms.account_sid, auth_token=sms.auth_token, api_base=sms.api_base
+        )
+        url = settings.server.public_url.rstrip("/") + "/webhooks/twilio/messages"
+        found["twilio"] = TwilioHistory(sender, messages_url=url)
+    skipped.setdefault("stripe", "not built yet")
+    skipped.setdefault("slack", "not built yet")
+    return found, skipped
+
+
+def reconciler(
+    store: Store,
+    settings: Settings,
+    clock: Clock,
+    metrics: Metrics,
+    on_stored: Callable[[], None] | None = None,
+    *,
+    log_passes: bool = True,
+) -> Reconciler:
+    """The reconciler of `settings`: its histories, `accept_types`, and `reconcile`."""
+    found, skipped = histories(settings)
+    return Reconciler(
+        store,
+        found,
+        settings.reconcile,
+        clock,
+        metrics,
+        skipped=skipped,
+        accept_types=accept_types(settings),
+        on_stored=on_stored,
+        log_passes=log_passes,
+    )

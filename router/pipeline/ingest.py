@@ -202,12 +202,7 @@ class Ingestor:
         return IngestOutcome.STORED if IngestOutcome.STORED in outcomes else outcomes[0]
 
     def _apply_accept_types(self, source: str, event: Event) -> Event:
-        patterns = self._accept.get(source, ("*",))
-        if "*" in patterns:  # the default: no pattern matching per event
-            return event
-        if any(fnmatchcase(event.provider_type, p) or fnmatchcase(event.type, p) for p in patterns):
-            return event
-        return msgspec.structs.replace(event, status=EventStatus.IGNORED)
+        return apply_accept_types(self._accept.get(source, ("*",)), event)
 
     async def _put_blobs(self, blobs: dict[str, bytes]) -> None:
         for content in blobs.values():
@@ -297,6 +292,15 @@ class Ingestor:
                 contact=mask_address(event.contact.address if event.contact else None),
                 duration_ms=duration_ms,
             )
+
+
+def apply_accept_types(patterns: Sequence[str], event: Event) -> Event:
+    """The event, `ignored` when its type matches none of its source's `accept_types`."""
+    if "*" in patterns:  # the default: no pattern matching per event
+        return event
+    if any(fnmatchcase(event.provider_type, p) or fnmatchcase(event.type, p) for p in patterns):
+        return event
+    return msgspec.structs.replace(event, status=EventStatus.IGNORED)
 
 
 def _sha256_hex(request: InboundRequest) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -25,6 +26,7 @@ from router.store.records import (
     OutboxFilter,
     OutboxRow,
     Pruned,
+    ReconcileRecord,
     RowClaims,
     RunRecord,
     SlotRequest,
@@ -317,6 +319,37 @@ class Store(Protocol):
         """Call `on_change` soon after another connection commits (ingest in another process,
         `dlq retry` from the CLI): a hint that work may be waiting, never a promise. Runs
         until cancelled."""
+        ...
+
+    # -- reconciliation (SPEC §12) -----------------------------------------------------------
+
+    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
+        """Which of these dedupe keys are already stored (a dry-run pass tells new from old)."""
+        ...
+
+    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
+        """Each source's reconciliation record (last success, recovered, last error): what
+        the next pass starts from, and what `switchboard status` shows."""
+        ...
+
+    async def record_reconcile(
+        self,
+        source: str,
+        at: datetime,
+        *,
+        until: datetime | None,
+        recovered: int,
+        error: str | None,
+    ) -> None:
+        """Note a finished pass of `source`: with `error` None it succeeded up to `until`
+        (and the error is cleared), else it failed at `at` with `error`; `recovered` is
+        added to the source's total either way."""
+        ...
+
+    def reconcile_lock(self) -> AbstractAsyncContextManager[bool]:
+        """Hold the fleet's reconciliation lock while the block runs: yields True when this
+        process got it, False when another holds it (then the block must not pass). Freed
+        when the block ends, and when the process dies (never left held by a crash)."""
         ...
 
     async def ping(self) -> None:

@@ -47,6 +47,7 @@ COPIED: dict[str, tuple[str, ...]] = {
     "timers": ("conversation_key", "timer"),
     "rate_slots": ("key",),
     "breakers": ("key",),
+    "reconcile_state": ("source",),
 }
 #: Not copied, and why (README and `copy --help` say the same).
 LEFT_OUT: dict[str, str] = {

@@ -393,3 +393,17 @@ class Pruned(msgspec.Struct, frozen=True, kw_only=True):
             quarantined=self.quarantined + other.quarantined,
             receipts=self.receipts + other.receipts,
         )
+
+
+class ReconcileRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the store keeps of one source's reconciliation passes (SPEC §12)."""
+
+    source: str
+    #: The `until` of the last pass that succeeded: the next pass asks from there (less an
+    #: overlap). None before the first success.
+    last_success: datetime | None = None
+    #: Events all passes recovered (stored because no webhook had brought them).
+    recovered: int = 0
+    #: Why the last pass failed; None once a pass succeeds again.
+    last_error: str | None = None
+    last_error_at: datetime | None = None

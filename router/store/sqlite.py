@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import math
 import os
@@ -18,7 +19,7 @@ import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -61,6 +62,7 @@ from router.store.records import (
     OutboxRow,
     Pruned,
     Receipt,
+    ReconcileRecord,
     RowClaims,
     RunRecord,
     SlotRequest,
@@ -1160,6 +1162,64 @@ class SQLiteStore:
                 log.warning("store watch paused", stage="store", error=str(exc))
                 seen, stamp = None, None
                 await asyncio.sleep(1.0)
+
+    # -- reconciliation (SPEC §12) -----------------------------------------------------------
+
+    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = await self._read(self._sql["known_dedupe_keys"], {"keys": _json_list(keys)})
+        return {row[0] for row in rows}
+
+    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
+        rows = await self._read(self._sql["reconcile_state"], {})
+        return {
+            row[0]: ReconcileRecord(
+                source=row[0],
+                last_success=_dt(row[1]),
+                recovered=row[2],
+                last_error=row[3],
+                last_error_at=_dt(row[4]),
+            )
+            for row in rows
+        }
+
+    async def record_reconcile(
+        self,
+        source: str,
+        at: datetime,
+        *,
+        until: datetime | None,
+        recovered: int,
+        error: str | None,
+    ) -> None:
+        if error is None and until is not None:
+            params = {"source": source, "until": timestamp(until), "recovered": recovered}
+            await self._write(self._sql["record_reconcile_success"], params)
+            return
+        params = {
+            "source": source,
+            "recovered": recovered,
+            "error": error or "failed",
+            "at": timestamp(at),
+        }
+        await self._write(self._sql["record_reconcile_failure"], params)
+
+    @contextlib.asynccontextmanager
+    async def reconcile_lock(self) -> AsyncIterator[bool]:
+        """A non-blocking `flock` on a file beside the database: every process on this box
+        sees it, and the kernel frees it when the holder dies (kill -9 included)."""
+        path = self.path.with_name(self.path.name + ".reconcile-lock")
+        with path.open("a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     async def ping(self) -> None:
         if self._writer_task is None or self._writer_task.done():

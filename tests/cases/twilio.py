@@ -79,6 +79,7 @@ CASES = [
             "conversation_key": "sms:+15551230001:+15559870000",
             "text": f"Hello {unique} — ünïcödé ✓",
             "status": "received",
+            "via": "webhook",
             "attachments": [
                 {"url": "https://api.twilio.com/media/ME1", "content_type": "image/jpeg"}
             ],

@@ -29,6 +29,10 @@ What it reproduces (`../shared/notes/outbound-providers.md` §1):
   `accept_then_drop` (the Message exists, the answer is lost: in doubt); `status_failure(63016)`
   creates the Message (201 queued) then fails it with that code, as a WhatsApp send outside
   the 24 h window does. Faults default to op "create"; keys are the `To` number (`fail_for`).
+- Inbound messages: `receive(from_, to, body, at=)` adds a Message with `direction`
+  `inbound` (status `received`, `date_sent` = `at`) that the list shows, as Twilio keeps the
+  SMS its webhook could not deliver (what reconciliation reads back). The list does not
+  filter by direction (Twilio's does not either).
 - Status callbacks: `advance(sid, status, error_code)` sets a Message's status and POSTs the
   callback Twilio would send to its StatusCallback (form AccountSid, MessageSid, SmsSid,
   MessageStatus, SmsStatus, To, From, ApiVersion, ErrorCode; `X-Twilio-Signature` from
@@ -218,6 +222,49 @@ class FakeTwilio(FakeHTTPService):
     def snapshot(self) -> list[TwilioMessage]:
         with self.lock:
             return list(self.accepted)
+
+    # -- inbound messages (what reconciliation lists) ---------------------------------------
+    def receive(
+        self,
+        from_: str,
+        to: str,
+        body: str,
+        *,
+        at: datetime | None = None,
+        messaging_service_sid: str | None = None,
+    ) -> str:
+        """A customer's message arrives at Twilio (`direction` inbound, status `received`,
+        sent at `at`, default now): listed by `GET .../Messages.json` like any Message,
+        and no webhook is posted (the server was down). Returns its sid."""
+        sid = "SM" + uuid.uuid4().hex
+        stamp = _rfc2822(at or datetime.now(UTC))
+        uri = f"{API}/Accounts/{self.account_sid}/Messages/{sid}.json"
+        message: dict[str, Any] = {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": body,
+            "date_created": stamp,
+            "date_sent": stamp,
+            "date_updated": stamp,
+            "direction": "inbound",
+            "error_code": None,
+            "error_message": None,
+            "from": from_,
+            "messaging_service_sid": messaging_service_sid,
+            "num_media": "0",
+            "num_segments": "1",
+            "price": None,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "received",
+            "subresource_uris": {"media": uri.replace(".json", "/Media.json")},
+            "to": to,
+            "uri": uri,
+        }
+        with self.lock:
+            self.messages[sid] = message
+            self._order.append(sid)
+        return sid
 
     # -- routing and handling ---------------------------------------------------------------
     def route(self, request: Request) -> tuple[str, str | None]:

@@ -256,6 +256,11 @@ state_windows = false
 
 [dispatch]
 {dispatch}
+
+# The Messages lists counted here are the dispatcher's look-ups, not a reconciliation pass's.
+[reconcile]
+on_start = false
+interval = "0"
 """
         # The server's log lines to a file of their own: written to stdout, a line logged by
         # the server thread while a CLI command runs in this process would land in the

@@ -116,6 +116,8 @@ async def populate(store: SQLiteStore) -> None:
     )
     await store.delay_slot("sms:+15559870000", T0 + timedelta(seconds=1))
     await store.save_breakers({"slack:C1": BreakerNews(state="open", changed_at=T0)})
+    await store.record_reconcile("twilio", T0, until=T0, recovered=3, error=None)
+    await store.record_reconcile("stripe", T0, until=None, recovered=0, error="HTTP 500")
     await put(store, message(99, "sms:+1555000:+2", at_ms=99))
     await store.claim("w1", T0, LEASE, 10, 10)  # a lease the copy leaves behind
 
@@ -219,6 +221,7 @@ async def snapshot(store: Store) -> dict[str, Any]:
         "timers": await store.timers(),
         "rate_slots": await store.rate_slots(),
         "breakers": await store.breakers(),
+        "reconcile": await store.reconcile_state(),
         "nonce": await store.nonce_first_body("mailgun", "tok"),
         "thread": await store.escalation_thread(CONVERSATION),
         "counts": await store.outbox_counts(),

@@ -71,6 +71,7 @@ from router.store.records import (
     OutboxRow,
     Pruned,
     Receipt,
+    ReconcileRecord,
     RowClaims,
     RunRecord,
     SlotRequest,
@@ -109,6 +110,8 @@ _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
 #: The advisory lock key migrations run under: "switchb" in ASCII.
 _MIGRATION_LOCK = 0x73776974636862
+#: The advisory lock of reconciliation passes (one at a time for the fleet): "recon" in ASCII.
+_RECONCILE_LOCK = 0x7265636F6E
 #: A statement that runs longer than this fails (StoreUnavailable) rather than hanging on a
 #: connection the network silently dropped; migrations of a large table get longer.
 _COMMAND_TIMEOUT = 30.0
@@ -1155,6 +1158,59 @@ class PostgresStore:
                 if not refused_unsent(exc):
                     raise
                 lost.set()
+
+    # -- reconciliation (SPEC §12) -----------------------------------------------------------
+
+    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = await self._fetch(self._sql["known_dedupe_keys"], [db_text(k) for k in keys])
+        return {row[0] for row in rows}
+
+    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
+        rows = await self._fetch(self._sql["reconcile_state"])
+        return {
+            row[0]: ReconcileRecord(
+                source=row[0],
+                last_success=row[1],
+                recovered=row[2],
+                last_error=row[3],
+                last_error_at=row[4],
+            )
+            for row in rows
+        }
+
+    async def record_reconcile(
+        self,
+        source: str,
+        at: datetime,
+        *,
+        until: datetime | None,
+        recovered: int,
+        error: str | None,
+    ) -> None:
+        if error is None and until is not None:
+            await self._execute(self._sql["record_reconcile_success"], source, until, recovered)
+            return
+        sql = self._sql["record_reconcile_failure"]
+        await self._execute(sql, source, recovered, db_text(error or "failed"), at)
+
+    @contextlib.asynccontextmanager
+    async def reconcile_lock(self) -> AsyncIterator[bool]:
+        """A session advisory lock on a connection held for the pass: one holder in the
+        fleet, and PostgreSQL frees it when that connection ends (the process died)."""
+        with wrap_exceptions():
+            async with self._connection() as conn:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RECONCILE_LOCK):
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    try:
+                        await conn.execute("SELECT pg_advisory_unlock($1)", _RECONCILE_LOCK)
+                    except DRIVER_ERRORS:  # a connection that cannot unlock is cut, lock and all
+                        conn.terminate()
 
     async def ping(self) -> None:
         """Unavailable unless the writer runs, the database answers and takes writes (not a

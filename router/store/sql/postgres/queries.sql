@@ -479,3 +479,26 @@ DELETE FROM receipts WHERE at < $1;
 -- The database's size on disk and the blob table's (with its TOAST and index): both read
 -- the catalog and the files' sizes, not the rows.
 SELECT pg_database_size(current_database()), pg_total_relation_size('blobs');
+
+-- name: known_dedupe_keys
+SELECT dedupe_key FROM events WHERE dedupe_key = ANY($1::text[]);
+
+-- name: reconcile_state
+SELECT source, last_success, recovered, last_error, last_error_at FROM reconcile_state;
+
+-- name: record_reconcile_success
+-- $1 source, $2 until, $3 recovered. A pass's `until` never moves the mark back.
+INSERT INTO reconcile_state (source, last_success, recovered, last_error, last_error_at)
+VALUES ($1, $2, $3, NULL, NULL)
+ON CONFLICT (source) DO UPDATE SET
+  last_success = greatest(reconcile_state.last_success, excluded.last_success),
+  recovered = reconcile_state.recovered + excluded.recovered,
+  last_error = NULL, last_error_at = NULL;
+
+-- name: record_reconcile_failure
+-- $1 source, $2 recovered, $3 error, $4 at.
+INSERT INTO reconcile_state (source, recovered, last_error, last_error_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (source) DO UPDATE SET
+  recovered = reconcile_state.recovered + excluded.recovered,
+  last_error = excluded.last_error, last_error_at = excluded.last_error_at;

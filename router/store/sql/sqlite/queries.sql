@@ -359,3 +359,24 @@ DELETE FROM quarantine WHERE id IN (
 
 -- name: prune_receipts
 DELETE FROM receipts WHERE at < :before;
+
+-- name: known_dedupe_keys
+SELECT dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(:keys));
+
+-- name: reconcile_state
+SELECT source, last_success, recovered, last_error, last_error_at FROM reconcile_state;
+
+-- name: record_reconcile_success
+INSERT INTO reconcile_state (source, last_success, recovered, last_error, last_error_at)
+VALUES (:source, :until, :recovered, NULL, NULL)
+ON CONFLICT (source) DO UPDATE SET
+  last_success = max(coalesce(reconcile_state.last_success, ''), excluded.last_success),
+  recovered = reconcile_state.recovered + excluded.recovered,
+  last_error = NULL, last_error_at = NULL;
+
+-- name: record_reconcile_failure
+INSERT INTO reconcile_state (source, recovered, last_error, last_error_at)
+VALUES (:source, :recovered, :error, :at)
+ON CONFLICT (source) DO UPDATE SET
+  recovered = reconcile_state.recovered + excluded.recovered,
+  last_error = excluded.last_error, last_error_at = excluded.last_error_at;

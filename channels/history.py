@@ -1,0 +1,46 @@
+"""What a reconciliation pass asks of a provider (SPEC §12): the seam between the core's
+`router/pipeline/reconcile.py` and the provider modules that hold each API's quirks.
+
+A history turns what the provider's API lists into the events its webhooks would have
+brought, through the same parse as the webhook (so a webhook arriving later is a duplicate
+of the same dedupe key, and nothing is normalised twice), marked `via = reconcile`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+import msgspec
+
+from router.events import Event
+
+
+class HistoryError(Exception):
+    """The provider could not be asked (an error answer, too many 429s, no connection): the
+    pass of that source failed and the next one tries again from the same point."""
+
+
+class Recovered(msgspec.Struct, frozen=True, kw_only=True):
+    """One item a pass fetched, as its webhook would have brought it."""
+
+    event: Event
+    #: The webhook body rebuilt from the API's resource (kept, as a webhook's raw body is).
+    raw_body: bytes
+    content_type: str
+
+
+class History(Protocol):
+    """A provider's record of what it sent us, read back by a reconciliation pass."""
+
+    #: The event `source` of what it recovers (`twilio`, `stripe`, `slack`).
+    source: str
+
+    async def fetch(self, since: datetime, until: datetime) -> list[Recovered]:
+        """Everything the provider says it delivered (or should have) between `since` and
+        `until`, oldest first; HistoryError when it cannot be asked."""
+        ...
+
+    async def close(self) -> None:
+        """Release the client's connections."""
+        ...

@@ -1,0 +1,140 @@
+"""Twilio's side of reconciliation (SPEC §12): inbound Messages its webhooks never brought.
+
+Twilio never retries a failed inbound webhook, so every SMS sent while Switchboard was down
+is only at Twilio. `TwilioHistory.fetch` lists the account's Messages by date sent (the
+official client, page by page), keeps those with `direction = inbound`, rebuilds the form
+Twilio would have posted from each resource, and parses it with the webhook's own
+`TwilioAdapter`: the same event, the same dedupe key (`twilio:` + MessageSid).
+
+Twilio filters `DateSent>` by whole GMT days, so the window is applied here too. A 429 is
+waited out as its Retry-After asks (up to `max_wait` seconds, a few times), then the page is
+asked again: the pass slows down instead of failing; anything else fails the pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+
+from channels.base import InboundRequest, PayloadError
+from channels.history import HistoryError, Recovered
+from channels.outbound import SendFailed
+from channels.twilio import TwilioAdapter, TwilioSender
+from router.events import Event, Via
+from router.ids import new_ulid
+
+FORM = "application/x-www-form-urlencoded"
+_INBOUND = "inbound"
+
+
+def webhook_form(message: Any) -> list[tuple[str, str]]:
+    """The form fields of the inbound-message webhook Twilio would have posted for a Message
+    resource (`MessageInstance`), in the webhook's names. Media URLs are not on the
+    resource (a subresource): `NumMedia` says how many there were."""
+    fields = {
+        "MessageSid": message.sid,
+        "SmsMessageSid": message.sid,
+        "SmsSid": message.sid,
+        "AccountSid": message.account_sid,
+        "MessagingServiceSid": message.messaging_service_sid,
+        "From": message.from_,
+        "To": message.to,
+        "Body": message.body or "",
+        "NumMedia": message.num_media,
+        "NumSegments": message.num_segments,
+        "SmsStatus": "received",
+        "ApiVersion": message.api_version,
+    }
+    return [(name, str(value)) for name, value in fields.items() if value is not None]
+
+
+class TwilioHistory:
+    """Inbound Messages of the account, read back through `TwilioSender`'s client."""
+
+    source = "twilio"
+
+    def __init__(
+        self,
+        sender: TwilioSender,
+        *,
+        messages_url: str,
+        page_size: int = 200,
+        max_wait: float = 60.0,
+        rate_limit_retries: int = 5,
+    ) -> None:
+        """`messages_url`: the public URL of /webhooks/twilio/messages (what a webhook's
+        request names). A 429 asking for more than `max_wait` seconds fails the pass."""
+        self._sender = sender
+        self._url = messages_url
+        self._page_size = page_size
+        self._max_wait = max_wait
+        self._retries = rate_limit_retries
+        self._adapter = TwilioAdapter((), "messages")
+
+    async def fetch(self, since: datetime, until: datetime) -> list[Recovered]:
+        found: list[Recovered] = []
+        page = await self._page(
+            lambda client: client.messages.page_async(
+                date_sent_after=since.astimezone(UTC), page_size=self._page_size
+            )
+        )
+        while page is not None:
+            found += [self._recovered(m) for m in page if _wanted(m, since, until)]
+            url = page.next_page_url
+            page = await self._next(url) if url else None
+        found.sort(key=lambda r: (r.event.occurred_at or until, r.event.dedupe_key))
+        return found
+
+    async def close(self) -> None:
+        await self._sender.close()
+
+    async def _next(self, url: str) -> Any:
+        return await self._page(lambda client: client.messages.get_page_async(url))
+
+    async def _page(self, request: Callable[[Any], Awaitable[Any]]) -> Any:
+        for _ in range(self._retries + 1):
+            try:
+                return await self._sender.read(request)
+            except SendFailed as exc:
+                wait = exc.retry_after
+                if exc.code not in ("429", "20429") or wait is None or wait > self._max_wait:
+                    raise HistoryError(_reason(exc)) from exc
+                await asyncio.sleep(wait)
+        raise HistoryError(f"Twilio kept asking to slow down ({self._retries + 1} answers 429)")
+
+    def _recovered(self, message: Any) -> Recovered:
+        body = urlencode(webhook_form(message)).encode()
+        now = datetime.now(UTC)
+        request = InboundRequest(
+            body=body,
+            headers={},
+            url=self._url,
+            content_type=FORM,
+            received_at=now,
+            correlation_id=new_ulid(now),
+        )
+        try:
+            (event,) = self._adapter.parse(request).events
+        except (PayloadError, ValueError) as exc:
+            raise HistoryError(f"Twilio listed a Message the webhook parse refuses: {exc}") from exc
+        return Recovered(event=_reconciled(event, message), raw_body=body, content_type=FORM)
+
+
+def _wanted(message: Any, since: datetime, until: datetime) -> bool:
+    sent = message.date_sent or message.date_created
+    return message.direction == _INBOUND and isinstance(sent, datetime) and since <= sent < until
+
+
+def _reconciled(event: Event, message: Any) -> Event:
+    return msgspec.structs.replace(
+        event, via=Via.RECONCILE, occurred_at=message.date_sent or message.date_created
+    )
+
+
+def _reason(exc: SendFailed) -> str:
+    return exc.reason.removeprefix("looking the message up failed: ")
