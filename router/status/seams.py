@@ -1,8 +1,8 @@
 """What other parts of the product tell status: one function each, to wire when they land.
 
 Each function returns its section of the status object and the alerts it calls for. Backups
-are read from the manifests under `backup.dir`; reconciliation (`Store.reconcile_state()`,
-`[reconcile]`) is not built yet: until it is, it reports nothing and raises no alert.
+are read from the manifests under `backup.dir`, reconciliation from the marks its passes leave
+in the store (`Store.reconcile_state()`).
 """
 
 from __future__ import annotations
@@ -35,11 +35,20 @@ class BackupReading(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def reconcile_reading(store: Store, settings: Settings, now: datetime) -> ReconcileReading:
-    """SEAM (reconciliation, SPEC §12): read `store.reconcile_state()` into `{source:
-    {last_success, recovered}}`, with an alert for each source whose last pass failed. Until
-    reconciliation is merged there is no state to read: no sources, no alerts."""
-    del store, settings, now
-    return ReconcileReading()
+    """Each source a pass ever ran for, as `{last_success, recovered}`, with an alert for each
+    whose last pass failed (cleared by the next success)."""
+    del settings, now
+    state = await store.reconcile_state()
+    sources = {
+        name: ReconcileSource(last_success=record.last_success, recovered=record.recovered)
+        for name, record in sorted(state.items())
+    }
+    alerts = [
+        f"reconciliation failing for {name}: {record.last_error}"
+        for name, record in sorted(state.items())
+        if record.last_error is not None
+    ]
+    return ReconcileReading(sources=sources, alerts=alerts)
 
 
 async def backup_reading(settings: Settings, now: datetime) -> BackupReading:

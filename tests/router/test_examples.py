@@ -54,12 +54,6 @@ ALERTS_TEST = Path(__file__).with_name("alerts_test.yml")
 SHIPPED_BINARY = "/opt/switchboard/.venv/bin/switchboard"
 #: Series the alerts read that other exporters make: Prometheus itself and node_exporter.
 EXTERNAL_SERIES = {"up", "node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
-#: Made by reconciliation (issue 18 part 1, SPEC §12), on another branch when these rules were
-#: written: until it is merged, these are the alerts' only series router/metrics.py lacks.
-PENDING_SERIES = {
-    "switchboard_reconcile_last_success_timestamp_seconds": {"source"},
-    "switchboard_reconcile_errors_total": {"source"},
-}
 #: The Debian package of each tool (.ci/run installs them).
 TOOL_PACKAGES = {"systemd-analyze": "systemd", "promtool": "prometheus"}
 #: Labels a scrape adds to every series.
@@ -151,7 +145,7 @@ def _alert_expressions() -> list[str]:
 
 
 def test_every_series_the_alerts_read_is_exported_with_those_labels() -> None:
-    known = {**_exported(), **PENDING_SERIES}
+    known = _exported()
     used = set()
     for expr in _alert_expressions():
         used |= set(re.findall(r"\bnode_\w+|\bup(?=\s*\{)", expr))
@@ -164,7 +158,7 @@ def test_every_series_the_alerts_read_is_exported_with_those_labels() -> None:
 
 
 def test_the_promtool_test_series_have_our_names_and_labels() -> None:
-    known = {**_exported(), **PENDING_SERIES}
+    known = _exported()
     tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
     series = [item["series"] for test in tests for item in test["input_series"]]
     for text in series:

@@ -1,5 +1,7 @@
-"""The backup section of `switchboard status` (SPEC §12): the newest backup `serve` or a person
-took under `backup.dir`, read from its manifest, and the alert when it is too old."""
+# ruff: noqa: F811  (the `store` fixture is imported, then named by the tests)
+"""The backup and reconcile sections of `switchboard status` (SPEC §12): the newest backup under
+`backup.dir`, read from its manifest, and the alert when it is too old; the marks reconciliation
+passes leave in the store, and the alert for a source whose last pass failed."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from router.config import BackupConfig, Settings
-from router.status.model import BackupStatus
-from router.status.seams import backup_reading
+from router.status.model import BackupStatus, ReconcileSource
+from router.status.seams import backup_reading, reconcile_reading
 from router.store.backup import take_backup
+from router.store.base import Store
 from router.store.sqlite import SQLiteStore
+from tests.router.test_store import backend, store  # noqa: F401  (fixtures)
 
 T0 = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
 
@@ -58,3 +62,23 @@ async def test_no_backup_at_all_is_an_alert_only_when_backups_are_scheduled(
     assert scheduled.status == BackupStatus(last=None, age_seconds=None)
     assert scheduled.alerts == [f"no backup in {empty} although backup.interval is 6h"]
     assert (await backup_reading(_settings(empty, "0"), T0)).alerts == []
+
+
+async def test_reconciliation_marks_and_a_failing_source_on_both_backends(
+    store: Store,
+) -> None:
+    """The reconcile section is what the passes left in the store: a source that succeeded,
+    and one whose last pass failed, which needs a person until a pass succeeds again."""
+    await store.record_reconcile("twilio", T0, until=T0, recovered=3, error=None)
+    await store.record_reconcile("stripe", T0, until=T0, recovered=1, error=None)
+    failed_at = T0 + timedelta(minutes=10)
+    await store.record_reconcile("stripe", failed_at, until=None, recovered=0, error="HTTP 500")
+    reading = await reconcile_reading(store, Settings(), failed_at)
+    assert reading.sources == {
+        "stripe": ReconcileSource(last_success=T0, recovered=1),
+        "twilio": ReconcileSource(last_success=T0, recovered=3),
+    }
+    assert reading.alerts == ["reconciliation failing for stripe: HTTP 500"]
+    later = failed_at + timedelta(minutes=10)
+    await store.record_reconcile("stripe", later, until=later, recovered=0, error=None)
+    assert (await reconcile_reading(store, Settings(), later)).alerts == []
