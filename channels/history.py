@@ -9,7 +9,7 @@ of the same dedupe key, and nothing is normalised twice), marked `via = reconcil
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -43,4 +43,19 @@ class History(Protocol):
 
     async def close(self) -> None:
         """Release the client's connections."""
+        ...
+
+
+@runtime_checkable
+class ReceiptHistory(History, Protocol):
+    """A history that can also read back the delivery status of messages we sent (Twilio):
+    what a status callback that never came would have said."""
+
+    #: The outbox channels whose rows it can look up by provider id.
+    receipt_channels: tuple[str, ...]
+
+    async def receipts(self, provider_ids: list[str]) -> list[Recovered]:
+        """The status callback each of these messages would have brought, for those whose
+        status is final at the provider (others, and ids it does not know, are left out);
+        HistoryError when it cannot be asked."""
         ...

@@ -6,6 +6,11 @@ official client, page by page), keeps those with `direction = inbound`, rebuilds
 Twilio would have posted from each resource, and parses it with the webhook's own
 `TwilioAdapter`: the same event, the same dedupe key (`twilio:` + MessageSid).
 
+`receipts` fetches each outbound Message still `sent` in the outbox (by its sid) and, when
+its status is final, rebuilds the status callback Twilio would have posted and parses it with
+the status webhook's adapter: a `message.status` event with the callback's dedupe key
+(`twilio:SID:STATUS`), which the worker applies as it applies a callback (never backwards).
+
 Twilio filters `DateSent>` by whole GMT days, so the window is applied here too. A 429 is
 waited out as its Retry-After asks (up to `max_wait` seconds, a few times), then the page is
 asked again: the pass slows down instead of failing; anything else fails the pass.
@@ -30,6 +35,9 @@ from router.ids import new_ulid
 
 FORM = "application/x-www-form-urlencoded"
 _INBOUND = "inbound"
+#: Statuses after which Twilio sends no more callbacks for a Message.
+_FINAL = frozenset({"delivered", "read", "undelivered", "failed"})
+_UNKNOWN = "20404"
 
 
 def webhook_form(message: Any) -> list[tuple[str, str]]:
@@ -53,10 +61,29 @@ def webhook_form(message: Any) -> list[tuple[str, str]]:
     return [(name, str(value)) for name, value in fields.items() if value is not None]
 
 
+def status_form(message: Any) -> list[tuple[str, str]]:
+    """The form fields of the status callback Twilio would have posted for a Message
+    resource at its current status, in the callback's names."""
+    fields = {
+        "MessageSid": message.sid,
+        "SmsSid": message.sid,
+        "AccountSid": message.account_sid,
+        "MessagingServiceSid": message.messaging_service_sid,
+        "From": message.from_,
+        "To": message.to,
+        "MessageStatus": message.status,
+        "SmsStatus": message.status,
+        "ErrorCode": message.error_code,
+        "ApiVersion": message.api_version,
+    }
+    return [(name, str(value)) for name, value in fields.items() if value is not None]
+
+
 class TwilioHistory:
     """Inbound Messages of the account, read back through `TwilioSender`'s client."""
 
     source = "twilio"
+    receipt_channels = ("sms", "whatsapp")
 
     def __init__(
         self,
@@ -75,6 +102,7 @@ class TwilioHistory:
         self._max_wait = max_wait
         self._retries = rate_limit_retries
         self._adapter = TwilioAdapter((), "messages")
+        self._status_adapter = TwilioAdapter((), "status")
 
     async def fetch(self, since: datetime, until: datetime) -> list[Recovered]:
         found: list[Recovered] = []
@@ -90,17 +118,34 @@ class TwilioHistory:
         found.sort(key=lambda r: (r.event.occurred_at or until, r.event.dedupe_key))
         return found
 
+    async def receipts(self, provider_ids: list[str]) -> list[Recovered]:
+        found = []
+        for sid in provider_ids:
+            message = await self._message(sid)
+            if message is not None and message.status in _FINAL:
+                found.append(self._receipt(message))
+        return found
+
     async def close(self) -> None:
         await self._sender.close()
 
     async def _next(self, url: str) -> Any:
         return await self._page(lambda client: client.messages.get_page_async(url))
 
-    async def _page(self, request: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _message(self, sid: str) -> Any:
+        """The Message `sid`, None if Twilio does not know it (deleted, another account)."""
+        return await self._page(lambda client: client.messages(sid).fetch_async(), _UNKNOWN)
+
+    async def _page(
+        self, request: Callable[[Any], Awaitable[Any]], absent: str | None = None
+    ) -> Any:
+        """One read, 429s waited out; an answer with the error code `absent` is None."""
         for _ in range(self._retries + 1):
             try:
                 return await self._sender.read(request)
             except SendFailed as exc:
+                if absent is not None and exc.code == absent:
+                    return None
                 wait = exc.retry_after
                 if exc.code not in ("429", "20429") or wait is None or wait > self._max_wait:
                     raise HistoryError(_reason(exc)) from exc
@@ -109,8 +154,26 @@ class TwilioHistory:
 
     def _recovered(self, message: Any) -> Recovered:
         body = urlencode(webhook_form(message)).encode()
+        try:
+            (event,) = self._adapter.parse(self._request(body)).events
+        except (PayloadError, ValueError) as exc:
+            raise HistoryError(f"Twilio listed a Message the webhook parse refuses: {exc}") from exc
+        sent = message.date_sent or message.date_created
+        return Recovered(event=_reconciled(event, sent), raw_body=body, content_type=FORM)
+
+    def _receipt(self, message: Any) -> Recovered:
+        body = urlencode(status_form(message)).encode()
+        try:
+            (event,) = self._status_adapter.parse(self._request(body)).events
+        except (PayloadError, ValueError) as exc:
+            raise HistoryError(f"Twilio's Message {message.sid} makes no callback: {exc}") from exc
+        return Recovered(
+            event=_reconciled(event, message.date_updated), raw_body=body, content_type=FORM
+        )
+
+    def _request(self, body: bytes) -> InboundRequest:
         now = datetime.now(UTC)
-        request = InboundRequest(
+        return InboundRequest(
             body=body,
             headers={},
             url=self._url,
@@ -118,11 +181,6 @@ class TwilioHistory:
             received_at=now,
             correlation_id=new_ulid(now),
         )
-        try:
-            (event,) = self._adapter.parse(request).events
-        except (PayloadError, ValueError) as exc:
-            raise HistoryError(f"Twilio listed a Message the webhook parse refuses: {exc}") from exc
-        return Recovered(event=_reconciled(event, message), raw_body=body, content_type=FORM)
 
 
 def _wanted(message: Any, since: datetime, until: datetime) -> bool:
@@ -130,10 +188,8 @@ def _wanted(message: Any, since: datetime, until: datetime) -> bool:
     return message.direction == _INBOUND and isinstance(sent, datetime) and since <= sent < until
 
 
-def _reconciled(event: Event, message: Any) -> Event:
-    return msgspec.structs.replace(
-        event, via=Via.RECONCILE, occurred_at=message.date_sent or message.date_created
-    )
+def _reconciled(event: Event, occurred_at: datetime | None) -> Event:
+    return msgspec.structs.replace(event, via=Via.RECONCILE, occurred_at=occurred_at)
 
 
 def _reason(exc: SendFailed) -> str:

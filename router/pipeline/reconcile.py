@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from channels.history import History, HistoryError, Recovered
+from channels.history import History, HistoryError, ReceiptHistory, Recovered
 from router.clock import Clock
 from router.config import ReconcileConfig
 from router.errors import StoreUnavailable, UnstorableEvent
@@ -34,6 +34,10 @@ log = get_logger("switchboard.reconcile")
 
 #: How far before the last successful pass's end the next one starts asking again.
 OVERLAP = timedelta(minutes=5)
+#: How long after its send a row still `sent` gets its status fetched (a callback is late).
+RECEIPT_AFTER = timedelta(minutes=10)
+#: Statuses fetched in one pass at most (the provider's rate limits; the next pass goes on).
+RECEIPT_LIMIT = 500
 SOURCES = ("twilio", "stripe", "slack")
 HELD_ELSEWHERE = "another process is running a reconciliation pass"
 
@@ -130,6 +134,8 @@ class Reconciler:
             else:
                 report.new = await self._ingest(history.source, fetched)
             report.recovered = len(report.new)
+            if isinstance(history, ReceiptHistory):
+                report.receipts = await self._receipts(history, until, dry_run)
         except (HistoryError, StoreUnavailable) as exc:
             report.error = scrub(str(exc) or type(exc).__name__)[:500]
         if not dry_run:
@@ -140,6 +146,18 @@ class Reconciler:
         if record is None or record.last_success is None:
             return until - self._lookback
         return record.last_success - OVERLAP
+
+    async def _receipts(self, history: ReceiptHistory, until: datetime, dry_run: bool) -> int:
+        """Rows still `sent` RECEIPT_AFTER after their send (within the lookback): their
+        status, fetched, is ingested as the status callback it stands for, which the worker
+        applies as it applies the callback itself (forward only). Returns how many are new."""
+        ids = await self._store.awaiting_receipt(
+            history.receipt_channels, until - RECEIPT_AFTER, until - self._lookback, RECEIPT_LIMIT
+        )
+        fetched = await history.receipts(ids) if ids else []
+        if dry_run:
+            return len(await self._unknown(fetched))
+        return len(await self._ingest(history.source, fetched))
 
     async def _unknown(self, fetched: list[Recovered]) -> list[str]:
         known = await self._store.known_dedupe_keys([r.event.dedupe_key for r in fetched])

@@ -327,6 +327,14 @@ class Store(Protocol):
         """Which of these dedupe keys are already stored (a dry-run pass tells new from old)."""
         ...
 
+    async def awaiting_receipt(
+        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
+    ) -> list[str]:
+        """Provider ids of rows on `channels` still `sent` (no final receipt), last tried
+        before `sent_before`, created after `created_after`: newest first, at most `limit`.
+        Reads the rows `sent` in that window only (newest first, through the status index)."""
+        ...
+
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         """Each source's reconciliation record (last success, recovered, last error): what
         the next pass starts from, and what `switchboard status` shows."""

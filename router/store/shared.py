@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -170,6 +170,39 @@ def book_slots(
         booked[slot.key] = start + timedelta(seconds=slot.hold_seconds)
         starts.append(start)
     return starts, booked
+
+
+#: Rows `sent` one page of `awaiting_receipt` reads.
+SENT_PAGE = 500
+#: Above any outbox seq: the first page of `awaiting_receipt` starts below it.
+SEQ_CEILING = 2**62
+
+
+async def awaiting_receipt_rows(
+    page: Callable[[int, int], Awaitable[Sequence[Sequence[Any]]]],
+    when: Callable[[Any], Any],
+    channels: Sequence[str],
+    sent_before: datetime,
+    created_after: datetime,
+    limit: int,
+) -> list[str]:
+    """`Store.awaiting_receipt` over `page(before_seq, size)` (the `sent_rows_page` rows:
+    seq, channel, provider id, created_at, last attempt's time), newest first, until a row
+    created before the window or `limit` found."""
+    found: list[str] = []
+    before = SEQ_CEILING
+    while len(found) < limit:
+        rows = await page(before, SENT_PAGE)
+        for seq, channel, provider_id, created, sent in rows:
+            if when(created) <= created_after:
+                return found
+            sent_at = when(sent) if sent is not None else None
+            if channel in channels and provider_id and sent_at and sent_at < sent_before:
+                found.append(provider_id)
+            before = seq
+        if len(rows) < SENT_PAGE:
+            break
+    return found[:limit]
 
 
 def receipt_target(current: str, reported: str) -> str | None:

@@ -75,6 +75,7 @@ from router.store.shared import (
     MAX_SCAN,
     SCAN_PAGE,
     Head,
+    awaiting_receipt_rows,
     book_slots,
     due_heads,
     event_from_row,
@@ -1170,6 +1171,15 @@ class SQLiteStore:
             return set()
         rows = await self._read(self._sql["known_dedupe_keys"], {"keys": _json_list(keys)})
         return {row[0] for row in rows}
+
+    async def awaiting_receipt(
+        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
+    ) -> list[str]:
+        async def page(before: int, size: int) -> Sequence[Sequence[Any]]:
+            sql = self._sql["sent_rows_page"]
+            return await self._read(sql, {"before": before, "limit": size})
+
+        return await awaiting_receipt_rows(page, _dt, channels, sent_before, created_after, limit)
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._read(self._sql["reconcile_state"], {})

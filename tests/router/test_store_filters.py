@@ -55,6 +55,13 @@ INDEXED = [
         "events_by_source_type",
     ),
     ("list_timers", {"due_before": SINCE}, "timers_by_due (due_at<?)", "timers_by_due"),
+    # Reconciliation's rows awaiting a receipt: a page of `sent` rows, newest first.
+    (
+        "sent_rows_page",
+        {"before": 2**62},
+        "outbox_by_status (status=? AND seq<?)",
+        "outbox_by_status",
+    ),
 ]
 
 EVENTS = queries("sqlite")["list_events"]
@@ -142,4 +149,3 @@ async def test_postgres_generic_plan_reads_the_filters_index(
     assert "Index Cond" in plan or "Bitmap Index Scan" in plan, plan
     if "id<?" in index:  # the index holds the listing's order: pages need no sort
         assert "Sort" not in plan, plan
-

@@ -86,6 +86,7 @@ from router.store.shared import (
     SCAN_PAGE,
     DueHeads,
     after_receipt,
+    awaiting_receipt_rows,
     book_slots,
     event_from_row,
     fail_pending,
@@ -105,6 +106,8 @@ log = get_logger("switchboard.store")
 def _affected(status: str) -> int:
     """The row count of a command's status, e.g. `DELETE 3`."""
     return int(status.rsplit(" ", 1)[1])
+
+
 _Prepared = tuple[IngestItem, tuple[Any, ...]]
 _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
@@ -1166,6 +1169,16 @@ class PostgresStore:
             return set()
         rows = await self._fetch(self._sql["known_dedupe_keys"], [db_text(k) for k in keys])
         return {row[0] for row in rows}
+
+    async def awaiting_receipt(
+        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
+    ) -> list[str]:
+        async def page(before: int, size: int) -> Sequence[Sequence[Any]]:
+            return await self._fetch_filtered("sent_rows_page", before=before, limit=size)
+
+        return await awaiting_receipt_rows(
+            page, lambda value: value, channels, sent_before, created_after, limit
+        )
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._fetch(self._sql["reconcile_state"])

@@ -502,3 +502,11 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (source) DO UPDATE SET
   recovered = reconcile_state.recovered + excluded.recovered,
   last_error = excluded.last_error, last_error_at = excluded.last_error_at;
+
+-- name: sent_rows_page
+-- As SQLite's: rows `sent` newest first through outbox_by_status
+-- read backwards, each with its last attempt's time (outbox_attempts_by_row).
+SELECT o.seq, o.channel, o.provider_message_id, o.created_at,
+       (SELECT max(a.at) FROM outbox_attempts AS a WHERE a.outbox_id = o.id) AS sent_at
+FROM outbox AS o WHERE o.status = 'sent' AND o.seq < :before
+ORDER BY o.seq DESC LIMIT :limit;

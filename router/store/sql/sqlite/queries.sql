@@ -380,3 +380,13 @@ VALUES (:source, :recovered, :error, :at)
 ON CONFLICT (source) DO UPDATE SET
   recovered = reconcile_state.recovered + excluded.recovered,
   last_error = excluded.last_error, last_error_at = excluded.last_error_at;
+
+-- name: sent_rows_page
+-- Rows `sent` (no final receipt yet), newest first below seq :before, one page through
+-- outbox_by_status read backwards: `Store.awaiting_receipt` stops at the first row older than
+-- its window, so a pass reads the rows of that window only, however large the outbox. Each
+-- row's send is its last attempt (outbox_attempts_by_row).
+SELECT o.seq, o.channel, o.provider_message_id, o.created_at,
+       (SELECT max(a.at) FROM outbox_attempts AS a WHERE a.outbox_id = o.id) AS sent_at
+FROM outbox AS o WHERE o.status = 'sent' AND o.seq < :before
+ORDER BY o.seq DESC LIMIT :limit;
