@@ -97,6 +97,10 @@ class StripeSource(msgspec.Struct, **_STRICT):
     #: Larger bodies get 413 before any check: snapshot events are JSON of a few KB.
     max_body_bytes: BodyLimit = 1 * MiB
     accept_types: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: The secret API key reconciliation lists Events with (SPEC §12); none: not asked.
+    api_key: str | None = None
+    #: Another base URL for the Stripe API (tests: a loopback fake).
+    api_base: str | None = None
 
 
 class MailgunSource(msgspec.Struct, **_STRICT):
@@ -308,6 +312,7 @@ _SECRET_KEYS = frozenset(
         "bot_token",
         "password",
         "admin_token",
+        "api_key",
     }
 )
 

@@ -124,6 +124,11 @@ def _backup(settings: Settings) -> Iterator[Problem]:
 
 
 def _reconcile(settings: Settings) -> Iterator[Problem]:
+    stripe = settings.sources.stripe
+    if stripe is not None and stripe.api_base is not None:
+        base = urlsplit(stripe.api_base)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            yield "sources.stripe.api_base", "expected a base URL, e.g. https://api.stripe.com"
     reconcile = settings.reconcile
     if reconcile.interval.strip() != "0":
         try:

@@ -17,6 +17,7 @@ from channels.sendgrid import SendgridAdapter
 from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter, SlackSender
 from channels.standard import HttpForwardSender, StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
+from channels.stripe_history import StripeHistory
 from channels.twilio import TwilioAdapter, TwilioSender
 from channels.twilio_history import TwilioHistory
 from router.clock import Clock
@@ -157,7 +158,12 @@ def histories(settings: Settings) -> tuple[dict[str, History], dict[str, str]]:
         )
         url = settings.server.public_url.rstrip("/") + "/webhooks/twilio/messages"
         found["twilio"] = TwilioHistory(sender, messages_url=url)
-    skipped.setdefault("stripe", "not built yet")
+    stripe = settings.sources.stripe
+    if stripe is None or not stripe.api_key:
+        skipped["stripe"] = "no credentials (sources.stripe api_key)"
+    else:
+        hook = settings.server.public_url.rstrip("/") + "/webhooks/stripe"
+        found["stripe"] = StripeHistory(stripe.api_key, api_base=stripe.api_base, webhook_url=hook)
     skipped.setdefault("slack", "not built yet")
     return found, skipped
 

@@ -338,3 +338,18 @@ def test_storage_url_may_be_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_pool_size_out_of_range_is_located() -> None:
     assert_located("[storage]\npool_max_size = 0\n", "storage.pool_max_size", 2)
+
+
+def test_stripe_api_key_is_a_secret_and_api_base_a_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_KEY", "rk_live_read")
+    stripe = '[sources.stripe]\nsigning_secrets = ["whsec_x"]\n'
+    settings = parse_settings(
+        stripe + 'api_key = "env:STRIPE_KEY"\napi_base = "http://127.0.0.1:9"\n'
+    )
+    assert settings.sources.stripe is not None
+    assert (settings.sources.stripe.api_key, settings.sources.stripe.api_base) == (
+        "rk_live_read",
+        "http://127.0.0.1:9",
+    )
+    assert_located(stripe + 'api_key = "env:NO_SUCH_KEY"\n', "sources.stripe.api_key", 3)
+    assert_located(stripe + 'api_base = "api.stripe.com"\n', "sources.stripe.api_base", 3)
