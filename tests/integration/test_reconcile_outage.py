@@ -2,13 +2,15 @@
 webhooks; it stops; customers text meanwhile (Twilio keeps the SMS and never retries the
 webhook); `serve` starts again and its first pass brings each message in once, routed like
 any other (a STOP opts out, "human" escalates); the late webhooks of the same messages are
-duplicates. And a pass cut by kill -9 loses nothing and doubles nothing."""
+duplicates; the same for a Stripe event. And a pass cut by kill -9 loses nothing and doubles
+nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.cases.stripe import signed as stripe_signed
 from tests.cases.twilio import signed
+from tests.fakes.stripe_api import FakeStripe
 from tests.fakes.twilio_api import FakeTwilio
 from tests.support import (
     ADMIN_TOKEN,
@@ -133,3 +137,33 @@ def test_a_pass_cut_by_kill_9_loses_nothing_and_doubles_nothing(
         wait_for(lambda: settled(server, 5), timeout=20)
         keys = sorted(e["dedupe_key"] for e in server.events("--source", "twilio"))
         assert keys == sorted(f"twilio:{sid}" for sid in sids)
+
+
+def test_a_stripe_event_sent_while_serve_was_down_is_recovered_once(tmp_path: Path) -> None:
+    """Stripe retries for days, but a pass at start does not wait for that: the Event the
+    fake holds is ingested once at start, and the webhook that comes later is a duplicate."""
+    with FakeStripe() as stripe_fake:
+        options = {
+            "source_options": {
+                "stripe": f'api_key = "{stripe_fake.api_key}"\napi_base = "{stripe_fake.url}"'
+            },
+            "extra": '\n[reconcile]\ninterval = "0"\non_start = true\n',
+        }
+        missed = stripe_fake.add(
+            "invoice.payment_failed", {"id": "in_1", "object": "invoice", "amount_due": 4200}
+        )
+        with server_process(tmp_path, **options) as server:
+
+            def recovered() -> list[dict[str, Any]]:
+                return server.events("--source", "stripe")
+
+            wait_for(lambda: [e["status"] for e in recovered()] == ["processed"], timeout=20)
+            [event] = recovered()
+            assert (event["dedupe_key"], event["via"]) == (f"stripe:{missed}", "reconcile")
+            assert event["type"] == "invoice.payment_failed"
+
+            body = stripe_fake.event_json(missed).decode()
+            late = stripe_signed(body, SECRETS["stripe"][0], int(time.time()))
+            answer = server.post(late)
+            assert answer.status_code == 200 and answer.json() == {"received": True}
+            assert [e["id"] for e in recovered()] == [event["id"]]
