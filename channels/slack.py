@@ -651,6 +651,28 @@ class SlackSender:
             retry_after=failure.retry_after,
         )
 
+    async def replies(
+        self, channel: str, ts: str, *, oldest: str, cursor: str | None = None, limit: int = 200
+    ) -> dict[str, Any]:
+        """One page of `conversations.replies` (the parent first, then replies from
+        `oldest`): the answer's data; SendFailed (a 429 with its Retry-After) when Slack
+        did not answer it."""
+        import aiohttp
+        from slack_sdk.errors import SlackApiError
+
+        client = self._slack()
+        try:
+            async with asyncio.timeout(self._timeout + 1):
+                page = await client.conversations_replies(
+                    channel=channel, ts=ts, oldest=oldest, inclusive=True, limit=limit,
+                    cursor=cursor,
+                )  # fmt: skip
+        except SlackApiError as exc:
+            raise slack_failure(exc, channel, idempotent=True) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _transport_failure(exc, idempotent=True) from exc
+        return dict(page.data) if isinstance(page.data, dict) else {}
+
     async def close(self) -> None:
         session, self._session, self._client = self._session, None, None
         if session is not None:

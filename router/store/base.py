@@ -21,6 +21,7 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
+    EscalationThread,
     EventResult,
     LaneCommit,
     OutboxFilter,
@@ -325,6 +326,11 @@ class Store(Protocol):
 
     async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
         """Which of these dedupe keys are already stored (a dry-run pass tells new from old)."""
+        ...
+
+    async def open_threads(self) -> list[EscalationThread]:
+        """The Slack threads of escalation posts whose conversation is `escalated` or
+        `agent`: where a Slack pass looks for agent replies never delivered."""
         ...
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:

@@ -53,6 +53,7 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
+    EscalationThread,
     EventResult,
     HoldChange,
     LaneCommit,
@@ -1170,6 +1171,10 @@ class SQLiteStore:
             return set()
         rows = await self._read(self._sql["known_dedupe_keys"], {"keys": _json_list(keys)})
         return {row[0] for row in rows}
+
+    async def open_threads(self) -> list[EscalationThread]:
+        rows = await self._read(self._sql["open_threads"], {})
+        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._read(self._sql["reconcile_state"], {})

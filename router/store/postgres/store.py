@@ -62,6 +62,7 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
+    EscalationThread,
     EventResult,
     HoldChange,
     LaneCommit,
@@ -105,6 +106,8 @@ log = get_logger("switchboard.store")
 def _affected(status: str) -> int:
     """The row count of a command's status, e.g. `DELETE 3`."""
     return int(status.rsplit(" ", 1)[1])
+
+
 _Prepared = tuple[IngestItem, tuple[Any, ...]]
 _Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
 _STOP = object()
@@ -1166,6 +1169,10 @@ class PostgresStore:
             return set()
         rows = await self._fetch(self._sql["known_dedupe_keys"], [db_text(k) for k in keys])
         return {row[0] for row in rows}
+
+    async def open_threads(self) -> list[EscalationThread]:
+        rows = await self._fetch(self._sql["open_threads"])
+        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._fetch(self._sql["reconcile_state"])
