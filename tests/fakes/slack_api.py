@@ -27,8 +27,9 @@ What it reproduces (`../shared/notes/outbound-providers.md` §2):
   lost: in doubt). Faults default to op "chat.postMessage"; keys are channel ids.
 
 `say(channel, text, user=..., thread_ts=...)` adds a message written in Slack (an agent's
-thread reply). Counters: `posts` (`SlackPost` with monotonic and wall times), `posts_in(channel)`, `updates`,
-`messages[channel]` (stored, oldest first), plus `calls` and `applied`.
+thread reply). Counters: `posts` (`SlackPost` with monotonic and wall times),
+`posts_in(channel)`, `updates`, `messages[channel]` (stored, oldest first), plus `calls` and
+`applied`.
 """
 
 from __future__ import annotations

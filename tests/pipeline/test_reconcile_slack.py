@@ -77,9 +77,7 @@ async def escalate(store: Store, fake: FakeSlack, state: str = "escalated") -> s
     )
     await routed(store, ev, post, conversation=conversation)
     [claimed] = await claim_all(store)
-    await store.finish_attempts(
-        [attempt(claimed, AttemptOutcome.SENT, provider_message_id=parent)]
-    )
+    await store.finish_attempts([attempt(claimed, AttemptOutcome.SENT, provider_message_id=parent)])
     return parent
 
 
