@@ -8,12 +8,14 @@ of the same dedupe key, and nothing is normalised twice), marked `via = reconcil
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from router.events import Event
+from router.store.records import EscalationThread
 
 
 class HistoryError(Exception):
@@ -59,3 +61,27 @@ class ReceiptHistory(History, Protocol):
         status is final at the provider (others, and ids it does not know, are left out);
         HistoryError when it cannot be asked."""
         ...
+
+
+@runtime_checkable
+class ThreadHistory(Protocol):
+    """A provider read back thread by thread (Slack): the API lists no account-wide history,
+    so the core tells it which threads are open (the store knows) on each pass."""
+
+    #: The event `source` of what it recovers (`slack`).
+    source: str
+
+    async def fetch_threads(
+        self, threads: Sequence[EscalationThread], since: datetime, until: datetime
+    ) -> list[Recovered]:
+        """The replies in `threads` posted between `since` and `until`, as their webhooks
+        would have brought them, oldest first; HistoryError when it cannot be asked."""
+        ...
+
+    async def close(self) -> None:
+        """Release the client's connections."""
+        ...
+
+
+#: What a reconciliation pass can ask: an account-wide history or a thread-by-thread one.
+AnyHistory = History | ThreadHistory

@@ -7,7 +7,9 @@ under each active secret, compared in constant time, with the timestamp within
 would be refused as unsigned instead of quarantined as malformed. tests/channels/test_slack.py
 checks that both accept and refuse the same requests.
 
-Normalisation of Events API callbacks (`dedupe_key` = `slack:` + event_id):
+Normalisation of Events API callbacks (`dedupe_key`: `slack:` + channel + `:` + ts for a
+`message` event, so its Events API delivery and the same message read back by reconciliation
+(channels/slack_history.py) are one event; `slack:` + event_id for every other event):
 
 - `provider_type` is the event type, plus `.` + subtype when there is one
   (`message`, `message.file_share`, `app_mention`, `reaction_added`). A message written by a
@@ -248,9 +250,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
 
 def _callback_event(request: InboundRequest, envelope: SlackEnvelope) -> Event:
     inner = envelope.event
-    if inner is None or not envelope.event_id:
-        raise PayloadError("event_callback without event or event_id")
+    if inner is None:
+        raise PayloadError("event_callback without event")
     user, channel = _ref_id(inner.user), _ref_id(inner.channel)
+    dedupe_key = _dedupe_key(envelope, inner, channel)
     if inner.item is not None:
         channel = channel or inner.item.channel
     provider_type = _provider_type(inner)
@@ -263,7 +266,7 @@ def _callback_event(request: InboundRequest, envelope: SlackEnvelope) -> Event:
         source="slack",
         type=event_type,
         provider_type=provider_type,
-        dedupe_key=f"slack:{envelope.event_id}",
+        dedupe_key=dedupe_key,
         channel=Channel.SLACK,
         contact=Contact(address=user) if user else None,
         conversation_key=f"slack:{channel}:{root_ts}" if channel and root_ts else None,
@@ -274,6 +277,15 @@ def _callback_event(request: InboundRequest, envelope: SlackEnvelope) -> Event:
         occurred_at=_from_ts(inner.ts or inner.event_ts) or _from_unix(envelope.event_time),
         correlation_id=request.correlation_id,
     )
+
+
+def _dedupe_key(envelope: SlackEnvelope, inner: SlackInnerEvent, channel: str | None) -> str:
+    """`slack:CHANNEL:TS` for a message (one key however it reached us), else the event_id."""
+    if inner.type == "message" and channel and inner.ts:
+        return f"slack:{channel}:{inner.ts}"
+    if not envelope.event_id:
+        raise PayloadError("event_callback without event_id")
+    return f"slack:{envelope.event_id}"
 
 
 def _provider_type(inner: SlackInnerEvent) -> str:
@@ -638,6 +650,28 @@ class SlackSender:
             code=failure.code,
             retry_after=failure.retry_after,
         )
+
+    async def replies(
+        self, channel: str, ts: str, *, oldest: str, cursor: str | None = None, limit: int = 200
+    ) -> dict[str, Any]:
+        """One page of `conversations.replies` (the parent first, then replies from
+        `oldest`): the answer's data; SendFailed (a 429 with its Retry-After) when Slack
+        did not answer it."""
+        import aiohttp
+        from slack_sdk.errors import SlackApiError
+
+        client = self._slack()
+        try:
+            async with asyncio.timeout(self._timeout + 1):
+                page = await client.conversations_replies(
+                    channel=channel, ts=ts, oldest=oldest, inclusive=True, limit=limit,
+                    cursor=cursor,
+                )  # fmt: skip
+        except SlackApiError as exc:
+            raise slack_failure(exc, channel, idempotent=True) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise _transport_failure(exc, idempotent=True) from exc
+        return dict(page.data) if isinstance(page.data, dict) else {}
 
     async def close(self) -> None:
         session, self._session, self._client = self._session, None, None

@@ -9,12 +9,13 @@ from collections.abc import Callable
 
 from channels.base import InboundAdapter
 from channels.email import SmtpSender
-from channels.history import History
+from channels.history import AnyHistory
 from channels.mailgun import MailgunAdapter
 from channels.outbound import Sender
 from channels.sandbox import SandboxSender
 from channels.sendgrid import SendgridAdapter
 from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter, SlackSender
+from channels.slack_history import SlackHistory
 from channels.standard import HttpForwardSender, StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
 from channels.stripe_history import StripeHistory
@@ -142,10 +143,10 @@ def senders(settings: Settings) -> dict[str, Sender]:
     }
 
 
-def histories(settings: Settings) -> tuple[dict[str, History], dict[str, str]]:
+def histories(settings: Settings) -> tuple[dict[str, AnyHistory], dict[str, str]]:
     """What reconciliation asks (SPEC §12): `{source: History}` for each source with live
     credentials, and `{source: why not}` for the others."""
-    found: dict[str, History] = {}
+    found: dict[str, AnyHistory] = {}
     skipped: dict[str, str] = {}
     sms = settings.channels.sms
     if sms.mode != "live":
@@ -164,7 +165,15 @@ def histories(settings: Settings) -> tuple[dict[str, History], dict[str, str]]:
     else:
         hook = settings.server.public_url.rstrip("/") + "/webhooks/stripe"
         found["stripe"] = StripeHistory(stripe.api_key, api_base=stripe.api_base, webhook_url=hook)
-    skipped.setdefault("slack", "not built yet")
+    slack = settings.channels.slack
+    if slack.mode != "live":
+        skipped["slack"] = "channels.slack is in sandbox mode"
+    elif not slack.bot_token:
+        skipped["slack"] = "no credentials (channels.slack bot_token)"
+    else:
+        poster = SlackSender(bot_token=slack.bot_token, api_base=slack.api_base)
+        url = settings.server.public_url.rstrip("/") + "/webhooks/slack/events"
+        found["slack"] = SlackHistory(poster, events_url=url)
     return found, skipped
 
 

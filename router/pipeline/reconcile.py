@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from channels.history import History, HistoryError, ReceiptHistory, Recovered
+from channels.history import AnyHistory, HistoryError, ReceiptHistory, Recovered, ThreadHistory
 from router.clock import Clock
 from router.config import ReconcileConfig
 from router.errors import StoreUnavailable, UnstorableEvent
@@ -68,7 +68,7 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
-        histories: Mapping[str, History],
+        histories: Mapping[str, AnyHistory],
         config: ReconcileConfig,
         clock: Clock,
         metrics: Metrics,
@@ -118,7 +118,7 @@ class Reconciler:
 
     async def _pass(
         self,
-        history: History,
+        history: AnyHistory,
         record: ReconcileRecord | None,
         since: datetime | None,
         dry_run: bool,
@@ -127,7 +127,7 @@ class Reconciler:
         start = since or self._start(record, until)
         report = SourceReport(source=history.source, since=start, until=until)
         try:
-            fetched = await history.fetch(start, until)
+            fetched = await self._fetch(history, start, until)
             report.seen = len(fetched)
             if dry_run:
                 report.new = await self._unknown(fetched)
@@ -141,6 +141,15 @@ class Reconciler:
         if not dry_run:
             await self._record(report)
         return report
+
+    async def _fetch(
+        self, history: AnyHistory, since: datetime, until: datetime
+    ) -> list[Recovered]:
+        """What `history` lists in the window; a thread-by-thread one is told the open
+        escalation threads first (the store's, so the history needs no store)."""
+        if isinstance(history, ThreadHistory):
+            return await history.fetch_threads(await self._store.open_threads(), since, until)
+        return await history.fetch(since, until)
 
     def _start(self, record: ReconcileRecord | None, until: datetime) -> datetime:
         if record is None or record.last_success is None:

@@ -21,6 +21,7 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
+    EscalationThread,
     EventResult,
     LaneCommit,
     OutboxFilter,
@@ -333,6 +334,11 @@ class Store(Protocol):
         """Provider ids of rows on `channels` still `sent` (no final receipt), last tried
         before `sent_before`, created after `created_after`: newest first, at most `limit`.
         Reads the rows `sent` in that window only (newest first, through the status index)."""
+        ...
+
+    async def open_threads(self) -> list[EscalationThread]:
+        """The Slack threads of escalation posts whose conversation is `escalated` or
+        `agent`: where a Slack pass looks for agent replies never delivered."""
         ...
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:

@@ -53,6 +53,7 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
+    EscalationThread,
     EventResult,
     HoldChange,
     LaneCommit,
@@ -1180,6 +1181,10 @@ class SQLiteStore:
             return await self._read(sql, {"before": before, "limit": size})
 
         return await awaiting_receipt_rows(page, _dt, channels, sent_before, created_after, limit)
+
+    async def open_threads(self) -> list[EscalationThread]:
+        rows = await self._read(self._sql["open_threads"], {})
+        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._read(self._sql["reconcile_state"], {})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,12 @@ CHANNEL = "C0ESCALATE"
 USER = "U0CUSTOMER"
 AGENT = "U0AGENT"
 TS = "1700000000.000100"
+
+
+def message_ts(unique: str) -> str:
+    """A Slack `ts` of its own for each `unique` (a message's ts is part of its dedupe key)."""
+    digits = int(hashlib.sha256(unique.encode()).hexdigest()[:15], 16) % 10**15
+    return f"1700000000.{digits:015d}"
 
 
 def signed(path: str, body: bytes, content_type: str, secret: str, timestamp: int) -> SignedRequest:
@@ -92,7 +99,8 @@ def form_body(payload: dict[str, Any]) -> bytes:
 
 
 def _sign_event(secret: str, unique: str, timestamp: int) -> SignedRequest:
-    body = callback(f"Ev{unique}", user_message(unique))
+    ts = message_ts(unique)
+    body = callback(f"Ev{unique}", user_message(unique, ts=ts, event_ts=ts))
     return signed(EVENTS_PATH, body, "application/json", secret, timestamp)
 
 
@@ -118,11 +126,11 @@ CASES = [
             "provider_type": "message",
             "channel": "slack",
             "contact": {"address": USER},
-            "conversation_key": f"slack:{CHANNEL}:{TS}",
+            "conversation_key": f"slack:{CHANNEL}:{message_ts(unique)}",
             "text": f"Hello {unique} — ünïcödé ✓",
             "status": "received",
         },
-        dedupe_key=lambda unique: f"slack:Ev{unique}",
+        dedupe_key=lambda unique: f"slack:{CHANNEL}:{message_ts(unique)}",
         ack_media_type="text/plain",
     ),
     ProviderCase(

@@ -11,6 +11,7 @@ import hmac
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,7 @@ def test_top_level_message_is_message_received_with_slack_fields(clock: FrozenCl
     assert (event.type, event.provider_type, event.dedupe_key) == (
         "message.received",
         "message",
-        "slack:Ev1",
+        f"slack:{CHANNEL}:{TS}",
     )
     assert event.channel == "slack"
     assert event.data == {
@@ -255,6 +256,29 @@ def test_top_level_message_is_message_received_with_slack_fields(clock: FrozenCl
         "bot_id": None,
     }
     assert event.occurred_at is not None and event.occurred_at.timestamp() == float(TS)
+
+
+def test_a_message_is_keyed_by_channel_and_ts_other_events_by_event_id(
+    clock: FrozenClock,
+) -> None:
+    """The same message delivered twice under two event ids (or read back by reconciliation,
+    which has none) is one event; an app_mention of that message stays its own event."""
+    first = parse_event(clock, user_message("m"), "Ev1")
+    again = parse_event(clock, user_message("m"), "Ev2")
+    mention = parse_event(clock, user_message("m", type="app_mention"), "Ev3")
+    assert first.dedupe_key == again.dedupe_key == f"slack:{CHANNEL}:{TS}"
+    assert mention.dedupe_key == "slack:Ev3"
+    envelope = json.loads(callback("Ev4", user_message("m")))
+    del envelope["event_id"]
+    unkeyed = SignedRequest(EVENTS_PATH, b"", {"Content-Type": "application/json"})
+    adapter = events_adapter(clock)
+    body = json.dumps(envelope).encode()
+    parsed = adapter.parse(inbound(replace(unkeyed, body=body), clock))
+    assert parsed.events[0].dedupe_key == f"slack:{CHANNEL}:{TS}"
+    del envelope["event"]["ts"]
+    body = json.dumps(envelope).encode()
+    with pytest.raises(PayloadError, match="event_id"):
+        adapter.parse(inbound(replace(unkeyed, body=body), clock))
 
 
 def test_thread_root_is_not_a_reply(clock: FrozenClock) -> None:

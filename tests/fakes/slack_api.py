@@ -26,8 +26,10 @@ What it reproduces (`../shared/notes/outbound-providers.md` §2):
   balancer sends). With the generic `timeout`, `reset`, `accept_then_drop` (posted, answer
   lost: in doubt). Faults default to op "chat.postMessage"; keys are channel ids.
 
-Counters: `posts` (`SlackPost` with monotonic and wall times), `posts_in(channel)`, `updates`,
-`messages[channel]` (stored, oldest first), plus `calls` and `applied`.
+`say(channel, text, user=..., thread_ts=...)` adds a message written in Slack (an agent's
+thread reply). Counters: `posts` (`SlackPost` with monotonic and wall times),
+`posts_in(channel)`, `updates`, `messages[channel]` (stored, oldest first), plus `calls` and
+`applied`.
 """
 
 from __future__ import annotations
@@ -165,6 +167,22 @@ class FakeSlack(FakeHTTPService):
     def posts_in(self, channel: str) -> list[SlackPost]:
         with self.lock:
             return [p for p in self.posts if p.channel == channel]
+
+    def say(
+        self, channel: str, text: str, *, user: str, thread_ts: str | None = None, bot: bool = False
+    ) -> str:
+        """A message written in Slack itself, not through the API (a person, or another app
+        when `bot`), stored as conversations.replies/history list it; its ts."""
+        with self.lock:
+            ts = self._next_ts()
+            message: dict[str, Any] = {"type": "message", "text": text, "ts": ts, "user": user}
+            message["team"] = self.team_id
+            if bot:
+                message.update(subtype="bot_message", bot_id=f"B{user}")
+            if thread_ts:
+                message.update(thread_ts=thread_ts, parent_user_id=self.bot_user_id)
+            self.messages.setdefault(channel, []).append(message)
+            return ts
 
     def snapshot(self) -> list[SlackPost]:
         with self.lock:

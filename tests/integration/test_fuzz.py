@@ -404,12 +404,14 @@ def test_signed_slack_message_with_any_text_is_stored_verbatim(
     client: httpx.Client, unique: str, text: str
 ) -> None:
     key = fresh(unique)
-    body = slack_case.callback(f"Ev{key}", slack_case.user_message(key, text=text))
+    ts = slack_case.message_ts(key)
+    body = slack_case.callback(f"Ev{key}", slack_case.user_message(key, text=text, ts=ts))
     request = slack_case.signed(
         slack_case.EVENTS_PATH, body, "application/json", SECRETS["slack"][0], now()
     )
     response = send(client, "POST", request.path, content=request.body, headers=request.headers)
-    assert stored(client, response, "slack", f"slack:Ev{key}")["text"] == text
+    dedupe_key = f"slack:{slack_case.CHANNEL}:{ts}"
+    assert stored(client, response, "slack", dedupe_key)["text"] == text
 
 
 @FUZZ

@@ -62,6 +62,7 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
+    EscalationThread,
     EventResult,
     HoldChange,
     LaneCommit,
@@ -1179,6 +1180,10 @@ class PostgresStore:
         return await awaiting_receipt_rows(
             page, lambda value: value, channels, sent_before, created_after, limit
         )
+
+    async def open_threads(self) -> list[EscalationThread]:
+        rows = await self._fetch(self._sql["open_threads"])
+        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._fetch(self._sql["reconcile_state"])
