@@ -3,7 +3,8 @@
 Twilio never retries a failed inbound webhook, so every SMS sent while Switchboard was down
 is only at Twilio. `TwilioHistory.fetch` lists the account's Messages by date sent (the
 official client, page by page), keeps those with `direction = inbound`, rebuilds the form
-Twilio would have posted from each resource, and parses it with the webhook's own
+Twilio would have posted from each resource (with the Media list of an MMS: its pictures'
+URLs are a subresource), and parses it with the webhook's own
 `TwilioAdapter`: the same event, the same dedupe key (`twilio:` + MessageSid).
 
 `receipts` fetches each outbound Message still `sent` in the outbox (by its sid) and, when
@@ -19,7 +20,7 @@ asked again: the pass slows down instead of failing; anything else fails the pas
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -40,10 +41,14 @@ _FINAL = frozenset({"delivered", "read", "undelivered", "failed"})
 _UNKNOWN = "20404"
 
 
-def webhook_form(message: Any) -> list[tuple[str, str]]:
+#: Where a webhook's `MediaUrlN` points: Twilio's own API host, whatever `api_base` says.
+MEDIA_HOST = "https://api.twilio.com"
+
+
+def webhook_form(message: Any, media: Sequence[Any] = ()) -> list[tuple[str, str]]:
     """The form fields of the inbound-message webhook Twilio would have posted for a Message
-    resource (`MessageInstance`), in the webhook's names. Media URLs are not on the
-    resource (a subresource): `NumMedia` says how many there were."""
+    resource (`MessageInstance`), in the webhook's names, with `MediaUrlN` and
+    `MediaContentTypeN` of each of its Media resources (a subresource, listed apart)."""
     fields = {
         "MessageSid": message.sid,
         "SmsMessageSid": message.sid,
@@ -58,6 +63,9 @@ def webhook_form(message: Any) -> list[tuple[str, str]]:
         "SmsStatus": "received",
         "ApiVersion": message.api_version,
     }
+    for n, item in enumerate(media):
+        fields[f"MediaUrl{n}"] = MEDIA_HOST + str(item.uri).removesuffix(".json")
+        fields[f"MediaContentType{n}"] = item.content_type
     return [(name, str(value)) for name, value in fields.items() if value is not None]
 
 
@@ -112,7 +120,9 @@ class TwilioHistory:
             )
         )
         while page is not None:
-            found += [self._recovered(m) for m in page if _wanted(m, since, until)]
+            for message in page:
+                if _wanted(message, since, until):
+                    found.append(self._recovered(message, await self._media(message)))
             url = page.next_page_url
             page = await self._next(url) if url else None
         found.sort(key=lambda r: (r.event.occurred_at or until, r.event.dedupe_key))
@@ -131,6 +141,15 @@ class TwilioHistory:
 
     async def _next(self, url: str) -> Any:
         return await self._page(lambda client: client.messages.get_page_async(url))
+
+    async def _media(self, message: Any) -> list[Any]:
+        """The Media resources of an MMS in Twilio's order (none asked for a plain SMS)."""
+        if not int(message.num_media or 0):
+            return []
+        media: list[Any] = await self._page(
+            lambda client: client.messages(message.sid).media.list_async()
+        )
+        return media
 
     async def _message(self, sid: str) -> Any:
         """The Message `sid`, None if Twilio does not know it (deleted, another account)."""
@@ -152,8 +171,8 @@ class TwilioHistory:
                 await asyncio.sleep(wait)
         raise HistoryError(f"Twilio kept asking to slow down ({self._retries + 1} answers 429)")
 
-    def _recovered(self, message: Any) -> Recovered:
-        body = urlencode(webhook_form(message)).encode()
+    def _recovered(self, message: Any, media: Sequence[Any]) -> Recovered:
+        body = urlencode(webhook_form(message, media)).encode()
         try:
             (event,) = self._adapter.parse(self._request(body)).events
         except (PayloadError, ValueError) as exc:

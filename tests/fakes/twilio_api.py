@@ -90,6 +90,9 @@ __all__ = [
 
 API = "/2010-04-01"
 _PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages(?:/(?P<sid>[^/]+))?\.json$")
+_MEDIA = re.compile(
+    r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<sid>[^/]+)/Media\.json$"
+)
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _SENT_STATUSES = {"sent", "delivered", "undelivered", "failed", "read"}
 
@@ -206,6 +209,8 @@ class FakeTwilio(FakeHTTPService):
         self.callback_delay = callback_delay
         self.accepted: list[TwilioMessage] = []
         self.messages: dict[str, dict[str, Any]] = {}
+        #: Message sid -> its Media resources (the pictures of an inbound MMS).
+        self.media: dict[str, list[dict[str, Any]]] = {}
         self.callbacks: list[CallbackSent] = []
         self._order: list[str] = []  # sids, oldest first
         self._callback_urls: dict[str, str] = {}
@@ -232,10 +237,12 @@ class FakeTwilio(FakeHTTPService):
         *,
         at: datetime | None = None,
         messaging_service_sid: str | None = None,
+        media: list[str] | None = None,
     ) -> str:
         """A customer's message arrives at Twilio (`direction` inbound, status `received`,
         sent at `at`, default now): listed by `GET .../Messages.json` like any Message,
-        and no webhook is posted (the server was down). Returns its sid."""
+        and no webhook is posted (the server was down). `media`: the content types of its
+        pictures (an MMS), listed by `GET .../Messages/SID/Media.json`. Returns its sid."""
         sid = "SM" + uuid.uuid4().hex
         stamp = _rfc2822(at or datetime.now(UTC))
         uri = f"{API}/Accounts/{self.account_sid}/Messages/{sid}.json"
@@ -251,7 +258,7 @@ class FakeTwilio(FakeHTTPService):
             "error_message": None,
             "from": from_,
             "messaging_service_sid": messaging_service_sid,
-            "num_media": "0",
+            "num_media": str(len(media or [])),
             "num_segments": "1",
             "price": None,
             "price_unit": "USD",
@@ -264,10 +271,25 @@ class FakeTwilio(FakeHTTPService):
         with self.lock:
             self.messages[sid] = message
             self._order.append(sid)
+            self.media[sid] = [self._picture(sid, kind, stamp) for kind in media or []]
         return sid
+
+    def _picture(self, message_sid: str, content_type: str, stamp: str) -> dict[str, Any]:
+        sid = "ME" + uuid.uuid4().hex
+        return {
+            "account_sid": self.account_sid,
+            "content_type": content_type,
+            "date_created": stamp,
+            "date_updated": stamp,
+            "parent_sid": message_sid,
+            "sid": sid,
+            "uri": f"{API}/Accounts/{self.account_sid}/Messages/{message_sid}/Media/{sid}.json",
+        }
 
     # -- routing and handling ---------------------------------------------------------------
     def route(self, request: Request) -> tuple[str, str | None]:
+        if _MEDIA.match(request.path):
+            return "media", None
         match = _PATH.match(request.path)
         if match is None:
             return "other", None
@@ -280,6 +302,8 @@ class FakeTwilio(FakeHTTPService):
     def handle(self, request: Request, op: str, fault: Fault | None) -> Response:
         if not self._authorized(request):
             return _error(20003, 401)
+        if op == "media":
+            return self._media(request)
         match = _PATH.match(request.path)
         if match is None or match["account"] != self.account_sid:
             return _error(20404, 404)
@@ -291,6 +315,29 @@ class FakeTwilio(FakeHTTPService):
         if request.method != "GET":
             return _error(20404, 405)
         return self._list(request)
+
+    def _media(self, request: Request) -> Response:
+        """A Message's Media list (one page: a message has at most 10)."""
+        match = _MEDIA.match(request.path)
+        assert match is not None
+        if match["account"] != self.account_sid or match["sid"] not in self.messages:
+            return _error(20404, 404)
+        items = self.media.get(match["sid"], [])
+        uri = request.path
+        return Response.json(
+            200,
+            {
+                "media_list": items,
+                "end": max(len(items) - 1, 0),
+                "first_page_uri": uri,
+                "next_page_uri": None,
+                "page": 0,
+                "page_size": 50,
+                "previous_page_uri": None,
+                "start": 0,
+                "uri": uri,
+            },
+        )
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")

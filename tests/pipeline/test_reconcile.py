@@ -108,6 +108,23 @@ def _webhook_event(sid: str, body: str):  # type: ignore[no-untyped-def]
     return TwilioAdapter(["token"], "messages").parse(request).events[0]
 
 
+async def test_an_mms_is_recovered_with_its_pictures_as_its_webhook_names_them(
+    store: Store, fake: FakeTwilio, clock: FrozenClock, reconciler: Reconciler
+) -> None:
+    """The pictures of an MMS are a subresource of the Message: the pass lists them, so the
+    recovered event has the attachments its webhook (`MediaUrlN`) would have given."""
+    sid = fake.receive(CUSTOMER, OURS, "my receipt", at=clock.now() - timedelta(minutes=5),
+                       media=["image/jpeg", "image/png"])  # fmt: skip
+    assert (await twilio_pass(reconciler)).recovered == 1
+    [event] = await store.list_events(EventFilter(source="twilio"))
+    base = f"https://api.twilio.com/2010-04-01/Accounts/{fake.account_sid}/Messages/{sid}/Media"
+    assert [(a.url, a.content_type) for a in event.attachments] == [
+        (f"{base}/{item['sid']}", item["content_type"]) for item in fake.media[sid]
+    ]
+    assert [a.content_type for a in event.attachments] == ["image/jpeg", "image/png"]
+    assert fake.calls["media"] == 1  # asked for the MMS only
+
+
 async def test_a_second_pass_changes_nothing(
     store: Store, fake: FakeTwilio, clock: FrozenClock, reconciler: Reconciler
 ) -> None:
