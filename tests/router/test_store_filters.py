@@ -149,3 +149,39 @@ async def test_postgres_generic_plan_reads_the_filters_index(
     assert "Index Cond" in plan or "Bitmap Index Scan" in plan, plan
     if "id<?" in index:  # the index holds the listing's order: pages need no sort
         assert "Sort" not in plan, plan
+
+
+#: Reconciliation's open escalation threads (Slack), on SQLite: the conversations with people
+#: through their state's index, then each one's posts through the escalations' index.
+THREAD_INDEXES = ("conversations_by_state", "outbox_escalations")
+
+
+async def test_sqlite_open_threads_read_two_indexes(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "switchboard.db")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "switchboard.db") as conn:
+        rows = conn.execute("EXPLAIN QUERY PLAN " + queries("sqlite")["open_threads"])
+        plan = " ".join(row[3] for row in rows)
+    for index in THREAD_INDEXES:
+        assert f"INDEX {index}" in plan, plan
+    assert "SCAN c" not in plan and "SCAN o" not in plan, plan
+
+
+@pytest.mark.postgres
+async def test_postgres_open_threads_read_two_indexes(postgres_url: str, tmp_path: Path) -> None:
+    run_blocking(lambda: clean_schema(postgres_url))
+    async with open_backend("postgres", tmp_path):
+        pass
+    assert SERVER.url is not None
+    conn = await asyncpg.connect(SERVER.url)
+    try:
+        await conn.execute("SET enable_seqscan = off")
+        rows = await conn.fetch("EXPLAIN " + queries("postgres")["open_threads"].rstrip(";"))
+    finally:
+        await conn.close()
+    plan = "\n".join(row[0] for row in rows)
+    # The planner may start from either side; neither table is read whole: the outbox only
+    # through the partial index of escalation posts, the conversations by an index.
+    assert "using outbox_escalations on outbox" in plan, plan
+    assert "Seq Scan" not in plan, plan
