@@ -9,12 +9,14 @@ of the same dedupe key, and nothing is normalised twice), marked `via = reconcil
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from router.events import Event
+from channels.base import InboundAdapter, InboundRequest, PayloadError
+from router.events import Event, Via
+from router.ids import new_ulid
 from router.store.records import EscalationThread
 
 
@@ -30,6 +32,29 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     #: The webhook body rebuilt from the API's resource (kept, as a webhook's raw body is).
     raw_body: bytes
     content_type: str
+
+
+def reparse(
+    adapter: InboundAdapter, body: bytes, content_type: str, url: str, refused: str
+) -> Recovered:
+    """The one event the webhook's own `adapter` makes of a webhook body rebuilt from the
+    provider's API (posted to `url`), marked `via = reconcile`. HistoryError, starting with
+    `refused`, when the parse refuses it or makes other than one event."""
+    now = datetime.now(UTC)
+    request = InboundRequest(
+        body=body,
+        headers={},
+        url=url,
+        content_type=content_type,
+        received_at=now,
+        correlation_id=new_ulid(now),
+    )
+    try:
+        (event,) = adapter.parse(request).events
+    except (PayloadError, ValueError) as exc:
+        raise HistoryError(f"{refused}: {exc}") from exc
+    reconciled = msgspec.structs.replace(event, via=Via.RECONCILE)
+    return Recovered(event=reconciled, raw_body=body, content_type=content_type)
 
 
 class History(Protocol):

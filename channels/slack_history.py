@@ -22,13 +22,11 @@ from typing import Any
 
 import msgspec
 
-from channels.base import InboundRequest, PayloadError
-from channels.history import HistoryError, Recovered
+from channels.history import HistoryError, Recovered, reparse
 from channels.outbound import SendFailed
 from channels.slack import SlackEventsAdapter, SlackSender
 from router.clock import SystemClock
-from router.events import EventType, Via
-from router.ids import new_ulid
+from router.events import EventType
 from router.store.records import EscalationThread
 
 JSON = "application/json"
@@ -124,23 +122,9 @@ class SlackHistory:
         """The reply as its Events API delivery would have made it (nothing when the parse
         does not make it an agent.reply)."""
         body = callback_body(thread.channel, message)
-        now = datetime.now(UTC)
-        request = InboundRequest(
-            body=body,
-            headers={},
-            url=self._url,
-            content_type=JSON,
-            received_at=now,
-            correlation_id=new_ulid(now),
-        )
-        try:
-            (event,) = self._adapter.parse(request).events
-        except (PayloadError, ValueError) as exc:
-            raise HistoryError(f"Slack listed a reply the Events parse refuses: {exc}") from exc
-        if event.type != EventType.AGENT_REPLY:
-            return []
-        reconciled = msgspec.structs.replace(event, via=Via.RECONCILE)
-        return [Recovered(event=reconciled, raw_body=body, content_type=JSON)]
+        refused = "Slack listed a reply the Events parse refuses"
+        recovered = reparse(self._adapter, body, JSON, self._url, refused)
+        return [recovered] if recovered.event.type == EventType.AGENT_REPLY else []
 
 
 def _wanted(

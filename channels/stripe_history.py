@@ -11,18 +11,14 @@ answer (a 500, a 429) fails the pass, and the next pass asks the whole window ag
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import msgspec
 import stripe
 
-from channels.base import InboundRequest, PayloadError
-from channels.history import HistoryError, Recovered
+from channels.history import HistoryError, Recovered, reparse
 from channels.stripe import StripeAdapter
 from router.clock import SystemClock
-from router.events import Via
-from router.ids import new_ulid
 
 JSON = "application/json"
 #: Stripe's largest page.
@@ -79,21 +75,8 @@ class StripeHistory:
 
     def _recovered(self, event: Any) -> Recovered:
         body = json.dumps(event.to_dict()).encode()
-        now = datetime.now(UTC)
-        request = InboundRequest(
-            body=body,
-            headers={},
-            url=self._url,
-            content_type=JSON,
-            received_at=now,
-            correlation_id=new_ulid(now),
-        )
-        try:
-            (parsed,) = self._adapter.parse(request).events
-        except (PayloadError, ValueError) as exc:
-            raise HistoryError(f"Stripe listed an event the webhook parse refuses: {exc}") from exc
-        recovered = msgspec.structs.replace(parsed, via=Via.RECONCILE)
-        return Recovered(event=recovered, raw_body=body, content_type=JSON)
+        refused = "Stripe listed an event the webhook parse refuses"
+        return reparse(self._adapter, body, JSON, self._url, refused)
 
 
 def _within(event: Any, since: datetime, until: datetime) -> bool:

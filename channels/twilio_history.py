@@ -27,12 +27,9 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from channels.base import InboundRequest, PayloadError
-from channels.history import HistoryError, Recovered
+from channels.history import HistoryError, Recovered, reparse
 from channels.outbound import SendFailed
 from channels.twilio import TwilioAdapter, TwilioSender
-from router.events import Event, Via
-from router.ids import new_ulid
 
 FORM = "application/x-www-form-urlencoded"
 _INBOUND = "inbound"
@@ -173,33 +170,15 @@ class TwilioHistory:
 
     def _recovered(self, message: Any, media: Sequence[Any]) -> Recovered:
         body = urlencode(webhook_form(message, media)).encode()
-        try:
-            (event,) = self._adapter.parse(self._request(body)).events
-        except (PayloadError, ValueError) as exc:
-            raise HistoryError(f"Twilio listed a Message the webhook parse refuses: {exc}") from exc
-        sent = message.date_sent or message.date_created
-        return Recovered(event=_reconciled(event, sent), raw_body=body, content_type=FORM)
+        refused = "Twilio listed a Message the webhook parse refuses"
+        recovered = reparse(self._adapter, body, FORM, self._url, refused)
+        return _occurred(recovered, message.date_sent or message.date_created)
 
     def _receipt(self, message: Any) -> Recovered:
         body = urlencode(status_form(message)).encode()
-        try:
-            (event,) = self._status_adapter.parse(self._request(body)).events
-        except (PayloadError, ValueError) as exc:
-            raise HistoryError(f"Twilio's Message {message.sid} makes no callback: {exc}") from exc
-        return Recovered(
-            event=_reconciled(event, message.date_updated), raw_body=body, content_type=FORM
-        )
-
-    def _request(self, body: bytes) -> InboundRequest:
-        now = datetime.now(UTC)
-        return InboundRequest(
-            body=body,
-            headers={},
-            url=self._url,
-            content_type=FORM,
-            received_at=now,
-            correlation_id=new_ulid(now),
-        )
+        refused = f"Twilio's Message {message.sid} makes no callback"
+        recovered = reparse(self._status_adapter, body, FORM, self._url, refused)
+        return _occurred(recovered, message.date_updated)
 
 
 def _wanted(message: Any, since: datetime, until: datetime) -> bool:
@@ -207,8 +186,10 @@ def _wanted(message: Any, since: datetime, until: datetime) -> bool:
     return message.direction == _INBOUND and isinstance(sent, datetime) and since <= sent < until
 
 
-def _reconciled(event: Event, occurred_at: datetime | None) -> Event:
-    return msgspec.structs.replace(event, via=Via.RECONCILE, occurred_at=occurred_at)
+def _occurred(recovered: Recovered, at: datetime | None) -> Recovered:
+    """The event dated when Twilio says the message was sent (the webhook carries no date)."""
+    event = msgspec.structs.replace(recovered.event, occurred_at=at)
+    return msgspec.structs.replace(recovered, event=event)
 
 
 def _reason(exc: SendFailed) -> str:
