@@ -15,9 +15,8 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from channels.base import InboundAdapter, InboundRequest, PayloadError
-from router.events import Event, Via
+from router.events import EscalationThread, Event, Via
 from router.ids import new_ulid
-from router.store.records import EscalationThread
 
 
 class HistoryError(Exception):

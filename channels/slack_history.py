@@ -26,8 +26,7 @@ from channels.history import HistoryError, Recovered, reparse
 from channels.outbound import SendFailed
 from channels.slack import SlackEventsAdapter, SlackSender
 from router.clock import SystemClock
-from router.events import EventType
-from router.store.records import EscalationThread
+from router.events import EscalationThread, EventType
 
 JSON = "application/json"
 #: Message subtypes that are still a person writing (as the Events API parse counts them).

@@ -114,3 +114,15 @@ def event_to_builtins(event: Event) -> dict[str, Any]:
     """Plain JSON-ready dict (datetimes as RFC 3339 strings)."""
     result: dict[str, Any] = msgspec.to_builtins(event)
     return result
+
+
+class EscalationThread(msgspec.Struct, frozen=True, kw_only=True):
+    """A Slack thread an escalation post opened, whose conversation is still with people: what
+    the store lists and a Slack reconciliation pass reads back (SPEC §12)."""
+
+    #: The Slack channel id the post went to.
+    channel: str
+    #: The post's ts: the thread's root.
+    ts: str
+    #: The conversation the thread belongs to.
+    conversation_key: str

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import msgspec
 
-from router.events import Event, EventStatus
+from router.events import EscalationThread, Event, EventStatus
 from router.store.blobs import Blobs
 from router.store.records import (
     AttemptRecord,
@@ -21,7 +21,6 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
-    EscalationThread,
     EventResult,
     LaneCommit,
     OutboxFilter,

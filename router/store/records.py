@@ -395,17 +395,6 @@ class Pruned(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class EscalationThread(msgspec.Struct, frozen=True, kw_only=True):
-    """A Slack thread an escalation post opened, whose conversation is still with people."""
-
-    #: The Slack channel id the post went to.
-    channel: str
-    #: The post's ts: the thread's root.
-    ts: str
-    #: The conversation the thread belongs to.
-    conversation_key: str
-
-
 class ReconcileRecord(msgspec.Struct, frozen=True, kw_only=True):
     """What the store keeps of one source's reconciliation passes (SPEC §12)."""
 

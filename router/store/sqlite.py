@@ -28,7 +28,7 @@ import aiosqlite
 import msgspec
 
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
-from router.events import Event, EventStatus, encode_event
+from router.events import EscalationThread, Event, EventStatus, encode_event
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
@@ -53,7 +53,6 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
-    EscalationThread,
     EventResult,
     HoldChange,
     LaneCommit,

@@ -22,11 +22,11 @@ from channels.slack import SlackEventsAdapter, SlackSender
 from channels.slack_history import SlackHistory
 from router.clock import FrozenClock
 from router.config import ReconcileConfig
-from router.events import Event, EventStatus, Via
+from router.events import EscalationThread, Event, EventStatus, Via
 from router.metrics import Metrics
 from router.pipeline.reconcile import Reconciler, SourceReport
 from router.store.base import EventFilter, Store
-from router.store.records import AttemptOutcome, ConversationRecord, EscalationThread
+from router.store.records import AttemptOutcome, ConversationRecord
 from tests.cases import slack
 from tests.fakes.slack_api import FakeSlack, ratelimited, server_error
 from tests.postgres import SERVER

@@ -23,7 +23,7 @@ from asyncpg import Connection as Conn
 
 from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
-from router.events import Event, EventStatus
+from router.events import EscalationThread, Event, EventStatus
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
@@ -62,7 +62,6 @@ from router.store.records import (
     ContactRecord,
     ConversationRecord,
     DueRow,
-    EscalationThread,
     EventResult,
     HoldChange,
     LaneCommit,
