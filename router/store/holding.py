@@ -26,20 +26,28 @@ def lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".lock")
 
 
+def flock_now(path: Path, *, exclusive: bool) -> int | None:
+    """A descriptor of `path` (made if missing) holding a `flock` taken without waiting, or
+    None if another process holds one in the way. Closing the descriptor drops the lock, and
+    so does the process ending, `kill -9` included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class Hold:
     """A held lock on `<db>.lock`; `release()` (or the process ending) drops it."""
 
     def __init__(self, db: Path, *, exclusive: bool) -> None:
         """Take the lock now, without waiting; StoreHeld if another process is in the way."""
-        path = lock_path(db)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        try:
-            fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self.release()
-            raise StoreHeld(_held_message(db, exclusive)) from exc
+        self._fd = flock_now(lock_path(db), exclusive=exclusive)
+        if self._fd is None:
+            raise StoreHeld(_held_message(db, exclusive))
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor drops it); a second call does nothing."""

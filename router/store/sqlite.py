@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import math
 import os
@@ -39,7 +38,7 @@ from router.store.base import (
     StoredRaw,
 )
 from router.store.blobs import BlobStore
-from router.store.holding import Hold, StoreHeld
+from router.store.holding import Hold, StoreHeld, flock_now
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     HELD_UNTIL,
@@ -1223,17 +1222,14 @@ class SQLiteStore:
     async def reconcile_lock(self) -> AsyncIterator[bool]:
         """A non-blocking `flock` on a file beside the database: every process on this box
         sees it, and the kernel frees it when the holder dies (kill -9 included)."""
-        path = self.path.with_name(self.path.name + ".reconcile-lock")
-        with path.open("a+b") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        fd = flock_now(self.path.with_name(self.path.name + ".reconcile-lock"), exclusive=True)
+        if fd is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            os.close(fd)
 
     async def ping(self) -> None:
         if self._writer_task is None or self._writer_task.done():
