@@ -8,13 +8,15 @@ of the same dedupe key, and nothing is normalised twice), marked `via = reconcil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
 from channels.base import InboundAdapter, InboundRequest, PayloadError
+from channels.outbound import SendFailed
 from router.events import EscalationThread, Event, Via
 from router.ids import new_ulid
 
@@ -31,6 +33,32 @@ class Recovered(msgspec.Struct, frozen=True, kw_only=True):
     #: The webhook body rebuilt from the API's resource (kept, as a webhook's raw body is).
     raw_body: bytes
     content_type: str
+
+
+T = TypeVar("T")
+
+
+async def waiting_out_throttles(
+    read: Callable[[], Awaitable[T]],
+    *,
+    throttled: Collection[str],
+    max_wait: float,
+    retries: int,
+    provider: str,
+) -> T:
+    """`read()`, asked again after each throttled answer (a SendFailed whose code is in
+    `throttled`) as its Retry-After asks, `retries` times at most: the pass slows down
+    instead of failing. Any other SendFailed, or a wait over `max_wait` seconds, is raised;
+    HistoryError when the provider keeps asking to slow down."""
+    for _ in range(retries + 1):
+        try:
+            return await read()
+        except SendFailed as exc:
+            wait = exc.retry_after
+            if exc.code not in throttled or wait is None or wait > max_wait:
+                raise
+            await asyncio.sleep(wait)
+    raise HistoryError(f"{provider} kept asking to slow down ({retries + 1} answers 429)")
 
 
 def reparse(

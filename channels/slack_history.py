@@ -15,14 +15,13 @@ the page is asked again; anything else fails the pass. A thread whose parent is 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from channels.history import HistoryError, Recovered, reparse
+from channels.history import HistoryError, Recovered, reparse, waiting_out_throttles
 from channels.outbound import SendFailed
 from channels.slack import SlackEventsAdapter, SlackSender
 from router.clock import SystemClock
@@ -103,19 +102,20 @@ class SlackHistory:
     async def _page(
         self, thread: EscalationThread, oldest: str, cursor: str | None
     ) -> dict[str, Any]:
-        for _ in range(self._retries + 1):
-            try:
-                return await self._sender.replies(
+        try:
+            return await waiting_out_throttles(
+                lambda: self._sender.replies(
                     thread.channel, thread.ts, oldest=oldest, cursor=cursor, limit=self._page_size
-                )
-            except SendFailed as exc:
-                if exc.code == "thread_not_found":
-                    return {}  # the escalation post was deleted: no thread to read
-                wait = exc.retry_after
-                if exc.code not in ("429", "ratelimited") or wait is None or wait > self._max_wait:
-                    raise HistoryError(f"conversations.replies: {exc.reason}") from exc
-                await asyncio.sleep(wait)
-        raise HistoryError(f"Slack kept asking to slow down ({self._retries + 1} answers 429)")
+                ),
+                throttled=("429", "ratelimited"),
+                max_wait=self._max_wait,
+                retries=self._retries,
+                provider="Slack",
+            )
+        except SendFailed as exc:
+            if exc.code == "thread_not_found":
+                return {}  # the escalation post was deleted: no thread to read
+            raise HistoryError(f"conversations.replies: {exc.reason}") from exc
 
     def _recovered(self, thread: EscalationThread, message: Mapping[str, Any]) -> list[Recovered]:
         """The reply as its Events API delivery would have made it (nothing when the parse

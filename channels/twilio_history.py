@@ -19,7 +19,6 @@ asked again: the pass slows down instead of failing; anything else fails the pas
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from channels.history import HistoryError, Recovered, reparse
+from channels.history import HistoryError, Recovered, reparse, waiting_out_throttles
 from channels.outbound import SendFailed
 from channels.twilio import TwilioAdapter, TwilioSender
 
@@ -156,17 +155,18 @@ class TwilioHistory:
         self, request: Callable[[Any], Awaitable[Any]], absent: str | None = None
     ) -> Any:
         """One read, 429s waited out; an answer with the error code `absent` is None."""
-        for _ in range(self._retries + 1):
-            try:
-                return await self._sender.read(request)
-            except SendFailed as exc:
-                if absent is not None and exc.code == absent:
-                    return None
-                wait = exc.retry_after
-                if exc.code not in ("429", "20429") or wait is None or wait > self._max_wait:
-                    raise HistoryError(_reason(exc)) from exc
-                await asyncio.sleep(wait)
-        raise HistoryError(f"Twilio kept asking to slow down ({self._retries + 1} answers 429)")
+        try:
+            return await waiting_out_throttles(
+                lambda: self._sender.read(request),
+                throttled=("429", "20429"),
+                max_wait=self._max_wait,
+                retries=self._retries,
+                provider="Twilio",
+            )
+        except SendFailed as exc:
+            if absent is not None and exc.code == absent:
+                return None
+            raise HistoryError(_reason(exc)) from exc
 
     def _recovered(self, message: Any, media: Sequence[Any]) -> Recovered:
         body = urlencode(webhook_form(message, media)).encode()
