@@ -43,7 +43,6 @@ __all__ = [
     "classify",
     "contact_key",
     "gate",
-    "may_send",
     "on_decision",
     "on_keyword",
     "on_send_error",
@@ -186,10 +185,6 @@ def gate(state: ConsentState, category: str, notice: Notice | None = None) -> Ga
         return Gate.HOLD if category == "marketing" else Gate.SEND
     return Gate.CANCEL
 
-
-def may_send(state: ConsentState, category: str, notice: Notice | None = None) -> bool:
-    """True when `gate` lets the row go now."""
-    return gate(state, category, notice) is Gate.SEND
 
 
 def _fire(

@@ -23,7 +23,7 @@ class Timer(StrEnum):
 
 
 class Notice(StrEnum):
-    """Compliance messages the consent gate lets through (see `consent.may_send`)."""
+    """Compliance messages the consent gate lets through (see `consent.gate`)."""
 
     OPT_OUT_CONFIRMATION = "opt_out_confirmation"
     OPT_IN_CONFIRMATION = "opt_in_confirmation"

@@ -43,6 +43,7 @@ from router.pipeline import render
 from router.pipeline.limits import Breakers, RateLimiter, retry_delay
 from router.store.base import Store
 from router.store.records import (
+    HELD_FOR_REVIEW,
     AttemptOutcome,
     AttemptResult,
     BreakerNews,
@@ -66,12 +67,11 @@ _BOOK_AHEAD = timedelta(seconds=1)
 _LEASED_PER_PLACE = 2
 #: How often a dispatcher reads the breakers the others opened or closed.
 _BREAKER_SYNC = timedelta(seconds=1)
-#: Compliance notices: they leave even to an opted-out contact (consent.may_send).
+#: Compliance notices: they leave even to an opted-out contact (consent.gate).
 NOTICES = frozenset({"opt_out_confirmation", "opt_in_confirmation", "help"})
 #: A marketing row claimed as its contact went into review (the hold at routing missed it,
 #: it was being sent): looked at again this much later, until a person decides.
 _REVIEW_RECHECK = timedelta(minutes=1)
-HELD_FOR_REVIEW = "held: possible opt-out under review"
 
 
 class Dispatcher:

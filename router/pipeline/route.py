@@ -772,8 +772,7 @@ class LaneRouter:
         """Hold the contact's waiting marketing (stored, and made earlier in this event), or
         release it to wait for quiet hours only."""
         if isinstance(effect, HoldMarketing):
-            reason = f"held: possible opt-out under review (event {event.id})"
-            change = HoldChange(contact_key=effect.contact_key, hold=True, reason=reason)
+            change = HoldChange.for_review(effect.contact_key, event.id)
         else:
             contact = await book.get(effect.contact_key)
             opens = quiet_hours.not_before(
@@ -808,13 +807,10 @@ class LaneRouter:
         if gate is Gate.CANCEL:
             row = _cancelled(row, "contact opted out")
         elif gate is Gate.HOLD:
-            reason = f"held: possible opt-out under review (event {event.id})"
-            row = _held_or_released(
-                row, HoldChange(contact_key=contact_key, hold=True, reason=reason)
-            )
+            row = _held_or_released(row, HoldChange.for_review(contact_key, event.id))
         elif not notice and channel in ("sms", "whatsapp"):
             hold_until = quiet_hours.not_before(
-                now, category, contact.timezone, consent.contact_key(to), self.compliance
+                now, category, contact.timezone, contact_key, self.compliance
             )
             if hold_until is not None:
                 row = msgspec.structs.replace(

@@ -39,6 +39,8 @@ WAITING = (OutboxStatus.PENDING, OutboxStatus.DEFERRED)
 #: query that waits for `not_before` (the dispatcher's scan, its wake-up, the overdue count)
 #: already leaves the row alone and never holds up the rest of its lane.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=UTC)
+#: Why a `marketing` row waits for a person (its `last_error`), wherever it was held.
+HELD_FOR_REVIEW = "held: possible opt-out under review"
 #: Rows still moving, and the dead letters: few, and what /metrics counts at every scrape
 #: (`outbox_counts_live` in both stores' SQL names them the same).
 LIVE = (OutboxStatus.PENDING, OutboxStatus.DEFERRED, OutboxStatus.SENDING, OutboxStatus.DEAD)
@@ -202,6 +204,12 @@ class HoldChange(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     #: Release: when quiet hours let them go, None for at once.
     not_before: datetime | None = None
+
+    @classmethod
+    def for_review(cls, contact_key: str, event_id: str) -> HoldChange:
+        """Hold, because the message of event `event_id` may have been a revocation."""
+        reason = f"{HELD_FOR_REVIEW} (event {event_id})"
+        return cls(contact_key=contact_key, hold=True, reason=reason)
 
 
 class LaneCommit(msgspec.Struct, frozen=True, kw_only=True):

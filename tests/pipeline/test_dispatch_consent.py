@@ -11,9 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from router.clock import FrozenClock
-from router.pipeline.dispatch import HELD_FOR_REVIEW, Dispatcher
+from router.pipeline.dispatch import Dispatcher
 from router.store.base import Store
-from router.store.records import ContactRecord, OutboxFilter, OutboxStatus
+from router.store.records import HELD_FOR_REVIEW, ContactRecord, OutboxFilter, OutboxStatus
 from tests.fakes.twilio_api import FakeTwilio
 from tests.pipeline.dispatching import dispatcher_on, twilio_channel
 from tests.pipeline.test_dispatchers_share import round_of

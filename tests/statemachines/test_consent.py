@@ -22,7 +22,6 @@ from statemachines.consent import (
     classify,
     contact_key,
     gate,
-    may_send,
     on_decision,
     on_keyword,
     on_send_error,
@@ -186,7 +185,7 @@ def test_consent_machine(
     assert (outcome.ledger is not None) is ledger
     assert outcome.consumed is consumed
     for notice in notices:
-        assert may_send(after, "transactional", notice)
+        assert gate(after, "transactional", notice) is Gate.SEND
 
 
 def test_help_answers_with_the_configured_text() -> None:
@@ -227,7 +226,7 @@ def test_twilio_21610_marks_the_contact_opted_out_without_a_confirmation(
 def test_the_send_gate(
     state: ConsentState, category: str, notice: Notice | None, allowed: bool
 ) -> None:
-    assert may_send(state, category, notice) is allowed
+    assert (gate(state, category, notice) is Gate.SEND) is allowed
 
 
 def test_stop_then_start_leaves_two_ledger_entries() -> None:
