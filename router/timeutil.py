@@ -21,6 +21,14 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"duration too long: {text!r}") from exc
 
 
+def parse_interval(text: str) -> timedelta | None:
+    """A repeat interval (`10m`, `6h`); None for "0" (never), or a duration of nothing."""
+    if text.strip() == "0":
+        return None
+    every = parse_duration(text)
+    return every if every > timedelta(0) else None
+
+
 def parse_since(text: str, now: datetime) -> datetime:
     """A duration ago (`24h`) or an ISO 8601 moment (naive means UTC), in UTC."""
     try:

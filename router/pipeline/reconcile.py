@@ -28,7 +28,7 @@ from router.metrics import Metrics
 from router.pipeline.ingest import apply_accept_types
 from router.store.base import IngestItem, IngestOutcome, Store
 from router.store.records import ReconcileRecord
-from router.timeutil import parse_duration
+from router.timeutil import parse_duration, parse_interval
 
 log = get_logger("switchboard.reconcile")
 
@@ -238,7 +238,7 @@ async def reconcile_forever(reconciler: Reconciler, config: ReconcileConfig) -> 
     """`serve`'s (or `worker`'s) passes: one at start when `on_start`, then one every
     `interval` ("0": none). A failure is logged and left to the next pass, never fatal.
     Runs until cancelled."""
-    every = None if config.interval.strip() == "0" else parse_duration(config.interval)
+    every = parse_interval(config.interval)
     if config.on_start:
         await _pass_logged(reconciler)
     while every is not None:

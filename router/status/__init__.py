@@ -3,6 +3,6 @@ doing, and `alerts`, what needs a person.
 
 - `model`: the object, as typed Structs.
 - `read`: reads it from the store (every count through an index) and the server's readiness.
-- `seams`: what other parts of the product report (reconciliation, backups), one function each.
+- `sections`: what other parts of the product keep (reconciliation, backups), one function each.
 - `alerts`: the rules that turn the object into sentences for a person.
 """

@@ -19,7 +19,7 @@ DISK_FREE_MIN_SHARE = 0.10
 def alerts(
     status: Status, settings: Settings, server_problem: str | None, disk_total: int | None
 ) -> list[str]:
-    """The alerts the store's and the server's figures call for (the seams add their own)."""
+    """The alerts the store's and the server's figures call for (`sections` add their own)."""
     found = [
         *_server(status, server_problem),
         *_disk(status, disk_total),

@@ -18,7 +18,7 @@ from router.status.model import (
     Status,
     StorageStatus,
 )
-from router.status.seams import backup_reading, reconcile_reading
+from router.status.sections import backup_reading, reconcile_reading
 from router.store.base import Store
 from router.store.records import BreakerNews, StatusCounts
 from router.store.records import OutboxStatus as RowStatus
@@ -36,7 +36,7 @@ def server_url(server: ServerConfig) -> str:
 async def read_status(
     store: Store, settings: Settings, server: ServerCheck, now: datetime
 ) -> Status:
-    """Every section from the store and the seams, then the alerts they call for."""
+    """Every section from the store and `sections`, then the alerts they call for."""
     counts = await store.status_counts(now)
     live = await store.outbox_counts(live_only=True)
     by_status = dict.fromkeys(RowStatus, 0)
@@ -75,11 +75,7 @@ async def read_status(
         alerts=[],
     )
     found = alerts(status, settings, server.problem, use.disk_total_bytes)
-    return _with_alerts(status, [*found, *reconcile.alerts, *backup.alerts])
-
-
-def _with_alerts(status: Status, found: list[str]) -> Status:
-    return msgspec.structs.replace(status, alerts=found)
+    return msgspec.structs.replace(status, alerts=[*found, *reconcile.alerts, *backup.alerts])
 
 
 def _age(now: datetime, since: datetime | None) -> float | None:

@@ -15,7 +15,7 @@ from router.config import BackupConfig, Settings
 from router.logs import get_logger
 from router.store.backup import MANIFEST, BackupRefused, BackupReport, take_backup
 from router.store.sqlite import sqlite_path
-from router.timeutil import parse_duration
+from router.timeutil import parse_interval
 
 log = get_logger("switchboard.backup")
 
@@ -25,10 +25,8 @@ _DATED = re.compile(r"^\d{8}T\d{6}\.\d{3}Z(-\d+)?$")
 
 def interval_seconds(config: BackupConfig) -> float | None:
     """The configured interval in seconds; None when scheduled backups are off ("0")."""
-    if config.interval.strip() == "0":
-        return None
-    seconds = parse_duration(config.interval).total_seconds()
-    return seconds if seconds > 0 else None
+    every = parse_interval(config.interval)
+    return every.total_seconds() if every is not None else None
 
 
 def dated_folder(root: Path, now: datetime) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from router.config import BackupConfig, Settings
 from router.status.model import BackupStatus, ReconcileSource
-from router.status.seams import backup_reading, reconcile_reading
+from router.status.sections import backup_reading, reconcile_reading
 from router.store.backup import take_backup
 from router.store.base import Store
 from router.store.sqlite import SQLiteStore

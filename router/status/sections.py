@@ -1,4 +1,4 @@
-"""What other parts of the product tell status: one function each, to wire when they land.
+"""The sections of status that other parts of the product keep: backups and reconciliation.
 
 Each function returns its section of the status object and the alerts it calls for. Backups
 are read from the manifests under `backup.dir`, reconciliation from the marks its passes leave
