@@ -15,7 +15,7 @@ import msgspec
 from router.events import Event, EventStatus, decode_event
 from router.ids import ulid_floor
 from router.store.base import EventFilter, StoredRaw
-from router.store.records import OutboxRow, OutboxStatus, RunRecord
+from router.store.records import OutboxRow, OutboxStatus, ReconcileRecord, RunRecord
 
 #: Delivery receipts: the row status each Twilio status means, and how far along it is.
 RECEIPT_STATUS = {
@@ -268,3 +268,20 @@ def event_from_row(row: Sequence[Any]) -> Event:
     event = decode_event(row[0])
     status = EventStatus(row[1])
     return event if event.status is status else msgspec.structs.replace(event, status=status)
+
+
+def reconcile_records(
+    rows: Iterable[Sequence[Any]], when: Callable[[Any], datetime | None]
+) -> dict[str, ReconcileRecord]:
+    """`reconcile_state` rows (`source, last_success, recovered, last_error, last_error_at`)
+    by source; `when` reads a stored time (SQLite's text, PostgreSQL's timestamptz)."""
+    return {
+        row[0]: ReconcileRecord(
+            source=row[0],
+            last_success=when(row[1]),
+            recovered=row[2],
+            last_error=row[3],
+            last_error_at=when(row[4]),
+        )
+        for row in rows
+    }

@@ -84,6 +84,7 @@ from router.store.shared import (
     outbox_from_row,
     plan_slots,
     receipt_target,
+    reconcile_records,
     run_decoder,
     run_encoder,
     stored_raw,
@@ -1186,16 +1187,7 @@ class SQLiteStore:
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._read(self._sql["reconcile_state"], {})
-        return {
-            row[0]: ReconcileRecord(
-                source=row[0],
-                last_success=_dt(row[1]),
-                recovered=row[2],
-                last_error=row[3],
-                last_error_at=_dt(row[4]),
-            )
-            for row in rows
-        }
+        return reconcile_records(rows, _dt)
 
     async def record_reconcile(
         self,

@@ -94,6 +94,7 @@ from router.store.shared import (
     new_token,
     plan_slots,
     receipt_target,
+    reconcile_records,
     run_decoder,
     run_encoder,
     stored_raw,
@@ -1186,16 +1187,7 @@ class PostgresStore:
 
     async def reconcile_state(self) -> dict[str, ReconcileRecord]:
         rows = await self._fetch(self._sql["reconcile_state"])
-        return {
-            row[0]: ReconcileRecord(
-                source=row[0],
-                last_success=row[1],
-                recovered=row[2],
-                last_error=row[3],
-                last_error_at=row[4],
-            )
-            for row in rows
-        }
+        return reconcile_records(rows, lambda value: value)
 
     async def record_reconcile(
         self,
