@@ -43,7 +43,7 @@ async def read_status(
     for (row_status, _channel), n in live.items():
         by_status[RowStatus(row_status)] += n
     use = await store.storage_use()
-    reconcile = await reconcile_reading(store, settings, now)
+    reconcile = await reconcile_reading(store)
     backup = await backup_reading(settings, now)
     status = Status(
         server=server.status,

@@ -34,10 +34,9 @@ class BackupReading(msgspec.Struct, frozen=True, kw_only=True):
     alerts: list[str] = []
 
 
-async def reconcile_reading(store: Store, settings: Settings, now: datetime) -> ReconcileReading:
+async def reconcile_reading(store: Store) -> ReconcileReading:
     """Each source a pass ever ran for, as `{last_success, recovered}`, with an alert for each
     whose last pass failed (cleared by the next success)."""
-    del settings, now
     state = await store.reconcile_state()
     sources = {
         name: ReconcileSource(last_success=record.last_success, recovered=record.recovered)

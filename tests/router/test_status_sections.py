@@ -73,7 +73,7 @@ async def test_reconciliation_marks_and_a_failing_source_on_both_backends(
     await store.record_reconcile("stripe", T0, until=T0, recovered=1, error=None)
     failed_at = T0 + timedelta(minutes=10)
     await store.record_reconcile("stripe", failed_at, until=None, recovered=0, error="HTTP 500")
-    reading = await reconcile_reading(store, Settings(), failed_at)
+    reading = await reconcile_reading(store)
     assert reading.sources == {
         "stripe": ReconcileSource(last_success=T0, recovered=1),
         "twilio": ReconcileSource(last_success=T0, recovered=3),
@@ -81,4 +81,4 @@ async def test_reconciliation_marks_and_a_failing_source_on_both_backends(
     assert reading.alerts == ["reconciliation failing for stripe: HTTP 500"]
     later = failed_at + timedelta(minutes=10)
     await store.record_reconcile("stripe", later, until=later, recovered=0, error=None)
-    assert (await reconcile_reading(store, Settings(), later)).alerts == []
+    assert (await reconcile_reading(store)).alerts == []
