@@ -25,6 +25,8 @@ from pathlib import Path
 
 import msgspec
 
+from router.store.blobs import BlobStore
+
 DB_NAME = "switchboard.db"
 MANIFEST = "manifest.json"
 BLOBS = "blobs"
@@ -131,12 +133,12 @@ class _StepTimer:
 def _copy_blobs(source: Path, target: Path) -> dict[str, str]:
     """Copy every finished blob file (temp files of writes under way are left out)."""
     files: dict[str, str] = {}
-    for path in sorted(source.glob("??/*")):
-        name = f"{BLOBS}/{path.parent.name}/{path.name}"
-        if not SAFE_NAME.match(name):
-            continue
+    for entry in BlobStore(source).files():
+        folder = entry.name[:2]
         try:
-            files[name] = copy_hashed(path, target / path.parent.name / path.name)
+            files[f"{BLOBS}/{folder}/{entry.name}"] = copy_hashed(
+                Path(entry.path), target / folder / entry.name
+            )
         except FileNotFoundError:  # pruned since the listing: no longer referred to
             continue
     return files

@@ -10,14 +10,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 #: A temp file of a live process is left alone unless it is older than this (a write that
 #: takes an hour is stuck, and the process reusing a dead one's pid cannot be told apart).
 STALE_TEMP_SECONDS = 3600.0
+#: A blob's name, its sha256 hex, and its folder's, the first two characters of it.
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_FOLDER = re.compile(r"[0-9a-f]{2}")
 
 
 class Blobs(Protocol):
@@ -68,20 +73,20 @@ class BlobStore:
         self.failing = None
         return digest
 
-    def total_bytes(self) -> int:
-        """The bytes of every blob file (temp files of writes under way left out). Blocking:
-        one `stat` per blob, read from the folder listings."""
-        total = 0
+    def files(self) -> Iterator[os.DirEntry[str]]:
+        """Every finished blob file, by folder (temp files of writes under way left out; one
+        removed meanwhile may still be named). Blocking: reads the folder listings."""
         if not self.root.is_dir():
-            return 0
-        for folder in os.scandir(self.root):
-            if folder.is_dir():
-                total += sum(
-                    entry.stat().st_size
-                    for entry in os.scandir(folder.path)
-                    if entry.is_file() and not entry.name.startswith(".")
-                )
-        return total
+            return
+        for folder in sorted(os.scandir(self.root), key=lambda entry: entry.name):
+            if folder.is_dir() and _FOLDER.fullmatch(folder.name):
+                for entry in sorted(os.scandir(folder.path), key=lambda entry: entry.name):
+                    if entry.name[:2] == folder.name and _DIGEST.fullmatch(entry.name):
+                        yield entry
+
+    def total_bytes(self) -> int:
+        """The bytes of every blob file. Blocking: one `stat` per blob."""
+        return sum(entry.stat().st_size for entry in self.files())
 
     def probe(self) -> None:
         """Write, fsync and remove a small temp file: OSError unless blobs can be written now.
@@ -120,7 +125,7 @@ class BlobStore:
 
     def get(self, digest: str) -> bytes:
         """The content stored under `digest`; raises FileNotFoundError if absent."""
-        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+        if not _DIGEST.fullmatch(digest):
             raise FileNotFoundError(digest)
         return self.path(digest).read_bytes()
 
