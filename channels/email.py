@@ -42,6 +42,7 @@ from channels.base import (
 from channels.outbound import FailureKind, NotCheckable, Outgoing, SendFailed, Sent
 from router.events import Attachment, Channel, Contact, Event, EventType
 from router.ids import new_ulid
+from router.keys import email_conversation
 
 if TYPE_CHECKING:
     from router.config import EmailChannelConfig
@@ -395,7 +396,7 @@ def email_parsed(source: str, request: InboundRequest, mail: InboundEmail) -> Pa
         dedupe_key=f"{source}:{msg_id or sha256_hex(request.body)}",
         channel=Channel.EMAIL,
         contact=Contact(address=sender, name=name),
-        conversation_key=f"email:{sender}:{recipient}",
+        conversation_key=email_conversation(sender, recipient),
         text=_clean_text(mail.text),
         attachments=attachments,
         data=_data(mail, to, sender, msg_id, blobs),

@@ -58,6 +58,7 @@ from channels.outbound import FailureKind, Outgoing, SendFailed, Sent
 from router.clock import Clock
 from router.events import Attachment, Channel, Contact, Event, EventType
 from router.ids import new_ulid
+from router.keys import slack_thread
 
 if TYPE_CHECKING:
     import aiohttp
@@ -269,7 +270,7 @@ def _callback_event(request: InboundRequest, envelope: SlackEnvelope) -> Event:
         dedupe_key=dedupe_key,
         channel=Channel.SLACK,
         contact=Contact(address=user) if user else None,
-        conversation_key=f"slack:{channel}:{root_ts}" if channel and root_ts else None,
+        conversation_key=slack_thread(channel, root_ts) if channel and root_ts else None,
         text=inner.text,
         attachments=tuple(_attachment(f) for f in inner.files),
         data=_event_data(envelope, inner, user, channel),
@@ -282,7 +283,7 @@ def _callback_event(request: InboundRequest, envelope: SlackEnvelope) -> Event:
 def _dedupe_key(envelope: SlackEnvelope, inner: SlackInnerEvent, channel: str | None) -> str:
     """`slack:CHANNEL:TS` for a message (one key however it reached us), else the event_id."""
     if inner.type == "message" and channel and inner.ts:
-        return f"slack:{channel}:{inner.ts}"
+        return slack_thread(channel, inner.ts)
     if not envelope.event_id:
         raise PayloadError("event_callback without event_id")
     return f"slack:{envelope.event_id}"
@@ -386,7 +387,7 @@ def _action_event(
         base,
         type=EventType.AGENT_ACTION,
         provider_type=f"block_actions.{action.type}" if action.type else "block_actions",
-        conversation_key=f"slack:{channel}:{root_ts}" if channel and root_ts else None,
+        conversation_key=slack_thread(channel, root_ts) if channel and root_ts else None,
         data={
             **base.data,
             "action_id": action.action_id,

@@ -36,6 +36,7 @@ from channels.base import Ack, InboundRequest, Parsed, PayloadError, SignatureEr
 from channels.outbound import FailureKind, Outgoing, SendFailed, Sent
 from router.events import Attachment, Channel, Contact, Event, EventType
 from router.ids import new_ulid
+from router.keys import number_conversation
 
 if TYPE_CHECKING:
     import aiohttp
@@ -154,7 +155,7 @@ class TwilioAdapter:
             dedupe_key=f"twilio:{sid}",
             channel=channel,
             contact=Contact(address=customer, name=params.get("ProfileName") or None),
-            conversation_key=f"{channel}:{customer}:{_split_address(ours)[1]}",
+            conversation_key=number_conversation(channel, customer, _split_address(ours)[1]),
             text=params.get("Body", ""),
             attachments=_media(params),
             data=_data(params, _MESSAGE_FIELDS),
@@ -177,7 +178,9 @@ class TwilioAdapter:
             dedupe_key=f"twilio:{sid}:{status}",
             channel=channel,
             contact=Contact(address=customer),
-            conversation_key=f"{channel}:{customer}:{_split_address(ours)[1]}" if ours else None,
+            conversation_key=(
+                number_conversation(channel, customer, _split_address(ours)[1]) if ours else None
+            ),
             data={**_data(params, _STATUS_FIELDS), "status": status},
             received_at=request.received_at,
             correlation_id=request.correlation_id,

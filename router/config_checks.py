@@ -133,9 +133,9 @@ def _reconcile(settings: Settings) -> Iterator[Problem]:
     if reconcile.interval.strip() != "0":
         try:
             if parse_duration(reconcile.interval).total_seconds() <= 0:
-                yield "reconcile.interval", "must be a positive duration, or \"0\" for never"
+                yield "reconcile.interval", 'must be a positive duration, or "0" for never'
         except ValueError as exc:
-            yield "reconcile.interval", f"{exc}, or \"0\" for never"
+            yield "reconcile.interval", f'{exc}, or "0" for never'
     try:
         if parse_duration(reconcile.lookback).total_seconds() <= 0:
             yield "reconcile.lookback", "must be a positive duration, e.g. 24h"

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from router import keys
 from router.config import Settings
 from router.events import Channel, Event, EventStatus, EventType
 from router.pipeline import render
@@ -907,8 +908,8 @@ def _sender_of(current: Conversation | None) -> dict[str, str]:
     """`from` for an agent's reply: the number of the conversation key (`sms:+1...:+1...`)."""
     if current is None or current.channel not in (Channel.SMS, Channel.WHATSAPP):
         return {}
-    parts = current.key.split(":")
-    return {"from": parts[-1]} if len(parts) >= 3 and parts[-1] else {}
+    ours = keys.our_number(current.key)
+    return {"from": ours} if ours else {}
 
 
 def _trigger(event: Event) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, TypeVar
 import aiosqlite
 import msgspec
 
+from router import keys
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import EscalationThread, Event, EventStatus, encode_event
 from router.ids import ulid_floor
@@ -1013,7 +1014,7 @@ class SQLiteStore:
         if row is not None and row[0] == "escalation" and row[2] is not None:
             conn.execute(
                 self._sql["map_thread"],
-                {"thread_key": f"slack:{row[1]}:{ts}", "conversation_key": row[2]},
+                {"thread_key": keys.slack_thread(row[1], ts), "conversation_key": row[2]},
             )
 
     async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:

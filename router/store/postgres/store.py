@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 from asyncpg import Connection as Conn
 
+from router import keys
 from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
 from router.events import EscalationThread, Event, EventStatus
@@ -833,7 +834,7 @@ class PostgresStore:
             conn,
             "map_thread",
             [
-                (f"slack:{recipient}:{ts}", key)
+                (keys.slack_thread(recipient, ts), key)
                 for _, escalation, recipient, key, ts in done
                 if escalation
             ],
