@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -44,3 +45,78 @@ def test_the_map_reads_in_ten_minutes() -> None:
 
 def test_the_readme_points_to_the_map() -> None:
     assert "ARCHITECTURE.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# What each layer must never import (ARCHITECTURE.md, "Codemap"): module prefixes.
+_SDKS = ("twilio", "slack_sdk", "stripe", "aiosmtplib", "standardwebhooks")
+_FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "channels": (
+        "router.pipeline",
+        "router.store",
+        "router.rules",
+        "router.http",
+        "router.cli",
+        "router.status",
+        "statemachines",
+    ),
+    "statemachines": (
+        "router.pipeline",
+        "router.store",
+        "router.rules",
+        "router.http",
+        "router.cli",
+        "router.status",
+        "channels",
+        *_SDKS,
+    ),
+    "router/pipeline": ("router.http", "router.cli", *_SDKS),
+    "router/store": (
+        "router.pipeline",
+        "router.http",
+        "router.cli",
+        "router.rules",
+        "channels",
+        *_SDKS,
+    ),
+    "router/rules": (
+        "router.pipeline",
+        "router.store",
+        "router.http",
+        "router.cli",
+        "channels",
+        *_SDKS,
+    ),
+    "router/status": ("router.http", "router.cli", *_SDKS),
+}
+#: The core knows channels only through the shapes they share.
+_CHANNEL_SHAPES = ("channels.base", "channels.outbound", "channels.history")
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _breaks(module: str, forbidden: tuple[str, ...]) -> bool:
+    return any(module == f or module.startswith(f + ".") for f in forbidden)
+
+
+def _reaches_into_a_channel(folder: str, module: str) -> bool:
+    core = folder.startswith("router/")
+    return core and module.startswith("channels") and module not in _CHANNEL_SHAPES
+
+
+def test_each_layer_imports_only_what_the_map_allows() -> None:
+    broken = []
+    for folder, forbidden in _FORBIDDEN.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module in _imports(path):
+                if _breaks(module, forbidden) or _reaches_into_a_channel(folder, module):
+                    broken.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert broken == [], "\n".join(broken)
