@@ -25,8 +25,9 @@ from channels.slack_history import SlackHistory
 from channels.standard import HttpForwardSender, StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
 from channels.stripe_history import StripeHistory
-from channels.twilio import TwilioAdapter, TwilioSender
+from channels.twilio import TwilioAdapter
 from channels.twilio_history import TwilioHistory
+from channels.twilio_send import TwilioSender
 from router.clock import Clock
 from router.config import Settings, SourcesConfig
 from router.metrics import Metrics
