@@ -20,8 +20,9 @@ from channels.mailgun import MailgunAdapter
 from channels.outbound import Sender
 from channels.sandbox import SandboxSender
 from channels.sendgrid import SendgridAdapter
-from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter, SlackSender
+from channels.slack import SlackEventsAdapter, SlackInteractionsAdapter
 from channels.slack_history import SlackHistory
+from channels.slack_send import SlackSender
 from channels.standard import HttpForwardSender, StandardWebhooksAdapter
 from channels.stripe import StripeAdapter
 from channels.stripe_history import StripeHistory
