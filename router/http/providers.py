@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from channels.base import InboundAdapter
-from channels.email import SmtpSender
+from channels.email_send import SmtpSender
 from channels.history import AnyHistory
 from channels.mailgun import MailgunAdapter
 from channels.outbound import Sender
