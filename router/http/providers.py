@@ -68,7 +68,7 @@ def _no_sender(settings: Settings, timeout: float) -> Sender | None:
 class Provider:
     """How one provider is wired in; each part is optional."""
 
-    #: The source name reconciliation knows it by (SPEC §12).
+    #: The provider; reconciliation reports its history under this source name (SPEC §12).
     name: str
     #: Its configured `[sources.*]` tables, none when it has none.
     sources: Callable[[SourcesConfig], list[Source]] = _no_sources
