@@ -23,7 +23,8 @@ import msgspec
 
 from channels.history import HistoryError, Recovered, reparse, waiting_out_throttles
 from channels.outbound import SendFailed
-from channels.slack import SlackEventsAdapter, SlackSender
+from channels.slack import SlackEventsAdapter
+from channels.slack_send import SlackSender
 from router.clock import SystemClock
 from router.events import EscalationThread, EventType
 

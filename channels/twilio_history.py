@@ -28,7 +28,8 @@ import msgspec
 
 from channels.history import HistoryError, Recovered, reparse, waiting_out_throttles
 from channels.outbound import SendFailed
-from channels.twilio import TwilioAdapter, TwilioSender
+from channels.twilio import TwilioAdapter
+from channels.twilio_send import TwilioSender
 
 FORM = "application/x-www-form-urlencoded"
 _INBOUND = "inbound"

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from router.config import MIN_RETENTION_DAYS, Settings
-from router.rules.windows import load_zone, parse_window
 from router.timeutil import parse_duration
+from router.timewindows import load_zone, parse_window
 
 BUILTIN_SOURCES = frozenset({"twilio", "slack", "stripe", "mailgun", "sendgrid"})
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -186,7 +186,6 @@ def gate(state: ConsentState, category: str, notice: Notice | None = None) -> Ga
     return Gate.CANCEL
 
 
-
 def _fire(
     state: ConsentState,
     trigger: str,

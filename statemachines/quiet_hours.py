@@ -2,7 +2,7 @@
 
 A message is held while the recipient's local time is inside `compliance.quiet_hours` or, for a
 US number with `compliance.state_windows` on, outside its state's allowed calling window; the most
-restrictive wins. Windows are parsed and evaluated by `router.rules.windows` (the rules' `during:`
+restrictive wins. Windows are parsed and evaluated by `router.timewindows` (the rules' `during:`
 windows), so both speak the same format.
 """
 
@@ -17,7 +17,7 @@ import phonenumbers
 from phonenumbers import timezone as phone_timezone
 
 from router.config import ComplianceConfig
-from router.rules.windows import Window, load_zone, parse_window
+from router.timewindows import Window, load_zone, parse_window
 
 #: Categories held by quiet hours. SPEC §7 holds only marketing; no config key changes it yet.
 HELD_CATEGORIES: frozenset[str] = frozenset({"marketing"})

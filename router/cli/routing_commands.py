@@ -16,6 +16,7 @@ import uvloop
 from router.aio import cancel
 from router.cli.common import Failure, print_json, settings_of, with_store
 from router.cli.rules import require_rules
+from router.cli.rules_tools import RulesFolderMissing, load_folder
 from router.clock import SystemClock
 from router.config import Settings
 from router.errors import StoreUnavailable
@@ -27,7 +28,6 @@ from router.pipeline.replay import ReplayReport, replay, select
 from router.pipeline.worker import routing
 from router.rules import RuleSet
 from router.rules.live import LiveRules
-from router.rules.tools import RulesFolderMissing, load_folder
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.records import OutboxFilter, OutboxStatus

@@ -18,13 +18,7 @@ import click
 import msgspec
 
 from router.cli.common import print_json
-from router.clock import SystemClock
-from router.config import ConfigError, Settings, load_settings
-from router.errors import StoreUnavailable, SwitchboardError
-from router.events import Event
-from router.rules import FileCheck, RuleError, RuleSet, RulesInvalid, evaluate
-from router.rules.live import LiveRules
-from router.rules.tools import (
+from router.cli.rules_tools import (
     DiffReport,
     InputError,
     RulesFolderMissing,
@@ -37,10 +31,16 @@ from router.rules.tools import (
     load_file,
     load_folder,
     read_by_server,
-    recorded_snapshot,
     routable,
     summary_line,
 )
+from router.clock import SystemClock
+from router.config import ConfigError, Settings, load_settings
+from router.errors import StoreUnavailable, SwitchboardError
+from router.events import Event
+from router.pipeline.replay import recorded_snapshot
+from router.rules import FileCheck, RuleError, RuleSet, RulesInvalid, evaluate
+from router.rules.live import LiveRules
 from router.store.base import EventFilter
 from router.store.records import RunRecord
 from router.timeutil import parse_since

@@ -16,8 +16,7 @@ import msgspec
 from router.config import Settings
 from router.events import Event, EventStatus
 from router.pipeline.route import ContactBook, LaneRouter
-from router.rules import RuleSet
-from router.rules.tools import recorded_snapshot
+from router.rules import RuleSet, Snapshot
 from router.store.base import EventFilter, Store
 from router.store.records import EventResult, OutboxRow, RunRecord
 from statemachines import consent
@@ -148,3 +147,12 @@ async def _batch(
         report.rows_made += len(new)
         report.rows_existing += len(old)
     report.events += len(events)
+
+
+def recorded_snapshot(runs: Iterable[RunRecord]) -> Snapshot:
+    """The conversation the rules saw when the event was first routed (SPEC: replay and
+    `rules diff` evaluate with the stored state); no conversation if it was never routed."""
+    for run in runs:
+        if run.conversation is not None:
+            return msgspec.convert({"conversation": run.conversation}, Snapshot)
+    return Snapshot()

@@ -2,7 +2,8 @@
 
 The contract the CLI and the server use; see the modules for the details:
 `loader` (files -> RuleSet, located errors), `conditions`/`operators`/`match` (matching),
-`actions`/`templates` (the `then:` side), `windows` (`during:`), `engine` (index and evaluate).
+`actions`/`templates` (the `then:` side), `engine` (index and evaluate); `during:` windows are
+`router.timewindows`, shared with quiet hours.
 """
 
 from __future__ import annotations

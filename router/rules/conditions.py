@@ -25,7 +25,7 @@ from router.rules.operators import (
     on_values,
     words,
 )
-from router.rules.windows import Window, parse_window
+from router.timewindows import Window, parse_window
 
 _ANY = "*"
 #: Top-level paths and, where they are fixed, their sub-fields.

@@ -19,8 +19,8 @@ from router.rules.conditions import INDEXED, ConditionCompiler
 from router.rules.engine import RuleSet
 from router.rules.located import Pos, Site, item_pos, key_pos, kind, node_pos, value_pos
 from router.rules.model import Rule, RuleError, RulesInvalid
-from router.rules.windows import load_zone
 from router.rules.yamlread import load as read_yaml
+from router.timewindows import load_zone
 
 _TOP_KEYS = ("version", "rules")
 _RULE_KEYS = ("id", "description", "when", "then", "stop")

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from router.rules.model import Condition, Snapshot
-from router.rules.windows import contact_zone
+from router.timewindows import contact_zone
 
 
 class _Missing:

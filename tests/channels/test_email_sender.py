@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from channels.email import DEFAULT_SUBJECT, SmtpSender, outbox_message_id
+from channels.email_send import DEFAULT_SUBJECT, SmtpSender, outbox_message_id
 from channels.outbound import FailureKind, NotCheckable, Outgoing, SendFailed
 from tests.fakes.smtp import FakeSMTP, Phase
 

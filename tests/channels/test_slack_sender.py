@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from channels.outbound import FailureKind, Outgoing, SendFailed, Sent
-from channels.slack import SlackSender
+from channels.slack_send import SlackSender
 from tests.fakes import slack_api
 from tests.fakes._http import Response, respond
 from tests.fakes.slack_api import FakeSlack
@@ -346,7 +346,7 @@ async def test_a_look_that_cannot_reach_the_first_post_fails_instead_of_guessing
 ) -> None:
     """More posts in the channel since the doubt window opened than a look reads (FIND_PAGES
     pages): the look fails and the row stays in doubt, instead of "not there" and a repost."""
-    from channels.slack import FIND_PAGES
+    from channels.slack_send import FIND_PAGES
 
     since = datetime.now(UTC)
     await sender.send(_message("01DOUBT"))

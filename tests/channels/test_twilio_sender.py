@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from channels.outbound import FailureKind, Outgoing, SendFailed, Sent
-from channels.twilio import TwilioSender, parse_retry_after, sms_segments, twilio_failure
+from channels.twilio_send import TwilioSender, parse_retry_after, sms_segments, twilio_failure
 from tests.fakes import twilio_api
 from tests.fakes.twilio_api import FakeTwilio
 
@@ -413,7 +413,7 @@ async def test_a_look_that_cannot_reach_the_first_send_fails_instead_of_guessing
     """More Messages to the number since the doubt window opened than one look reads: "not
     found" would be a guess, and a resend then a duplicate. The look fails (the row stays in
     doubt and is looked for again); one the list reaches past is answered as before."""
-    from channels.twilio import FIND_LIMIT
+    from channels.twilio_send import FIND_LIMIT
 
     since = datetime.now(UTC)
     await sender.send(_message())  # the send in doubt, oldest in the window

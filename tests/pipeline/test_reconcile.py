@@ -14,8 +14,9 @@ from urllib.parse import urlencode
 import pytest
 
 from channels.base import InboundRequest
-from channels.twilio import TwilioAdapter, TwilioSender
+from channels.twilio import TwilioAdapter
 from channels.twilio_history import TwilioHistory
+from channels.twilio_send import TwilioSender
 from router.clock import FrozenClock
 from router.config import ReconcileConfig
 from router.events import EventStatus, Via

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from channels.twilio import TwilioSender
 from channels.twilio_history import TwilioHistory
+from channels.twilio_send import TwilioSender
 from router.clock import FrozenClock
 from router.config import ReconcileConfig, parse_settings
 from router.events import EventType, Via

@@ -18,8 +18,9 @@ import msgspec
 import pytest
 
 from channels.base import InboundRequest
-from channels.slack import SlackEventsAdapter, SlackSender
+from channels.slack import SlackEventsAdapter
 from channels.slack_history import SlackHistory
+from channels.slack_send import SlackSender
 from router.clock import FrozenClock
 from router.config import ReconcileConfig
 from router.events import EscalationThread, Event, EventStatus, Via

@@ -9,7 +9,7 @@ import pytest
 
 from router.clock import FrozenClock
 from router.rules import RuleSet, Snapshot, load_ruleset
-from router.rules.windows import parse_window
+from router.timewindows import parse_window
 from tests.rules.support import decide, make_event, write_rules
 
 MONDAY = datetime(2026, 11, 23, tzinfo=UTC)  # Monday 00:00 UTC

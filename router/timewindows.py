@@ -4,6 +4,10 @@ A window spec is one or more `;`-separated parts, each `[DAYS] HH:MM-HH:MM[,HH:M
 `Mon-Fri 09:00-17:00`, `Sat,Sun 10:00-14:00; Mon-Fri 08:00-20:00`, `22:00-06:00` (every day,
 overnight). Starts are inclusive, ends exclusive, at minute resolution; an end before the start
 runs past midnight into the next day. Day ranges may wrap (`Fri-Mon`).
+
+It lives at the top of `router/`, beside `timeutil.py`, and imports nothing of the project: the
+rules engine (`during:`), config checks and `statemachines/quiet_hours.py` all read windows in
+this one format, and the machines must not depend on the rules engine to do so.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Pure helpers over the engine (`router.rules`): load a folder as the server would, decode the
 partial event a marketer writes for `rules test`, and compare live and draft decisions for
-`rules diff`. No HTTP app, no store: the CLI stays light and testable.
+`rules diff`. No HTTP app, no store: the CLI stays light and testable. Only `router/cli/`
+imports it; what the pipeline needs too (`recorded_snapshot`) lives in `router.pipeline.replay`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from router.rules import (
 from router.rules.engine import template_context
 from router.rules.regexes import probe
 from router.rules.templates import describe
-from router.store.records import RunRecord
 
 #: Keys of an EVENT.json besides the event's own fields (SPEC §3).
 _SNAPSHOT_KEYS = ("conversation", "contact_timezone")
@@ -302,15 +302,6 @@ def compare(
     report.changed += 1
     report.changes.append(change)
     return change
-
-
-def recorded_snapshot(runs: Iterable[RunRecord]) -> Snapshot:
-    """The conversation the rules saw when the event was first routed (SPEC: `rules diff`
-    evaluates with the stored state); no conversation if it was never routed."""
-    for run in runs:
-        if run.conversation is not None:
-            return msgspec.convert({"conversation": run.conversation}, Snapshot)
-    return Snapshot()
 
 
 def change_lines(change: Change) -> list[str]:
