@@ -12,7 +12,8 @@ from typing import Any
 
 import msgspec
 
-from router.events import Event, EventStatus, decode_event
+from router import keys
+from router.events import EscalationThread, Event, EventStatus, decode_event
 from router.ids import ulid_floor
 from router.store.base import EventFilter, StoredRaw
 from router.store.records import OutboxRow, OutboxStatus, ReconcileRecord, RunRecord
@@ -285,3 +286,10 @@ def reconcile_records(
         )
         for row in rows
     }
+
+
+def thread_row(thread: EscalationThread) -> tuple[str, str]:
+    """The `threads` row `(thread_key, conversation_key)` of a sent escalation post's Slack
+    thread, as the dispatcher told it (`AttemptResult.thread`): agent replies and button
+    presses there are routed with the conversation from now on."""
+    return keys.slack_thread(thread.channel, thread.ts), thread.conversation_key

@@ -26,25 +26,22 @@ from typing import Any, NamedTuple, TypeVar
 import aiosqlite
 import msgspec
 
-from router import keys
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
-from router.events import EscalationThread, Event, EventStatus, encode_event
+from router.events import Event, EventStatus, encode_event
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
-    EventFilter,
     IngestItem,
     IngestOutcome,
     QuarantinedRequest,
-    StoredRaw,
 )
 from router.store.blobs import BlobStore
+from router.store.common import CommonStore
 from router.store.holding import Hold, StoreHeld, flock_now
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     HELD_UNTIL,
     AttemptOutcome,
-    AttemptRecord,
     AttemptResult,
     BreakerNews,
     ClaimedLane,
@@ -58,37 +55,28 @@ from router.store.records import (
     LaneCommit,
     Lease,
     LedgerRecord,
-    OutboxFilter,
     OutboxRow,
     Pruned,
     Receipt,
-    ReconcileRecord,
     RowClaims,
     RunRecord,
     SlotRequest,
-    StatusCounts,
     StorageUse,
-    TimerRecord,
 )
 from router.store.shared import (
     DISPATCH_SCAN,
     MAX_SCAN,
     SCAN_PAGE,
     Head,
-    awaiting_receipt_rows,
     book_slots,
     due_heads,
     event_from_row,
     fail_pending,
-    id_bounds,
     new_token,
-    outbox_from_row,
     plan_slots,
     receipt_target,
-    reconcile_records,
-    run_decoder,
     run_encoder,
-    stored_raw,
+    thread_row,
 )
 
 T = TypeVar("T")
@@ -132,7 +120,7 @@ def wrap_exceptions() -> Iterator[None]:
         raise StoreUnavailable(f"sqlite: {exc}") from exc
 
 
-class SQLiteStore:
+class SQLiteStore(CommonStore):
     """The single-box store: one file, WAL, group-committed durable ingest."""
 
     def __init__(
@@ -418,10 +406,6 @@ class SQLiteStore:
         row["received_at"] = timestamp(request.received_at)
         await self._write(self._sql["insert_quarantine"], row)
 
-    async def prune_nonces(self, before: datetime) -> None:
-        """Forget one-time tokens older than any timestamp a verifier would still accept."""
-        await self._write(self._sql["prune_nonces"], {"before": timestamp(before)})
-
     async def prune(self, before: datetime, limit: int) -> Pruned:
         return await self._transact(lambda conn: self._prune(conn, before, limit))
 
@@ -525,7 +509,7 @@ class SQLiteStore:
             ],
         )
         conversations = {
-            row[0]: _conversation_from_row(row)
+            row[0]: self._conversation(row)
             for row in conn.execute(
                 self._sql["conversations_by_key"], {"keys": _json_list(list(lanes))}
             )
@@ -686,12 +670,6 @@ class SQLiteStore:
 
         return await self._transact(run)
 
-    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = await self._read(self._sql["existing_outbox_ids"], {"ids": _json_list(ids)})
-        return {row[0] for row in rows}
-
     # -- dispatch ---------------------------------------------------------------------------
 
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
@@ -712,9 +690,9 @@ class SQLiteStore:
         rows = {row[0]: row for row in await self._read(self._sql["rows_by_id"], {"ids": ids})}
         return [
             DueRow(
-                row=_outbox(rows[row_id]),
+                row=self._outbox(rows[row_id]),
                 in_doubt=in_doubt,
-                doubt_since=_dt(since),
+                doubt_since=self._when(since),
             )
             for _, row_id, in_doubt, since in due
             if row_id in rows
@@ -795,8 +773,9 @@ class SQLiteStore:
                 self._sql["finish_sent"],
                 {"id": result.id, "provider_message_id": result.provider_message_id},
             )
+            if result.thread is not None:
+                conn.execute(self._sql["map_thread"], thread_row(result.thread))
             if result.provider_message_id:
-                self._map_thread(conn, result.id, result.provider_message_id)
                 self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
             if result.provider_status:
                 self._deliver(conn, result.id, "sent", result.provider_status, None)
@@ -906,63 +885,6 @@ class SQLiteStore:
         )
         return target
 
-    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
-        rows = await self._read(self._sql["escalation_post"], {"key": conversation_key})
-        return _outbox(rows[0]) if rows else None
-
-    async def escalation_thread(self, conversation_key: str) -> str | None:
-        rows = await self._read(self._sql["escalation_thread"], {"key": conversation_key})
-        return rows[0][0] if rows else None
-
-    async def next_due(self, now: datetime) -> datetime | None:
-        rows = await self._read(self._sql["next_due"], {"now": timestamp(now)})
-        return _dt(rows[0][0]) if rows else None
-
-    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
-        rows = await self._read(self._sql["attempts_of_row"], {"id": outbox_id})
-        return [
-            AttemptRecord(
-                at=_parse_ts(r[0]), outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4]
-            )
-            for r in rows
-        ]
-
-    async def requeue_dead(self, outbox_id: str) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute(self._sql["requeue_dead"], {"id": outbox_id}).rowcount)
-
-        return await self._transact(run)
-
-    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            params = {"id": outbox_id, "reason": reason}
-            return bool(conn.execute(self._sql["discard_dead"], params).rowcount)
-
-        return await self._transact(run)
-
-    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
-        name = "outbox_counts_live" if live_only else "outbox_counts"
-        rows = await self._read(self._sql[name], {})
-        return {(row[0], row[1]): row[2] for row in rows}
-
-    async def oldest_due(self, now: datetime) -> datetime | None:
-        rows = await self._read(self._sql["oldest_due"], {"now": timestamp(now)})
-        return _dt(rows[0][0]) if rows else None
-
-    async def status_counts(self, now: datetime) -> StatusCounts:
-        [events] = await self._read(self._sql["status_events"], {})
-        [escalations] = await self._read(self._sql["status_escalations"], {})
-        [due] = await self._read_filtered("status_outbox_due", {"now": timestamp(now)})
-        return StatusCounts(
-            events_waiting=events[0],
-            oldest_waiting_id=events[1],
-            events_failed=events[2],
-            escalated=escalations[0],
-            agent=escalations[1],
-            outbox_due=due[0],
-            oldest_due=_dt(due[1]),
-        )
-
     async def storage_use(self) -> StorageUse:
         return await asyncio.to_thread(self._storage_use)
 
@@ -976,14 +898,6 @@ class SQLiteStore:
             disk_total_bytes=disk.total,
         )
 
-    async def rate_slots(self) -> dict[str, datetime]:
-        rows = await self._read(self._sql["rate_slots"], {})
-        return {row[0]: _parse_ts(row[1]) for row in rows}
-
-    async def breakers(self) -> dict[str, BreakerNews]:
-        rows = await self._read(self._sql["breakers"], {})
-        return {key: BreakerNews(state=state, changed_at=_parse_ts(at)) for key, state, at in rows}
-
     async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
         if not news:
             return
@@ -992,75 +906,6 @@ class SQLiteStore:
             for key, n in sorted(news.items())
         ]
         await self._transact(lambda conn: conn.executemany(self._sql["save_breaker"], params))
-
-    async def delay_slot(self, key: str, until: datetime) -> None:
-        await self._write(self._sql["delay_slot"], {"key": key, "until": timestamp(until)})
-
-    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
-        if not keys:
-            return {}
-        rows = await self._read(self._sql["contacts_by_key"], {"keys": _json_list(keys)})
-        return {
-            row[0]: ContactRecord(
-                address=row[0], consent=row[1], opted_out_at=_dt(row[2]), timezone=row[3]
-            )
-            for row in rows
-        }
-
-    def _map_thread(self, conn: sqlite3.Connection, outbox_id: str, ts: str) -> None:
-        """An escalation post is sent: its Slack thread belongs to the conversation from now
-        on (agent replies and button presses there are routed with it)."""
-        row = conn.execute(self._sql["row_for_thread"], {"id": outbox_id}).fetchone()
-        if row is not None and row[0] == "escalation" and row[2] is not None:
-            conn.execute(
-                self._sql["map_thread"],
-                {"thread_key": keys.slack_thread(row[1], ts), "conversation_key": row[2]},
-            )
-
-    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._read_filtered("list_timers", {"due_before": _ts(due_before)})
-        return [
-            TimerRecord(conversation_key=row[0], timer=row[1], due_at=_parse_ts(row[2]))
-            for row in rows
-        ]
-
-    async def runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._read(self._sql["runs_of_event"], {"event_id": event_id})
-        return [run_decoder.decode(row[0]) for row in rows]
-
-    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
-        params = {
-            "status": where.status.value if where.status else None,
-            "channel": where.channel,
-            "recipient": where.to,
-            "event_id": where.event_id,
-            "before": where.before,
-            "limit": where.limit,
-        }
-        return [_outbox(row) for row in await self._read_filtered("list_outbox", params)]
-
-    async def get_conversation(self, key: str) -> ConversationRecord | None:
-        rows = await self._read(self._sql["get_conversation"], {"key": key})
-        return _conversation_from_row(rows[0]) if rows else None
-
-    async def list_conversations(
-        self, state: str | None, limit: int = 100
-    ) -> list[ConversationRecord]:
-        rows = await self._read_filtered("list_conversations", {"state": state, "limit": limit})
-        return [_conversation_from_row(row) for row in rows]
-
-    async def get_contact(self, key: str) -> ContactRecord | None:
-        found = await self.contacts([key])
-        contact = found.get(key)
-        if contact is None:
-            return None
-        ledger = [
-            LedgerRecord(
-                at=_parse_ts(row[0]), event_id=row[1], channel=row[2], change=row[3], reason=row[4]
-            )
-            for row in await self._read(self._sql["contact_ledger"], {"key": key})
-        ]
-        return msgspec.structs.replace(contact, ledger=ledger)
 
     async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in a write transaction on the writer connection, atomically (a savepoint):
@@ -1073,65 +918,6 @@ class SQLiteStore:
             return await future
 
     # -- reads ----------------------------------------------------------------------------
-
-    async def list_events(self, where: EventFilter) -> list[Event]:
-        since_id, until_id = id_bounds(where)
-        params = {
-            "since_id": since_id,
-            "until_id": until_id,
-            "source": where.source,
-            "type": where.type,
-            "status": where.status.value if where.status else None,
-            "since": timestamp(where.since) if where.since else None,
-            "until": timestamp(where.until) if where.until else None,
-            "before": where.before,
-            "limit": where.limit,
-        }
-        rows = await self._read_filtered("list_events", params)
-        found = []
-        for row in rows:
-            try:
-                found.append(event_from_row(row))
-            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
-                log.warning(
-                    "stored event cannot be read",
-                    stage="store",
-                    event_id=row[2],
-                    error=str(exc)[:200],
-                )
-        return found
-
-    async def get_event(self, event_id: str) -> Event | None:
-        rows = await self._read(self._sql["get_event"], {"id": event_id})
-        if not rows:
-            return None
-        try:
-            return event_from_row(rows[0])
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
-
-    async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return stored_raw(await self._read(self._sql["get_raw"], {"id": event_id}))
-
-    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
-        params = {"source": source, "nonce": nonce}
-        return stored_raw(await self._read(self._sql["nonce_first_body"], params))
-
-    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
-        rows = await self._read(self._sql["list_quarantine"], {"limit": limit})
-        names = (
-            "id",
-            "source",
-            "received_at",
-            "reason",
-            "content_type",
-            "raw_body",
-            "raw_blob",
-            "correlation_id",
-        )
-        return [
-            msgspec.convert(dict(zip(names, row, strict=True)), QuarantinedRequest) for row in rows
-        ]
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         """SQLite has no notifications: the writer connection reads `PRAGMA data_version`,
@@ -1166,50 +952,6 @@ class SQLiteStore:
                 await asyncio.sleep(1.0)
 
     # -- reconciliation (SPEC §12) -----------------------------------------------------------
-
-    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        rows = await self._read(self._sql["known_dedupe_keys"], {"keys": _json_list(keys)})
-        return {row[0] for row in rows}
-
-    async def awaiting_receipt(
-        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
-    ) -> list[str]:
-        async def page(before: int, size: int) -> Sequence[Sequence[Any]]:
-            sql = self._sql["sent_rows_page"]
-            return await self._read(sql, {"before": before, "limit": size})
-
-        return await awaiting_receipt_rows(page, _dt, channels, sent_before, created_after, limit)
-
-    async def open_threads(self) -> list[EscalationThread]:
-        rows = await self._read(self._sql["open_threads"], {})
-        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
-
-    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
-        rows = await self._read(self._sql["reconcile_state"], {})
-        return reconcile_records(rows, _dt)
-
-    async def record_reconcile(
-        self,
-        source: str,
-        at: datetime,
-        *,
-        until: datetime | None,
-        recovered: int,
-        error: str | None,
-    ) -> None:
-        if error is None and until is not None:
-            params = {"source": source, "until": timestamp(until), "recovered": recovered}
-            await self._write(self._sql["record_reconcile_success"], params)
-            return
-        params = {
-            "source": source,
-            "recovered": recovered,
-            "error": error or "failed",
-            "at": timestamp(at),
-        }
-        await self._write(self._sql["record_reconcile_failure"], params)
 
     @contextlib.asynccontextmanager
     async def reconcile_lock(self) -> AsyncIterator[bool]:
@@ -1263,10 +1005,26 @@ class SQLiteStore:
         with wrap_exceptions():
             return list(await reader.execute_fetchall(sql, params))
 
-    async def _read_filtered(self, name: str, params: dict[str, Any]) -> list[Any]:
-        """Read with the filtered query `name`, only the filters given in it (`filtered`)."""
+    async def _rows(self, name: str, **params: Any) -> list[Any]:
         sql, names = filtered("sqlite", self._sql[name], params)
         return await self._read(sql, {name: params[name] for name in names})
+
+    async def _run(self, name: str, **params: Any) -> int:
+        sql = self._sql[name]
+        changed: int = await self._transact(lambda conn: conn.execute(sql, params).rowcount)
+        return changed
+
+    @staticmethod
+    def _time(value: Any) -> datetime:
+        return datetime.fromisoformat(value)
+
+    @staticmethod
+    def _at(moment: datetime) -> str:
+        return timestamp(moment)
+
+    @staticmethod
+    def _texts(values: list[str]) -> str:
+        return _json_list(values)
 
     @staticmethod
     def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
@@ -1303,10 +1061,6 @@ def _parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _dt(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
     return {
         "key": record.key,
@@ -1316,17 +1070,6 @@ def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
         "body": record.body,
         "updated_at": timestamp(record.updated_at),
     }
-
-
-def _conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
-    return ConversationRecord(
-        key=row[0],
-        state=row[1],
-        channel=row[2],
-        contact=row[3],
-        body=row[4].encode() if isinstance(row[4], str) else bytes(row[4]),
-        updated_at=_parse_ts(row[5]),
-    )
 
 
 def _outbox_row(row: OutboxRow) -> dict[str, Any]:
@@ -1349,10 +1092,6 @@ def _outbox_row(row: OutboxRow) -> dict[str, Any]:
         "lane": row.lane,
         "priority": row.priority,
     }
-
-
-def _outbox(row: Sequence[Any]) -> OutboxRow:
-    return outbox_from_row(row, _dt)
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

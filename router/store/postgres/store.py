@@ -21,19 +21,17 @@ import asyncpg
 import msgspec
 from asyncpg import Connection as Conn
 
-from router import keys
 from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
-from router.events import EscalationThread, Event, EventStatus
+from router.events import Event, EventStatus
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
-    EventFilter,
     IngestItem,
     IngestOutcome,
     QuarantinedRequest,
-    StoredRaw,
 )
+from router.store.common import CommonStore
 from router.store.postgres.blobs import PostgresBlobs
 from router.store.postgres.connection import (
     DRIVER_ERRORS,
@@ -42,43 +40,34 @@ from router.store.postgres.connection import (
     wrap_exceptions,
 )
 from router.store.postgres.rows import (
-    conversation_from_row,
     conversation_row,
-    db_opt_text,
     db_text,
     event_params,
-    outbox_from_row,
     outbox_params,
 )
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     HELD_UNTIL,
     AttemptOutcome,
-    AttemptRecord,
     AttemptResult,
     BreakerNews,
     ClaimedLane,
     ClaimedRow,
     CommitOutcome,
     ContactRecord,
-    ConversationRecord,
     DueRow,
     EventResult,
     HoldChange,
     LaneCommit,
     Lease,
     LedgerRecord,
-    OutboxFilter,
     OutboxRow,
     Pruned,
     Receipt,
-    ReconcileRecord,
     RowClaims,
     RunRecord,
     SlotRequest,
-    StatusCounts,
     StorageUse,
-    TimerRecord,
 )
 from router.store.shared import (
     DISPATCH_PAGE,
@@ -87,18 +76,14 @@ from router.store.shared import (
     SCAN_PAGE,
     DueHeads,
     after_receipt,
-    awaiting_receipt_rows,
     book_slots,
     event_from_row,
     fail_pending,
-    id_bounds,
     new_token,
     plan_slots,
     receipt_target,
-    reconcile_records,
-    run_decoder,
     run_encoder,
-    stored_raw,
+    thread_row,
 )
 
 T = TypeVar("T")
@@ -132,7 +117,7 @@ _SCHEMA_TABLE = (
 )
 
 
-class PostgresStore:
+class PostgresStore(CommonStore):
     """The fleet's store: one PostgreSQL for every router process, on any number of boxes."""
 
     def __init__(
@@ -359,10 +344,6 @@ class PostgresStore:
             db_text(request.correlation_id),
         )
 
-    async def prune_nonces(self, before: datetime) -> None:
-        """Forget one-time tokens older than any timestamp a verifier would still accept."""
-        await self._execute(self._sql["prune_nonces"], before)
-
     async def prune(self, before: datetime, limit: int) -> Pruned:
         sql = self._sql
 
@@ -448,7 +429,7 @@ class PostgresStore:
         if not kept:
             return []
         conversations = {
-            record[0]: conversation_from_row(record)
+            record[0]: self._conversation(record)
             for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
         }
         return [
@@ -676,12 +657,6 @@ class PostgresStore:
 
         return await self._transact(run)
 
-    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = await self._fetch(self._sql["existing_outbox_ids"], [db_text(i) for i in ids])
-        return {row[0] for row in rows}
-
     # -- dispatch ---------------------------------------------------------------------------
 
     async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
@@ -701,7 +676,7 @@ class PostgresStore:
         found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])
         rows = {row[0]: row for row in found}
         return [
-            DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, doubt_since=at)
+            DueRow(row=self._outbox(rows[row_id]), in_doubt=in_doubt, doubt_since=at)
             for _, row_id, in_doubt, at in due
             if row_id in rows
         ]
@@ -834,9 +809,9 @@ class PostgresStore:
             conn,
             "map_thread",
             [
-                (keys.slack_thread(recipient, ts), key)
-                for _, escalation, recipient, key, ts in done
-                if escalation
+                tuple(db_text(value) for value in thread_row(result.thread))
+                for result in results
+                if result.thread is not None and result.id in finished
             ],
         )
         return finished
@@ -912,64 +887,6 @@ class PostgresStore:
         await conn.execute(self._sql["set_delivery"], row_id, target, error_code)
         return target
 
-    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
-        rows = await self._fetch(self._sql["escalation_post"], db_text(conversation_key))
-        return outbox_from_row(rows[0]) if rows else None
-
-    async def escalation_thread(self, conversation_key: str) -> str | None:
-        thread: str | None = await self._fetch_value(
-            self._sql["escalation_thread"], db_text(conversation_key)
-        )
-        return thread
-
-    async def next_due(self, now: datetime) -> datetime | None:
-        due: datetime | None = await self._fetch_value(self._sql["next_due"], now)
-        return due
-
-    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
-        rows = await self._fetch(self._sql["attempts_of_row"], db_text(outbox_id))
-        return [
-            AttemptRecord(at=r[0], outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4])
-            for r in rows
-        ]
-
-    async def requeue_dead(self, outbox_id: str) -> bool:
-        requeued = await self._changed(self._sql["requeue_dead"], db_text(outbox_id))
-        if requeued:
-            await self._transact(self._notify, single_statement=True)
-        return requeued
-
-    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
-        return await self._changed(self._sql["discard_dead"], db_text(outbox_id), db_text(reason))
-
-    async def _changed(self, sql: str, *args: Any) -> bool:
-        """Run one UPDATE; True if it changed a row."""
-        status = await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
-        return not status.endswith(" 0")
-
-    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
-        name = "outbox_counts_live" if live_only else "outbox_counts"
-        rows = await self._fetch(self._sql[name])
-        return {(row[0], row[1]): row[2] for row in rows}
-
-    async def oldest_due(self, now: datetime) -> datetime | None:
-        oldest: datetime | None = await self._fetch_value(self._sql["oldest_due"], now)
-        return oldest
-
-    async def status_counts(self, now: datetime) -> StatusCounts:
-        [events] = await self._fetch(self._sql["status_events"])
-        [escalations] = await self._fetch(self._sql["status_escalations"])
-        [due] = await self._fetch_filtered("status_outbox_due", now=now)
-        return StatusCounts(
-            events_waiting=events[0],
-            oldest_waiting_id=events[1],
-            events_failed=events[2],
-            escalated=escalations[0],
-            agent=escalations[1],
-            outbox_due=due[0],
-            oldest_due=due[1],
-        )
-
     async def storage_use(self) -> StorageUse:
         [sizes] = await self._fetch(self._sql["storage_use"])
         return StorageUse(
@@ -978,13 +895,6 @@ class PostgresStore:
             disk_free_bytes=None,
             disk_total_bytes=None,
         )
-
-    async def rate_slots(self) -> dict[str, datetime]:
-        return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}
-
-    async def breakers(self) -> dict[str, BreakerNews]:
-        rows = await self._fetch(self._sql["breakers"])
-        return {r[0]: BreakerNews(state=r[1], changed_at=r[2]) for r in rows}
 
     async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
         if not news:
@@ -997,122 +907,7 @@ class PostgresStore:
             [news[key].changed_at for key in keys],
         )
 
-    async def delay_slot(self, key: str, until: datetime) -> None:
-        await self._execute(self._sql["delay_slot"], db_text(key), until)
-
     # -- reads ----------------------------------------------------------------------------
-
-    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
-        if not keys:
-            return {}
-        rows = await self._fetch(self._sql["contacts_by_key"], [db_text(k) for k in keys])
-        return {
-            row[0]: ContactRecord(
-                address=row[0], consent=row[1], opted_out_at=row[2], timezone=row[3]
-            )
-            for row in rows
-        }
-
-    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._fetch_filtered("list_timers", due_before=due_before)
-        return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
-
-    async def runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._fetch(self._sql["runs_of_event"], db_text(event_id))
-        return [run_decoder.decode(row[0]) for row in rows]
-
-    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
-        rows = await self._fetch_filtered(
-            "list_outbox",
-            status=where.status.value if where.status else None,
-            channel=db_opt_text(where.channel),
-            recipient=db_opt_text(where.to),
-            event_id=db_opt_text(where.event_id),
-            before=db_opt_text(where.before),
-            limit=where.limit,
-        )
-        return [outbox_from_row(row) for row in rows]
-
-    async def get_conversation(self, key: str) -> ConversationRecord | None:
-        rows = await self._fetch(self._sql["get_conversation"], db_text(key))
-        return conversation_from_row(rows[0]) if rows else None
-
-    async def list_conversations(
-        self, state: str | None, limit: int = 100
-    ) -> list[ConversationRecord]:
-        rows = await self._fetch_filtered(
-            "list_conversations", state=db_opt_text(state), limit=limit
-        )
-        return [conversation_from_row(row) for row in rows]
-
-    async def get_contact(self, key: str) -> ContactRecord | None:
-        contact = (await self.contacts([key])).get(db_text(key))
-        if contact is None:
-            return None
-        ledger = [
-            LedgerRecord(at=r[0], event_id=r[1], channel=r[2], change=r[3], reason=r[4])
-            for r in await self._fetch(self._sql["contact_ledger"], db_text(key))
-        ]
-        return msgspec.structs.replace(contact, ledger=ledger)
-
-    async def list_events(self, where: EventFilter) -> list[Event]:
-        since_id, until_id = id_bounds(where)
-        rows = await self._fetch_filtered(
-            "list_events",
-            since_id=since_id,
-            until_id=until_id,
-            source=db_opt_text(where.source),
-            type=db_opt_text(where.type),
-            status=where.status.value if where.status else None,
-            since=where.since,
-            until=where.until,
-            before=db_opt_text(where.before),
-            limit=where.limit,
-        )
-        found = []
-        for row in rows:
-            try:
-                found.append(event_from_row(row))
-            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
-                log.warning(
-                    "stored event cannot be read",
-                    stage="store",
-                    event_id=row[2],
-                    error=str(exc)[:200],
-                )
-        return found
-
-    async def get_event(self, event_id: str) -> Event | None:
-        rows = await self._fetch(self._sql["get_event"], db_text(event_id))
-        if not rows:
-            return None
-        try:
-            return event_from_row(rows[0])
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
-
-    async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return stored_raw(await self._fetch(self._sql["get_raw"], db_text(event_id)))
-
-    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
-        return stored_raw(
-            await self._fetch(self._sql["nonce_first_body"], db_text(source), db_text(nonce))
-        )
-
-    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
-        return [
-            QuarantinedRequest(
-                id=r[0],
-                source=r[1],
-                received_at=r[2],
-                reason=r[3],
-                content_type=r[4],
-                raw_body=r[5],
-                raw_blob=r[6],
-                correlation_id=r[7],
-            )
-            for r in await self._fetch(self._sql["list_quarantine"], limit)
-        ]
 
     async def _notify(self, conn: Conn) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", _CHANNEL, self._instance)
@@ -1166,45 +961,6 @@ class PostgresStore:
 
     # -- reconciliation (SPEC §12) -----------------------------------------------------------
 
-    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        rows = await self._fetch(self._sql["known_dedupe_keys"], [db_text(k) for k in keys])
-        return {row[0] for row in rows}
-
-    async def awaiting_receipt(
-        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
-    ) -> list[str]:
-        async def page(before: int, size: int) -> Sequence[Sequence[Any]]:
-            return await self._fetch_filtered("sent_rows_page", before=before, limit=size)
-
-        return await awaiting_receipt_rows(
-            page, lambda value: value, channels, sent_before, created_after, limit
-        )
-
-    async def open_threads(self) -> list[EscalationThread]:
-        rows = await self._fetch(self._sql["open_threads"])
-        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
-
-    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
-        rows = await self._fetch(self._sql["reconcile_state"])
-        return reconcile_records(rows, lambda value: value)
-
-    async def record_reconcile(
-        self,
-        source: str,
-        at: datetime,
-        *,
-        until: datetime | None,
-        recovered: int,
-        error: str | None,
-    ) -> None:
-        if error is None and until is not None:
-            await self._execute(self._sql["record_reconcile_success"], source, until, recovered)
-            return
-        sql = self._sql["record_reconcile_failure"]
-        await self._execute(sql, source, recovered, db_text(error or "failed"), at)
-
     @contextlib.asynccontextmanager
     async def reconcile_lock(self) -> AsyncIterator[bool]:
         """A session advisory lock on a connection held for the pass: one holder in the
@@ -1245,10 +1001,35 @@ class PostgresStore:
         )
         return rows
 
-    async def _fetch_filtered(self, name: str, **params: Any) -> list[asyncpg.Record]:
-        """`_fetch` of the filtered query `name` with only the filters given (`filtered`)."""
+    async def _rows(self, name: str, **params: Any) -> list[asyncpg.Record]:
         sql, names = filtered("postgres", self._sql[name], params)
         return await self._fetch(sql, *(params[name] for name in names))
+
+    async def _run(self, name: str, **params: Any) -> int:
+        sql, names = filtered("postgres", self._sql[name], params)
+        args = [params[name] for name in names]
+        status = await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
+        return _affected(status)
+
+    async def _wake(self) -> None:
+        await self._transact(self._notify, single_statement=True)
+
+    @staticmethod
+    def _time(value: Any) -> datetime:
+        moment: datetime = value  # asyncpg reads timestamptz as aware datetimes already
+        return moment
+
+    @staticmethod
+    def _at(moment: datetime) -> datetime:
+        return moment
+
+    @staticmethod
+    def _text(value: str) -> str:
+        return db_text(value)
+
+    @staticmethod
+    def _texts(values: list[str]) -> list[str]:
+        return [db_text(value) for value in values]
 
     async def _fetch_value(self, sql: str, *args: Any) -> Any:
         return await self._transact(lambda conn: conn.fetchval(sql, *args), single_statement=True)
