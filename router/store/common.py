@@ -26,6 +26,7 @@ from router.store.records import (
     BreakerNews,
     ContactRecord,
     ConversationRecord,
+    DueRow,
     LedgerRecord,
     OutboxFilter,
     OutboxRow,
@@ -35,6 +36,7 @@ from router.store.records import (
     TimerRecord,
 )
 from router.store.shared import (
+    Head,
     awaiting_receipt_rows,
     event_from_row,
     id_bounds,
@@ -60,6 +62,11 @@ class CommonStore:
 
     async def _run(self, name: str, **params: Any) -> int:
         """Run one named write statement, committed on its own; how many rows it changed."""
+        raise NotImplementedError
+
+    async def _due_heads(self, now: datetime, limit: int) -> list[Head]:
+        """The due head of each lane (`shared.DueHeads` over the `dispatch_scan` rows, read
+        as the backend reads a long scan best)."""
         raise NotImplementedError
 
     async def _wake(self) -> None:
@@ -236,6 +243,18 @@ class CommonStore:
         return {row[0] for row in rows}
 
     # -- the outbox ------------------------------------------------------------------------
+
+    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+        due = await self._due_heads(now, limit)
+        if not due:
+            return []
+        found = await self._rows("rows_by_id", ids=self._texts([head[1] for head in due]))
+        rows = {row[0]: row for row in found}
+        return [
+            DueRow(row=self._outbox(rows[row_id]), in_doubt=in_doubt, doubt_since=self._when(at))
+            for _, row_id, in_doubt, at in due
+            if row_id in rows
+        ]
 
     async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
         rows = await self._rows(

@@ -27,7 +27,7 @@ import aiosqlite
 import msgspec
 
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
-from router.events import Event, EventStatus, encode_event
+from router.events import Event, encode_event
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
@@ -45,7 +45,6 @@ from router.store.records import (
     AttemptResult,
     BreakerNews,
     ClaimedLane,
-    ClaimedRow,
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
@@ -59,7 +58,6 @@ from router.store.records import (
     Pruned,
     Receipt,
     RowClaims,
-    RunRecord,
     SlotRequest,
     StorageUse,
 )
@@ -68,7 +66,10 @@ from router.store.shared import (
     MAX_SCAN,
     SCAN_PAGE,
     Head,
+    LanePicker,
     book_slots,
+    claimed_lanes,
+    claimed_rows,
     due_heads,
     event_from_row,
     fail_pending,
@@ -77,6 +78,8 @@ from router.store.shared import (
     receipt_target,
     run_encoder,
     thread_row,
+    unreadable,
+    unsent_finish,
 )
 
 T = TypeVar("T")
@@ -447,36 +450,27 @@ class SQLiteStore(CommonStore):
         max_lanes: int,
         max_events: int,
     ) -> list[ClaimedLane]:
-        lanes: dict[str, list[str]] = {}
+        picker = LanePicker(max_lanes, max_events)
         busy: set[str] = set()
         page = SCAN_PAGE
         after: str | None = None
-        # Pages of unfinished events in arrival order, until enough lanes are found: a flood in
-        # one conversation (or a held lane's backlog) must not hide the conversations after it.
         for _ in range(MAX_SCAN // page):
             scan = conn.execute(self._sql["claim_scan"], {"limit": page, "after": after}).fetchall()
             if not scan:
                 break
-            fresh = [lane for lane in dict.fromkeys(lane for _, lane in scan) if lane not in lanes]
+            picked = picker.lanes
+            fresh = [lane for lane in dict.fromkeys(lane for _, lane in scan) if lane not in picked]
             busy.update(
                 lane
                 for (lane,) in conn.execute(
                     self._sql["busy_lanes"], {"now": timestamp(now), "lanes": _json_list(fresh)}
                 )
             )
-            for event_id, lane in scan:
-                if lane in busy:
-                    continue
-                ids = lanes.get(lane)
-                if ids is None:
-                    if len(lanes) >= max_lanes:
-                        continue
-                    ids = lanes[lane] = []
-                if len(ids) < max_events:
-                    ids.append(event_id)
-            if len(lanes) >= max_lanes or len(scan) < page:
+            picker.take(row for row in scan if row[1] not in busy)
+            if picker.full or len(scan) < page:
                 break
             after = scan[-1][0]
+        lanes = picker.lanes
         if not lanes:
             return []
         all_ids = _json_list([event_id for ids in lanes.values() for event_id in ids])
@@ -487,7 +481,7 @@ class SQLiteStore(CommonStore):
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:  # never stalls its lane
-                self._fail_unreadable(conn, event_id, now, exc)
+                self._record_result(conn, unreadable(event_id, now, exc))
         lanes = {
             lane: kept
             for lane, ids in lanes.items()
@@ -514,30 +508,7 @@ class SQLiteStore(CommonStore):
                 self._sql["conversations_by_key"], {"keys": _json_list(list(lanes))}
             )
         }
-        return [
-            ClaimedLane(
-                lease=leases[lane],
-                events=[found[event_id][0] for event_id in ids],
-                attempts={event_id: found[event_id][1] for event_id in ids},
-                conversation=conversations.get(lane),
-            )
-            for lane, ids in lanes.items()
-        ]
-
-    def _fail_unreadable(
-        self, conn: sqlite3.Connection, event_id: str, now: datetime, exc: Exception
-    ) -> None:
-        """An event whose stored form cannot be decoded is `failed` at once, with its error
-        on a run: retrying cannot help, and the events after it must go on."""
-        run = RunRecord(
-            event_id=event_id,
-            at=now,
-            rules_version=None,
-            error=f"stored event cannot be read: {exc}"[:1000],
-        )
-        self._record_result(
-            conn, EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
-        )
+        return claimed_lanes(leases, lanes, found, conversations)
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
         return await self._transact(lambda conn: self._commit_lanes(conn, lanes, now))
@@ -672,7 +643,7 @@ class SQLiteStore(CommonStore):
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+    async def _due_heads(self, now: datetime, limit: int) -> list[Head]:
         moment = timestamp(now)
         sql = self._sql["dispatch_scan"]
 
@@ -683,20 +654,7 @@ class SQLiteStore(CommonStore):
 
         reader = self._require(self._reader)
         with wrap_exceptions():
-            due = await self._call(reader, choose)
-        if not due:
-            return []
-        ids = _json_list([head[1] for head in due])
-        rows = {row[0]: row for row in await self._read(self._sql["rows_by_id"], {"ids": ids})}
-        return [
-            DueRow(
-                row=self._outbox(rows[row_id]),
-                in_doubt=in_doubt,
-                doubt_since=self._when(since),
-            )
-            for _, row_id, in_doubt, since in due
-            if row_id in rows
-        ]
+            return await self._call(reader, choose)
 
     async def claim_rows(
         self,
@@ -709,6 +667,7 @@ class SQLiteStore(CommonStore):
     ) -> RowClaims:
         del owner  # rows carry the token only; the owner shows in the logs
         until = timestamp(now + timedelta(seconds=lease_seconds))
+        moment = timestamp(now)
         wanted = list(slots) if slots is not None else [None] * len(due)
         keys = sorted({slot.key for slot in wanted if slot is not None})
 
@@ -718,27 +677,20 @@ class SQLiteStore(CommonStore):
                 for key, at in conn.execute(self._sql["slots_of"], {"keys": _json_list(keys)})
             }
             places, busy = plan_slots(wanted, nexts, now, horizon or now)
-            taken: list[tuple[DueRow, str, SlotRequest | None]] = []
+            kept: list[int] = []
+            tokens: list[str] = []
             for place in places:
-                head, token = due[place], new_token()
-                params = {"id": head.row.id, "token": token, "until": until, "now": timestamp(now)}
+                token = new_token()
+                params = {"id": due[place].row.id, "token": token, "until": until, "now": moment}
                 if conn.execute(self._sql["claim_row"], params).rowcount:
-                    taken.append((head, token, wanted[place]))
-            starts, booked = book_slots([slot for _, _, slot in taken], nexts, now)
+                    kept.append(place)
+                    tokens.append(token)
+            starts, booked = book_slots([wanted[place] for place in kept], nexts, now)
             conn.executemany(
                 self._sql["save_rate_slot"],
                 [{"key": key, "next_at": timestamp(at)} for key, at in booked.items()],
             )
-            claimed = [
-                ClaimedRow(
-                    row=head.row,
-                    token=token,
-                    in_doubt=head.in_doubt,
-                    doubt_since=head.doubt_since,
-                    start=start,
-                )
-                for (head, token, _), start in zip(taken, starts, strict=True)
-            ]
+            claimed = claimed_rows([due[place] for place in kept], tokens, starts)
             return RowClaims(claimed=claimed, busy_until=busy)
 
         return await self._transact(run)
@@ -779,39 +731,9 @@ class SQLiteStore(CommonStore):
                 self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
             if result.provider_status:
                 self._deliver(conn, result.id, "sent", result.provider_status, None)
-        elif outcome is AttemptOutcome.IN_DOUBT:
-            conn.execute(
-                self._sql["finish_in_doubt"],
-                {
-                    "id": result.id,
-                    "error": result.error,
-                    "error_code": result.error_code,
-                    "until": _ts(result.next_attempt_at) or timestamp(result.at),
-                },
-            )
-        elif outcome is AttemptOutcome.RETRY:
-            conn.execute(
-                self._sql["finish_retry"],
-                {
-                    "id": result.id,
-                    "error": result.error,
-                    "error_code": result.error_code,
-                    "next_attempt_at": _ts(result.next_attempt_at),
-                    "step": 0 if result.throttled else 1,
-                    "in_doubt": result.may_have_sent,
-                },
-            )
         else:
-            conn.execute(
-                self._sql["finish_dead"],
-                {
-                    "id": result.id,
-                    "status": "dead" if outcome is AttemptOutcome.DEAD else "cancelled",
-                    "error": result.error,
-                    "error_code": result.error_code,
-                    "in_doubt": result.may_have_sent,
-                },
-            )
+            name, params = unsent_finish(result, timestamp)
+            conn.execute(self._sql[name], params)
         if result.opted_out is not None:
             self._opt_out(conn, result.opted_out, result.ledger, result.at)
         conn.execute(

@@ -23,7 +23,7 @@ from asyncpg import Connection as Conn
 
 from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
-from router.events import Event, EventStatus
+from router.events import Event
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
@@ -52,7 +52,6 @@ from router.store.records import (
     AttemptResult,
     BreakerNews,
     ClaimedLane,
-    ClaimedRow,
     CommitOutcome,
     ContactRecord,
     DueRow,
@@ -65,7 +64,6 @@ from router.store.records import (
     Pruned,
     Receipt,
     RowClaims,
-    RunRecord,
     SlotRequest,
     StorageUse,
 )
@@ -75,8 +73,12 @@ from router.store.shared import (
     MAX_SCAN,
     SCAN_PAGE,
     DueHeads,
+    Head,
+    LanePicker,
     after_receipt,
     book_slots,
+    claimed_lanes,
+    claimed_rows,
     event_from_row,
     fail_pending,
     new_token,
@@ -84,6 +86,8 @@ from router.store.shared import (
     receipt_target,
     run_encoder,
     thread_row,
+    unreadable,
+    unsent_finish,
 )
 
 T = TypeVar("T")
@@ -432,15 +436,7 @@ class PostgresStore(CommonStore):
             record[0]: self._conversation(record)
             for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
         }
-        return [
-            ClaimedLane(
-                lease=leases[lane],
-                events=[found[event_id][0] for event_id in ids],
-                attempts={event_id: found[event_id][1] for event_id in ids},
-                conversation=conversations.get(lane),
-            )
-            for lane, ids in kept.items()
-        ]
+        return claimed_lanes(leases, kept, found, conversations)
 
     async def _pick_lanes(
         self, conn: Conn, now: datetime, max_lanes: int, max_events: int
@@ -448,24 +444,15 @@ class PostgresStore(CommonStore):
         """Lanes not leased at `now`, oldest first, with their first unfinished events: pages
         in arrival order until enough are found (a flood in one conversation, or a held lane's
         backlog, must not hide the conversations after it)."""
-        lanes: dict[str, list[str]] = {}
+        picker = LanePicker(max_lanes, max_events)
         after: str | None = None
         for _ in range(MAX_SCAN // SCAN_PAGE):
             scan = await conn.fetch(self._sql["claim_scan"], after, SCAN_PAGE, now)
-            for event_id, lane, busy in scan:
-                if busy:
-                    continue
-                ids = lanes.get(lane)
-                if ids is None:
-                    if len(lanes) >= max_lanes:
-                        continue
-                    ids = lanes[lane] = []
-                if len(ids) < max_events:
-                    ids.append(event_id)
-            if len(lanes) >= max_lanes or len(scan) < SCAN_PAGE:
+            picker.take((event_id, lane) for event_id, lane, busy in scan if not busy)
+            if picker.full or len(scan) < SCAN_PAGE:
                 break
             after = scan[-1][0]
-        return lanes
+        return picker.lanes
 
     async def _claimed_events(
         self, conn: Conn, lanes: dict[str, list[str]], now: datetime
@@ -478,14 +465,7 @@ class PostgresStore(CommonStore):
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:
-                run = RunRecord(
-                    event_id=event_id,
-                    at=now,
-                    rules_version=None,
-                    error=f"stored event cannot be read: {exc}"[:1000],
-                )
-                result = EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
-                await self._record_results(conn, [result])
+                await self._record_results(conn, [unreadable(event_id, now, exc)])
         return found
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
@@ -659,7 +639,7 @@ class PostgresStore(CommonStore):
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+    async def _due_heads(self, now: datetime, limit: int) -> list[Head]:
         # Page by page, growing, until enough heads of the first priority are found: a round
         # reads a few hundred rows of a backlog, not all it may look at (DISPATCH_SCAN).
         picker = DueHeads(now, limit)
@@ -670,16 +650,7 @@ class PostgresStore(CommonStore):
             if picker.feed(scan) or len(scan) < page or read >= DISPATCH_SCAN:
                 break
             after, page = scan[-1][-1], min(2 * page, DISPATCH_SCAN - read)
-        due = picker.due()
-        if not due:
-            return []
-        found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])
-        rows = {row[0]: row for row in found}
-        return [
-            DueRow(row=self._outbox(rows[row_id]), in_doubt=in_doubt, doubt_since=at)
-            for _, row_id, in_doubt, at in due
-            if row_id in rows
-        ]
+        return picker.due()
 
     async def claim_rows(
         self,
@@ -717,16 +688,8 @@ class PostgresStore(CommonStore):
             if booked:
                 names = sorted(booked)
                 await conn.execute(self._sql["save_slots"], names, [booked[name] for name in names])
-            claimed = [
-                ClaimedRow(
-                    row=due[place].row,
-                    token=tokens[due[place].row.id],
-                    in_doubt=due[place].in_doubt,
-                    doubt_since=due[place].doubt_since,
-                    start=start,
-                )
-                for place, start in zip(kept, starts, strict=True)
-            ]
+            heads = [due[place] for place in kept]
+            claimed = claimed_rows(heads, [tokens[head.row.id] for head in heads], starts)
             return RowClaims(claimed=claimed, busy_until=busy)
 
         return await self._transact(run)
@@ -822,27 +785,9 @@ class PostgresStore(CommonStore):
         outcome = result.outcome
         if outcome is AttemptOutcome.SENT:
             finished = bool(await self._finish_sent(conn, [result]))
-        else:
-            extra: tuple[Any, ...]
-            if outcome is AttemptOutcome.IN_DOUBT:
-                until = result.next_attempt_at or result.at
-                name, extra = "finish_in_doubt", (result.error, result.error_code, until)
-            elif outcome is AttemptOutcome.RETRY:
-                step = 0 if result.throttled else 1
-                name = "finish_retry"
-                extra = (
-                    result.error,
-                    result.error_code,
-                    result.next_attempt_at,
-                    step,
-                    result.may_have_sent,
-                )
-            else:
-                status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
-                name = "finish_dead"
-                extra = (status, result.error, result.error_code, result.may_have_sent)
-            fenced = self._sql[name]  # each returns the id only if the token still held it
-            finished = await conn.fetchval(fenced, result.id, result.token, *extra) is not None
+        else:  # each returns the id only if the token still held it
+            sql, args = self._bind(*unsent_finish(result, self._at))
+            finished = await conn.fetchval(sql, *args) is not None
         if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
             await self._save_contact(conn, result.opted_out, result.ledger, result.at)
             await self._cancel_waiting(
@@ -1001,13 +946,17 @@ class PostgresStore(CommonStore):
         )
         return rows
 
-    async def _rows(self, name: str, **params: Any) -> list[asyncpg.Record]:
+    def _bind(self, name: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The named query with its `:name` parameters numbered, and their values in order."""
         sql, names = filtered("postgres", self._sql[name], params)
-        return await self._fetch(sql, *(params[name] for name in names))
+        return sql, [params[name] for name in names]
+
+    async def _rows(self, name: str, **params: Any) -> list[asyncpg.Record]:
+        sql, args = self._bind(name, params)
+        return await self._fetch(sql, *args)
 
     async def _run(self, name: str, **params: Any) -> int:
-        sql, names = filtered("postgres", self._sql[name], params)
-        args = [params[name] for name in names]
+        sql, args = self._bind(name, params)
         status = await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
         return _affected(status)
 

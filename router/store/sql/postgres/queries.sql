@@ -220,7 +220,7 @@ ORDER BY seq LIMIT $2;
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
        not_before, created_at, attempts, last_error, provider_message_id, payload,
        next_attempt_at, error_code
-FROM outbox WHERE id = ANY($1::text[]);
+FROM outbox WHERE id = ANY(:ids::text[]);
 
 -- name: claim_rows
 -- Lease the rows $1 with tokens $2 until $3, each only if still claimable at $4; rows another
@@ -263,31 +263,31 @@ WHERE o.id = s.id AND o.lease_token = s.token AND o.status = 'sending'
 RETURNING o.id;
 
 -- name: finish_retry
--- $1 id, $2 the lease token it was attempted under (a row another attempt's lease took is
--- fenced: nothing changes, no row back), $3 error, $4 error_code, $5 next_attempt_at, $6 step
--- (0 for a throttled retry), $7 whether a message of the row may be out unrecorded: if so its
+-- Run by name (shared.unsent_finish). :token is the lease token it was attempted under (a row
+-- another attempt's lease took is fenced: nothing changes, no row back); :step is 0 for a
+-- throttled retry; :in_doubt whether a message of the row may be out unrecorded: if so its
 -- doubt window stays open and the next attempt looks first.
-UPDATE outbox SET status = 'pending', attempts = attempts + $6, last_error = $3,
-    error_code = $4, next_attempt_at = $5, lease_token = NULL,
-    lease_until = NULL, doubt_since = CASE WHEN $7::boolean THEN doubt_since END
-WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+UPDATE outbox SET status = 'pending', attempts = attempts + :step, last_error = :error,
+    error_code = :error_code, next_attempt_at = :next_attempt_at, lease_token = NULL,
+    lease_until = NULL, doubt_since = CASE WHEN :in_doubt::boolean THEN doubt_since END
+WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: finish_dead
--- $1 id, $2 lease token (fenced as finish_retry), $3 status (dead or cancelled), $4 error,
--- $5 error_code, $6 as finish_retry's $7 (a dead row retried by hand looks first if it may be out).
-UPDATE outbox SET status = $3, attempts = attempts + 1, last_error = $4,
-    error_code = $5, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
-    doubt_since = CASE WHEN $6::boolean THEN doubt_since END
-WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+-- :status dead or cancelled; fenced by :token and :in_doubt as finish_retry (a dead row
+-- retried by hand looks first if it may be out).
+UPDATE outbox SET status = :status, attempts = attempts + 1, last_error = :error,
+    error_code = :error_code, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
+    doubt_since = CASE WHEN :in_doubt::boolean THEN doubt_since END
+WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: finish_in_doubt
--- Still `sending`, with no holder, until the in-doubt check may run ($5). $1 id, $2 lease
--- token (fenced as finish_retry), $3 error, $4 error_code.
-UPDATE outbox SET attempts = attempts + 1, last_error = $3, error_code = $4,
-    lease_token = NULL, lease_until = $5
-WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+-- Still `sending`, with no holder, until the in-doubt check may run (:until); fenced by
+-- :token as finish_retry.
+UPDATE outbox SET attempts = attempts + 1, last_error = :error, error_code = :error_code,
+    lease_token = NULL, lease_until = :until
+WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: insert_attempts
