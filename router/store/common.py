@@ -11,16 +11,17 @@ decisions of `router.store.shared`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from router.errors import StoreCorrupt
+from router.errors import StoreCorrupt, StoreUnavailable
 from router.events import EscalationThread, Event
 from router.logs import get_logger
-from router.store.base import EventFilter, QuarantinedRequest, StoredRaw
+from router.store.base import EventFilter, IngestItem, IngestOutcome, QuarantinedRequest, StoredRaw
 from router.store.records import (
     AttemptRecord,
     BreakerNews,
@@ -39,6 +40,7 @@ from router.store.shared import (
     Head,
     awaiting_receipt_rows,
     event_from_row,
+    fail_pending,
     id_bounds,
     outbox_from_row,
     reconcile_records,
@@ -47,13 +49,32 @@ from router.store.shared import (
 )
 
 log = get_logger("switchboard.store")
+#: An ingest item and its row, encoded before it joins a batch (one that cannot be stored
+#: fails alone).
+Prepared = tuple[IngestItem, tuple[Any, ...]]
+Pending = tuple[Prepared, "asyncio.Future[IngestOutcome]"]
+#: Queued by `close`: the writer loop ends after the batch it is taking.
+STOP = object()
 
 
 class CommonStore:
     """The shared half of a Store; a backend adds connections, transactions and the writes
     that batch many rows."""
 
+    #: Ingest items (on SQLite other writes too) waiting for the writer task, which commits
+    #: whatever queued meanwhile together: one lock, one fsync (group commit).
+    _queue: asyncio.Queue[Any]
+    _writer_task: asyncio.Task[None] | None
+    #: Why the last ingest commit failed, until a commit succeeds (a full disk: only a
+    #: commit tells that the store is ready again).
+    _commit_error: str | None
+
     # -- what each backend supplies ------------------------------------------------------
+
+    @staticmethod
+    def _event_row(item: IngestItem) -> tuple[Any, ...]:
+        """The `events` row of an item; UnstorableEvent if it cannot be stored."""
+        raise NotImplementedError
 
     async def _rows(self, name: str, **params: Any) -> list[Sequence[Any]]:
         """The rows of the named query, read on its own (a filtered one drops the optional
@@ -120,6 +141,44 @@ class CommonStore:
             body=body.encode() if isinstance(body, str) else bytes(body),
             updated_at=self._time(row[5]),
         )
+
+    # -- the writer ----------------------------------------------------------------------
+
+    async def ingest(self, item: IngestItem) -> IngestOutcome:
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store is not open")
+        prepared = (item, self._event_row(item))  # raises UnstorableEvent before joining a batch
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((prepared, future))
+        return await future
+
+    async def _stop_writer(self) -> None:
+        """End the writer task after what it holds; what queued after its last batch is
+        answered (StoreUnavailable) rather than stranded."""
+        if self._writer_task is not None:
+            self._queue.put_nowait(STOP)
+            await self._writer_task
+            self._writer_task = None
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry is not STOP:
+                fail_pending(entry[1], StoreUnavailable("store is closed"))
+
+    def _check_writer(self) -> None:
+        if self._writer_task is None or self._writer_task.done():
+            raise StoreUnavailable("store writer is not running")
+
+    async def _probe_commit(self) -> None:
+        """After a failed ingest commit: commit one small row; ready again only if it lands."""
+        failed = self._commit_error
+        if failed is None:
+            return
+        try:
+            await self._run("probe_commit", at=self._at(datetime.now(UTC)))
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(f"cannot commit: {exc}") from exc
+        if self._commit_error == failed:
+            self._commit_error = None
 
     # -- events ----------------------------------------------------------------------------
 

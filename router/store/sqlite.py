@@ -36,7 +36,7 @@ from router.store.base import (
     QuarantinedRequest,
 )
 from router.store.blobs import BlobStore
-from router.store.common import CommonStore
+from router.store.common import STOP, CommonStore, Pending, Prepared
 from router.store.holding import Hold, StoreHeld, flock_now
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
@@ -85,9 +85,6 @@ from router.store.shared import (
 T = TypeVar("T")
 log = get_logger("switchboard.store")
 #: An item and its row, encoded by the caller: an event that cannot be stored fails alone.
-_Prepared = tuple[IngestItem, tuple[Any, ...]]
-_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
-_STOP = object()
 
 
 class _Txn(NamedTuple):
@@ -146,7 +143,7 @@ class SQLiteStore(CommonStore):
         self._reader: aiosqlite.Connection | None = None
         #: Ingest items and other writes, taken together by the writer loop: whatever queued
         #: while a commit was under way shares the next one (one lock, one fsync).
-        self._queue: asyncio.Queue[_Pending | _Txn | object] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending | _Txn | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._sql = queries("sqlite")
         #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
@@ -182,15 +179,7 @@ class SQLiteStore(CommonStore):
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
-        if self._writer_task is not None:
-            self._queue.put_nowait(_STOP)
-            await self._writer_task
-            self._writer_task = None
-        # Queued after the writer took its last batch: answer them rather than strand them.
-        while not self._queue.empty():
-            entry = self._queue.get_nowait()
-            if entry is not _STOP:
-                fail_pending(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._stop_writer()
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -255,23 +244,19 @@ class SQLiteStore(CommonStore):
 
     # -- ingest (group commit) ------------------------------------------------------------
 
-    async def ingest(self, item: IngestItem) -> IngestOutcome:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store is not open")
-        prepared = (item, _event_row(item))  # raises UnstorableEvent before joining a batch
-        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((prepared, future))
-        return await future
+    @staticmethod
+    def _event_row(item: IngestItem) -> tuple[Any, ...]:
+        return _event_row(item)
 
     async def _write_loop(self) -> None:
         assert self._writer is not None
         stopping = False
         while not stopping:
             first = await self._queue.get()
-            batch: list[_Pending] = []
+            batch: list[Pending] = []
             txns: list[_Txn] = []
             for entry in self._drain(first):
-                if entry is _STOP:
+                if entry is STOP:
                     stopping = True
                 elif isinstance(entry, _Txn):
                     txns.append(entry)
@@ -280,7 +265,7 @@ class SQLiteStore(CommonStore):
             if batch or txns:
                 await self._commit(batch, txns)
 
-    def _drain(self, first: _Pending | _Txn | object) -> Iterator[_Pending | _Txn | object]:
+    def _drain(self, first: Pending | _Txn | object) -> Iterator[Pending | _Txn | object]:
         yield first
         taken, txns = 1, int(isinstance(first, _Txn))
         while taken < self._max_batch and txns < _TXNS_PER_COMMIT and not self._queue.empty():
@@ -289,7 +274,7 @@ class SQLiteStore(CommonStore):
             txns += isinstance(entry, _Txn)
             yield entry
 
-    async def _commit(self, batch: list[_Pending], txns: list[_Txn]) -> None:
+    async def _commit(self, batch: list[Pending], txns: list[_Txn]) -> None:
         """One transaction for an ingest batch and the writes queued beside it; each write in
         a savepoint of its own, so one that raises fails alone."""
         assert self._writer is not None
@@ -337,7 +322,7 @@ class SQLiteStore(CommonStore):
     def _write_all(
         self,
         conn: sqlite3.Connection,
-        items: Sequence[_Prepared],
+        items: Sequence[Prepared],
         fns: Sequence[Callable[[sqlite3.Connection], Any]],
     ) -> tuple[list[IngestOutcome] | BaseException, list[tuple[bool, Any]]]:
         conn.execute("BEGIN IMMEDIATE")
@@ -355,7 +340,7 @@ class SQLiteStore(CommonStore):
         return ingested, results
 
     def _insert_items(
-        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
+        self, conn: sqlite3.Connection, items: Sequence[Prepared]
     ) -> list[IngestOutcome]:
         if any(item.nonce is not None for item, _ in items):
             return [self._write_one(conn, item, row) for item, row in items]
@@ -381,7 +366,7 @@ class SQLiteStore(CommonStore):
         return self._insert_events(conn, [(item, row)])[0]
 
     def _insert_events(
-        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
+        self, conn: sqlite3.Connection, items: Sequence[Prepared]
     ) -> list[IngestOutcome]:
         """Insert many events with one statement, then tell which were new.
 
@@ -889,8 +874,7 @@ class SQLiteStore(CommonStore):
             os.close(fd)
 
     async def ping(self) -> None:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store writer is not running")
+        self._check_writer()
         with wrap_exceptions():
             self._check_file()
         await self._read("SELECT count(*) FROM schema_migrations", {})
@@ -898,23 +882,12 @@ class SQLiteStore(CommonStore):
         writer = self._require(self._writer)
         with wrap_exceptions():
             await self._call(writer, _probe_write_lock)
-        if self._commit_error is not None:
-            await self._probe_commit()
+        await self._probe_commit()
         if self.blobs.failing is not None:
             try:
                 await asyncio.to_thread(self.blobs.probe)
             except OSError as exc:
                 raise StoreUnavailable(f"blob store: {exc.strerror or exc}") from exc
-
-    async def _probe_commit(self) -> None:
-        """After a failed ingest commit: commit one small row; ready again only if it lands."""
-        failed = self._commit_error
-        try:
-            await self._write(self._sql["probe_commit"], {"at": timestamp(datetime.now(UTC))})
-        except StoreUnavailable as exc:
-            raise StoreUnavailable(f"cannot commit: {exc}") from exc
-        if self._commit_error == failed:
-            self._commit_error = None
 
     def _check_file(self) -> None:
         """Raise unless the path still names the file opened: SQLite in WAL mode keeps

@@ -31,7 +31,7 @@ from router.store.base import (
     IngestOutcome,
     QuarantinedRequest,
 )
-from router.store.common import CommonStore
+from router.store.common import STOP, CommonStore, Pending, Prepared
 from router.store.postgres.blobs import PostgresBlobs
 from router.store.postgres.connection import (
     DRIVER_ERRORS,
@@ -99,9 +99,6 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-_Prepared = tuple[IngestItem, tuple[Any, ...]]
-_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
-_STOP = object()
 #: The advisory lock key migrations run under: "switchb" in ASCII.
 _MIGRATION_LOCK = 0x73776974636862
 #: The advisory lock of reconciliation passes (one at a time for the fleet): "recon" in ASCII.
@@ -144,7 +141,7 @@ class PostgresStore(CommonStore):
         self._max_batch = max_batch
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._sql = queries("postgres")
         #: Names this store's notifications, so its own watch skips them.
@@ -185,14 +182,7 @@ class PostgresStore(CommonStore):
         self._writer_task = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     async def close(self) -> None:
-        if self._writer_task is not None:
-            self._queue.put_nowait(_STOP)
-            await self._writer_task
-            self._writer_task = None
-        while not self._queue.empty():
-            entry = self._queue.get_nowait()
-            if entry is not _STOP:
-                fail_pending(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._stop_writer()
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -238,35 +228,31 @@ class PostgresStore(CommonStore):
 
     # -- ingest (group commit) ------------------------------------------------------------
 
-    async def ingest(self, item: IngestItem) -> IngestOutcome:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store is not open")
-        prepared = (item, event_params(item))  # raises UnstorableEvent before joining a batch
-        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((prepared, future))
-        return await future
+    @staticmethod
+    def _event_row(item: IngestItem) -> tuple[Any, ...]:
+        return event_params(item)
 
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
             first = await self._queue.get()
-            batch: list[_Pending] = []
+            batch: list[Pending] = []
             for entry in self._drain(first):
-                if entry is _STOP:
+                if entry is STOP:
                     stopping = True
                 else:
                     batch.append(entry)  # type: ignore[arg-type]
             if batch:
                 await self._commit(batch)
 
-    def _drain(self, first: _Pending | object) -> Iterator[_Pending | object]:
+    def _drain(self, first: Pending | object) -> Iterator[Pending | object]:
         yield first
         taken = 1
         while taken < self._max_batch and not self._queue.empty():
             yield self._queue.get_nowait()
             taken += 1
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         items = [item for item, _ in batch]
         # Without one-time tokens a batch is one statement (the insert, its NOTIFY folded in):
         # it needs no transaction of its own, one round trip instead of four.
@@ -287,7 +273,7 @@ class PostgresStore(CommonStore):
             if not future.done():
                 future.set_result(outcome)
 
-    async def _write_batch(self, conn: Conn, items: Sequence[_Prepared]) -> list[IngestOutcome]:
+    async def _write_batch(self, conn: Conn, items: Sequence[Prepared]) -> list[IngestOutcome]:
         replays = await self._check_nonces(conn, items)
         rows = [row for place, (_, row) in enumerate(items) if place not in replays]
         stored: set[str] = set()
@@ -307,7 +293,7 @@ class PostgresStore(CommonStore):
             for place, (_, row) in enumerate(items)
         ]
 
-    async def _check_nonces(self, conn: Conn, items: Sequence[_Prepared]) -> set[int]:
+    async def _check_nonces(self, conn: Conn, items: Sequence[Prepared]) -> set[int]:
         """The places of items whose one-time token was first used with another dedupe key.
         Tokens go in (source, nonce) order, the first submitted first, against deadlocks."""
         with_nonce = sorted(
@@ -926,18 +912,10 @@ class PostgresStore(CommonStore):
     async def ping(self) -> None:
         """Unavailable unless the writer runs, the database answers and takes writes (not a
         standby after a failover), and, after an ingest commit failed, a commit lands again."""
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store writer is not running")
+        self._check_writer()
         if await self._fetch_value("SELECT pg_is_in_recovery()"):
             raise StoreUnavailable("postgresql: the database is a read-only standby")
-        if self._commit_error is not None:
-            failed = self._commit_error
-            try:
-                await self._execute(self._sql["probe_commit"], datetime.now(UTC))
-            except StoreUnavailable as exc:
-                raise StoreUnavailable(f"cannot commit: {exc}") from exc
-            if self._commit_error == failed:
-                self._commit_error = None
+        await self._probe_commit()
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement on a pooled connection, committed on its own (no BEGIN round trip)."""

@@ -46,10 +46,6 @@ INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body,
                         correlation_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
--- name: probe_commit
-INSERT INTO store_probe (id, at) VALUES (1, $1)
-ON CONFLICT (id) DO UPDATE SET at = excluded.at;
-
 -- name: put_blob
 INSERT INTO blobs (digest, content) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING;
 

@@ -107,3 +107,8 @@ SELECT o.seq, o.channel, o.provider_message_id, o.created_at,
        (SELECT max(a.at) FROM outbox_attempts AS a WHERE a.outbox_id = o.id) AS sent_at
 FROM outbox AS o WHERE o.status = 'sent' AND o.seq < :before
 ORDER BY o.seq DESC LIMIT :limit;
+
+-- name: probe_commit
+-- After a failed ingest commit, /readyz commits this one small row (CommonStore._probe_commit).
+INSERT INTO store_probe (id, at) VALUES (1, :at)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at;

@@ -24,10 +24,6 @@ INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body,
 VALUES (:id, :source, :received_at, :reason, :content_type, :raw_body, :raw_blob,
         :correlation_id);
 
--- name: probe_commit
-INSERT INTO store_probe (id, at) VALUES (1, :at)
-ON CONFLICT (id) DO UPDATE SET at = excluded.at;
-
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
 
