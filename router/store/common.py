@@ -242,6 +242,19 @@ class CommonStore:
             for r in await self._rows("list_quarantine", limit=limit)
         ]
 
+    async def quarantine(self, request: QuarantinedRequest) -> None:
+        await self._run(
+            "insert_quarantine",
+            id=self._text(request.id),
+            source=self._text(request.source),
+            received_at=self._at(request.received_at),
+            reason=self._text(request.reason),
+            content_type=self._text(request.content_type),
+            raw_body=request.raw_body,
+            raw_blob=request.raw_blob,
+            correlation_id=self._text(request.correlation_id),
+        )
+
     async def prune_nonces(self, before: datetime) -> None:
         """Forget one-time tokens older than any timestamp a verifier would still accept."""
         await self._run("prune_nonces", before=self._at(before))

@@ -42,6 +42,8 @@ RECEIPT_STATUS = {
     "failed": "failed",
 }
 RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
+#: Why a contact's waiting rows were cancelled when a send found it opted out (Twilio 21610).
+OPTED_OUT_AT_CARRIER = "contact opted out at the carrier"
 #: Unfinished outbox rows one dispatch scan reads at most.
 DISPATCH_SCAN = 4096
 #: The first page of a dispatch scan read in pages (PostgreSQL), at least.

@@ -4,7 +4,8 @@ Writes go through one writer connection in WAL mode with `synchronous=FULL`. Con
 `ingest` calls are group-committed: the writer task takes everything queued, runs BEGIN, the
 inserts and COMMIT as a single call into the connection's thread (one fsync for the batch, one
 thread hop instead of one per statement), and only then lets each caller answer. Reads use a
-second connection so they never queue behind a batch.
+second connection so they never queue behind a batch. What both stores do alike (the reads,
+single-statement writes, shared decisions) lives in router.store.common and router.store.shared.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from router.logs import get_logger
 from router.store.base import (
     IngestItem,
     IngestOutcome,
-    QuarantinedRequest,
 )
 from router.store.blobs import BlobStore
 from router.store.common import STOP, CommonStore, Pending, Prepared
@@ -64,6 +64,7 @@ from router.store.records import (
 from router.store.shared import (
     DISPATCH_SCAN,
     MAX_SCAN,
+    OPTED_OUT_AT_CARRIER,
     SCAN_PAGE,
     Head,
     LanePicker,
@@ -388,11 +389,6 @@ class SQLiteStore(CommonStore):
         ]
 
     # -- other writes ---------------------------------------------------------------------
-
-    async def quarantine(self, request: QuarantinedRequest) -> None:
-        row = msgspec.structs.asdict(request)
-        row["received_at"] = timestamp(request.received_at)
-        await self._write(self._sql["insert_quarantine"], row)
 
     async def prune(self, before: datetime, limit: int) -> Pruned:
         return await self._transact(lambda conn: self._prune(conn, before, limit))
@@ -720,7 +716,8 @@ class SQLiteStore(CommonStore):
             name, params = unsent_finish(result, timestamp)
             conn.execute(self._sql[name], params)
         if result.opted_out is not None:
-            self._opt_out(conn, result.opted_out, result.ledger, result.at)
+            self._save_contact(conn, result.opted_out, result.ledger, result.at)
+            self._cancel_waiting(conn, result.opted_out.address, OPTED_OUT_AT_CARRIER)
         conn.execute(
             self._sql["insert_attempt"],
             {
@@ -733,17 +730,6 @@ class SQLiteStore(CommonStore):
             },
         )
         return True
-
-    def _opt_out(
-        self,
-        conn: sqlite3.Connection,
-        contact: ContactRecord,
-        entry: LedgerRecord | None,
-        now: datetime,
-    ) -> None:
-        """A carrier-held STOP (Twilio 21610): consent, its ledger entry, waiting rows."""
-        self._save_contact(conn, contact, entry, now)
-        self._cancel_waiting(conn, contact.address, "contact opted out at the carrier")
 
     def _apply_receipt(self, conn: sqlite3.Connection, receipt: Receipt) -> None:
         found = conn.execute(

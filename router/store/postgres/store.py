@@ -29,7 +29,6 @@ from router.logs import get_logger
 from router.store.base import (
     IngestItem,
     IngestOutcome,
-    QuarantinedRequest,
 )
 from router.store.common import STOP, CommonStore, Pending, Prepared
 from router.store.postgres.blobs import PostgresBlobs
@@ -71,6 +70,7 @@ from router.store.shared import (
     DISPATCH_PAGE,
     DISPATCH_SCAN,
     MAX_SCAN,
+    OPTED_OUT_AT_CARRIER,
     SCAN_PAGE,
     DueHeads,
     Head,
@@ -320,19 +320,6 @@ class PostgresStore(CommonStore):
         return replays
 
     # -- other writes ---------------------------------------------------------------------
-
-    async def quarantine(self, request: QuarantinedRequest) -> None:
-        await self._execute(
-            self._sql["insert_quarantine"],
-            db_text(request.id),
-            db_text(request.source),
-            request.received_at,
-            db_text(request.reason),
-            db_text(request.content_type),
-            request.raw_body,
-            request.raw_blob,
-            db_text(request.correlation_id),
-        )
 
     async def prune(self, before: datetime, limit: int) -> Pruned:
         sql = self._sql
@@ -776,9 +763,7 @@ class PostgresStore(CommonStore):
             finished = await conn.fetchval(sql, *args) is not None
         if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
             await self._save_contact(conn, result.opted_out, result.ledger, result.at)
-            await self._cancel_waiting(
-                conn, result.opted_out.address, "contact opted out at the carrier"
-            )
+            await self._cancel_waiting(conn, result.opted_out.address, OPTED_OUT_AT_CARRIER)
         return finished
 
     async def _insert_attempts(self, conn: Conn, results: Sequence[AttemptResult]) -> None:

@@ -41,11 +41,6 @@ RETURNING 1;
 -- name: nonce_owner
 SELECT dedupe_key FROM nonces WHERE source = $1 AND nonce = $2;
 
--- name: insert_quarantine
-INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body, raw_blob,
-                        correlation_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
-
 -- name: put_blob
 INSERT INTO blobs (digest, content) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING;
 

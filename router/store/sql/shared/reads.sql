@@ -10,6 +10,12 @@ WHERE n.source = :source AND n.nonce = :nonce;
 -- name: prune_nonces
 DELETE FROM nonces WHERE seen_at < :before;
 
+-- name: insert_quarantine
+INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body, raw_blob,
+                        correlation_id)
+VALUES (:id, :source, :received_at, :reason, :content_type, :raw_body, :raw_blob,
+        :correlation_id);
+
 -- name: list_quarantine
 SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correlation_id
 FROM quarantine ORDER BY id DESC LIMIT :limit;

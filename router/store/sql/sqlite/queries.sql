@@ -18,12 +18,6 @@ ON CONFLICT (source, nonce) DO NOTHING;
 -- name: nonce_owner
 SELECT dedupe_key FROM nonces WHERE source = :source AND nonce = :nonce;
 
--- name: insert_quarantine
-INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body, raw_blob,
-                        correlation_id)
-VALUES (:id, :source, :received_at, :reason, :content_type, :raw_body, :raw_blob,
-        :correlation_id);
-
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
 
