@@ -85,7 +85,6 @@ from router.store.shared import (
 
 T = TypeVar("T")
 log = get_logger("switchboard.store")
-#: An item and its row, encoded by the caller: an event that cannot be stored fails alone.
 
 
 class _Txn(NamedTuple):
@@ -654,7 +653,7 @@ class SQLiteStore(CommonStore):
 
         def run(conn: sqlite3.Connection) -> RowClaims:
             nexts = {
-                key: _parse_ts(at)
+                key: self._time(at)
                 for key, at in conn.execute(self._sql["slots_of"], {"keys": _json_list(keys)})
             }
             places, busy = plan_slots(wanted, nexts, now, horizon or now)
@@ -936,10 +935,6 @@ def _json_list(values: list[str]) -> str:
 
 def _ts(moment: datetime | None) -> str | None:
     return timestamp(moment) if moment is not None else None
-
-
-def _parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
