@@ -36,6 +36,7 @@ from router.aio import cancel, wait_event
 from router.clock import Clock
 from router.config import Settings
 from router.errors import StoreUnavailable
+from router.events import EscalationThread
 from router.ids import new_ulid
 from router.logs import get_logger, mask_address
 from router.metrics import Metrics
@@ -51,6 +52,7 @@ from router.store.records import (
     ContactRecord,
     DueRow,
     LedgerRecord,
+    OutboxRow,
     SlotRequest,
 )
 from statemachines import consent
@@ -419,6 +421,7 @@ class Dispatcher:
             duration_ms=0.0,
             provider_message_id=sent.provider_message_id,
             provider_status=sent.status if sent.status != "sent" else None,
+            thread=escalation_thread(claimed.row, sent.provider_message_id),
         )
 
     async def _failed(
@@ -674,6 +677,14 @@ def _outgoing(head: DueRow | ClaimedRow) -> Outgoing:
         conversation_key=row.conversation_key,
         attempts=row.attempts,
     )
+
+
+def escalation_thread(row: OutboxRow, ts: str | None) -> EscalationThread | None:
+    """The Slack thread a sent escalation post opened (its ts is the thread's root), which
+    belongs to the post's conversation from now on; None for any other row."""
+    if row.kind != "escalation" or row.conversation_key is None or not ts:
+        return None
+    return EscalationThread(channel=row.to, ts=ts, conversation_key=row.conversation_key)
 
 
 def _with_duration(result: AttemptResult, started: float) -> AttemptResult:

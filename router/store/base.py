@@ -1,4 +1,8 @@
-"""The storage seam: domain verbs, no SQL; implemented on SQLite and PostgreSQL."""
+"""The storage seam: domain verbs, no SQL; implemented on SQLite and PostgreSQL.
+
+Both implementations share what they decide alike: `router.store.common.CommonStore` (the
+reads and single-statement writes, over named queries) and `router.store.shared` (pure
+decisions: due heads, rate slots, receipts, lane picking, how a row is finished)."""
 
 from __future__ import annotations
 
@@ -225,7 +229,10 @@ class Store(Protocol):
         ...
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
-        """`finish_attempt` for many, in one transaction (one fsync for a burst of sends)."""
+        """Record how attempts ended, in one transaction (one fsync for a burst of sends); each
+        applies only under the lease token its row was claimed with (False: fenced). A sent
+        escalation post's `thread` (the dispatcher's decision) is mapped to its conversation
+        from then on; the store does not look at the row's kind to decide it."""
         ...
 
     async def escalation_post(self, conversation_key: str) -> OutboxRow | None:

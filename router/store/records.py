@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from router.events import Event, EventStatus
+from router.events import EscalationThread, Event, EventStatus
 
 
 class OutboxStatus(StrEnum):
@@ -363,6 +363,10 @@ class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
     #: its next attempt (a dead row retried by hand too) looks for it first. `sent` closes the
     #: window whatever this says; `in_doubt` always keeps it.
     may_have_sent: bool = False
+    #: A sent escalation post's Slack thread, as the dispatcher tells it: the store records
+    #: that the thread belongs to the post's conversation from now on (agent replies and
+    #: button presses there are routed with it). None for every other row.
+    thread: EscalationThread | None = None
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,10 +12,23 @@ from typing import Any
 
 import msgspec
 
-from router.events import Event, EventStatus, decode_event
+from router import keys
+from router.events import EscalationThread, Event, EventStatus, decode_event
 from router.ids import ulid_floor
 from router.store.base import EventFilter, StoredRaw
-from router.store.records import OutboxRow, OutboxStatus, ReconcileRecord, RunRecord
+from router.store.records import (
+    AttemptOutcome,
+    AttemptResult,
+    ClaimedLane,
+    ClaimedRow,
+    DueRow,
+    EventResult,
+    Lease,
+    OutboxRow,
+    OutboxStatus,
+    ReconcileRecord,
+    RunRecord,
+)
 
 #: Delivery receipts: the row status each Twilio status means, and how far along it is.
 RECEIPT_STATUS = {
@@ -29,6 +42,8 @@ RECEIPT_STATUS = {
     "failed": "failed",
 }
 RANK = {"sending": 0, "sent": 1, "delivered": 2, "undelivered": 2, "failed": 2}
+#: Why a contact's waiting rows were cancelled when a send found it opted out (Twilio 21610).
+OPTED_OUT_AT_CARRIER = "contact opted out at the carrier"
 #: Unfinished outbox rows one dispatch scan reads at most.
 DISPATCH_SCAN = 4096
 #: The first page of a dispatch scan read in pages (PostgreSQL), at least.
@@ -285,3 +300,109 @@ def reconcile_records(
         )
         for row in rows
     }
+
+
+def thread_row(thread: EscalationThread) -> tuple[str, str]:
+    """The `threads` row `(thread_key, conversation_key)` of a sent escalation post's Slack
+    thread, as the dispatcher told it (`AttemptResult.thread`): agent replies and button
+    presses there are routed with the conversation from now on."""
+    return keys.slack_thread(thread.channel, thread.ts), thread.conversation_key
+
+
+class LanePicker:
+    """The lanes a claim takes, oldest first, each with its first unfinished events: fed
+    pages of `(event_id, lane)` in arrival order (the lanes leased by others left out) until
+    `full`, so a flood in one conversation, or a held lane's backlog, does not hide the
+    conversations after it."""
+
+    def __init__(self, max_lanes: int, max_events: int) -> None:
+        self.lanes: dict[str, list[str]] = {}
+        self._max_lanes = max_lanes
+        self._max_events = max_events
+
+    @property
+    def full(self) -> bool:
+        return len(self.lanes) >= self._max_lanes
+
+    def take(self, free: Iterable[Sequence[str]]) -> None:
+        lanes, max_lanes, max_events = self.lanes, self._max_lanes, self._max_events
+        for event_id, lane in free:
+            ids = lanes.get(lane)
+            if ids is None:
+                if len(lanes) >= max_lanes:
+                    continue
+                ids = lanes[lane] = []
+            if len(ids) < max_events:
+                ids.append(event_id)
+
+
+def unreadable(event_id: str, now: datetime, exc: Exception) -> EventResult:
+    """An event whose stored form cannot be decoded is `failed` at once, with its error on a
+    run: retrying cannot help, and the events after it must go on."""
+    run = RunRecord(
+        event_id=event_id,
+        at=now,
+        rules_version=None,
+        error=f"stored event cannot be read: {exc}"[:1000],
+    )
+    return EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
+
+
+def claimed_lanes(
+    leases: dict[str, Lease],
+    lanes: dict[str, list[str]],
+    found: dict[str, tuple[Event, int]],
+    conversations: dict[str, Any],
+) -> list[ClaimedLane]:
+    """The lanes leased, each with its events (and their attempts so far) and conversation."""
+    return [
+        ClaimedLane(
+            lease=leases[lane],
+            events=[found[event_id][0] for event_id in ids],
+            attempts={event_id: found[event_id][1] for event_id in ids},
+            conversation=conversations.get(lane),
+        )
+        for lane, ids in lanes.items()
+    ]
+
+
+def claimed_rows(
+    heads: Sequence[DueRow], tokens: Sequence[str], starts: Sequence[Any]
+) -> list[ClaimedRow]:
+    """The rows leased, each with its token and the start of its rate slot (None: no limit)."""
+    return [
+        ClaimedRow(
+            row=head.row,
+            token=token,
+            in_doubt=head.in_doubt,
+            doubt_since=head.doubt_since,
+            start=start,
+        )
+        for head, token, start in zip(heads, tokens, starts, strict=True)
+    ]
+
+
+def unsent_finish(
+    result: AttemptResult, at: Callable[[datetime], Any]
+) -> tuple[str, dict[str, Any]]:
+    """The named statement that finishes a row not sent (`finish_in_doubt`, `finish_retry`,
+    `finish_dead`) and its parameters, times bound by `at`: an in-doubt row waits for its
+    check until its next attempt (or now), a throttled retry uses no attempt, and every
+    other outcome is dead or cancelled."""
+    outcome = result.outcome
+    params: dict[str, Any] = {
+        "id": result.id,
+        "token": result.token,
+        "error": result.error,
+        "error_code": result.error_code,
+    }
+    if outcome is AttemptOutcome.IN_DOUBT:
+        return "finish_in_doubt", {**params, "until": at(result.next_attempt_at or result.at)}
+    in_doubt = result.may_have_sent
+    if outcome is AttemptOutcome.RETRY:
+        step = 0 if result.throttled else 1
+        next_at = at(result.next_attempt_at) if result.next_attempt_at is not None else None
+        retry = {"next_attempt_at": next_at, "step": step, "in_doubt": in_doubt}
+        return "finish_retry", {**params, **retry}
+    status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
+    return "finish_dead", {**params, "status": status, "in_doubt": in_doubt}

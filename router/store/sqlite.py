@@ -4,7 +4,8 @@ Writes go through one writer connection in WAL mode with `synchronous=FULL`. Con
 `ingest` calls are group-committed: the writer task takes everything queued, runs BEGIN, the
 inserts and COMMIT as a single call into the connection's thread (one fsync for the batch, one
 thread hop instead of one per statement), and only then lets each caller answer. Reads use a
-second connection so they never queue behind a batch.
+second connection so they never queue behind a batch. What both stores do alike (the reads,
+single-statement writes, shared decisions) lives in router.store.common and router.store.shared.
 """
 
 from __future__ import annotations
@@ -26,29 +27,24 @@ from typing import Any, NamedTuple, TypeVar
 import aiosqlite
 import msgspec
 
-from router import keys
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
-from router.events import EscalationThread, Event, EventStatus, encode_event
+from router.events import Event, encode_event
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
-    EventFilter,
     IngestItem,
     IngestOutcome,
-    QuarantinedRequest,
-    StoredRaw,
 )
 from router.store.blobs import BlobStore
+from router.store.common import STOP, CommonStore, Pending, Prepared
 from router.store.holding import Hold, StoreHeld, flock_now
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     HELD_UNTIL,
     AttemptOutcome,
-    AttemptRecord,
     AttemptResult,
     BreakerNews,
     ClaimedLane,
-    ClaimedRow,
     CommitOutcome,
     ContactRecord,
     ConversationRecord,
@@ -58,45 +54,37 @@ from router.store.records import (
     LaneCommit,
     Lease,
     LedgerRecord,
-    OutboxFilter,
     OutboxRow,
     Pruned,
     Receipt,
-    ReconcileRecord,
     RowClaims,
-    RunRecord,
     SlotRequest,
-    StatusCounts,
     StorageUse,
-    TimerRecord,
 )
 from router.store.shared import (
     DISPATCH_SCAN,
     MAX_SCAN,
+    OPTED_OUT_AT_CARRIER,
     SCAN_PAGE,
     Head,
-    awaiting_receipt_rows,
+    LanePicker,
     book_slots,
+    claimed_lanes,
+    claimed_rows,
     due_heads,
     event_from_row,
     fail_pending,
-    id_bounds,
     new_token,
-    outbox_from_row,
     plan_slots,
     receipt_target,
-    reconcile_records,
-    run_decoder,
     run_encoder,
-    stored_raw,
+    thread_row,
+    unreadable,
+    unsent_finish,
 )
 
 T = TypeVar("T")
 log = get_logger("switchboard.store")
-#: An item and its row, encoded by the caller: an event that cannot be stored fails alone.
-_Prepared = tuple[IngestItem, tuple[Any, ...]]
-_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
-_STOP = object()
 
 
 class _Txn(NamedTuple):
@@ -132,7 +120,7 @@ def wrap_exceptions() -> Iterator[None]:
         raise StoreUnavailable(f"sqlite: {exc}") from exc
 
 
-class SQLiteStore:
+class SQLiteStore(CommonStore):
     """The single-box store: one file, WAL, group-committed durable ingest."""
 
     def __init__(
@@ -155,7 +143,7 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         #: Ingest items and other writes, taken together by the writer loop: whatever queued
         #: while a commit was under way shares the next one (one lock, one fsync).
-        self._queue: asyncio.Queue[_Pending | _Txn | object] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending | _Txn | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._sql = queries("sqlite")
         #: (st_dev, st_ino) of the file opened: a deleted or replaced file must not take acks.
@@ -191,15 +179,7 @@ class SQLiteStore:
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
-        if self._writer_task is not None:
-            self._queue.put_nowait(_STOP)
-            await self._writer_task
-            self._writer_task = None
-        # Queued after the writer took its last batch: answer them rather than strand them.
-        while not self._queue.empty():
-            entry = self._queue.get_nowait()
-            if entry is not _STOP:
-                fail_pending(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._stop_writer()
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -264,23 +244,19 @@ class SQLiteStore:
 
     # -- ingest (group commit) ------------------------------------------------------------
 
-    async def ingest(self, item: IngestItem) -> IngestOutcome:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store is not open")
-        prepared = (item, _event_row(item))  # raises UnstorableEvent before joining a batch
-        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((prepared, future))
-        return await future
+    @staticmethod
+    def _event_row(item: IngestItem) -> tuple[Any, ...]:
+        return _event_row(item)
 
     async def _write_loop(self) -> None:
         assert self._writer is not None
         stopping = False
         while not stopping:
             first = await self._queue.get()
-            batch: list[_Pending] = []
+            batch: list[Pending] = []
             txns: list[_Txn] = []
             for entry in self._drain(first):
-                if entry is _STOP:
+                if entry is STOP:
                     stopping = True
                 elif isinstance(entry, _Txn):
                     txns.append(entry)
@@ -289,7 +265,7 @@ class SQLiteStore:
             if batch or txns:
                 await self._commit(batch, txns)
 
-    def _drain(self, first: _Pending | _Txn | object) -> Iterator[_Pending | _Txn | object]:
+    def _drain(self, first: Pending | _Txn | object) -> Iterator[Pending | _Txn | object]:
         yield first
         taken, txns = 1, int(isinstance(first, _Txn))
         while taken < self._max_batch and txns < _TXNS_PER_COMMIT and not self._queue.empty():
@@ -298,7 +274,7 @@ class SQLiteStore:
             txns += isinstance(entry, _Txn)
             yield entry
 
-    async def _commit(self, batch: list[_Pending], txns: list[_Txn]) -> None:
+    async def _commit(self, batch: list[Pending], txns: list[_Txn]) -> None:
         """One transaction for an ingest batch and the writes queued beside it; each write in
         a savepoint of its own, so one that raises fails alone."""
         assert self._writer is not None
@@ -346,7 +322,7 @@ class SQLiteStore:
     def _write_all(
         self,
         conn: sqlite3.Connection,
-        items: Sequence[_Prepared],
+        items: Sequence[Prepared],
         fns: Sequence[Callable[[sqlite3.Connection], Any]],
     ) -> tuple[list[IngestOutcome] | BaseException, list[tuple[bool, Any]]]:
         conn.execute("BEGIN IMMEDIATE")
@@ -364,7 +340,7 @@ class SQLiteStore:
         return ingested, results
 
     def _insert_items(
-        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
+        self, conn: sqlite3.Connection, items: Sequence[Prepared]
     ) -> list[IngestOutcome]:
         if any(item.nonce is not None for item, _ in items):
             return [self._write_one(conn, item, row) for item, row in items]
@@ -390,7 +366,7 @@ class SQLiteStore:
         return self._insert_events(conn, [(item, row)])[0]
 
     def _insert_events(
-        self, conn: sqlite3.Connection, items: Sequence[_Prepared]
+        self, conn: sqlite3.Connection, items: Sequence[Prepared]
     ) -> list[IngestOutcome]:
         """Insert many events with one statement, then tell which were new.
 
@@ -412,15 +388,6 @@ class SQLiteStore:
         ]
 
     # -- other writes ---------------------------------------------------------------------
-
-    async def quarantine(self, request: QuarantinedRequest) -> None:
-        row = msgspec.structs.asdict(request)
-        row["received_at"] = timestamp(request.received_at)
-        await self._write(self._sql["insert_quarantine"], row)
-
-    async def prune_nonces(self, before: datetime) -> None:
-        """Forget one-time tokens older than any timestamp a verifier would still accept."""
-        await self._write(self._sql["prune_nonces"], {"before": timestamp(before)})
 
     async def prune(self, before: datetime, limit: int) -> Pruned:
         return await self._transact(lambda conn: self._prune(conn, before, limit))
@@ -463,36 +430,27 @@ class SQLiteStore:
         max_lanes: int,
         max_events: int,
     ) -> list[ClaimedLane]:
-        lanes: dict[str, list[str]] = {}
+        picker = LanePicker(max_lanes, max_events)
         busy: set[str] = set()
         page = SCAN_PAGE
         after: str | None = None
-        # Pages of unfinished events in arrival order, until enough lanes are found: a flood in
-        # one conversation (or a held lane's backlog) must not hide the conversations after it.
         for _ in range(MAX_SCAN // page):
             scan = conn.execute(self._sql["claim_scan"], {"limit": page, "after": after}).fetchall()
             if not scan:
                 break
-            fresh = [lane for lane in dict.fromkeys(lane for _, lane in scan) if lane not in lanes]
+            picked = picker.lanes
+            fresh = [lane for lane in dict.fromkeys(lane for _, lane in scan) if lane not in picked]
             busy.update(
                 lane
                 for (lane,) in conn.execute(
                     self._sql["busy_lanes"], {"now": timestamp(now), "lanes": _json_list(fresh)}
                 )
             )
-            for event_id, lane in scan:
-                if lane in busy:
-                    continue
-                ids = lanes.get(lane)
-                if ids is None:
-                    if len(lanes) >= max_lanes:
-                        continue
-                    ids = lanes[lane] = []
-                if len(ids) < max_events:
-                    ids.append(event_id)
-            if len(lanes) >= max_lanes or len(scan) < page:
+            picker.take(row for row in scan if row[1] not in busy)
+            if picker.full or len(scan) < page:
                 break
             after = scan[-1][0]
+        lanes = picker.lanes
         if not lanes:
             return []
         all_ids = _json_list([event_id for ids in lanes.values() for event_id in ids])
@@ -503,7 +461,7 @@ class SQLiteStore:
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:  # never stalls its lane
-                self._fail_unreadable(conn, event_id, now, exc)
+                self._record_result(conn, unreadable(event_id, now, exc))
         lanes = {
             lane: kept
             for lane, ids in lanes.items()
@@ -525,35 +483,12 @@ class SQLiteStore:
             ],
         )
         conversations = {
-            row[0]: _conversation_from_row(row)
+            row[0]: self._conversation(row)
             for row in conn.execute(
                 self._sql["conversations_by_key"], {"keys": _json_list(list(lanes))}
             )
         }
-        return [
-            ClaimedLane(
-                lease=leases[lane],
-                events=[found[event_id][0] for event_id in ids],
-                attempts={event_id: found[event_id][1] for event_id in ids},
-                conversation=conversations.get(lane),
-            )
-            for lane, ids in lanes.items()
-        ]
-
-    def _fail_unreadable(
-        self, conn: sqlite3.Connection, event_id: str, now: datetime, exc: Exception
-    ) -> None:
-        """An event whose stored form cannot be decoded is `failed` at once, with its error
-        on a run: retrying cannot help, and the events after it must go on."""
-        run = RunRecord(
-            event_id=event_id,
-            at=now,
-            rules_version=None,
-            error=f"stored event cannot be read: {exc}"[:1000],
-        )
-        self._record_result(
-            conn, EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
-        )
+        return claimed_lanes(leases, lanes, found, conversations)
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
         return await self._transact(lambda conn: self._commit_lanes(conn, lanes, now))
@@ -686,15 +621,9 @@ class SQLiteStore:
 
         return await self._transact(run)
 
-    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = await self._read(self._sql["existing_outbox_ids"], {"ids": _json_list(ids)})
-        return {row[0] for row in rows}
-
     # -- dispatch ---------------------------------------------------------------------------
 
-    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+    async def _due_heads(self, now: datetime, limit: int) -> list[Head]:
         moment = timestamp(now)
         sql = self._sql["dispatch_scan"]
 
@@ -705,20 +634,7 @@ class SQLiteStore:
 
         reader = self._require(self._reader)
         with wrap_exceptions():
-            due = await self._call(reader, choose)
-        if not due:
-            return []
-        ids = _json_list([head[1] for head in due])
-        rows = {row[0]: row for row in await self._read(self._sql["rows_by_id"], {"ids": ids})}
-        return [
-            DueRow(
-                row=_outbox(rows[row_id]),
-                in_doubt=in_doubt,
-                doubt_since=_dt(since),
-            )
-            for _, row_id, in_doubt, since in due
-            if row_id in rows
-        ]
+            return await self._call(reader, choose)
 
     async def claim_rows(
         self,
@@ -731,36 +647,30 @@ class SQLiteStore:
     ) -> RowClaims:
         del owner  # rows carry the token only; the owner shows in the logs
         until = timestamp(now + timedelta(seconds=lease_seconds))
+        moment = timestamp(now)
         wanted = list(slots) if slots is not None else [None] * len(due)
         keys = sorted({slot.key for slot in wanted if slot is not None})
 
         def run(conn: sqlite3.Connection) -> RowClaims:
             nexts = {
-                key: _parse_ts(at)
+                key: self._time(at)
                 for key, at in conn.execute(self._sql["slots_of"], {"keys": _json_list(keys)})
             }
             places, busy = plan_slots(wanted, nexts, now, horizon or now)
-            taken: list[tuple[DueRow, str, SlotRequest | None]] = []
+            kept: list[int] = []
+            tokens: list[str] = []
             for place in places:
-                head, token = due[place], new_token()
-                params = {"id": head.row.id, "token": token, "until": until, "now": timestamp(now)}
+                token = new_token()
+                params = {"id": due[place].row.id, "token": token, "until": until, "now": moment}
                 if conn.execute(self._sql["claim_row"], params).rowcount:
-                    taken.append((head, token, wanted[place]))
-            starts, booked = book_slots([slot for _, _, slot in taken], nexts, now)
+                    kept.append(place)
+                    tokens.append(token)
+            starts, booked = book_slots([wanted[place] for place in kept], nexts, now)
             conn.executemany(
                 self._sql["save_rate_slot"],
                 [{"key": key, "next_at": timestamp(at)} for key, at in booked.items()],
             )
-            claimed = [
-                ClaimedRow(
-                    row=head.row,
-                    token=token,
-                    in_doubt=head.in_doubt,
-                    doubt_since=head.doubt_since,
-                    start=start,
-                )
-                for (head, token, _), start in zip(taken, starts, strict=True)
-            ]
+            claimed = claimed_rows([due[place] for place in kept], tokens, starts)
             return RowClaims(claimed=claimed, busy_until=busy)
 
         return await self._transact(run)
@@ -795,46 +705,18 @@ class SQLiteStore:
                 self._sql["finish_sent"],
                 {"id": result.id, "provider_message_id": result.provider_message_id},
             )
+            if result.thread is not None:
+                conn.execute(self._sql["map_thread"], thread_row(result.thread))
             if result.provider_message_id:
-                self._map_thread(conn, result.id, result.provider_message_id)
                 self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
             if result.provider_status:
                 self._deliver(conn, result.id, "sent", result.provider_status, None)
-        elif outcome is AttemptOutcome.IN_DOUBT:
-            conn.execute(
-                self._sql["finish_in_doubt"],
-                {
-                    "id": result.id,
-                    "error": result.error,
-                    "error_code": result.error_code,
-                    "until": _ts(result.next_attempt_at) or timestamp(result.at),
-                },
-            )
-        elif outcome is AttemptOutcome.RETRY:
-            conn.execute(
-                self._sql["finish_retry"],
-                {
-                    "id": result.id,
-                    "error": result.error,
-                    "error_code": result.error_code,
-                    "next_attempt_at": _ts(result.next_attempt_at),
-                    "step": 0 if result.throttled else 1,
-                    "in_doubt": result.may_have_sent,
-                },
-            )
         else:
-            conn.execute(
-                self._sql["finish_dead"],
-                {
-                    "id": result.id,
-                    "status": "dead" if outcome is AttemptOutcome.DEAD else "cancelled",
-                    "error": result.error,
-                    "error_code": result.error_code,
-                    "in_doubt": result.may_have_sent,
-                },
-            )
+            name, params = unsent_finish(result, timestamp)
+            conn.execute(self._sql[name], params)
         if result.opted_out is not None:
-            self._opt_out(conn, result.opted_out, result.ledger, result.at)
+            self._save_contact(conn, result.opted_out, result.ledger, result.at)
+            self._cancel_waiting(conn, result.opted_out.address, OPTED_OUT_AT_CARRIER)
         conn.execute(
             self._sql["insert_attempt"],
             {
@@ -847,17 +729,6 @@ class SQLiteStore:
             },
         )
         return True
-
-    def _opt_out(
-        self,
-        conn: sqlite3.Connection,
-        contact: ContactRecord,
-        entry: LedgerRecord | None,
-        now: datetime,
-    ) -> None:
-        """A carrier-held STOP (Twilio 21610): consent, its ledger entry, waiting rows."""
-        self._save_contact(conn, contact, entry, now)
-        self._cancel_waiting(conn, contact.address, "contact opted out at the carrier")
 
     def _apply_receipt(self, conn: sqlite3.Connection, receipt: Receipt) -> None:
         found = conn.execute(
@@ -906,63 +777,6 @@ class SQLiteStore:
         )
         return target
 
-    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
-        rows = await self._read(self._sql["escalation_post"], {"key": conversation_key})
-        return _outbox(rows[0]) if rows else None
-
-    async def escalation_thread(self, conversation_key: str) -> str | None:
-        rows = await self._read(self._sql["escalation_thread"], {"key": conversation_key})
-        return rows[0][0] if rows else None
-
-    async def next_due(self, now: datetime) -> datetime | None:
-        rows = await self._read(self._sql["next_due"], {"now": timestamp(now)})
-        return _dt(rows[0][0]) if rows else None
-
-    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
-        rows = await self._read(self._sql["attempts_of_row"], {"id": outbox_id})
-        return [
-            AttemptRecord(
-                at=_parse_ts(r[0]), outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4]
-            )
-            for r in rows
-        ]
-
-    async def requeue_dead(self, outbox_id: str) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute(self._sql["requeue_dead"], {"id": outbox_id}).rowcount)
-
-        return await self._transact(run)
-
-    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            params = {"id": outbox_id, "reason": reason}
-            return bool(conn.execute(self._sql["discard_dead"], params).rowcount)
-
-        return await self._transact(run)
-
-    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
-        name = "outbox_counts_live" if live_only else "outbox_counts"
-        rows = await self._read(self._sql[name], {})
-        return {(row[0], row[1]): row[2] for row in rows}
-
-    async def oldest_due(self, now: datetime) -> datetime | None:
-        rows = await self._read(self._sql["oldest_due"], {"now": timestamp(now)})
-        return _dt(rows[0][0]) if rows else None
-
-    async def status_counts(self, now: datetime) -> StatusCounts:
-        [events] = await self._read(self._sql["status_events"], {})
-        [escalations] = await self._read(self._sql["status_escalations"], {})
-        [due] = await self._read_filtered("status_outbox_due", {"now": timestamp(now)})
-        return StatusCounts(
-            events_waiting=events[0],
-            oldest_waiting_id=events[1],
-            events_failed=events[2],
-            escalated=escalations[0],
-            agent=escalations[1],
-            outbox_due=due[0],
-            oldest_due=_dt(due[1]),
-        )
-
     async def storage_use(self) -> StorageUse:
         return await asyncio.to_thread(self._storage_use)
 
@@ -976,14 +790,6 @@ class SQLiteStore:
             disk_total_bytes=disk.total,
         )
 
-    async def rate_slots(self) -> dict[str, datetime]:
-        rows = await self._read(self._sql["rate_slots"], {})
-        return {row[0]: _parse_ts(row[1]) for row in rows}
-
-    async def breakers(self) -> dict[str, BreakerNews]:
-        rows = await self._read(self._sql["breakers"], {})
-        return {key: BreakerNews(state=state, changed_at=_parse_ts(at)) for key, state, at in rows}
-
     async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
         if not news:
             return
@@ -992,75 +798,6 @@ class SQLiteStore:
             for key, n in sorted(news.items())
         ]
         await self._transact(lambda conn: conn.executemany(self._sql["save_breaker"], params))
-
-    async def delay_slot(self, key: str, until: datetime) -> None:
-        await self._write(self._sql["delay_slot"], {"key": key, "until": timestamp(until)})
-
-    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
-        if not keys:
-            return {}
-        rows = await self._read(self._sql["contacts_by_key"], {"keys": _json_list(keys)})
-        return {
-            row[0]: ContactRecord(
-                address=row[0], consent=row[1], opted_out_at=_dt(row[2]), timezone=row[3]
-            )
-            for row in rows
-        }
-
-    def _map_thread(self, conn: sqlite3.Connection, outbox_id: str, ts: str) -> None:
-        """An escalation post is sent: its Slack thread belongs to the conversation from now
-        on (agent replies and button presses there are routed with it)."""
-        row = conn.execute(self._sql["row_for_thread"], {"id": outbox_id}).fetchone()
-        if row is not None and row[0] == "escalation" and row[2] is not None:
-            conn.execute(
-                self._sql["map_thread"],
-                {"thread_key": keys.slack_thread(row[1], ts), "conversation_key": row[2]},
-            )
-
-    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._read_filtered("list_timers", {"due_before": _ts(due_before)})
-        return [
-            TimerRecord(conversation_key=row[0], timer=row[1], due_at=_parse_ts(row[2]))
-            for row in rows
-        ]
-
-    async def runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._read(self._sql["runs_of_event"], {"event_id": event_id})
-        return [run_decoder.decode(row[0]) for row in rows]
-
-    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
-        params = {
-            "status": where.status.value if where.status else None,
-            "channel": where.channel,
-            "recipient": where.to,
-            "event_id": where.event_id,
-            "before": where.before,
-            "limit": where.limit,
-        }
-        return [_outbox(row) for row in await self._read_filtered("list_outbox", params)]
-
-    async def get_conversation(self, key: str) -> ConversationRecord | None:
-        rows = await self._read(self._sql["get_conversation"], {"key": key})
-        return _conversation_from_row(rows[0]) if rows else None
-
-    async def list_conversations(
-        self, state: str | None, limit: int = 100
-    ) -> list[ConversationRecord]:
-        rows = await self._read_filtered("list_conversations", {"state": state, "limit": limit})
-        return [_conversation_from_row(row) for row in rows]
-
-    async def get_contact(self, key: str) -> ContactRecord | None:
-        found = await self.contacts([key])
-        contact = found.get(key)
-        if contact is None:
-            return None
-        ledger = [
-            LedgerRecord(
-                at=_parse_ts(row[0]), event_id=row[1], channel=row[2], change=row[3], reason=row[4]
-            )
-            for row in await self._read(self._sql["contact_ledger"], {"key": key})
-        ]
-        return msgspec.structs.replace(contact, ledger=ledger)
 
     async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in a write transaction on the writer connection, atomically (a savepoint):
@@ -1073,65 +810,6 @@ class SQLiteStore:
             return await future
 
     # -- reads ----------------------------------------------------------------------------
-
-    async def list_events(self, where: EventFilter) -> list[Event]:
-        since_id, until_id = id_bounds(where)
-        params = {
-            "since_id": since_id,
-            "until_id": until_id,
-            "source": where.source,
-            "type": where.type,
-            "status": where.status.value if where.status else None,
-            "since": timestamp(where.since) if where.since else None,
-            "until": timestamp(where.until) if where.until else None,
-            "before": where.before,
-            "limit": where.limit,
-        }
-        rows = await self._read_filtered("list_events", params)
-        found = []
-        for row in rows:
-            try:
-                found.append(event_from_row(row))
-            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
-                log.warning(
-                    "stored event cannot be read",
-                    stage="store",
-                    event_id=row[2],
-                    error=str(exc)[:200],
-                )
-        return found
-
-    async def get_event(self, event_id: str) -> Event | None:
-        rows = await self._read(self._sql["get_event"], {"id": event_id})
-        if not rows:
-            return None
-        try:
-            return event_from_row(rows[0])
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
-
-    async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return stored_raw(await self._read(self._sql["get_raw"], {"id": event_id}))
-
-    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
-        params = {"source": source, "nonce": nonce}
-        return stored_raw(await self._read(self._sql["nonce_first_body"], params))
-
-    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
-        rows = await self._read(self._sql["list_quarantine"], {"limit": limit})
-        names = (
-            "id",
-            "source",
-            "received_at",
-            "reason",
-            "content_type",
-            "raw_body",
-            "raw_blob",
-            "correlation_id",
-        )
-        return [
-            msgspec.convert(dict(zip(names, row, strict=True)), QuarantinedRequest) for row in rows
-        ]
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         """SQLite has no notifications: the writer connection reads `PRAGMA data_version`,
@@ -1167,50 +845,6 @@ class SQLiteStore:
 
     # -- reconciliation (SPEC §12) -----------------------------------------------------------
 
-    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        rows = await self._read(self._sql["known_dedupe_keys"], {"keys": _json_list(keys)})
-        return {row[0] for row in rows}
-
-    async def awaiting_receipt(
-        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
-    ) -> list[str]:
-        async def page(before: int, size: int) -> Sequence[Sequence[Any]]:
-            sql = self._sql["sent_rows_page"]
-            return await self._read(sql, {"before": before, "limit": size})
-
-        return await awaiting_receipt_rows(page, _dt, channels, sent_before, created_after, limit)
-
-    async def open_threads(self) -> list[EscalationThread]:
-        rows = await self._read(self._sql["open_threads"], {})
-        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
-
-    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
-        rows = await self._read(self._sql["reconcile_state"], {})
-        return reconcile_records(rows, _dt)
-
-    async def record_reconcile(
-        self,
-        source: str,
-        at: datetime,
-        *,
-        until: datetime | None,
-        recovered: int,
-        error: str | None,
-    ) -> None:
-        if error is None and until is not None:
-            params = {"source": source, "until": timestamp(until), "recovered": recovered}
-            await self._write(self._sql["record_reconcile_success"], params)
-            return
-        params = {
-            "source": source,
-            "recovered": recovered,
-            "error": error or "failed",
-            "at": timestamp(at),
-        }
-        await self._write(self._sql["record_reconcile_failure"], params)
-
     @contextlib.asynccontextmanager
     async def reconcile_lock(self) -> AsyncIterator[bool]:
         """A non-blocking `flock` on a file beside the database: every process on this box
@@ -1225,8 +859,7 @@ class SQLiteStore:
             os.close(fd)
 
     async def ping(self) -> None:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store writer is not running")
+        self._check_writer()
         with wrap_exceptions():
             self._check_file()
         await self._read("SELECT count(*) FROM schema_migrations", {})
@@ -1234,23 +867,12 @@ class SQLiteStore:
         writer = self._require(self._writer)
         with wrap_exceptions():
             await self._call(writer, _probe_write_lock)
-        if self._commit_error is not None:
-            await self._probe_commit()
+        await self._probe_commit()
         if self.blobs.failing is not None:
             try:
                 await asyncio.to_thread(self.blobs.probe)
             except OSError as exc:
                 raise StoreUnavailable(f"blob store: {exc.strerror or exc}") from exc
-
-    async def _probe_commit(self) -> None:
-        """After a failed ingest commit: commit one small row; ready again only if it lands."""
-        failed = self._commit_error
-        try:
-            await self._write(self._sql["probe_commit"], {"at": timestamp(datetime.now(UTC))})
-        except StoreUnavailable as exc:
-            raise StoreUnavailable(f"cannot commit: {exc}") from exc
-        if self._commit_error == failed:
-            self._commit_error = None
 
     def _check_file(self) -> None:
         """Raise unless the path still names the file opened: SQLite in WAL mode keeps
@@ -1263,10 +885,26 @@ class SQLiteStore:
         with wrap_exceptions():
             return list(await reader.execute_fetchall(sql, params))
 
-    async def _read_filtered(self, name: str, params: dict[str, Any]) -> list[Any]:
-        """Read with the filtered query `name`, only the filters given in it (`filtered`)."""
+    async def _rows(self, name: str, **params: Any) -> list[Any]:
         sql, names = filtered("sqlite", self._sql[name], params)
         return await self._read(sql, {name: params[name] for name in names})
+
+    async def _run(self, name: str, **params: Any) -> int:
+        sql = self._sql[name]
+        changed: int = await self._transact(lambda conn: conn.execute(sql, params).rowcount)
+        return changed
+
+    @staticmethod
+    def _time(value: Any) -> datetime:
+        return datetime.fromisoformat(value)
+
+    @staticmethod
+    def _at(moment: datetime) -> str:
+        return timestamp(moment)
+
+    @staticmethod
+    def _texts(values: list[str]) -> str:
+        return _json_list(values)
 
     @staticmethod
     def _require(conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
@@ -1299,14 +937,6 @@ def _ts(moment: datetime | None) -> str | None:
     return timestamp(moment) if moment is not None else None
 
 
-def _parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _dt(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
     return {
         "key": record.key,
@@ -1316,17 +946,6 @@ def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
         "body": record.body,
         "updated_at": timestamp(record.updated_at),
     }
-
-
-def _conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
-    return ConversationRecord(
-        key=row[0],
-        state=row[1],
-        channel=row[2],
-        contact=row[3],
-        body=row[4].encode() if isinstance(row[4], str) else bytes(row[4]),
-        updated_at=_parse_ts(row[5]),
-    )
 
 
 def _outbox_row(row: OutboxRow) -> dict[str, Any]:
@@ -1349,10 +968,6 @@ def _outbox_row(row: OutboxRow) -> dict[str, Any]:
         "lane": row.lane,
         "priority": row.priority,
     }
-
-
-def _outbox(row: Sequence[Any]) -> OutboxRow:
-    return outbox_from_row(row, _dt)
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

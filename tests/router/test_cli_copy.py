@@ -21,7 +21,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from router.events import Contact, EventStatus
+from router.events import Contact, EscalationThread, EventStatus
 from router.store.base import EventFilter, IngestItem, QuarantinedRequest, Store
 from router.store.copy import COPIED, LEFT_OUT, copy_store
 from router.store.postgres import PostgresStore
@@ -164,7 +164,12 @@ async def dispatch(store: Store) -> None:
     claimed = {c.row.id.rsplit(":", 1)[1]: c for c in await claim_all(store)}
     results = [
         attempt(claimed["reply"], AttemptOutcome.SENT, provider_message_id="SM-sent"),
-        attempt(claimed["esc"], AttemptOutcome.SENT, provider_message_id=THREAD_TS),
+        attempt(
+            claimed["esc"],
+            AttemptOutcome.SENT,
+            provider_message_id=THREAD_TS,
+            thread=EscalationThread(channel="C1", ts=THREAD_TS, conversation_key=CONVERSATION),
+        ),
     ]
     assert await store.finish_attempts(results) == [True, True]
     later = T0 + timedelta(minutes=1)

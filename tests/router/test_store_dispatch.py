@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from router.events import Event, EventStatus
+from router.events import EscalationThread, Event, EventStatus
 from router.store.base import Store
 from router.store.records import (
     LIVE,
@@ -309,7 +309,9 @@ async def test_one_finish_of_many_rows_gives_each_its_own_outcome(store: Store) 
                 provider_status="queued"),
         attempt(claimed["retry"], AttemptOutcome.RETRY, error="503", error_code="503",
                 next_attempt_at=later),
-        attempt(claimed["esc"], AttemptOutcome.SENT, provider_message_id="1700000000.000200"),
+        attempt(claimed["esc"], AttemptOutcome.SENT, provider_message_id="1700000000.000200",
+                thread=EscalationThread(channel="C1", ts="1700000000.000200",
+                                        conversation_key="sms:+2:+2")),
         stale,
         attempt(claimed["early"], AttemptOutcome.SENT, provider_message_id="SMearly"),
         attempt(claimed["dead"], AttemptOutcome.DEAD, error="invalid number", error_code="21211"),

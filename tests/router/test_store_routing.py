@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from router.events import Contact, Event, EventStatus
+from router.events import Contact, EscalationThread, Event, EventStatus
 from router.ids import new_ulid
 from router.store.base import IngestItem, Store
 from router.store.records import (
@@ -252,9 +252,13 @@ async def test_thread_events_join_the_conversation_they_escalated(store: Store) 
         inbound, "escalation", channel="slack", to="C0SUPPORT", kind="escalation", contact_key=None
     )
     await store.commit([LaneCommit(lease=lane.lease, results=[done(inbound)], outbox=[post])], T0)
-    # Sent, as the dispatcher records it: Slack's ts of the post names the thread.
+    # Sent, as the dispatcher records it: Slack's ts of the post names the thread, which the
+    # dispatcher hands to the store with the result.
     [due] = await store.due_rows(T0, 10)
     [claimed] = (await store.claim_rows([due], "d1", T0, LEASE)).claimed
+    thread = EscalationThread(
+        channel="C0SUPPORT", ts="1700000000.000100", conversation_key=inbound.conversation_key
+    )
     sent = AttemptResult(
         id=post.id,
         token=claimed.token,
@@ -262,6 +266,7 @@ async def test_thread_events_join_the_conversation_they_escalated(store: Store) 
         at=T0,
         duration_ms=1.0,
         provider_message_id="1700000000.000100",
+        thread=thread,
     )
     assert await store.finish_attempts([sent]) == [True]
     reply = msgspec.structs.replace(

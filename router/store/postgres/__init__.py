@@ -1,7 +1,8 @@
 """PostgreSQL implementation of the Store, on an asyncpg pool: several routers share one database.
 
-`store.py` holds the store, `rows.py` the row conversions, `blobs.py` the blobs kept in the
-database, `connection.py` the URL and the driver errors.
+`store.py` holds the store (its reads are router.store.common's), `rows.py` the parameters of
+its writes, `blobs.py` the blobs kept in the database, `connection.py` the URL and the driver
+errors.
 """
 
 from __future__ import annotations

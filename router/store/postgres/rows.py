@@ -1,8 +1,7 @@
-"""Rows to and from PostgreSQL: the parameters of each write, the records each read gives."""
+"""Rows to PostgreSQL: the parameters of each write, its texts without NUL."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -11,7 +10,6 @@ from router.errors import UnstorableEvent
 from router.events import encode_event
 from router.store.base import IngestItem
 from router.store.records import ConversationRecord, OutboxRow
-from router.store.shared import outbox_from_row as shared_outbox_from_row
 
 
 def db_text(value: str) -> str:
@@ -35,12 +33,6 @@ def conversation_row(record: ConversationRecord) -> tuple[Any, ...]:
     )
 
 
-def conversation_from_row(row: Sequence[Any]) -> ConversationRecord:
-    return ConversationRecord(
-        key=row[0], state=row[1], channel=row[2], contact=row[3], body=row[4], updated_at=row[5]
-    )
-
-
 def outbox_params(row: OutboxRow) -> tuple[Any, ...]:
     return (
         db_text(row.id),
@@ -61,14 +53,6 @@ def outbox_params(row: OutboxRow) -> tuple[Any, ...]:
         db_text(row.lane),
         row.priority,
     )
-
-
-def outbox_from_row(row: Sequence[Any]) -> OutboxRow:
-    return shared_outbox_from_row(row, _same)
-
-
-def _same(value: Any) -> Any:
-    return value  # asyncpg reads timestamptz as aware datetimes already
 
 
 def event_params(item: IngestItem) -> tuple[Any, ...]:

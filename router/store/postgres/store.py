@@ -21,19 +21,16 @@ import asyncpg
 import msgspec
 from asyncpg import Connection as Conn
 
-from router import keys
 from router.aio import wait_event
 from router.errors import StoreCorrupt, StoreUnavailable
-from router.events import EscalationThread, Event, EventStatus
+from router.events import Event
 from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store.base import (
-    EventFilter,
     IngestItem,
     IngestOutcome,
-    QuarantinedRequest,
-    StoredRaw,
 )
+from router.store.common import STOP, CommonStore, Pending, Prepared
 from router.store.postgres.blobs import PostgresBlobs
 from router.store.postgres.connection import (
     DRIVER_ERRORS,
@@ -42,63 +39,55 @@ from router.store.postgres.connection import (
     wrap_exceptions,
 )
 from router.store.postgres.rows import (
-    conversation_from_row,
     conversation_row,
-    db_opt_text,
     db_text,
     event_params,
-    outbox_from_row,
     outbox_params,
 )
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
     HELD_UNTIL,
     AttemptOutcome,
-    AttemptRecord,
     AttemptResult,
     BreakerNews,
     ClaimedLane,
-    ClaimedRow,
     CommitOutcome,
     ContactRecord,
-    ConversationRecord,
     DueRow,
     EventResult,
     HoldChange,
     LaneCommit,
     Lease,
     LedgerRecord,
-    OutboxFilter,
     OutboxRow,
     Pruned,
     Receipt,
-    ReconcileRecord,
     RowClaims,
-    RunRecord,
     SlotRequest,
-    StatusCounts,
     StorageUse,
-    TimerRecord,
 )
 from router.store.shared import (
     DISPATCH_PAGE,
     DISPATCH_SCAN,
     MAX_SCAN,
+    OPTED_OUT_AT_CARRIER,
     SCAN_PAGE,
     DueHeads,
+    Head,
+    LanePicker,
     after_receipt,
-    awaiting_receipt_rows,
     book_slots,
+    claimed_lanes,
+    claimed_rows,
     event_from_row,
     fail_pending,
-    id_bounds,
     new_token,
     plan_slots,
     receipt_target,
-    reconcile_records,
-    run_decoder,
     run_encoder,
-    stored_raw,
+    thread_row,
+    unreadable,
+    unsent_finish,
 )
 
 T = TypeVar("T")
@@ -110,9 +99,6 @@ def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-_Prepared = tuple[IngestItem, tuple[Any, ...]]
-_Pending = tuple[_Prepared, "asyncio.Future[IngestOutcome]"]
-_STOP = object()
 #: The advisory lock key migrations run under: "switchb" in ASCII.
 _MIGRATION_LOCK = 0x73776974636862
 #: The advisory lock of reconciliation passes (one at a time for the fleet): "recon" in ASCII.
@@ -132,7 +118,7 @@ _SCHEMA_TABLE = (
 )
 
 
-class PostgresStore:
+class PostgresStore(CommonStore):
     """The fleet's store: one PostgreSQL for every router process, on any number of boxes."""
 
     def __init__(
@@ -155,7 +141,7 @@ class PostgresStore:
         self._max_batch = max_batch
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Pending | object] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending | object] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._sql = queries("postgres")
         #: Names this store's notifications, so its own watch skips them.
@@ -196,14 +182,7 @@ class PostgresStore:
         self._writer_task = asyncio.create_task(self._write_loop(), name="postgres-writer")
 
     async def close(self) -> None:
-        if self._writer_task is not None:
-            self._queue.put_nowait(_STOP)
-            await self._writer_task
-            self._writer_task = None
-        while not self._queue.empty():
-            entry = self._queue.get_nowait()
-            if entry is not _STOP:
-                fail_pending(entry[1], StoreUnavailable("store is closed"))  # type: ignore[index]
+        await self._stop_writer()
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -249,35 +228,31 @@ class PostgresStore:
 
     # -- ingest (group commit) ------------------------------------------------------------
 
-    async def ingest(self, item: IngestItem) -> IngestOutcome:
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store is not open")
-        prepared = (item, event_params(item))  # raises UnstorableEvent before joining a batch
-        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((prepared, future))
-        return await future
+    @staticmethod
+    def _event_row(item: IngestItem) -> tuple[Any, ...]:
+        return event_params(item)
 
     async def _write_loop(self) -> None:
         stopping = False
         while not stopping:
             first = await self._queue.get()
-            batch: list[_Pending] = []
+            batch: list[Pending] = []
             for entry in self._drain(first):
-                if entry is _STOP:
+                if entry is STOP:
                     stopping = True
                 else:
                     batch.append(entry)  # type: ignore[arg-type]
             if batch:
                 await self._commit(batch)
 
-    def _drain(self, first: _Pending | object) -> Iterator[_Pending | object]:
+    def _drain(self, first: Pending | object) -> Iterator[Pending | object]:
         yield first
         taken = 1
         while taken < self._max_batch and not self._queue.empty():
             yield self._queue.get_nowait()
             taken += 1
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         items = [item for item, _ in batch]
         # Without one-time tokens a batch is one statement (the insert, its NOTIFY folded in):
         # it needs no transaction of its own, one round trip instead of four.
@@ -298,7 +273,7 @@ class PostgresStore:
             if not future.done():
                 future.set_result(outcome)
 
-    async def _write_batch(self, conn: Conn, items: Sequence[_Prepared]) -> list[IngestOutcome]:
+    async def _write_batch(self, conn: Conn, items: Sequence[Prepared]) -> list[IngestOutcome]:
         replays = await self._check_nonces(conn, items)
         rows = [row for place, (_, row) in enumerate(items) if place not in replays]
         stored: set[str] = set()
@@ -318,7 +293,7 @@ class PostgresStore:
             for place, (_, row) in enumerate(items)
         ]
 
-    async def _check_nonces(self, conn: Conn, items: Sequence[_Prepared]) -> set[int]:
+    async def _check_nonces(self, conn: Conn, items: Sequence[Prepared]) -> set[int]:
         """The places of items whose one-time token was first used with another dedupe key.
         Tokens go in (source, nonce) order, the first submitted first, against deadlocks."""
         with_nonce = sorted(
@@ -345,23 +320,6 @@ class PostgresStore:
         return replays
 
     # -- other writes ---------------------------------------------------------------------
-
-    async def quarantine(self, request: QuarantinedRequest) -> None:
-        await self._execute(
-            self._sql["insert_quarantine"],
-            db_text(request.id),
-            db_text(request.source),
-            request.received_at,
-            db_text(request.reason),
-            db_text(request.content_type),
-            request.raw_body,
-            request.raw_blob,
-            db_text(request.correlation_id),
-        )
-
-    async def prune_nonces(self, before: datetime) -> None:
-        """Forget one-time tokens older than any timestamp a verifier would still accept."""
-        await self._execute(self._sql["prune_nonces"], before)
 
     async def prune(self, before: datetime, limit: int) -> Pruned:
         sql = self._sql
@@ -448,18 +406,10 @@ class PostgresStore:
         if not kept:
             return []
         conversations = {
-            record[0]: conversation_from_row(record)
+            record[0]: self._conversation(record)
             for record in await conn.fetch(self._sql["conversations_by_key"], list(kept))
         }
-        return [
-            ClaimedLane(
-                lease=leases[lane],
-                events=[found[event_id][0] for event_id in ids],
-                attempts={event_id: found[event_id][1] for event_id in ids},
-                conversation=conversations.get(lane),
-            )
-            for lane, ids in kept.items()
-        ]
+        return claimed_lanes(leases, kept, found, conversations)
 
     async def _pick_lanes(
         self, conn: Conn, now: datetime, max_lanes: int, max_events: int
@@ -467,24 +417,15 @@ class PostgresStore:
         """Lanes not leased at `now`, oldest first, with their first unfinished events: pages
         in arrival order until enough are found (a flood in one conversation, or a held lane's
         backlog, must not hide the conversations after it)."""
-        lanes: dict[str, list[str]] = {}
+        picker = LanePicker(max_lanes, max_events)
         after: str | None = None
         for _ in range(MAX_SCAN // SCAN_PAGE):
             scan = await conn.fetch(self._sql["claim_scan"], after, SCAN_PAGE, now)
-            for event_id, lane, busy in scan:
-                if busy:
-                    continue
-                ids = lanes.get(lane)
-                if ids is None:
-                    if len(lanes) >= max_lanes:
-                        continue
-                    ids = lanes[lane] = []
-                if len(ids) < max_events:
-                    ids.append(event_id)
-            if len(lanes) >= max_lanes or len(scan) < SCAN_PAGE:
+            picker.take((event_id, lane) for event_id, lane, busy in scan if not busy)
+            if picker.full or len(scan) < SCAN_PAGE:
                 break
             after = scan[-1][0]
-        return lanes
+        return picker.lanes
 
     async def _claimed_events(
         self, conn: Conn, lanes: dict[str, list[str]], now: datetime
@@ -497,14 +438,7 @@ class PostgresStore:
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:
-                run = RunRecord(
-                    event_id=event_id,
-                    at=now,
-                    rules_version=None,
-                    error=f"stored event cannot be read: {exc}"[:1000],
-                )
-                result = EventResult(event_id=event_id, status=EventStatus.FAILED, run=run)
-                await self._record_results(conn, [result])
+                await self._record_results(conn, [unreadable(event_id, now, exc)])
         return found
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
@@ -676,15 +610,9 @@ class PostgresStore:
 
         return await self._transact(run)
 
-    async def existing_outbox_ids(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = await self._fetch(self._sql["existing_outbox_ids"], [db_text(i) for i in ids])
-        return {row[0] for row in rows}
-
     # -- dispatch ---------------------------------------------------------------------------
 
-    async def due_rows(self, now: datetime, limit: int) -> list[DueRow]:
+    async def _due_heads(self, now: datetime, limit: int) -> list[Head]:
         # Page by page, growing, until enough heads of the first priority are found: a round
         # reads a few hundred rows of a backlog, not all it may look at (DISPATCH_SCAN).
         picker = DueHeads(now, limit)
@@ -695,16 +623,7 @@ class PostgresStore:
             if picker.feed(scan) or len(scan) < page or read >= DISPATCH_SCAN:
                 break
             after, page = scan[-1][-1], min(2 * page, DISPATCH_SCAN - read)
-        due = picker.due()
-        if not due:
-            return []
-        found = await self._fetch(self._sql["rows_by_id"], [head[1] for head in due])
-        rows = {row[0]: row for row in found}
-        return [
-            DueRow(row=outbox_from_row(rows[row_id]), in_doubt=in_doubt, doubt_since=at)
-            for _, row_id, in_doubt, at in due
-            if row_id in rows
-        ]
+        return picker.due()
 
     async def claim_rows(
         self,
@@ -742,16 +661,8 @@ class PostgresStore:
             if booked:
                 names = sorted(booked)
                 await conn.execute(self._sql["save_slots"], names, [booked[name] for name in names])
-            claimed = [
-                ClaimedRow(
-                    row=due[place].row,
-                    token=tokens[due[place].row.id],
-                    in_doubt=due[place].in_doubt,
-                    doubt_since=due[place].doubt_since,
-                    start=start,
-                )
-                for place, start in zip(kept, starts, strict=True)
-            ]
+            heads = [due[place] for place in kept]
+            claimed = claimed_rows(heads, [tokens[head.row.id] for head in heads], starts)
             return RowClaims(claimed=claimed, busy_until=busy)
 
         return await self._transact(run)
@@ -834,9 +745,9 @@ class PostgresStore:
             conn,
             "map_thread",
             [
-                (keys.slack_thread(recipient, ts), key)
-                for _, escalation, recipient, key, ts in done
-                if escalation
+                tuple(db_text(value) for value in thread_row(result.thread))
+                for result in results
+                if result.thread is not None and result.id in finished
             ],
         )
         return finished
@@ -847,32 +758,12 @@ class PostgresStore:
         outcome = result.outcome
         if outcome is AttemptOutcome.SENT:
             finished = bool(await self._finish_sent(conn, [result]))
-        else:
-            extra: tuple[Any, ...]
-            if outcome is AttemptOutcome.IN_DOUBT:
-                until = result.next_attempt_at or result.at
-                name, extra = "finish_in_doubt", (result.error, result.error_code, until)
-            elif outcome is AttemptOutcome.RETRY:
-                step = 0 if result.throttled else 1
-                name = "finish_retry"
-                extra = (
-                    result.error,
-                    result.error_code,
-                    result.next_attempt_at,
-                    step,
-                    result.may_have_sent,
-                )
-            else:
-                status = "dead" if outcome is AttemptOutcome.DEAD else "cancelled"
-                name = "finish_dead"
-                extra = (status, result.error, result.error_code, result.may_have_sent)
-            fenced = self._sql[name]  # each returns the id only if the token still held it
-            finished = await conn.fetchval(fenced, result.id, result.token, *extra) is not None
+        else:  # each returns the id only if the token still held it
+            sql, args = self._bind(*unsent_finish(result, self._at))
+            finished = await conn.fetchval(sql, *args) is not None
         if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
             await self._save_contact(conn, result.opted_out, result.ledger, result.at)
-            await self._cancel_waiting(
-                conn, result.opted_out.address, "contact opted out at the carrier"
-            )
+            await self._cancel_waiting(conn, result.opted_out.address, OPTED_OUT_AT_CARRIER)
         return finished
 
     async def _insert_attempts(self, conn: Conn, results: Sequence[AttemptResult]) -> None:
@@ -912,64 +803,6 @@ class PostgresStore:
         await conn.execute(self._sql["set_delivery"], row_id, target, error_code)
         return target
 
-    async def escalation_post(self, conversation_key: str) -> OutboxRow | None:
-        rows = await self._fetch(self._sql["escalation_post"], db_text(conversation_key))
-        return outbox_from_row(rows[0]) if rows else None
-
-    async def escalation_thread(self, conversation_key: str) -> str | None:
-        thread: str | None = await self._fetch_value(
-            self._sql["escalation_thread"], db_text(conversation_key)
-        )
-        return thread
-
-    async def next_due(self, now: datetime) -> datetime | None:
-        due: datetime | None = await self._fetch_value(self._sql["next_due"], now)
-        return due
-
-    async def attempts(self, outbox_id: str) -> list[AttemptRecord]:
-        rows = await self._fetch(self._sql["attempts_of_row"], db_text(outbox_id))
-        return [
-            AttemptRecord(at=r[0], outcome=r[1], error=r[2], error_code=r[3], duration_ms=r[4])
-            for r in rows
-        ]
-
-    async def requeue_dead(self, outbox_id: str) -> bool:
-        requeued = await self._changed(self._sql["requeue_dead"], db_text(outbox_id))
-        if requeued:
-            await self._transact(self._notify, single_statement=True)
-        return requeued
-
-    async def discard_dead(self, outbox_id: str, reason: str) -> bool:
-        return await self._changed(self._sql["discard_dead"], db_text(outbox_id), db_text(reason))
-
-    async def _changed(self, sql: str, *args: Any) -> bool:
-        """Run one UPDATE; True if it changed a row."""
-        status = await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
-        return not status.endswith(" 0")
-
-    async def outbox_counts(self, *, live_only: bool = False) -> dict[tuple[str, str], int]:
-        name = "outbox_counts_live" if live_only else "outbox_counts"
-        rows = await self._fetch(self._sql[name])
-        return {(row[0], row[1]): row[2] for row in rows}
-
-    async def oldest_due(self, now: datetime) -> datetime | None:
-        oldest: datetime | None = await self._fetch_value(self._sql["oldest_due"], now)
-        return oldest
-
-    async def status_counts(self, now: datetime) -> StatusCounts:
-        [events] = await self._fetch(self._sql["status_events"])
-        [escalations] = await self._fetch(self._sql["status_escalations"])
-        [due] = await self._fetch_filtered("status_outbox_due", now=now)
-        return StatusCounts(
-            events_waiting=events[0],
-            oldest_waiting_id=events[1],
-            events_failed=events[2],
-            escalated=escalations[0],
-            agent=escalations[1],
-            outbox_due=due[0],
-            oldest_due=due[1],
-        )
-
     async def storage_use(self) -> StorageUse:
         [sizes] = await self._fetch(self._sql["storage_use"])
         return StorageUse(
@@ -978,13 +811,6 @@ class PostgresStore:
             disk_free_bytes=None,
             disk_total_bytes=None,
         )
-
-    async def rate_slots(self) -> dict[str, datetime]:
-        return {row[0]: row[1] for row in await self._fetch(self._sql["rate_slots"])}
-
-    async def breakers(self) -> dict[str, BreakerNews]:
-        rows = await self._fetch(self._sql["breakers"])
-        return {r[0]: BreakerNews(state=r[1], changed_at=r[2]) for r in rows}
 
     async def save_breakers(self, news: dict[str, BreakerNews]) -> None:
         if not news:
@@ -997,122 +823,7 @@ class PostgresStore:
             [news[key].changed_at for key in keys],
         )
 
-    async def delay_slot(self, key: str, until: datetime) -> None:
-        await self._execute(self._sql["delay_slot"], db_text(key), until)
-
     # -- reads ----------------------------------------------------------------------------
-
-    async def contacts(self, keys: list[str]) -> dict[str, ContactRecord]:
-        if not keys:
-            return {}
-        rows = await self._fetch(self._sql["contacts_by_key"], [db_text(k) for k in keys])
-        return {
-            row[0]: ContactRecord(
-                address=row[0], consent=row[1], opted_out_at=row[2], timezone=row[3]
-            )
-            for row in rows
-        }
-
-    async def timers(self, due_before: datetime | None = None) -> list[TimerRecord]:
-        rows = await self._fetch_filtered("list_timers", due_before=due_before)
-        return [TimerRecord(conversation_key=r[0], timer=r[1], due_at=r[2]) for r in rows]
-
-    async def runs(self, event_id: str) -> list[RunRecord]:
-        rows = await self._fetch(self._sql["runs_of_event"], db_text(event_id))
-        return [run_decoder.decode(row[0]) for row in rows]
-
-    async def list_outbox(self, where: OutboxFilter) -> list[OutboxRow]:
-        rows = await self._fetch_filtered(
-            "list_outbox",
-            status=where.status.value if where.status else None,
-            channel=db_opt_text(where.channel),
-            recipient=db_opt_text(where.to),
-            event_id=db_opt_text(where.event_id),
-            before=db_opt_text(where.before),
-            limit=where.limit,
-        )
-        return [outbox_from_row(row) for row in rows]
-
-    async def get_conversation(self, key: str) -> ConversationRecord | None:
-        rows = await self._fetch(self._sql["get_conversation"], db_text(key))
-        return conversation_from_row(rows[0]) if rows else None
-
-    async def list_conversations(
-        self, state: str | None, limit: int = 100
-    ) -> list[ConversationRecord]:
-        rows = await self._fetch_filtered(
-            "list_conversations", state=db_opt_text(state), limit=limit
-        )
-        return [conversation_from_row(row) for row in rows]
-
-    async def get_contact(self, key: str) -> ContactRecord | None:
-        contact = (await self.contacts([key])).get(db_text(key))
-        if contact is None:
-            return None
-        ledger = [
-            LedgerRecord(at=r[0], event_id=r[1], channel=r[2], change=r[3], reason=r[4])
-            for r in await self._fetch(self._sql["contact_ledger"], db_text(key))
-        ]
-        return msgspec.structs.replace(contact, ledger=ledger)
-
-    async def list_events(self, where: EventFilter) -> list[Event]:
-        since_id, until_id = id_bounds(where)
-        rows = await self._fetch_filtered(
-            "list_events",
-            since_id=since_id,
-            until_id=until_id,
-            source=db_opt_text(where.source),
-            type=db_opt_text(where.type),
-            status=where.status.value if where.status else None,
-            since=where.since,
-            until=where.until,
-            before=db_opt_text(where.before),
-            limit=where.limit,
-        )
-        found = []
-        for row in rows:
-            try:
-                found.append(event_from_row(row))
-            except (msgspec.DecodeError, ValueError) as exc:  # listed without it, and said
-                log.warning(
-                    "stored event cannot be read",
-                    stage="store",
-                    event_id=row[2],
-                    error=str(exc)[:200],
-                )
-        return found
-
-    async def get_event(self, event_id: str) -> Event | None:
-        rows = await self._fetch(self._sql["get_event"], db_text(event_id))
-        if not rows:
-            return None
-        try:
-            return event_from_row(rows[0])
-        except (msgspec.DecodeError, ValueError) as exc:
-            raise StoreCorrupt(f"event {event_id} cannot be read: {exc}") from exc
-
-    async def get_raw(self, event_id: str) -> StoredRaw | None:
-        return stored_raw(await self._fetch(self._sql["get_raw"], db_text(event_id)))
-
-    async def nonce_first_body(self, source: str, nonce: str) -> StoredRaw | None:
-        return stored_raw(
-            await self._fetch(self._sql["nonce_first_body"], db_text(source), db_text(nonce))
-        )
-
-    async def list_quarantine(self, limit: int = 100) -> list[QuarantinedRequest]:
-        return [
-            QuarantinedRequest(
-                id=r[0],
-                source=r[1],
-                received_at=r[2],
-                reason=r[3],
-                content_type=r[4],
-                raw_body=r[5],
-                raw_blob=r[6],
-                correlation_id=r[7],
-            )
-            for r in await self._fetch(self._sql["list_quarantine"], limit)
-        ]
 
     async def _notify(self, conn: Conn) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", _CHANNEL, self._instance)
@@ -1166,45 +877,6 @@ class PostgresStore:
 
     # -- reconciliation (SPEC §12) -----------------------------------------------------------
 
-    async def known_dedupe_keys(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        rows = await self._fetch(self._sql["known_dedupe_keys"], [db_text(k) for k in keys])
-        return {row[0] for row in rows}
-
-    async def awaiting_receipt(
-        self, channels: Sequence[str], sent_before: datetime, created_after: datetime, limit: int
-    ) -> list[str]:
-        async def page(before: int, size: int) -> Sequence[Sequence[Any]]:
-            return await self._fetch_filtered("sent_rows_page", before=before, limit=size)
-
-        return await awaiting_receipt_rows(
-            page, lambda value: value, channels, sent_before, created_after, limit
-        )
-
-    async def open_threads(self) -> list[EscalationThread]:
-        rows = await self._fetch(self._sql["open_threads"])
-        return [EscalationThread(channel=r[0], ts=r[1], conversation_key=r[2]) for r in rows]
-
-    async def reconcile_state(self) -> dict[str, ReconcileRecord]:
-        rows = await self._fetch(self._sql["reconcile_state"])
-        return reconcile_records(rows, lambda value: value)
-
-    async def record_reconcile(
-        self,
-        source: str,
-        at: datetime,
-        *,
-        until: datetime | None,
-        recovered: int,
-        error: str | None,
-    ) -> None:
-        if error is None and until is not None:
-            await self._execute(self._sql["record_reconcile_success"], source, until, recovered)
-            return
-        sql = self._sql["record_reconcile_failure"]
-        await self._execute(sql, source, recovered, db_text(error or "failed"), at)
-
     @contextlib.asynccontextmanager
     async def reconcile_lock(self) -> AsyncIterator[bool]:
         """A session advisory lock on a connection held for the pass: one holder in the
@@ -1225,18 +897,10 @@ class PostgresStore:
     async def ping(self) -> None:
         """Unavailable unless the writer runs, the database answers and takes writes (not a
         standby after a failover), and, after an ingest commit failed, a commit lands again."""
-        if self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("store writer is not running")
+        self._check_writer()
         if await self._fetch_value("SELECT pg_is_in_recovery()"):
             raise StoreUnavailable("postgresql: the database is a read-only standby")
-        if self._commit_error is not None:
-            failed = self._commit_error
-            try:
-                await self._execute(self._sql["probe_commit"], datetime.now(UTC))
-            except StoreUnavailable as exc:
-                raise StoreUnavailable(f"cannot commit: {exc}") from exc
-            if self._commit_error == failed:
-                self._commit_error = None
+        await self._probe_commit()
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """One statement on a pooled connection, committed on its own (no BEGIN round trip)."""
@@ -1245,10 +909,39 @@ class PostgresStore:
         )
         return rows
 
-    async def _fetch_filtered(self, name: str, **params: Any) -> list[asyncpg.Record]:
-        """`_fetch` of the filtered query `name` with only the filters given (`filtered`)."""
+    def _bind(self, name: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The named query with its `:name` parameters numbered, and their values in order."""
         sql, names = filtered("postgres", self._sql[name], params)
-        return await self._fetch(sql, *(params[name] for name in names))
+        return sql, [params[name] for name in names]
+
+    async def _rows(self, name: str, **params: Any) -> list[asyncpg.Record]:
+        sql, args = self._bind(name, params)
+        return await self._fetch(sql, *args)
+
+    async def _run(self, name: str, **params: Any) -> int:
+        sql, args = self._bind(name, params)
+        status = await self._transact(lambda conn: conn.execute(sql, *args), single_statement=True)
+        return _affected(status)
+
+    async def _wake(self) -> None:
+        await self._transact(self._notify, single_statement=True)
+
+    @staticmethod
+    def _time(value: Any) -> datetime:
+        moment: datetime = value  # asyncpg reads timestamptz as aware datetimes already
+        return moment
+
+    @staticmethod
+    def _at(moment: datetime) -> datetime:
+        return moment
+
+    @staticmethod
+    def _text(value: str) -> str:
+        return db_text(value)
+
+    @staticmethod
+    def _texts(values: list[str]) -> list[str]:
+        return [db_text(value) for value in values]
 
     async def _fetch_value(self, sql: str, *args: Any) -> Any:
         return await self._transact(lambda conn: conn.fetchval(sql, *args), single_statement=True)

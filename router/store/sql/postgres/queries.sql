@@ -1,6 +1,7 @@
 -- Named queries for PostgreSQL: `-- name: NAME` starts a block. Parameters are positional
--- ($1, $2, ...), always bound, never formatted; each block says what they are. asyncpg
--- prepares each statement once per connection and caches it.
+-- ($1, $2, ...), always bound, never formatted; each block says what they are. A block whose
+-- parameters are named `:name` is run by router.store.common, through `filtered`, which numbers
+-- them. asyncpg prepares each statement once per connection and caches it.
 
 -- name: schema_version
 SELECT coalesce(max(version), 0) FROM schema_migrations;
@@ -39,34 +40,6 @@ RETURNING 1;
 
 -- name: nonce_owner
 SELECT dedupe_key FROM nonces WHERE source = $1 AND nonce = $2;
-
--- name: nonce_first_body
--- The raw body of the event a one-time token was first used with.
-SELECT e.content_type, e.raw_body, e.raw_blob
-FROM nonces n JOIN events e ON e.dedupe_key = n.dedupe_key
-WHERE n.source = $1 AND n.nonce = $2;
-
--- name: prune_nonces
-DELETE FROM nonces WHERE seen_at < $1;
-
--- name: insert_quarantine
-INSERT INTO quarantine (id, source, received_at, reason, content_type, raw_body, raw_blob,
-                        correlation_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
-
--- name: list_quarantine
-SELECT id, source, received_at, reason, content_type, raw_body, raw_blob, correlation_id
-FROM quarantine ORDER BY id DESC LIMIT $1;
-
--- name: get_event
-SELECT body, status FROM events WHERE id = $1;
-
--- name: get_raw
-SELECT content_type, raw_body, raw_blob FROM events WHERE id = $1;
-
--- name: probe_commit
-INSERT INTO store_probe (id, at) VALUES (1, $1)
-ON CONFLICT (id) DO UPDATE SET at = excluded.at;
 
 -- name: put_blob
 INSERT INTO blobs (digest, content) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING;
@@ -217,24 +190,14 @@ DELETE FROM timers WHERE conversation_key = $1 AND timer = $2
   AND ($3::timestamptz IS NULL OR due_at = $3);
 
 -- name: contacts_by_key
-SELECT key, consent, opted_out_at, timezone FROM contacts WHERE key = ANY($1::text[]);
-
--- name: contact_ledger
-SELECT at, event_id, channel, change, reason FROM consent_ledger
-WHERE contact_key = $1 ORDER BY seq;
+SELECT key, consent, opted_out_at, timezone FROM contacts WHERE key = ANY(:keys::text[]);
 
 -- name: map_thread
 INSERT INTO threads (thread_key, conversation_key) VALUES ($1, $2)
 ON CONFLICT (thread_key) DO NOTHING;
 
--- name: runs_of_event
-SELECT body FROM runs WHERE event_id = $1 ORDER BY seq;
-
--- name: get_conversation
-SELECT key, state, channel, contact, body, updated_at FROM conversations WHERE key = $1;
-
 -- name: existing_outbox_ids
-SELECT id FROM outbox WHERE id = ANY($1::text[]);
+SELECT id FROM outbox WHERE id = ANY(:ids::text[]);
 
 -- name: dispatch_scan
 -- Rows not finished, in creation order, a page at a time: $1 after (seq cursor, NULL: from
@@ -248,7 +211,7 @@ ORDER BY seq LIMIT $2;
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
        not_before, created_at, attempts, last_error, provider_message_id, payload,
        next_attempt_at, error_code
-FROM outbox WHERE id = ANY($1::text[]);
+FROM outbox WHERE id = ANY(:ids::text[]);
 
 -- name: claim_rows
 -- Lease the rows $1 with tokens $2 until $3, each only if still claimable at $4; rows another
@@ -281,44 +244,41 @@ RETURNING o.id;
 -- Rows sent, all in one statement: $1 ids, $2 provider message ids, $3 statuses (`sent`, or on
 -- by the receipts that beat this commit), $4 error codes, $5 the lease tokens they were sent
 -- under. A row whose lease another attempt took meanwhile is left alone (fenced). Returns the
--- rows finished: id, whether it is an escalation post (its Slack thread belongs to the
--- conversation from now on), the Slack channel, the conversation and the post's ts.
+-- ids finished.
 UPDATE outbox o SET status = s.status, provider_message_id = s.provider_message_id,
     attempts = o.attempts + 1, last_error = NULL, error_code = s.error_code,
     lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
      AS s(id, provider_message_id, status, error_code, token)
 WHERE o.id = s.id AND o.lease_token = s.token AND o.status = 'sending'
-RETURNING o.id, o.kind = 'escalation' AND o.conversation_key IS NOT NULL
-          AND s.provider_message_id IS NOT NULL, o.recipient, o.conversation_key,
-          s.provider_message_id;
+RETURNING o.id;
 
 -- name: finish_retry
--- $1 id, $2 the lease token it was attempted under (a row another attempt's lease took is
--- fenced: nothing changes, no row back), $3 error, $4 error_code, $5 next_attempt_at, $6 step
--- (0 for a throttled retry), $7 whether a message of the row may be out unrecorded: if so its
+-- Run by name (shared.unsent_finish). :token is the lease token it was attempted under (a row
+-- another attempt's lease took is fenced: nothing changes, no row back); :step is 0 for a
+-- throttled retry; :in_doubt whether a message of the row may be out unrecorded: if so its
 -- doubt window stays open and the next attempt looks first.
-UPDATE outbox SET status = 'pending', attempts = attempts + $6, last_error = $3,
-    error_code = $4, next_attempt_at = $5, lease_token = NULL,
-    lease_until = NULL, doubt_since = CASE WHEN $7::boolean THEN doubt_since END
-WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+UPDATE outbox SET status = 'pending', attempts = attempts + :step, last_error = :error,
+    error_code = :error_code, next_attempt_at = :next_attempt_at, lease_token = NULL,
+    lease_until = NULL, doubt_since = CASE WHEN :in_doubt::boolean THEN doubt_since END
+WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: finish_dead
--- $1 id, $2 lease token (fenced as finish_retry), $3 status (dead or cancelled), $4 error,
--- $5 error_code, $6 as finish_retry's $7 (a dead row retried by hand looks first if it may be out).
-UPDATE outbox SET status = $3, attempts = attempts + 1, last_error = $4,
-    error_code = $5, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
-    doubt_since = CASE WHEN $6::boolean THEN doubt_since END
-WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+-- :status dead or cancelled; fenced by :token and :in_doubt as finish_retry (a dead row
+-- retried by hand looks first if it may be out).
+UPDATE outbox SET status = :status, attempts = attempts + 1, last_error = :error,
+    error_code = :error_code, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
+    doubt_since = CASE WHEN :in_doubt::boolean THEN doubt_since END
+WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: finish_in_doubt
--- Still `sending`, with no holder, until the in-doubt check may run ($5). $1 id, $2 lease
--- token (fenced as finish_retry), $3 error, $4 error_code.
-UPDATE outbox SET attempts = attempts + 1, last_error = $3, error_code = $4,
-    lease_token = NULL, lease_until = $5
-WHERE id = $1 AND lease_token = $2 AND status = 'sending'
+-- Still `sending`, with no holder, until the in-doubt check may run (:until); fenced by
+-- :token as finish_retry.
+UPDATE outbox SET attempts = attempts + 1, last_error = :error, error_code = :error_code,
+    lease_token = NULL, lease_until = :until
+WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: insert_attempts
@@ -328,10 +288,6 @@ SELECT outbox_id, at, outcome, error, error_code, duration_ms
 FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::float8[])
      WITH ORDINALITY AS a(outbox_id, at, outcome, error, error_code, duration_ms, place)
 ORDER BY place;
-
--- name: attempts_of_row
-SELECT at, outcome, error, error_code, duration_ms FROM outbox_attempts
-WHERE outbox_id = $1 ORDER BY seq;
 
 -- name: row_by_provider_id
 SELECT id, status FROM outbox WHERE provider_message_id = $1 FOR UPDATE;
@@ -353,57 +309,6 @@ WHERE provider_message_id = ANY($1::text[]) ORDER BY provider_message_id, at;
 -- name: drop_receipts
 DELETE FROM receipts WHERE provider_message_id = ANY($1::text[]);
 
--- name: escalation_thread
-SELECT provider_message_id FROM outbox
-WHERE conversation_key = $1 AND kind = 'escalation' AND provider_message_id IS NOT NULL
-ORDER BY seq DESC LIMIT 1;
-
--- name: escalation_post
-SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
-       not_before, created_at, attempts, last_error, provider_message_id, payload,
-       next_attempt_at, error_code
-FROM outbox
-WHERE conversation_key = $1 AND kind = 'escalation' AND provider_message_id IS NOT NULL
-ORDER BY seq DESC LIMIT 1;
-
--- name: next_due
--- The next waiting row to fall due after $1: a retry, the end of quiet hours, or an in-doubt
--- row's check.
-SELECT min(due) FROM (
-    SELECT coalesce(next_attempt_at, not_before) AS due FROM outbox
-    WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before) > $1
-    UNION ALL
-    SELECT lease_until FROM outbox
-    WHERE status = 'sending' AND lease_token IS NULL AND lease_until > $1
-) AS waiting;
-
--- name: requeue_dead
--- The doubt window stays: a row that may be out is looked for before it is sent again.
-UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL,
-    lease_token = NULL, lease_until = NULL
-WHERE id = $1 AND status = 'dead';
-
--- name: discard_dead
-UPDATE outbox SET status = 'cancelled', last_error = $2 WHERE id = $1 AND status = 'dead';
-
--- name: outbox_counts
--- Every row: a scan of the whole table (see outbox_counts_live).
-SELECT status, channel, count(*) FROM outbox GROUP BY status, channel;
-
--- name: outbox_counts_live
--- The rows of records.LIVE only, named here so the planner sees each one (a parameter would
--- hide how few they are): a range of outbox_by_status each, however large the outbox.
-SELECT status, channel, count(*) FROM outbox
-WHERE status IN ('pending', 'deferred', 'sending', 'dead')
-GROUP BY status, channel;
-
--- name: oldest_due
-SELECT min(coalesce(next_attempt_at, not_before, created_at)) FROM outbox
-WHERE status IN ('pending', 'deferred') AND coalesce(next_attempt_at, not_before, created_at) <= $1;
-
--- name: rate_slots
-SELECT key, next_at FROM rate_slots;
-
 -- name: add_slots
 -- Every key a claim books has a row to lock (a new key: free since the epoch).
 INSERT INTO rate_slots (key, next_at)
@@ -420,11 +325,8 @@ FROM unnest($1::text[], $2::timestamptz[]) AS s(key, next_at)
 WHERE r.key = s.key;
 
 -- name: delay_slot
-INSERT INTO rate_slots (key, next_at) VALUES ($1, $2)
+INSERT INTO rate_slots (key, next_at) VALUES (:key, :until)
 ON CONFLICT (key) DO UPDATE SET next_at = greatest(rate_slots.next_at, excluded.next_at);
-
--- name: breakers
-SELECT key, state, changed_at FROM breakers;
 
 -- name: save_breakers
 -- Only newer news replaces what is there; keys in order, so two savers never deadlock.
@@ -481,32 +383,14 @@ DELETE FROM receipts WHERE at < $1;
 SELECT pg_database_size(current_database()), pg_total_relation_size('blobs');
 
 -- name: known_dedupe_keys
-SELECT dedupe_key FROM events WHERE dedupe_key = ANY($1::text[]);
-
--- name: reconcile_state
-SELECT source, last_success, recovered, last_error, last_error_at FROM reconcile_state;
+SELECT dedupe_key FROM events WHERE dedupe_key = ANY(:keys::text[]);
 
 -- name: record_reconcile_success
--- $1 source, $2 until, $3 recovered. A pass's `until` never moves the mark back.
+-- A pass's `until` never moves the mark back.
 INSERT INTO reconcile_state (source, last_success, recovered, last_error, last_error_at)
-VALUES ($1, $2, $3, NULL, NULL)
+VALUES (:source, :until, :recovered, NULL, NULL)
 ON CONFLICT (source) DO UPDATE SET
   last_success = greatest(reconcile_state.last_success, excluded.last_success),
   recovered = reconcile_state.recovered + excluded.recovered,
   last_error = NULL, last_error_at = NULL;
 
--- name: record_reconcile_failure
--- $1 source, $2 recovered, $3 error, $4 at.
-INSERT INTO reconcile_state (source, recovered, last_error, last_error_at)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (source) DO UPDATE SET
-  recovered = reconcile_state.recovered + excluded.recovered,
-  last_error = excluded.last_error, last_error_at = excluded.last_error_at;
-
--- name: sent_rows_page
--- As SQLite's: rows `sent` newest first through outbox_by_status
--- read backwards, each with its last attempt's time (outbox_attempts_by_row).
-SELECT o.seq, o.channel, o.provider_message_id, o.created_at,
-       (SELECT max(a.at) FROM outbox_attempts AS a WHERE a.outbox_id = o.id) AS sent_at
-FROM outbox AS o WHERE o.status = 'sent' AND o.seq < :before
-ORDER BY o.seq DESC LIMIT :limit;
