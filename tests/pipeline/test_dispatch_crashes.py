@@ -265,3 +265,25 @@ async def outcome_commit_fails(backend: str, tmp_path: Path) -> AsyncIterator[No
                 await terminating
     finally:
         await locker_pg.close()
+
+
+async def test_a_send_whose_lease_ran_out_before_it_started_is_not_made(
+    backend: str, tmp_path: Path
+) -> None:
+    """A dispatcher claims the reply, then stalls before sending it while its lease is not
+    renewed (its rounds are the test's: no renewal runs), and the clock passes the lease.
+    Another dispatcher may have the row by now and be looking for the message: a request
+    started now could land after that look and go twice. So it is not made: the row goes
+    back to pending, using no attempt, and the next claim sends it once."""
+    async with scene(backend, tmp_path) as sc:
+        async with sc.life() as first:
+            await first.run_once()  # claimed; its attempt has not run yet
+            sc.clock.advance(timedelta(seconds=LEASE))  # the lease is over, never renewed
+            await attempts_end(first)
+            assert first.finished == {"retry": 1}
+        assert sc.fake.calls["create"] == 0  # never asked Twilio
+        waiting = await sc.row()
+        assert (waiting.status, waiting.attempts) == (OutboxStatus.PENDING, 0)
+        assert waiting.last_error == "lease ran out before the send"
+        await sc.last_life_settles()
+        assert (sc.fake.calls["create"], sc.fake.calls["list"]) == (1, 0)  # not in doubt
