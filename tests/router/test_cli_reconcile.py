@@ -78,7 +78,7 @@ def test_a_failed_source_exits_1_and_a_sandbox_one_is_skipped(
     [('interval = "soon"', "reconcile.interval"), ('lookback = "0s"', "reconcile.lookback")],
 )
 def test_reconcile_config_errors_name_the_key_and_line(line: str, key: str) -> None:
-    text = f"[server]\nport = 8080\n\n[reconcile]\non_start = false\n{line}\n"
+    text = f'[server]\nport = 8080\n\n[reconcile]\non_start = false\n{line}\n'
     with pytest.raises(ConfigError) as caught:
         parse_settings(text)
     assert (caught.value.key, caught.value.line) == (key, 6)

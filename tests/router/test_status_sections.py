@@ -48,7 +48,9 @@ async def test_a_backup_older_than_twice_the_interval_needs_a_person(tmp_path: P
     folder = await _backups(tmp_path, T0)
     late = T0 + timedelta(hours=2, minutes=1)
     reading = await backup_reading(_settings(folder, "1h"), late)
-    assert reading.alerts == ["the last backup is 2h 1m old, older than twice backup.interval (1h)"]
+    assert reading.alerts == [
+        "the last backup is 2h 1m old, older than twice backup.interval (1h)"
+    ]
     assert (await backup_reading(_settings(folder, "0"), late)).alerts == []  # none scheduled
 
 
