@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from router.clock import FrozenClock
+from router.clock import Clock
 from router.config import load_settings
 from router.http.providers import senders
 from router.metrics import Metrics
@@ -32,7 +32,7 @@ rate_per_second = {rate_per_second}
 
 @asynccontextmanager
 async def dispatcher_on(
-    store: Store, clock: FrozenClock, tmp_path: Path, config: str, name: str = "dispatch"
+    store: Store, clock: Clock, tmp_path: Path, config: str, name: str = "dispatch"
 ) -> AsyncIterator[Dispatcher]:
     """A dispatcher on `store` and `clock`, configured by the TOML `config` (its channels and
     `[dispatch]`); its senders open while inside. Rounds are the test's to run."""

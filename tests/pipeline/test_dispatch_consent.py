@@ -68,3 +68,30 @@ async def test_marketing_claimed_as_its_contact_goes_into_review_waits_for_the_d
             [sent] = [r for r in await store.list_outbox(OutboxFilter()) if r.id == winback.id]
             assert sent.status is OutboxStatus.SENT
             assert len(fake.accepted_to(CUSTOMER)) == 2
+
+
+async def test_a_row_routed_before_its_contact_opted_out_is_cancelled_at_the_send(
+    store: Store, tmp_path: Path
+) -> None:
+    """The send-time check alone: routing let the row through (the contact was subscribed),
+    and the opt-out committed after it cancels no waiting row (only a STOP's own commit does).
+    The dispatcher's check is what keeps it from Twilio; it records the attempt it refused."""
+    clock = FrozenClock(T0)
+    with FakeTwilio(auth_token=SECRETS["twilio"][0]) as fake:
+        async with dispatcher(store, fake, clock, tmp_path) as one:
+            event = message(1, None)
+            receipt = row(event, "receipt", category="transactional", kind="send")
+            await routed(store, event, receipt)
+            await consent(store, 2, "opted_out")
+            [waiting] = await store.list_outbox(OutboxFilter())
+            assert (waiting.status, waiting.attempts) == (OutboxStatus.PENDING, 0)
+
+            await round_of(one)
+            [cancelled] = await store.list_outbox(OutboxFilter())
+            assert (cancelled.status, cancelled.last_error) == (
+                OutboxStatus.CANCELLED,
+                "contact opted out",
+            )
+            assert cancelled.attempts == 1  # refused by the dispatcher, not at routing
+            assert one.finished == {"cancelled": 1}
+            assert fake.calls["create"] == 0

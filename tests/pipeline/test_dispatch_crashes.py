@@ -13,6 +13,9 @@ Twilio keeps nothing of ours on a Message, so the look before a resend searches 
 text and time: it must search from the first attempt that may have sent the message. Each
 claim used to restart that window, so a second crash made the third life look too late and
 send again.
+
+A dispatcher whose lease renewals fail (the outbox locked by someone else) does not start a
+send in the last third of its lease: another dispatcher may be taking the row as in doubt.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from router.clock import FrozenClock
+from router.clock import FrozenClock, SystemClock
 from router.pipeline.dispatch import Dispatcher
 from router.store.base import Store
 from router.store.records import OutboxFilter, OutboxRow, OutboxStatus
@@ -265,3 +268,60 @@ async def outcome_commit_fails(backend: str, tmp_path: Path) -> AsyncIterator[No
                 await terminating
     finally:
         await locker_pg.close()
+
+
+async def test_a_reply_whose_lease_renewals_fail_is_not_sent_once_its_lease_is_nearly_over(
+    backend: str, tmp_path: Path
+) -> None:
+    """Renewals that really fail: one place, taken by a send whose answer never comes, and a
+    second reply waiting for it; meanwhile the outbox is locked by someone else, so every
+    renewal of the leases fails (`leases not renewed`). When the place frees, the second
+    reply's lease is nearly over: another dispatcher may take it as in doubt at any moment,
+    look, find nothing and send it. So it is not sent; the next life sends each reply once.
+    The real clock: the dispatcher's own loop and renewals run on it."""
+    options: dict[str, Any] = {"busy_timeout_ms": 100} if backend == "sqlite" else {}
+    clock = SystemClock()
+    hanging, waiting = CUSTOMER, "+15551230002"
+    dispatch = """
+[dispatch]
+concurrency = 1
+lease_seconds = 0.6
+timeout_seconds = 1
+backoff_base_seconds = 0.1
+backoff_cap_seconds = 0.2
+"""
+    with FakeTwilio() as fake:
+        config = twilio_channel(fake, OURS) + dispatch
+        async with open_backend(backend, tmp_path, **options) as store:
+            for n, to in enumerate((hanging, waiting), start=1):
+                event = message(n, f"sms:{to}:{OURS}", at_ms=n)
+                reply = row(event, "reply", to=to, payload={"text": TEXT}, created_at=clock.now())
+                await routed(store, event, reply)
+            fake.fail_for(hanging, timeout(HELD), op="create")  # no answer in time
+            async with dispatcher_on(store, clock, tmp_path, config, "renewals") as one:
+                await one.start()
+                try:
+                    await until(lambda: fake.calls["create"] == 1, "the first send to hang")
+                    assert one.in_flight == 2  # the second reply waits for the place
+                    async with outcome_commit_fails(backend, tmp_path):
+                        await attempts_end(one)
+                        await one.stop()  # before the lock goes: it would send them now
+                finally:
+                    await one.stop()
+            assert fake.calls["create"] == 1  # the waiting reply was never sent
+            fake.clear_faults()
+
+            async def all_sent() -> bool:
+                rows = await store.list_outbox(OutboxFilter())
+                return all(r.status is OutboxStatus.SENT for r in rows)
+
+            async with dispatcher_on(store, clock, tmp_path, config, "next") as last:
+                await last.start()  # once their leases (or retries) are over: looked for, sent
+                try:
+                    deadline = asyncio.get_running_loop().time() + 10
+                    while not await all_sent():
+                        assert asyncio.get_running_loop().time() < deadline, "not sent"
+                        await asyncio.sleep(0.02)
+                finally:
+                    await last.stop()
+            assert sorted(m.to for m in fake.snapshot()) == [hanging, waiting]  # once each

@@ -157,6 +157,22 @@ class Switchboard:
             return []
         return [(kind, category, status) for kind, category, status in found]
 
+    def help_settled(self, customer: str, sid: str) -> dict[str, Any]:
+        """`customer` texts HELP; its answer (a compliance notice: offered even to an opted-out
+        contact) is attempted and its outcome recorded. Rows of one conversation leave in
+        creation order, so the customer's earlier rows have been dealt with by then: what must
+        stay unsent is seen to stay so, with no bare sleep. The answer's row."""
+        self.sms(customer, "HELP", sid)
+        found: list[dict[str, Any]] = []
+
+        def settled() -> bool:
+            row = self.row(to=customer, kind="help")
+            found[:] = [row] if row and row["status"] in ("sent", "cancelled", "dead") else []
+            return bool(found)
+
+        wait_for(settled, timeout=10, interval=0.05)
+        return found[0]
+
     def dlq(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.cli_json("dlq", "list")
         return rows
@@ -332,9 +348,11 @@ def test_a_permanent_failure_is_dead_at_once_and_dlq_retry_and_discard_act_on_it
         for verb in ("retry", "discard"):  # neither is dead any more
             refused = sb.server.cli("dlq", verb, other["id"])
             assert refused.exit_code == 1 and "no dead row" in refused.stderr
-        time.sleep(0.3)  # a few dispatcher polls: the discarded row stays unsent
-        assert sb.twilio.accepted_to(landline) == []
-        assert sb.twilio.calls["create"] == 3
+        assert sb.help_settled(landline, "SMhelp")["status"] == "sent"  # after the discarded
+        help_text = sb.server.settings.compliance.help_text  # row, which stays unsent
+        assert [m.body for m in sb.twilio.accepted_to(landline)] == [help_text]
+        assert sb.twilio.calls["create"] == 4  # the help answer's
+        assert sb.wait_row(id=other["id"])["status"] == "cancelled"
 
 
 def test_twilio_21610_cancels_the_row_opts_the_contact_out_and_stops_later_rows(
@@ -362,10 +380,17 @@ def test_twilio_21610_cancels_the_row_opts_the_contact_out_and_stops_later_rows(
         sb.sms(customer, "ping again", "SMstop2")
         sb.routed(2)
         later = [r for r in sb.outbox("--to", customer) if r["id"] != row["id"]]
-        assert [r["status"] for r in later] == ["cancelled"]
-        time.sleep(0.2)  # two dispatcher polls
-        assert sb.twilio.calls["create"] == creates
+        # Refused at routing: no attempt, and never offered to Twilio since.
+        assert [(r["status"], r["attempts"]) for r in later] == [("cancelled", 0)]
+        refused = sb.help_settled(customer, "SMhelp")  # Twilio refuses it too (21610)
+        assert (refused["status"], refused["attempts"]) == ("cancelled", 1)
+        assert sb.twilio.calls["create"] == creates + 1  # the help answer's, after the later row
         assert sb.twilio.accepted_count() == 0
+        assert [(r["kind"], r["status"], r["attempts"]) for r in sb.outbox("--to", customer)] == [
+            ("reply", "cancelled", 1),
+            ("reply", "cancelled", 0),
+            ("help", "cancelled", 1),
+        ]
 
 
 # -- transient failures and throttling ---------------------------------------------------------

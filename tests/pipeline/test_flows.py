@@ -259,7 +259,10 @@ def test_stop_cancels_waiting_messages_blocks_later_ones_and_start_resubscribes(
         for row in flow.outbox()
         if row["event_id"] != held["event_id"] and row["kind"] == "send"
     ]
-    assert after["status"] == "cancelled"
+    # Refused at routing: cancelled as it is committed, so no attempt was ever made (the
+    # dispatcher's own check writes the same words, with an attempt).
+    assert (after["status"], after["last_error"]) == ("cancelled", "contact opted out")
+    assert after["attempts"] == 0
 
     flow.sms("start", "SM2")
     contact = flow.cli_json("contacts", "show", f"whatsapp:{CUSTOMER}")  # one contact

@@ -14,6 +14,7 @@ import pytest
 from tests.cases import twilio
 from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
 
+CUSTOMER = "+15551230001"
 LIVE = """version: 1
 rules:
   - id: hours
@@ -43,19 +44,23 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
     (draft / "support.yaml").write_text(DRAFT)
     extra = f'[rules]\npath = "{live}"\n'
     with live_server(tmp_path, routing=True, extra=extra) as running:
-        params = {
-            "MessageSid": "SMHOURS1",
-            "AccountSid": "AC" + "1" * 32,
-            "From": "+15551230001",
-            "To": "+15559870000",
-            "Body": "what are your hours?",
-        }
-        request = twilio.signed(
-            PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0]
-        )
-        assert running.post(request).status_code == 200
-        wait_for(lambda: [e["status"] for e in running.events()] == ["processed"])
+        texted(running, "SMHOURS1", "what are your hours?")
         yield running
+
+
+def texted(server: LiveServer, sid: str, body: str) -> None:
+    """The customer's SMS, signed as Twilio sends it, routed before this returns."""
+    params = {
+        "MessageSid": sid,
+        "AccountSid": "AC" + "1" * 32,
+        "From": CUSTOMER,
+        "To": "+15559870000",
+        "Body": body,
+    }
+    request = twilio.signed(PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0])
+    before = len(server.events())
+    assert server.post(request).status_code == 200
+    wait_for(lambda: [e["status"] for e in server.events()] == ["processed"] * (before + 1))
 
 
 def outbox(server: LiveServer) -> list[dict[str, Any]]:
@@ -120,3 +125,29 @@ def test_the_admin_api_replays_with_the_live_rules(server: LiveServer) -> None:
     assert bad.status_code == 400
     unknown = httpx.post(url, json={"rules": "/etc"}, headers=headers)
     assert unknown.status_code == 400  # no rules path over HTTP: the live rules only
+
+
+def test_a_replay_never_sends_to_a_contact_who_opted_out_since(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    texted(server, "SMSTOP1", "STOP")
+    shown = server.cli("contacts", "show", CUSTOMER, "--json")
+    assert shown.exit_code == 0 and shown.json()["consent"] == "opted_out"
+    before = {row["id"] for row in outbox(server)}
+
+    draft = str(tmp_path / "draft")
+    preview = replay(server, "--rules", draft, "--dry-run")
+    [would] = [row for event in preview["replayed"] for row in event["new_rows"]]
+    assert (would["status"], would["last_error"]) == ("cancelled", "contact opted out")
+
+    done = replay(server, "--rules", draft)
+    [made] = [row for event in done["replayed"] for row in event["new_rows"]]
+    assert made["id"] == would["id"]
+    [row] = [row for row in outbox(server) if row["id"] not in before]
+    assert (row["id"], row["payload"]["text"]) == (made["id"], "Also open Saturdays.")
+    # Cancelled as it was committed: no attempt, so never offered to a sender.
+    assert (row["status"], row["attempts"], row["last_error"]) == (
+        "cancelled",
+        0,
+        "contact opted out",
+    )

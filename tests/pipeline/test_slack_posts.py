@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,13 +110,14 @@ class Desk:
         return run
 
 
-@pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
+@contextmanager
+def open_desk(tmp_path: Path, extra: str = "") -> Iterator[Desk]:
+    """The server routing and dispatching, Slack live against a fake; `extra` TOML appended."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "desk.yaml").write_text(RULES)
     with FakeSlack(channels=[SUPPORT, SALES]) as fake:
-        extra = f"""
+        config = f"""
 [rules]
 path = "{rules}"
 [channels.slack]
@@ -128,9 +130,16 @@ rate_per_second = 100
 poll_seconds = 0.1
 backoff_base_seconds = 0.05
 backoff_cap_seconds = 0.2
+{extra}
 """
-        with live_server(tmp_path, routing=True, extra=extra) as server:
+        with live_server(tmp_path, routing=True, extra=config) as server:
             yield Desk(server, fake)
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> Iterator[Desk]:
+    with open_desk(tmp_path) as opened:
+        yield opened
 
 
 def test_a_customers_markup_reaches_slack_escaped_and_the_rules_own_markup_stays(
@@ -204,3 +213,83 @@ def test_a_click_on_a_message_that_is_no_escalation_post_records_why(desk: Desk)
         "refused": f"the button's message (ts 1700000000.000001 in {SUPPORT}) "
         "is no escalation post sent",
     }
+
+
+def buttons(blocks: list[dict[str, Any]]) -> list[str]:
+    """The action ids of a message's buttons, in order."""
+    return [
+        element["action_id"]
+        for block in blocks
+        if block.get("type") == "actions"
+        for element in block["elements"]
+    ]
+
+
+def edits(desk: Desk, count: int) -> list[dict[str, Any]]:
+    """The first `count` messages as `chat.update` left them, once there are that many."""
+    wait_for(lambda: len(desk.slack.updates) >= count, timeout=10)
+    return desk.slack.updates[:count]
+
+
+def test_a_claim_then_a_resolve_edit_the_escalation_post_itself(desk: Desk) -> None:
+    desk.sms("a human please", "SM1")
+    [post] = desk.posts(SUPPORT, 1)
+    assert post.blocks is not None and post.text is not None
+    assert buttons(post.blocks) == [
+        "switchboard.claim",
+        "switchboard.resolve",
+        "switchboard.back_to_bot",
+    ]
+    context = [block for block in post.blocks if block["type"] != "actions"]
+
+    desk.button("switchboard.claim", post.ts, "1.1.claim")
+    assert desk.state() == "agent"
+    [claimed] = edits(desk, 1)
+    assert (claimed["channel"], claimed["ts"]) == (SUPPORT, post.ts)  # the post, not a new one
+    line = f":raising_hand: Claimed by <@{slack.AGENT}>"
+    assert claimed["text"] == f"{post.text} — {line}"
+    assert claimed["blocks"][: len(context)] == context  # who, why, the last messages: kept
+    assert {"type": "context", "elements": [{"type": "mrkdwn", "text": line}]} in claimed["blocks"]
+    assert buttons(claimed["blocks"]) == ["switchboard.resolve", "switchboard.back_to_bot"]
+
+    desk.button("switchboard.resolve", post.ts, "1.2.resolve")
+    assert desk.state() == "closed"
+    [_, resolved] = edits(desk, 2)
+    assert (resolved["channel"], resolved["ts"]) == (SUPPORT, post.ts)
+    line = f":white_check_mark: Resolved by <@{slack.AGENT}>"
+    assert resolved["text"] == f"{post.text} — {line}"
+    assert resolved["blocks"] == [
+        *context,
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": line}]},
+    ]
+    assert buttons(resolved["blocks"]) == []  # finished: nothing left to press
+
+    # What the channel shows now: the one post, as last edited; nothing posted again.
+    assert len(desk.slack.posts_in(SUPPORT)) == 1
+    [shown] = desk.slack.messages[SUPPORT]
+    assert (shown["ts"], shown["text"], shown["blocks"]) == (
+        post.ts,
+        resolved["text"],
+        resolved["blocks"],
+    )
+
+    def updates() -> list[str]:
+        rows = desk.cli_json("outbox", "list", "--channel", "slack")
+        return [row["status"] for row in rows if row["kind"] == "escalation_update"]
+
+    wait_for(lambda: updates() == ["sent", "sent"], timeout=10)  # their outcomes recorded
+
+
+def test_a_reminder_and_a_relay_go_to_the_escalation_posts_thread(tmp_path: Path) -> None:
+    """The rows carry no thread (routing does not know the post's ts): the dispatcher finds it
+    as it sends. What Slack receives is checked, not the rows."""
+    with open_desk(tmp_path, '[escalation]\nclaim_timeout = "1s"\n') as desk:
+        desk.sms("a human please", "SM1")
+        [post, reminder] = desk.posts(SUPPORT, 2)  # a second later, still unclaimed
+        assert len(desk.server.events("--type", "timer.claim_reminder")) == 1
+        desk.sent += 1  # routed like the webhooks: `deliver` counts it
+        assert reminder.thread_ts == post.ts
+        assert reminder.text == ":alarm_clock: Reminder: nobody has claimed this conversation yet."
+        desk.sms("hello? anyone?", "SM2")
+        [*_, relay] = desk.posts(SUPPORT, 3)
+        assert (relay.thread_ts, relay.text) == (post.ts, "Customer: hello? anyone?")
