@@ -9,18 +9,23 @@ Per event, in this order:
 1. a timer event fires its trigger (`remind`, `inactive`) on the conversation;
 2. an agent's reply or button press in an escalation thread fires `agent_reply`, `claim`,
    `resolve` or `back_to_bot`; a button on an earlier escalation's post, or on a message that
-   is no escalation post, is refused with the reason on the run;
-3. a customer's message: consent and help keywords first (the rules never see them); then, if
-   the conversation is with people, the message goes to the Slack thread instead of the rules;
+   is no escalation post, is refused with the reason on the run (`thread`);
+3. a customer's message: consent and help keywords first (the rules never see them,
+   `compliance`); then, if the conversation is with people, the message goes to the Slack
+   thread instead of the rules;
 4. the rules decide; `reply`, `send` and `forward` become rows, `escalate` fires the machine,
-   `tag` and `set` change the conversation;
+   `tag` and `set` change the conversation (`actions`); what the machines emit becomes rows,
+   timers, cancels and holds (`effects`);
 5. every row to a customer passes the consent gate (an opted-out contact gets nothing but a
-   compliance notice) and quiet hours (a `marketing` row is deferred to the window's end).
+   compliance notice) and quiet hours (a `marketing` row is deferred to the window's end)
+   (`rows`).
+
+One event's inputs and what it adds up are a `work.Step`; a lane's, a `lane.LaneWork`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import msgspec
@@ -28,44 +33,31 @@ import msgspec
 from router import keys
 from router.config import Settings
 from router.events import Event, EventType
-from router.pipeline import actions, effects, render, rows
+from router.pipeline import actions, compliance, effects, thread
 from router.pipeline.contacts import ContactBook, ContactLookup
 from router.pipeline.lane import LaneWork, decode_conversation, failed, processed
+from router.pipeline.thread import PostLookup
 from router.pipeline.work import EventWork, RouteConfig, Step
 from router.rules import RuleSet, evaluate
 from router.rules.model import ConversationView, Decision, Snapshot
-from router.store.records import (
-    ClaimedLane,
-    ContactRecord,
-    LaneCommit,
-    LedgerRecord,
-    OutboxRow,
-    Receipt,
-)
-from statemachines import consent
-from statemachines.consent import ConsentContext, ConsentOutcome, ConsentState, KeywordKind
+from router.store.records import ClaimedLane, LaneCommit, OutboxRow, Receipt
 from statemachines.conversation import (
     Context,
     Conversation,
     ConversationState,
     Direction,
-    Escalation,
     Message,
     Policy,
 )
 
-__all__ = ["CUSTOMER_CHANNELS", "REPLAYED_ACTIONS", "ContactBook", "ContactLookup", "LaneRouter"]
+__all__ = ["CUSTOMER_CHANNELS", "ContactBook", "ContactLookup", "LaneRouter"]
 
 #: Channels whose recipients are people with consent; rows to Slack and HTTP are not gated.
 CUSTOMER_CHANNELS = frozenset({"sms", "whatsapp", "email"})
-REPLAYED_ACTIONS = actions.REPLAYED_ACTIONS
 _TIMER_TRIGGERS = {"timer.claim_reminder": "remind", "timer.inactivity": "inactive"}
 _AGENT_EVENTS = frozenset({EventType.AGENT_REPLY, EventType.AGENT_ACTION})
 #: With people: a customer's message goes to the escalation thread, the bot stays silent.
 _WITH_PEOPLE = frozenset({ConversationState.ESCALATED, ConversationState.AGENT})
-
-#: The latest sent escalation post of a conversation (`Store.escalation_post`).
-PostLookup = Callable[[str], Awaitable[OutboxRow | None]]
 
 
 class LaneRouter:
@@ -131,7 +123,7 @@ class LaneRouter:
         decision = evaluate(ruleset, event, snapshot, now)
         skipped: list[str] = []
         for action in decision.actions:
-            if action.kind in REPLAYED_ACTIONS:
+            if action.kind in actions.REPLAYED_ACTIONS:
                 await actions.perform(step, action)
             elif action.kind != "drop":
                 skipped.append(f"{action.rule_id}:{action.index} {action.kind}")
@@ -140,22 +132,25 @@ class LaneRouter:
     # -- one event: the steps of the module docstring ---------------------------------------
 
     async def _route_event(self, step: Step, lane: str) -> None:
+        """A timer, an event in the escalation thread, or an event of the lane's own: a
+        receipt, a stray button, a customer's message; then the rules, unless it was one they
+        must not see."""
         event = step.event
         trigger = _TIMER_TRIGGERS.get(event.type)
         if trigger is not None:
             await _timer_fired(step, lane, trigger)
         elif _in_thread(lane, event):
-            await self._agent_event(step)
+            await thread.agent_event(step, self._escalation_post)
         else:
             _take_receipt(step)
-            _refuse_stray_button(step)
+            thread.refuse_stray_button(step)
             if not (_from_customer(lane, event) and await self._customer_message(step, lane)):
                 await self._rules(step)
 
     async def _customer_message(self, step: Step, lane: str) -> bool:
         """A customer's message, before the rules: True when the rules must not see it (a
         consent or help keyword, a possible opt-out, a conversation with people)."""
-        if await self._compliance(step):
+        if await compliance.keyword(step):
             return True
         event, work = step.event, step.work
         work.conversation = _opened(work.conversation, lane, event)
@@ -167,7 +162,7 @@ class LaneRouter:
             step, "inbound", Context(event_id=event.id, now=step.now, message=message)
         )
         if work.consent_review is not None:  # people decide; the bot does not answer
-            await _ask_people(step, work.consent_review)
+            await compliance.ask_people(step, work.consent_review)
             return True
         return state_before in _WITH_PEOPLE  # relayed to the thread, the bot stays silent
 
@@ -188,118 +183,6 @@ class LaneRouter:
         step.work.view = view
         for action in step.work.decision.actions:
             await actions.perform(step, action)
-
-    # -- consent --------------------------------------------------------------------------
-
-    async def _compliance(self, step: Step) -> bool:
-        """Consent and help keywords; True when the message was one the rules must not see.
-        A possible opt-out is not consumed: it sets `work.consent_review` (`AskPeople`)."""
-        event, work = step.event, step.work
-        opt_out_type = event.data.get("opt_out_type")
-        keyword = consent.classify(
-            event.text, opt_out_type if isinstance(opt_out_type, str) else None
-        )
-        if keyword is None or event.contact is None:
-            return False
-        contact = await step.book.get(consent.contact_key(event.contact.address))
-        context = ConsentContext(
-            event_id=event.id,
-            now=step.now,
-            address=event.contact.address,
-            channel=event.channel.value if event.channel else None,
-        )
-        outcome = consent.on_keyword(
-            ConsentState(contact.consent), keyword, context, self.config.compliance
-        )
-        work.compliance = keyword.kind.value
-        if outcome.refused is not None and keyword.kind is KeywordKind.REVIEW:
-            return False  # already opted out: an ordinary message
-        if outcome.refused is not None and outcome.consumed:
-            work.errors.append(f"consent: {outcome.refused}")
-        await _consent_changed(step, contact, outcome)
-        return outcome.consumed
-
-    async def _consent_decision(self, step: Step, decision: consent.Decision) -> None:
-        """A person's Opt out / Keep subscribed on a possible opt-out, for the contact of the
-        conversation the button's thread escalated; recorded in the ledger with this event."""
-        event, work = step.event, step.work
-        current = work.conversation
-        work.compliance = f"decision: {decision.value}"
-        if current is None or current.contact is None:
-            work.errors.append(f"consent decision {decision.value}: no contact to decide for")
-            return
-        contact = await step.book.get(consent.contact_key(current.contact))
-        context = ConsentContext(
-            event_id=event.id, now=step.now, address=current.contact, channel=current.channel
-        )
-        who = event.contact.address if event.contact else "someone"
-        outcome = consent.on_decision(
-            ConsentState(contact.consent),
-            decision,
-            f"{who} in Slack",
-            context,
-            self.config.compliance,
-        )
-        if outcome.refused is not None:
-            work.errors.append(f"consent: {outcome.refused}")
-            return
-        await _consent_changed(step, contact, outcome)
-
-    # -- the escalation thread ------------------------------------------------------------
-
-    async def _agent_event(self, step: Step) -> None:
-        """A reply or a button press in the escalation thread of this lane's conversation."""
-        event = step.event
-        if event.type == EventType.AGENT_REPLY:
-            await _agent_reply(step)
-            return
-        action_id = event.data.get("action_id")
-        decision = render.CONSENT_ACTIONS.get(action_id) if isinstance(action_id, str) else None
-        if decision is not None:  # about the contact, not the escalation: any post will do
-            await self._consent_decision(step, decision)
-            return
-        trigger = _trigger(event)
-        if trigger is None:
-            step.work.errors.append(f"unknown escalation action {action_id!r}")
-            return
-        await self._button(step, trigger)
-
-    async def _button(self, step: Step, trigger: str) -> None:
-        """Claim, resolve or back to bot, on the open escalation's own post only; the post then
-        shows who did it (Slack `chat.update`)."""
-        work = step.work
-        before = work.conversation.escalation if work.conversation is not None else None
-        if before is not None and work.conversation is not None:
-            stale = await self._stale_post(work.conversation.key, before, step.event)
-            if stale is not None:
-                work.transition = {"trigger": trigger, "refused": stale}
-                return
-        agent = step.event.contact.address if step.event.contact else None
-        await effects.fire(
-            step, trigger, Context(event_id=step.event.id, now=step.now, agent=agent)
-        )
-        refused = work.transition is None or "refused" in work.transition
-        if before is not None and work.conversation is not None and not refused:
-            payload = {"state": work.conversation.state.value, "agent": agent}
-            row_id = f"{step.event.id}:escalation_update"
-            rows.slack_row(step, row_id, "escalation_update", before.slack_channel, payload)
-
-    async def _stale_post(
-        self, conversation_key: str, escalation: Escalation, event: Event
-    ) -> str | None:
-        """Why a button cannot act on the open escalation (None: it can). Its post is the
-        latest escalation post sent, and the one the open escalation's event made; a newer
-        escalation whose post is not sent yet leaves an older post the latest."""
-        latest = await self._escalation_post(conversation_key)
-        clicked = (event.data.get("channel"), event.data.get("message_ts"))
-        if latest is None or (latest.to, latest.provider_message_id) != clicked:
-            return f"the button's message {_message(event)} is the post of an earlier escalation"
-        if escalation.event_id is not None and latest.event_id != escalation.event_id:
-            return (
-                f"the button's message {_message(event)} is the post of an earlier escalation; "
-                "the open one's post is not sent yet"
-            )
-        return None
 
 
 # -- steps that need nothing of the router ---------------------------------------------------
@@ -355,61 +238,6 @@ def _take_receipt(step: Step) -> None:
     )
 
 
-def _refuse_stray_button(step: Step) -> None:
-    """A button press whose message is in no escalation thread acts on nothing."""
-    event = step.event
-    if event.type == EventType.AGENT_ACTION:
-        step.work.transition = {
-            "trigger": _trigger(event) or event.data.get("action_id"),
-            "refused": f"the button's message {_message(event)} is no escalation post sent",
-        }
-
-
-async def _agent_reply(step: Step) -> None:
-    """An agent's reply in the thread: relayed to the customer."""
-    event = step.event
-    agent = event.contact.address if event.contact else None
-    message = Message(
-        direction=Direction.OUTBOUND,
-        text=event.text or "",
-        at=step.now,
-        event_id=event.id,
-        author=agent,
-    )
-    context = Context(event_id=event.id, now=step.now, message=message, agent=agent)
-    await effects.fire(step, "agent_reply", context)
-
-
-async def _ask_people(step: Step, reason: str) -> None:
-    """A possible opt-out: escalate the conversation with the Opt out / Keep subscribed
-    buttons. Already with people, the message went to the thread with those buttons."""
-    current = step.work.conversation
-    if current is None or current.state is not ConversationState.BOT:
-        return
-    context = Context(event_id=step.event.id, now=step.now, reason=reason, consent_review=True)
-    await effects.fire(step, "escalate", context)
-
-
-async def _consent_changed(step: Step, contact: ContactRecord, outcome: ConsentOutcome) -> None:
-    """The contact's new consent and its ledger entry (on a change), and the effects."""
-    if outcome.ledger is not None:
-        updated = msgspec.structs.replace(
-            contact,
-            consent=outcome.state.value,
-            opted_out_at=step.now if outcome.state is ConsentState.OPTED_OUT else None,
-        )
-        step.book.put(updated)
-        entry = LedgerRecord(
-            at=outcome.ledger.at,
-            event_id=step.event.id,
-            channel=outcome.ledger.channel,
-            change=outcome.ledger.change.value,
-            reason=outcome.ledger.reason,
-        )
-        step.work.contacts.append((updated, entry))
-    await effects.apply(step, outcome.effects)
-
-
 def _opened(current: Conversation | None, key: str, event: Event) -> Conversation:
     """The conversation, created on the customer's first message."""
     if current is not None:
@@ -419,17 +247,6 @@ def _opened(current: Conversation | None, key: str, event: Event) -> Conversatio
         channel=event.channel.value if event.channel else None,
         contact=event.contact.address if event.contact else None,
     )
-
-
-def _trigger(event: Event) -> str | None:
-    """The machine trigger of a button press (`claim`, `resolve`, `back_to_bot`), if ours."""
-    action_id = event.data.get("action_id")
-    return render.ACTION_TRIGGERS.get(action_id) if isinstance(action_id, str) else None
-
-
-def _message(event: Event) -> str:
-    """The message a button press came from, as a person reads it in a run's record."""
-    return f"(ts {event.data.get('message_ts')} in {event.data.get('channel')})"
 
 
 def _error(exc: Exception) -> str:
