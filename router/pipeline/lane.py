@@ -9,20 +9,8 @@ import msgspec
 
 from router.events import Event, EventStatus
 from router.pipeline.rows import cancel_waiting, hold_or_release
-from router.pipeline.work import EventWork
-from router.store.records import (
-    ClaimedLane,
-    ContactRecord,
-    ConversationRecord,
-    EventResult,
-    HoldChange,
-    LaneCommit,
-    LedgerRecord,
-    OutboxRow,
-    Receipt,
-    RunRecord,
-    TimerRecord,
-)
+from router.pipeline.work import Changes, EventWork
+from router.store.records import ClaimedLane, ConversationRecord, EventResult, LaneCommit, RunRecord
 from statemachines.conversation import Conversation
 
 _conversation_encoder = msgspec.json.Encoder()
@@ -35,18 +23,10 @@ def decode_conversation(record: ConversationRecord | None) -> Conversation | Non
 
 
 @dataclass
-class LaneWork:
+class LaneWork(Changes):
     """What the events of one lane have added up to, in order."""
 
-    conversation: Conversation | None
     results: list[EventResult] = field(default_factory=list)
-    rows: list[OutboxRow] = field(default_factory=list)
-    cancels: list[tuple[str, str]] = field(default_factory=list)
-    holds: list[HoldChange] = field(default_factory=list)
-    contacts: list[tuple[ContactRecord, LedgerRecord | None]] = field(default_factory=list)
-    timers_set: list[TimerRecord] = field(default_factory=list)
-    timers_cleared: list[tuple[str, str, datetime | None]] = field(default_factory=list)
-    receipts: list[Receipt] = field(default_factory=list)
 
     def add(self, work: EventWork, result: EventResult) -> None:
         """Merge one cleanly routed event."""

@@ -33,8 +33,9 @@ class RouteConfig:
 
 
 @dataclass
-class EventWork:
-    """What one event adds to its lane's commit; merged only if the event routes cleanly."""
+class Changes:
+    """What routing hands the store in a lane's commit: the conversation as it ends, the
+    outbox rows, the contacts' cancels and holds, consent changes, timers and receipts."""
 
     conversation: Conversation | None
     rows: list[OutboxRow] = field(default_factory=list)
@@ -43,13 +44,20 @@ class EventWork:
     contacts: list[tuple[ContactRecord, LedgerRecord | None]] = field(default_factory=list)
     timers_set: list[TimerRecord] = field(default_factory=list)
     timers_cleared: list[tuple[str, str, datetime | None]] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+
+
+@dataclass
+class EventWork(Changes):
+    """What one event adds to its lane's commit, merged only if the event routes cleanly, and
+    what its run record says."""
+
     decision: Decision | None = None
     transition: dict[str, Any] | None = None
     compliance: str | None = None
     errors: list[str] = field(default_factory=list)
     #: The conversation as the rules saw it.
     view: ConversationView | None = None
-    receipts: list[Receipt] = field(default_factory=list)
     #: A possible opt-out: the escalation's reason (people decide; the rules do not answer).
     consent_review: str | None = None
 
