@@ -8,6 +8,7 @@ is `statemachines.consent.contact_key`, the consent machine's own.
   customer's number then ours, so the answer leaves from the number the customer wrote to.
 - A conversation by email: `email:sam@example.com:support@example.com`.
 - A Slack thread, and the dedupe key of a Slack message: `slack:C0123:1700000000.000100`.
+- The lane of an event without a conversation: `event:01J...` (its id).
 """
 
 from __future__ import annotations
@@ -51,3 +52,13 @@ def parse_slack_thread(key: str) -> SlackThread | None:
         return None
     channel, sep, ts = key[len(SLACK_PREFIX) :].partition(":")
     return SlackThread(channel, ts) if sep and channel and ts else None
+
+
+#: An event without a conversation is a lane of its own: `event:<event id>` (the stores' claim
+#: query builds it in SQL).
+EVENT_LANE_PREFIX = "event:"
+
+
+def is_event_lane(lane: str) -> bool:
+    """Whether a lane is one event's own rather than a conversation's."""
+    return lane.startswith(EVENT_LANE_PREFIX)
