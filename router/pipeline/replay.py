@@ -15,7 +15,7 @@ import msgspec
 
 from router.config import Settings
 from router.events import Event, EventStatus
-from router.pipeline.route import ContactBook, LaneRouter
+from router.pipeline.routing.route import ContactBook, LaneRouter
 from router.rules import RuleSet, Snapshot
 from router.store.base import EventFilter, Store
 from router.store.records import EventResult, OutboxRow, RunRecord

@@ -21,7 +21,7 @@ from router.ids import new_ulid
 from router.logs import get_logger
 from router.metrics import Metrics
 from router.pipeline.dispatch import Dispatcher
-from router.pipeline.route import ContactBook, LaneRouter
+from router.pipeline.routing.route import ContactBook, LaneRouter
 from router.pipeline.timers import TimerScheduler
 from router.rules import RuleSet
 from router.store.base import Store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from router.pipeline import actions, effects
+from router.pipeline.routing import actions, effects
 from router.rules.actions import ACTIONS
 from statemachines.effects import Effect
 

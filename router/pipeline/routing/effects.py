@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from router.pipeline import render
-from router.pipeline.rows import (
+from router.pipeline.routing.rows import (
     Destination,
     cancel_waiting,
     customer_row,
@@ -23,7 +23,7 @@ from router.pipeline.rows import (
     sender_of,
     slack_row,
 )
-from router.pipeline.work import Step
+from router.pipeline.routing.work import Step
 from router.store.records import HoldChange, TimerRecord
 from statemachines import conversation, quiet_hours
 from statemachines.conversation import Context

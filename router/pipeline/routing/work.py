@@ -9,7 +9,7 @@ from typing import Any
 
 from router.config import ComplianceConfig
 from router.events import Event
-from router.pipeline.contacts import ContactBook
+from router.pipeline.routing.contacts import ContactBook
 from router.rules.model import ConversationView, Decision
 from router.store.records import (
     ContactRecord,

@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 
 from router.events import EventType
-from router.pipeline.effects import fire
-from router.pipeline.rows import Destination, customer_row, new_row, sender
-from router.pipeline.work import Step
+from router.pipeline.routing.effects import fire
+from router.pipeline.routing.rows import Destination, customer_row, new_row, sender
+from router.pipeline.routing.work import Step
 from router.rules.model import Action
 from statemachines import conversation
 from statemachines.conversation import Context, Direction, Message

@@ -8,8 +8,8 @@ from datetime import datetime
 import msgspec
 
 from router.events import Event, EventStatus
-from router.pipeline.rows import cancel_waiting, hold_or_release
-from router.pipeline.work import Changes, EventWork
+from router.pipeline.routing.rows import cancel_waiting, hold_or_release
+from router.pipeline.routing.work import Changes, EventWork
 from router.store.records import ClaimedLane, ConversationRecord, EventResult, LaneCommit, RunRecord
 from statemachines.conversation import Conversation
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from router.events import Event, EventType
-from router.pipeline import compliance, effects, render
-from router.pipeline.rows import slack_row
-from router.pipeline.work import Step
+from router.pipeline import render
+from router.pipeline.routing import compliance, effects
+from router.pipeline.routing.rows import slack_row
+from router.pipeline.routing.work import Step
 from router.store.records import OutboxRow
 from statemachines.conversation import Context, Direction, Escalation, Message
 

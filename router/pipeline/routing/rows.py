@@ -9,7 +9,7 @@ import msgspec
 
 from router import keys
 from router.events import Channel, Event
-from router.pipeline.work import Step
+from router.pipeline.routing.work import Step
 from router.store.records import HELD_UNTIL, ContactRecord, HoldChange, OutboxRow, OutboxStatus
 from statemachines import consent, quiet_hours
 from statemachines.consent import ConsentState, Gate

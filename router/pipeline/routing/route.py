@@ -33,11 +33,11 @@ import msgspec
 from router import keys
 from router.config import Settings
 from router.events import Event, EventType
-from router.pipeline import actions, compliance, effects, thread
-from router.pipeline.contacts import ContactBook, ContactLookup
-from router.pipeline.lane import LaneWork, decode_conversation, failed, processed
-from router.pipeline.thread import PostLookup
-from router.pipeline.work import EventWork, RouteConfig, Step
+from router.pipeline.routing import actions, compliance, effects, thread
+from router.pipeline.routing.contacts import ContactBook, ContactLookup
+from router.pipeline.routing.lane import LaneWork, decode_conversation, failed, processed
+from router.pipeline.routing.thread import PostLookup
+from router.pipeline.routing.work import EventWork, RouteConfig, Step
 from router.rules import RuleSet, evaluate
 from router.rules.model import ConversationView, Decision, Snapshot
 from router.store.records import ClaimedLane, LaneCommit, OutboxRow, Receipt

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import msgspec
 
-from router.pipeline import effects
-from router.pipeline.work import Step
+from router.pipeline.routing import effects
+from router.pipeline.routing.work import Step
 from router.store.records import ContactRecord, LedgerRecord
 from statemachines import consent
 from statemachines.consent import ConsentContext, ConsentOutcome, ConsentState, KeywordKind
