@@ -9,6 +9,7 @@ is `statemachines.consent.contact_key`, the consent machine's own.
 - A conversation by email: `email:sam@example.com:support@example.com`.
 - A Slack thread, and the dedupe key of a Slack message: `slack:C0123:1700000000.000100`.
 - The lane of an event without a conversation: `event:01J...` (its id).
+- A destination of rate limits and breakers: `sms:+15551230001` (the number it leaves from).
 """
 
 from __future__ import annotations
@@ -62,3 +63,14 @@ EVENT_LANE_PREFIX = "event:"
 def is_event_lane(lane: str) -> bool:
     """Whether a lane is one event's own rather than a conversation's."""
     return lane.startswith(EVENT_LANE_PREFIX)
+
+
+def destination(channel: str, address: str) -> str:
+    """A destination as rate limits and breakers know it: `sms:+15551230001`, `slack:C0123`
+    (the address is the sender's: the number a text leaves from, the Slack channel)."""
+    return f"{channel}:{address}"
+
+
+def channel_of_destination(key: str) -> str:
+    """The channel of a destination key (`sms:+1555...` -> `sms`)."""
+    return key.partition(":")[0]

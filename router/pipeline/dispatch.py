@@ -32,6 +32,7 @@ from channels.outbound import (
     SendFailed,
     Sent,
 )
+from router import keys
 from router.aio import cancel, wait_event
 from router.clock import Clock
 from router.config import Settings
@@ -136,8 +137,7 @@ class Dispatcher:
         self.finished: dict[str, int] = {}
 
     def _rate_of(self, key: str) -> float:
-        channel = key.split(":", 1)[0]
-        return self._rates.get(channel, float("inf"))
+        return self._rates.get(keys.channel_of_destination(key), float("inf"))
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -196,7 +196,7 @@ class Dispatcher:
         due = await self._store.due_rows(now, limit)
         chosen: list[DueRow] = []
         slots: list[SlotRequest | None] = []
-        keys: dict[str, tuple[str, timedelta]] = {}  # row id -> destination, slot held
+        destinations: dict[str, tuple[str, timedelta]] = {}  # row id -> destination, slot held
         # A slot booked ahead is waited for under the row's lease: at most a third of it, so
         # the send starts well before the lease ends (see `_too_late`).
         horizon = now + min(_BOOK_AHEAD, timedelta(seconds=self._config.lease_seconds / 3))
@@ -220,7 +220,7 @@ class Dispatcher:
                 hold = self.limiter.spacing(key) * units
                 if hold > timedelta(0):  # the store books it: the spacing holds fleet-wide
                     slot = SlotRequest(key=key, hold_seconds=hold.total_seconds())
-                keys[row.id] = (key, hold)
+                destinations[row.id] = (key, hold)
             chosen.append(head)
             slots.append(slot)
         if chosen:
@@ -231,15 +231,15 @@ class Dispatcher:
                 self.limiter.learn(key, free_at)
                 soonest = free_at if soonest is None else min(soonest, free_at)
             taken = {claimed.row.id for claimed in claims.claimed}
-            for row_id, (key, _) in keys.items():
+            for row_id, (key, _) in destinations.items():
                 if row_id not in taken:
                     self.breakers.release(key)  # not sent this round: no probe spent
             lease_end = now + timedelta(seconds=self._config.lease_seconds)
             for claimed in claims.claimed:
                 self._held[claimed.row.id] = (claimed.token, lease_end)
                 start = claimed.start or now
-                if claimed.row.id in keys:
-                    key, hold = keys[claimed.row.id]
+                if claimed.row.id in destinations:
+                    key, hold = destinations[claimed.row.id]
                     self.limiter.learn(key, start + hold)
                 self._inflight[claimed.row.id] = asyncio.create_task(self._attempt(claimed, start))
         if chosen and (len(chosen) == free or len(due) >= limit):
@@ -259,7 +259,8 @@ class Dispatcher:
             return None
         try:
             message = _outgoing(head)
-            return f"{head.row.channel}:{sender.destination(message)}", sender.units(message)
+            key = keys.destination(head.row.channel, sender.destination(message))
+            return key, sender.units(message)
         except Exception:  # a row the sender cannot read fails in its attempt, not here
             return None
 
@@ -314,7 +315,7 @@ class Dispatcher:
             message = await self._prepared(claimed)
         except SendFailed as failed:
             return self._result(claimed, AttemptOutcome.DEAD, failed.reason, failed.code)
-        key = f"{row.channel}:{sender.destination(message)}"
+        key = keys.destination(row.channel, sender.destination(message))
         if claimed.in_doubt:
             checked = await self._check(claimed, sender, message, key)
             if checked is not None:
