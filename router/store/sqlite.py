@@ -5,7 +5,8 @@ Writes go through one writer connection in WAL mode with `synchronous=FULL`. Con
 inserts and COMMIT as a single call into the connection's thread (one fsync for the batch, one
 thread hop instead of one per statement), and only then lets each caller answer. Reads use a
 second connection so they never queue behind a batch. What both stores do alike (the reads,
-single-statement writes, shared decisions) lives in router.store.common and router.store.shared.
+single-statement writes, shared decisions, the plans of many-row writes) lives in
+router.store.common, router.store.shared and router.store.writes.
 """
 
 from __future__ import annotations
