@@ -4,9 +4,9 @@
 between SQLite and PostgreSQL is how a query runs and how a value is bound or read back. A
 backend subclasses it and supplies that small layer: `_rows` and `_run` (one named query,
 its parameters named `:name` in the SQL of both, `router.store.queries.filtered`), and how a
-time, a text or a list of texts is bound and a stored time read. The transactions that
-write many rows (ingest, claim, commit, dispatch) stay in each backend, calling the shared
-decisions of `router.store.shared`.
+time, a text or a list of texts is bound and a stored time read. The writes of many rows in
+one transaction (a lane commit, a replay, finishing attempts) are planned once in
+`router.store.writes`; each backend keeps its transactions, fencing, ingest and claims.
 """
 
 from __future__ import annotations

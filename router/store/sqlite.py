@@ -5,7 +5,8 @@ Writes go through one writer connection in WAL mode with `synchronous=FULL`. Con
 inserts and COMMIT as a single call into the connection's thread (one fsync for the batch, one
 thread hop instead of one per statement), and only then lets each caller answer. Reads use a
 second connection so they never queue behind a batch. What both stores do alike (the reads,
-single-statement writes, shared decisions) lives in router.store.common and router.store.shared.
+single-statement writes, shared decisions, the plans of many-row writes) lives in
+router.store.common, router.store.shared and router.store.writes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Event, encode_event
 from router.ids import ulid_floor
 from router.logs import get_logger
+from router.store import writes
 from router.store.base import (
     IngestItem,
     IngestOutcome,
@@ -40,23 +42,16 @@ from router.store.common import STOP, CommonStore, Pending, Prepared
 from router.store.holding import Hold, StoreHeld, flock_now
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
-    HELD_UNTIL,
-    AttemptOutcome,
     AttemptResult,
     BreakerNews,
     ClaimedLane,
     CommitOutcome,
-    ContactRecord,
-    ConversationRecord,
     DueRow,
     EventResult,
-    HoldChange,
     LaneCommit,
     Lease,
-    LedgerRecord,
     OutboxRow,
     Pruned,
-    Receipt,
     RowClaims,
     SlotRequest,
     StorageUse,
@@ -64,7 +59,6 @@ from router.store.records import (
 from router.store.shared import (
     DISPATCH_SCAN,
     MAX_SCAN,
-    OPTED_OUT_AT_CARRIER,
     SCAN_PAGE,
     Head,
     LanePicker,
@@ -76,11 +70,7 @@ from router.store.shared import (
     fail_pending,
     new_token,
     plan_slots,
-    receipt_target,
-    run_encoder,
-    thread_row,
     unreadable,
-    unsent_finish,
 )
 
 T = TypeVar("T")
@@ -461,7 +451,7 @@ class SQLiteStore(CommonStore):
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:  # never stalls its lane
-                self._record_result(conn, unreadable(event_id, now, exc))
+                self._plan(conn, writes.record_results(self, [unreadable(event_id, now, exc)]))
         lanes = {
             lane: kept
             for lane, ids in lanes.items()
@@ -496,130 +486,33 @@ class SQLiteStore(CommonStore):
     def _commit_lanes(
         self, conn: sqlite3.Connection, lanes: list[LaneCommit], now: datetime
     ) -> CommitOutcome:
-        sql = self._sql
-        applied: list[bool] = []
-        new_ids: list[str] = []
-        cancelled: list[str] = []
-        for lane in lanes:
-            held = conn.execute(sql["lease_token"], {"lane": lane.lease.lane}).fetchone()
-            if held is None or held[0] != lane.lease.token:
-                applied.append(False)  # fenced: the lease expired and was taken over
-                continue
-            applied.append(True)
-            for result in lane.results:
-                self._record_result(conn, result)
-            if lane.failed_attempt is not None:
-                conn.execute(sql["failed_attempt"], {"id": lane.failed_attempt})
-            if lane.conversation is not None:
-                conn.execute(sql["upsert_conversation"], _conversation_row(lane.conversation))
-            for contact_key, reason in lane.cancel_contacts:
-                cancelled += self._cancel_waiting(conn, contact_key, reason)
-            for change in lane.holds:
-                self._hold_or_release(conn, change)
-            new_ids += self._insert_rows(conn, lane.outbox)
-            for contact, entry in lane.contacts:
-                self._save_contact(conn, contact, entry, now)
-            for receipt in lane.receipts:
-                self._apply_receipt(conn, receipt)
-            for timer in lane.timers_set:
-                conn.execute(
-                    sql["set_timer"],
-                    {
-                        "key": timer.conversation_key,
-                        "timer": timer.timer,
-                        "due_at": timestamp(timer.due_at),
-                    },
-                )
-            for key, name, due_at in lane.timers_cleared:
-                conn.execute(sql["clear_timer"], {"key": key, "timer": name, "due_at": _ts(due_at)})
-            if lane.retry_at is not None:
-                conn.execute(
-                    sql["hold_lease_until"],
-                    {"lane": lane.lease.lane, "until": timestamp(lane.retry_at)},
-                )
-            else:
-                conn.execute(
-                    sql["release_lease"], {"lane": lane.lease.lane, "token": lane.lease.token}
-                )
+        sql = self._sql["lease_token"]
+        held = {}
+        for lane in dict.fromkeys(lane.lease.lane for lane in lanes):
+            found = conn.execute(sql, {"lane": lane}).fetchone()
+            held[lane] = None if found is None else found[0]
+        applied = writes.fresh_lanes(lanes, held)
+        taken = [lane for lane, fresh in zip(lanes, applied, strict=True) if fresh]
+        cancelled, new_ids = self._plan(conn, writes.commit_lanes(self, taken, now))
         return CommitOutcome(
             applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
         )
 
-    def _record_result(self, conn: sqlite3.Connection, result: EventResult) -> None:
-        """An event's new status and its run."""
-        conn.execute(
-            self._sql["finish_event"], {"status": result.status.value, "id": result.event_id}
-        )
-        conn.execute(
-            self._sql["insert_run"],
-            {
-                "event_id": result.event_id,
-                "at": timestamp(result.run.at),
-                "body": run_encoder.encode(result.run),
-            },
-        )
+    def _plan(self, conn: sqlite3.Connection, plan: writes.Plan[T]) -> T:
+        """Run a shared plan (router.store.writes) step by step on the writer connection."""
+        return writes.run_plan(plan, functools.partial(self._step, conn))
 
-    def _insert_rows(self, conn: sqlite3.Connection, rows: list[OutboxRow]) -> list[str]:
-        """Insert outbox rows; the ids of those that were not there yet."""
-        return [
-            row.id
-            for row in rows
-            if conn.execute(self._sql["insert_outbox"], _outbox_row(row)).rowcount
-        ]
-
-    def _cancel_waiting(self, conn: sqlite3.Connection, contact_key: str, reason: str) -> list[str]:
-        """Cancel a contact's pending and deferred rows; their ids."""
-        params = {"contact_key": contact_key, "reason": reason}
-        return [row[0] for row in conn.execute(self._sql["cancel_waiting"], params)]
-
-    def _hold_or_release(self, conn: sqlite3.Connection, change: HoldChange) -> None:
-        """A consent review's hold on the contact's waiting marketing, or its release."""
-        params = {"contact_key": change.contact_key, "held": timestamp(HELD_UNTIL)}
-        if change.hold:
-            conn.execute(self._sql["hold_marketing"], {**params, "reason": change.reason})
-        else:
-            conn.execute(
-                self._sql["release_held"], {**params, "not_before": _ts(change.not_before)}
-            )
-
-    def _save_contact(
-        self,
-        conn: sqlite3.Connection,
-        contact: ContactRecord,
-        entry: LedgerRecord | None,
-        now: datetime,
-    ) -> None:
-        """A contact's consent, and the ledger entry of its change."""
-        conn.execute(
-            self._sql["upsert_contact"],
-            {
-                "key": contact.address,
-                "consent": contact.consent,
-                "opted_out_at": _ts(contact.opted_out_at),
-                "timezone": contact.timezone,
-                "updated_at": timestamp(now),
-            },
-        )
-        if entry is not None:
-            conn.execute(
-                self._sql["insert_ledger"],
-                {
-                    "contact_key": contact.address,
-                    "at": timestamp(entry.at),
-                    "event_id": entry.event_id,
-                    "channel": entry.channel,
-                    "change": entry.change,
-                    "reason": entry.reason,
-                },
-            )
+    def _step(self, conn: sqlite3.Connection, step: writes.Step) -> list[Any]:
+        sql = self._sql[step.name]
+        if step.returns:
+            return [found for params in step.rows for found in conn.execute(sql, params)]
+        conn.executemany(sql, step.rows)
+        return []
 
     async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
-        def run(conn: sqlite3.Connection) -> list[str]:
-            for result in results:
-                self._record_result(conn, result)
-            return self._insert_rows(conn, rows)
-
-        return await self._transact(run)
+        return await self._transact(
+            lambda conn: self._plan(conn, writes.commit_replay(self, results, rows))
+        )
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -692,90 +585,8 @@ class SQLiteStore(CommonStore):
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
         return await self._transact(
-            lambda conn: [self._finish_one(conn, result) for result in results]
+            lambda conn: self._plan(conn, writes.finish_attempts(self, results))
         )
-
-    def _finish_one(self, conn: sqlite3.Connection, result: AttemptResult) -> bool:
-        held = conn.execute(self._sql["row_lease"], {"id": result.id}).fetchone()
-        if held is None or held[0] != result.token or held[1] != "sending":
-            return False  # fenced: the lease expired and another attempt took the row
-        outcome = result.outcome
-        if outcome is AttemptOutcome.SENT:
-            conn.execute(
-                self._sql["finish_sent"],
-                {"id": result.id, "provider_message_id": result.provider_message_id},
-            )
-            if result.thread is not None:
-                conn.execute(self._sql["map_thread"], thread_row(result.thread))
-            if result.provider_message_id:
-                self._apply_waiting_receipts(conn, result.id, result.provider_message_id)
-            if result.provider_status:
-                self._deliver(conn, result.id, "sent", result.provider_status, None)
-        else:
-            name, params = unsent_finish(result, timestamp)
-            conn.execute(self._sql[name], params)
-        if result.opted_out is not None:
-            self._save_contact(conn, result.opted_out, result.ledger, result.at)
-            self._cancel_waiting(conn, result.opted_out.address, OPTED_OUT_AT_CARRIER)
-        conn.execute(
-            self._sql["insert_attempt"],
-            {
-                "outbox_id": result.id,
-                "at": timestamp(result.at),
-                "outcome": outcome.value,
-                "error": result.error,
-                "error_code": result.error_code,
-                "duration_ms": result.duration_ms,
-            },
-        )
-        return True
-
-    def _apply_receipt(self, conn: sqlite3.Connection, receipt: Receipt) -> None:
-        found = conn.execute(
-            self._sql["row_by_provider_id"], {"provider_message_id": receipt.provider_message_id}
-        ).fetchone()
-        if found is None:  # the callback beat the dispatcher's commit: keep it for then
-            conn.execute(
-                self._sql["insert_receipt"],
-                {
-                    "provider_message_id": receipt.provider_message_id,
-                    "status": receipt.status,
-                    "error_code": receipt.error_code,
-                    "at": timestamp(receipt.at),
-                },
-            )
-            return
-        self._deliver(conn, found[0], found[1], receipt.status, receipt.error_code)
-
-    def _apply_waiting_receipts(
-        self, conn: sqlite3.Connection, row_id: str, provider_message_id: str
-    ) -> None:
-        waiting = conn.execute(
-            self._sql["receipts_of"], {"provider_message_id": provider_message_id}
-        ).fetchall()
-        status = "sent"
-        for receipt_status, error_code, _ in waiting:
-            status = self._deliver(conn, row_id, status, receipt_status, error_code)
-        if waiting:
-            conn.execute(self._sql["drop_receipts"], {"provider_message_id": provider_message_id})
-
-    def _deliver(
-        self,
-        conn: sqlite3.Connection,
-        row_id: str,
-        current: str,
-        reported: str,
-        error_code: str | None,
-    ) -> str:
-        """Move a sent row on by a receipt, never back: a late `sent` after `delivered`, a
-        duplicate, or a second terminal status changes nothing."""
-        target = receipt_target(current, reported)
-        if target is None:
-            return current
-        conn.execute(
-            self._sql["set_delivery"], {"id": row_id, "status": target, "error_code": error_code}
-        )
-        return target
 
     async def storage_use(self) -> StorageUse:
         return await asyncio.to_thread(self._storage_use)
@@ -931,43 +742,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 def _json_list(values: list[str]) -> str:
     return msgspec.json.encode(values).decode()
-
-
-def _ts(moment: datetime | None) -> str | None:
-    return timestamp(moment) if moment is not None else None
-
-
-def _conversation_row(record: ConversationRecord) -> dict[str, Any]:
-    return {
-        "key": record.key,
-        "state": record.state,
-        "channel": record.channel,
-        "contact": record.contact,
-        "body": record.body,
-        "updated_at": timestamp(record.updated_at),
-    }
-
-
-def _outbox_row(row: OutboxRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "event_id": row.event_id,
-        "conversation_key": row.conversation_key,
-        "contact_key": row.contact_key,
-        "channel": row.channel,
-        "recipient": row.to,
-        "category": row.category,
-        "kind": row.kind,
-        "status": row.status.value,
-        "not_before": _ts(row.not_before),
-        "created_at": timestamp(row.created_at),
-        "attempts": row.attempts,
-        "last_error": row.last_error,
-        "provider_message_id": row.provider_message_id,
-        "payload": msgspec.json.encode(row.payload),
-        "lane": row.lane,
-        "priority": row.priority,
-    }
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

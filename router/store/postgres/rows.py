@@ -9,7 +9,6 @@ import msgspec
 from router.errors import UnstorableEvent
 from router.events import encode_event
 from router.store.base import IngestItem
-from router.store.records import ConversationRecord, OutboxRow
 
 
 def db_text(value: str) -> str:
@@ -20,39 +19,6 @@ def db_text(value: str) -> str:
 
 def db_opt_text(value: str | None) -> str | None:
     return None if value is None else db_text(value)
-
-
-def conversation_row(record: ConversationRecord) -> tuple[Any, ...]:
-    return (
-        db_text(record.key),
-        record.state,
-        db_opt_text(record.channel),
-        db_opt_text(record.contact),
-        record.body,
-        record.updated_at,
-    )
-
-
-def outbox_params(row: OutboxRow) -> tuple[Any, ...]:
-    return (
-        db_text(row.id),
-        row.event_id,
-        db_opt_text(row.conversation_key),
-        db_opt_text(row.contact_key),
-        row.channel,
-        db_text(row.to),
-        row.category,
-        row.kind,
-        row.status.value,
-        row.not_before,
-        row.created_at,
-        row.attempts,
-        db_opt_text(row.last_error),
-        db_opt_text(row.provider_message_id),
-        msgspec.json.encode(row.payload),
-        db_text(row.lane),
-        row.priority,
-    )
 
 
 def event_params(item: IngestItem) -> tuple[Any, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from router.errors import StoreCorrupt, StoreUnavailable
 from router.events import Event
 from router.ids import ulid_floor
 from router.logs import get_logger
+from router.store import writes
 from router.store.base import (
     IngestItem,
     IngestOutcome,
@@ -39,29 +41,21 @@ from router.store.postgres.connection import (
     wrap_exceptions,
 )
 from router.store.postgres.rows import (
-    conversation_row,
     db_text,
     event_params,
-    outbox_params,
 )
 from router.store.queries import filtered, migrations, queries
 from router.store.records import (
-    HELD_UNTIL,
-    AttemptOutcome,
     AttemptResult,
     BreakerNews,
     ClaimedLane,
     CommitOutcome,
-    ContactRecord,
     DueRow,
     EventResult,
-    HoldChange,
     LaneCommit,
     Lease,
-    LedgerRecord,
     OutboxRow,
     Pruned,
-    Receipt,
     RowClaims,
     SlotRequest,
     StorageUse,
@@ -70,12 +64,10 @@ from router.store.shared import (
     DISPATCH_PAGE,
     DISPATCH_SCAN,
     MAX_SCAN,
-    OPTED_OUT_AT_CARRIER,
     SCAN_PAGE,
     DueHeads,
     Head,
     LanePicker,
-    after_receipt,
     book_slots,
     claimed_lanes,
     claimed_rows,
@@ -83,15 +75,31 @@ from router.store.shared import (
     fail_pending,
     new_token,
     plan_slots,
-    receipt_target,
-    run_encoder,
-    thread_row,
     unreadable,
-    unsent_finish,
 )
 
 T = TypeVar("T")
 log = get_logger("switchboard.store")
+
+
+#: The named writes whose SQL takes one array per column (`unnest`): a step is one statement.
+_UNNEST = frozenset(
+    {
+        "finish_event",
+        "insert_run",
+        "upsert_conversation",
+        "insert_outbox",
+        "set_timer",
+        "release_lease",
+        "finish_sent",
+        "insert_attempts",
+    }
+)
+
+
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """A named query's `:name` parameters numbered, and their names in that order."""
+    return filtered("postgres", sql, {})
 
 
 def _affected(status: str) -> int:
@@ -398,9 +406,8 @@ class PostgresStore(CommonStore):
         kept = {lane: [i for i in ids if i in found] for lane, ids in lanes.items()}
         empty = [lane for lane, ids in kept.items() if not ids]  # finished meanwhile
         if empty:
-            await conn.execute(
-                self._sql["release_lease"], empty, [leases[lane].token for lane in empty]
-            )
+            sql, _ = _positional(self._sql["release_lease"])
+            await conn.execute(sql, empty, [leases[lane].token for lane in empty])
             for lane in empty:
                 del kept[lane]
         if not kept:
@@ -438,7 +445,9 @@ class PostgresStore(CommonStore):
             try:
                 found[event_id] = (event_from_row((body, status)), attempts)
             except (msgspec.DecodeError, ValueError) as exc:
-                await self._record_results(conn, [unreadable(event_id, now, exc)])
+                await self._plan(
+                    conn, writes.record_results(self, [unreadable(event_id, now, exc)])
+                )
         return found
 
     async def commit(self, lanes: list[LaneCommit], now: datetime) -> CommitOutcome:
@@ -449,166 +458,40 @@ class PostgresStore(CommonStore):
     ) -> CommitOutcome:
         names = sorted({lane.lease.lane for lane in lanes})
         held = {r[0]: r[1] for r in await conn.fetch(self._sql["lock_leases"], names)}
-        applied: list[bool] = []
-        taken: list[LaneCommit] = []
-        for lane in lanes:
-            fresh = held.get(lane.lease.lane) == lane.lease.token  # else fenced: taken over
-            applied.append(fresh)
-            if fresh:
-                held[lane.lease.lane] = None  # released below: one token commits once
-                taken.append(lane)
-        cancelled, new_ids = await self._apply_lanes(conn, taken, now)
+        applied = writes.fresh_lanes(lanes, held)
+        taken = [lane for lane, fresh in zip(lanes, applied, strict=True) if fresh]
+        cancelled, new_ids = await self._plan(conn, writes.commit_lanes(self, taken, now))
         return CommitOutcome(
             applied=applied, new_outbox_ids=new_ids, cancelled_outbox_ids=cancelled
         )
 
-    async def _apply_lanes(
-        self, conn: Conn, lanes: list[LaneCommit], now: datetime
-    ) -> tuple[list[str], list[str]]:
-        """Everything the lanes' processing writes, and their leases released (or held until
-        a retry): the rows an opt-out cancelled, and the outbox rows made.
+    async def _plan(self, conn: Conn, plan: writes.Plan[T]) -> T:
+        """Run a shared plan (router.store.writes): one round trip per step."""
+        return await writes.run_plan_async(plan, functools.partial(self._step, conn))
 
-        As SQLite applies them lane after lane, but each kind of write in one statement for all
-        lanes where lanes cannot see each other's writes (one round trip, not one per lane):
-        only an opt-out's cancel and the rows made must keep the lanes' order.
-        """
-        await self._record_results(conn, [r for lane in lanes for r in lane.results])
-        await self._many(
-            conn, "failed_attempt", [(ln.failed_attempt,) for ln in lanes if ln.failed_attempt]
-        )
-        conversations = {  # each lane is a conversation of its own; the last write wins
-            ln.conversation.key: conversation_row(ln.conversation)
-            for ln in lanes
-            if ln.conversation is not None
-        }
-        await self._columns(conn, "upsert_conversation", list(conversations.values()))
-        cancelled: list[str] = []
-        new_ids: list[str] = []
-        if any(lane.cancel_contacts or lane.holds for lane in lanes):  # rows made before only
-            for lane in lanes:
-                for contact_key, reason in lane.cancel_contacts:
-                    cancelled += await self._cancel_waiting(conn, contact_key, reason)
-                for change in lane.holds:
-                    await self._hold_or_release(conn, change)
-                new_ids += await self._insert_rows(conn, lane.outbox)
-        else:
-            new_ids = await self._insert_rows(conn, [row for ln in lanes for row in ln.outbox])
-        for lane in lanes:
-            for contact, entry in lane.contacts:
-                await self._save_contact(conn, contact, entry, now)
-            for receipt in lane.receipts:
-                await self._apply_receipt(conn, receipt)
-        await self._set_timers(conn, lanes)
-        await self._many(
-            conn,
-            "hold_lease_until",
-            [(ln.lease.lane, ln.retry_at) for ln in lanes if ln.retry_at is not None],
-        )
-        await self._columns(
-            conn,
-            "release_lease",
-            [(ln.lease.lane, ln.lease.token) for ln in lanes if ln.retry_at is None],
-        )
-        return cancelled, new_ids
-
-    async def _set_timers(self, conn: Conn, lanes: list[LaneCommit]) -> None:
-        """Arm, then disarm, the lanes' timers (each lane names its own conversation's)."""
-        armed = {  # as if one after the other: the last setting of a timer wins
-            (db_text(t.conversation_key), t.timer): t.due_at
-            for lane in lanes
-            for t in lane.timers_set
-        }
-        await self._columns(conn, "set_timer", [(*key, due) for key, due in armed.items()])
-        await self._many(
-            conn,
-            "clear_timer",
-            [
-                (db_text(key), name, due_at)
-                for lane in lanes
-                for key, name, due_at in lane.timers_cleared
-            ],
-        )
-
-    async def _many(self, conn: Conn, name: str, args: list[tuple[Any, ...]]) -> None:
-        """One named statement for every argument tuple, sent together; nothing if none."""
-        if args:
-            await conn.executemany(self._sql[name], args)
-
-    async def _columns(self, conn: Conn, name: str, rows: list[tuple[Any, ...]]) -> None:
-        """One named `unnest` statement for all `rows`, sent as one array per column (one
-        statement, not one per row as `_many`); nothing if none."""
-        if rows:
-            columns = [list(column) for column in zip(*rows, strict=True)]
-            await conn.execute(self._sql[name], *columns)
-
-    async def _record_results(self, conn: Conn, results: Sequence[EventResult]) -> None:
-        """Each event's new status and its run."""
-        await self._columns(conn, "finish_event", [(r.event_id, r.status.value) for r in results])
-        await self._columns(
-            conn,
-            "insert_run",
-            [(r.event_id, r.run.at, run_encoder.encode(r.run)) for r in results],
-        )
-
-    async def _insert_rows(self, conn: Conn, rows: Sequence[OutboxRow]) -> list[str]:
-        """Insert outbox rows in one statement, in order; the ids of those not there yet."""
-        if not rows:
+    async def _step(self, conn: Conn, step: writes.Step) -> list[Any]:
+        """A step's rows in one `unnest` statement (one array per column) where its SQL takes
+        arrays, else with executemany (or one fetch a row, if what it returns is wanted)."""
+        sql, names = _positional(self._sql[step.name])
+        if step.name in _UNNEST:
+            columns = [[row[name] for row in step.rows] for name in names]
+            if step.returns:
+                return list(await conn.fetch(sql, *columns))
+            await conn.execute(sql, *columns)
             return []
-        params = [outbox_params(row) for row in rows]
-        columns = [list(column) for column in zip(*params, strict=True)]
-        made = {record[0] for record in await conn.fetch(self._sql["insert_outbox"], *columns)}
-        new_ids = []
-        for row, values in zip(rows, params, strict=True):
-            if values[0] in made:
-                made.discard(values[0])  # the same id twice: only the first was made
-                new_ids.append(row.id)
-        return new_ids
-
-    async def _cancel_waiting(self, conn: Conn, contact_key: str, reason: str) -> list[str]:
-        """Cancel a contact's pending and deferred rows; their ids."""
-        found = await conn.fetch(self._sql["cancel_waiting"], db_text(contact_key), db_text(reason))
-        return [record[0] for record in found]
-
-    async def _hold_or_release(self, conn: Conn, change: HoldChange) -> None:
-        """A consent review's hold on the contact's waiting marketing, or its release."""
-        key = db_text(change.contact_key)
-        if change.hold:
-            await conn.fetch(
-                self._sql["hold_marketing"], key, HELD_UNTIL, db_text(change.reason or "")
-            )
-        else:
-            await conn.fetch(self._sql["release_held"], key, HELD_UNTIL, change.not_before)
-
-    async def _save_contact(
-        self, conn: Conn, contact: ContactRecord, entry: LedgerRecord | None, now: datetime
-    ) -> None:
-        """A contact's consent, and the ledger entry of its change."""
-        key = db_text(contact.address)
-        await conn.execute(
-            self._sql["upsert_contact"],
-            key,
-            contact.consent,
-            contact.opted_out_at,
-            contact.timezone,
-            now,
-        )
-        if entry is not None:
-            await conn.execute(
-                self._sql["insert_ledger"],
-                key,
-                entry.at,
-                entry.event_id,
-                entry.channel,
-                entry.change,
-                db_text(entry.reason),
-            )
+        args = [[row[name] for name in names] for row in step.rows]
+        if not step.returns:
+            await conn.executemany(sql, args)
+            return []
+        found: list[Any] = []
+        for values in args:
+            found += await conn.fetch(sql, *values)
+        return found
 
     async def commit_replay(self, results: list[EventResult], rows: list[OutboxRow]) -> list[str]:
-        async def run(conn: Conn) -> list[str]:
-            await self._record_results(conn, results)
-            return await self._insert_rows(conn, rows)
-
-        return await self._transact(run)
+        return await self._transact(
+            lambda conn: self._plan(conn, writes.commit_replay(self, results, rows))
+        )
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -679,129 +562,9 @@ class PostgresStore(CommonStore):
         return {r[0] for r in rows}
 
     async def finish_attempts(self, results: list[AttemptResult]) -> list[bool]:
-        async def run(conn: Conn) -> list[bool]:
-            # Each finishing UPDATE carries its row's lease token: a row another attempt took
-            # over meanwhile is not changed (fenced), and no lock is read first.
-            firsts: dict[str, AttemptResult] = {}  # one token commits once
-            for result in results:
-                firsts.setdefault(result.id, result)
-            unique = list(firsts.values())
-            sent: list[AttemptResult] = []  # finished together; the others one by one
-            others: list[AttemptResult] = []
-            for result in unique:
-                plain = result.outcome is AttemptOutcome.SENT and result.opted_out is None
-                (sent if plain else others).append(result)
-            finished: set[str] = set()
-            for result in others:
-                if await self._finish_one(conn, result):
-                    finished.add(result.id)
-            finished |= await self._finish_sent(conn, sent)
-            await self._insert_attempts(conn, [r for r in unique if r.id in finished])
-            return [result.id in finished and firsts[result.id] is result for result in results]
-
-        return await self._transact(run, notify=True)  # a lane's next row may go now
-
-    async def _finish_sent(self, conn: Conn, results: Sequence[AttemptResult]) -> set[str]:
-        """Sent rows, each kind of write in one statement for all of them (a round's sends
-        finish together): the receipts that beat the commit move each row on, never back.
-        The ids finished (the others were fenced)."""
-        if not results:
-            return set()
-        provider_ids = [
-            db_text(r.provider_message_id) if r.provider_message_id else None for r in results
-        ]
-        waiting: dict[str | None, list[tuple[str, str | None]]] = {}
-        known = [pid for pid in provider_ids if pid]
-        if known:
-            for pid, status, error_code in await conn.fetch(self._sql["receipts_of"], known):
-                waiting.setdefault(pid, []).append((status, error_code))
-        statuses: list[str] = []
-        error_codes: list[str | None] = []
-        for result, pid in zip(results, provider_ids, strict=True):
-            status, error_code = "sent", None
-            for reported, code in waiting.get(pid, ()):
-                status, error_code = after_receipt(status, error_code, reported, code)
-            if result.provider_status:
-                status, error_code = after_receipt(status, error_code, result.provider_status, None)
-            statuses.append(status)
-            error_codes.append(error_code)
-        done = await conn.fetch(
-            self._sql["finish_sent"],
-            [r.id for r in results],
-            provider_ids,
-            statuses,
-            error_codes,
-            [r.token for r in results],
+        return await self._transact(  # a lane's next row may go now
+            lambda conn: self._plan(conn, writes.finish_attempts(self, results)), notify=True
         )
-        finished = {record[0] for record in done}
-        used = [
-            pid
-            for result, pid in zip(results, provider_ids, strict=True)
-            if pid in waiting and result.id in finished
-        ]
-        if used:
-            await conn.execute(self._sql["drop_receipts"], used)
-        await self._many(  # an escalation post's Slack thread belongs to its conversation
-            conn,
-            "map_thread",
-            [
-                tuple(db_text(value) for value in thread_row(result.thread))
-                for result in results
-                if result.thread is not None and result.id in finished
-            ],
-        )
-        return finished
-
-    async def _finish_one(self, conn: Conn, result: AttemptResult) -> bool:
-        """A row not sent, or sent to a contact the carrier says opted out (21610); whether
-        it was finished (not fenced)."""
-        outcome = result.outcome
-        if outcome is AttemptOutcome.SENT:
-            finished = bool(await self._finish_sent(conn, [result]))
-        else:  # each returns the id only if the token still held it
-            sql, args = self._bind(*unsent_finish(result, self._at))
-            finished = await conn.fetchval(sql, *args) is not None
-        if finished and result.opted_out is not None:  # a carrier-held STOP (Twilio 21610)
-            await self._save_contact(conn, result.opted_out, result.ledger, result.at)
-            await self._cancel_waiting(conn, result.opted_out.address, OPTED_OUT_AT_CARRIER)
-        return finished
-
-    async def _insert_attempts(self, conn: Conn, results: Sequence[AttemptResult]) -> None:
-        if not results:
-            return
-        await conn.execute(
-            self._sql["insert_attempts"],
-            [r.id for r in results],
-            [r.at for r in results],
-            [r.outcome.value for r in results],
-            [r.error for r in results],
-            [r.error_code for r in results],
-            [r.duration_ms for r in results],
-        )
-
-    async def _apply_receipt(self, conn: Conn, receipt: Receipt) -> None:
-        provider_id = db_text(receipt.provider_message_id)
-        found = await conn.fetchrow(self._sql["row_by_provider_id"], provider_id)
-        if found is None:  # the callback beat the dispatcher's commit: keep it for then
-            await conn.execute(
-                self._sql["insert_receipt"],
-                provider_id,
-                db_text(receipt.status),
-                receipt.error_code,
-                receipt.at,
-            )
-            return
-        await self._deliver(conn, found[0], found[1], receipt.status, receipt.error_code)
-
-    async def _deliver(
-        self, conn: Conn, row_id: str, current: str, reported: str, error_code: str | None
-    ) -> str:
-        """Move a sent row on by a receipt, never back."""
-        target = receipt_target(current, reported)
-        if target is None:
-            return current
-        await conn.execute(self._sql["set_delivery"], row_id, target, error_code)
-        return target
 
     async def storage_use(self) -> StorageUse:
         [sizes] = await self._fetch(self._sql["storage_use"])

@@ -95,39 +95,32 @@ WHERE key = ANY($1::text[]);
 SELECT lane, token FROM leases WHERE lane = ANY($1::text[]) ORDER BY lane FOR UPDATE;
 
 -- name: release_lease
--- The lanes $1 whose lease still carries the tokens $2.
-DELETE FROM leases l USING unnest($1::text[], $2::text[]) AS r(lane, token)
+-- The lanes whose lease still carries the tokens (one array each).
+DELETE FROM leases l USING unnest(:lane::text[], :token::text[]) AS r(lane, token)
 WHERE l.lane = r.lane AND l.token = r.token;
 
--- name: hold_lease_until
-UPDATE leases SET token = NULL, owner = NULL, until = $2 WHERE lane = $1;
-
 -- name: finish_event
--- $1 event ids, $2 their new statuses.
-UPDATE events e SET status = f.status FROM unnest($1::text[], $2::text[]) AS f(id, status)
+-- One array per column: event ids, their new statuses.
+UPDATE events e SET status = f.status FROM unnest(:id::text[], :status::text[]) AS f(id, status)
 WHERE e.id = f.id;
 
--- name: failed_attempt
--- Its routing raised: `processing` until a retry finishes it (or it is `failed`).
-UPDATE events SET status = 'processing', attempts = attempts + 1 WHERE id = $1;
-
 -- name: insert_run
--- $1 event ids, $2 times, $3 bodies, in the order given.
+-- One array per column, in the order given.
 INSERT INTO runs (event_id, at, body)
 SELECT event_id, at, body
-FROM unnest($1::text[], $2::timestamptz[], $3::bytea[]) WITH ORDINALITY AS r(event_id, at, body, place)
+FROM unnest(:event_id::text[], :at::timestamptz[], :body::bytea[]) WITH ORDINALITY AS r(event_id, at, body, place)
 ORDER BY place;
 
 -- name: upsert_conversation
--- One array per column ($1..$6), each key once.
+-- One array per column, each key once.
 INSERT INTO conversations (key, state, channel, contact, body, updated_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
-                     $6::timestamptz[])
+SELECT * FROM unnest(:key::text[], :state::text[], :channel::text[], :contact::text[],
+                     :body::bytea[], :updated_at::timestamptz[])
 ON CONFLICT (key) DO UPDATE SET state = excluded.state, channel = excluded.channel,
     contact = excluded.contact, body = excluded.body, updated_at = excluded.updated_at;
 
 -- name: insert_outbox
--- Many rows in one statement, one array per column ($1..$17), inserted in the order given (so
+-- Many rows in one statement, one array per column, inserted in the order given (so
 -- `seq`, their creation order, follows it). Rows already there are left alone; returns the
 -- ids made now.
 INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipient, category,
@@ -135,9 +128,11 @@ INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipi
                     provider_message_id, payload, lane, priority)
 SELECT id, event_id, conversation_key, contact_key, channel, recipient, category, kind, status,
        not_before, created_at, attempts, last_error, provider_message_id, payload, lane, priority
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::int[],
-            $13::text[], $14::text[], $15::bytea[], $16::text[], $17::int[])
+FROM unnest(:id::text[], :event_id::text[], :conversation_key::text[], :contact_key::text[],
+            :channel::text[], :recipient::text[], :category::text[], :kind::text[],
+            :status::text[], :not_before::timestamptz[], :created_at::timestamptz[],
+            :attempts::int[], :last_error::text[], :provider_message_id::text[],
+            :payload::bytea[], :lane::text[], :priority::int[])
      WITH ORDINALITY AS r(id, event_id, conversation_key, contact_key, channel, recipient,
                           category, kind, status, not_before, created_at, attempts, last_error,
                           provider_message_id, payload, lane, priority, place)
@@ -145,56 +140,27 @@ ORDER BY place
 ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
--- name: cancel_waiting
--- $1 contact_key, $2 reason.
-UPDATE outbox SET status = 'cancelled', last_error = $2
-WHERE contact_key = $1 AND status IN ('pending', 'deferred')
-RETURNING id;
-
--- name: hold_marketing
--- A possible opt-out (consent in review): the contact's waiting marketing waits for a person.
--- $1 contact_key, $2 held until (records.HELD_UNTIL), $3 reason.
-UPDATE outbox SET status = 'deferred', not_before = $2, last_error = $3
-WHERE contact_key = $1 AND status IN ('pending', 'deferred') AND category = 'marketing'
-RETURNING id;
-
 -- name: release_held
--- Kept subscribed: the held rows wait for quiet hours only ($3), or go at once.
--- $1 contact_key, $2 held until (records.HELD_UNTIL), $3 not_before or NULL.
-UPDATE outbox SET status = CASE WHEN $3::timestamptz IS NULL THEN 'pending' ELSE 'deferred' END,
-    not_before = $3, last_error = NULL
-WHERE contact_key = $1 AND status = 'deferred' AND not_before >= $2
+-- Kept subscribed: the held rows wait for quiet hours only (:not_before), or go at once;
+-- :held is records.HELD_UNTIL.
+UPDATE outbox SET status = CASE WHEN :not_before::timestamptz IS NULL THEN 'pending' ELSE 'deferred' END,
+    not_before = :not_before, last_error = NULL
+WHERE contact_key = :contact_key AND status = 'deferred' AND not_before >= :held
 RETURNING id;
-
--- name: upsert_contact
--- $1 key, $2 consent, $3 opted_out_at, $4 timezone, $5 updated_at.
-INSERT INTO contacts (key, consent, opted_out_at, timezone, updated_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (key) DO UPDATE SET consent = excluded.consent,
-    opted_out_at = excluded.opted_out_at, timezone = coalesce(excluded.timezone, contacts.timezone),
-    updated_at = excluded.updated_at;
-
--- name: insert_ledger
-INSERT INTO consent_ledger (contact_key, at, event_id, channel, change, reason)
-VALUES ($1, $2, $3, $4, $5, $6);
 
 -- name: set_timer
--- One array per column ($1 conversation keys, $2 timers, $3 due times), each pair once.
+-- One array per column (conversation keys, timers, due times), each pair once.
 INSERT INTO timers (conversation_key, timer, due_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+SELECT * FROM unnest(:key::text[], :timer::text[], :due_at::timestamptz[])
 ON CONFLICT (conversation_key, timer) DO UPDATE SET due_at = excluded.due_at;
 
 -- name: clear_timer
--- $1 conversation_key, $2 timer, $3 due_at (NULL: whatever it is).
-DELETE FROM timers WHERE conversation_key = $1 AND timer = $2
-  AND ($3::timestamptz IS NULL OR due_at = $3);
+-- :due_at NULL: whatever it is.
+DELETE FROM timers WHERE conversation_key = :key AND timer = :timer
+  AND (:due_at::timestamptz IS NULL OR due_at = :due_at);
 
 -- name: contacts_by_key
 SELECT key, consent, opted_out_at, timezone FROM contacts WHERE key = ANY(:keys::text[]);
-
--- name: map_thread
-INSERT INTO threads (thread_key, conversation_key) VALUES ($1, $2)
-ON CONFLICT (thread_key) DO NOTHING;
 
 -- name: existing_outbox_ids
 SELECT id FROM outbox WHERE id = ANY(:ids::text[]);
@@ -241,14 +207,14 @@ WHERE o.id = h.id AND o.lease_token = h.token AND o.status = 'sending'
 RETURNING o.id;
 
 -- name: finish_sent
--- Rows sent, all in one statement: $1 ids, $2 provider message ids, $3 statuses (`sent`, or on
--- by the receipts that beat this commit), $4 error codes, $5 the lease tokens they were sent
--- under. A row whose lease another attempt took meanwhile is left alone (fenced). Returns the
+-- Rows sent, all in one statement, one array per column: statuses `sent`, or on by the
+-- receipts that beat this commit; tokens, the leases they were sent under. A row whose lease another attempt took meanwhile is left alone (fenced). Returns the
 -- ids finished.
 UPDATE outbox o SET status = s.status, provider_message_id = s.provider_message_id,
     attempts = o.attempts + 1, last_error = NULL, error_code = s.error_code,
     lease_token = NULL, lease_until = NULL, next_attempt_at = NULL
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+FROM unnest(:id::text[], :provider_message_id::text[], :status::text[], :error_code::text[],
+            :token::text[])
      AS s(id, provider_message_id, status, error_code, token)
 WHERE o.id = s.id AND o.lease_token = s.token AND o.status = 'sending'
 RETURNING o.id;
@@ -282,32 +248,25 @@ WHERE id = :id AND lease_token = :token AND status = 'sending'
 RETURNING id;
 
 -- name: insert_attempts
--- A commit's attempts in one statement, one array per column ($1..$6), in the order given.
+-- A commit's attempts in one statement, one array per column, in the order given.
 INSERT INTO outbox_attempts (outbox_id, at, outcome, error, error_code, duration_ms)
 SELECT outbox_id, at, outcome, error, error_code, duration_ms
-FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::float8[])
+FROM unnest(:outbox_id::text[], :at::timestamptz[], :outcome::text[], :error::text[],
+            :error_code::text[], :duration_ms::float8[])
      WITH ORDINALITY AS a(outbox_id, at, outcome, error, error_code, duration_ms, place)
 ORDER BY place;
 
 -- name: row_by_provider_id
-SELECT id, status FROM outbox WHERE provider_message_id = $1 FOR UPDATE;
-
--- name: set_delivery
--- $1 id, $2 status, $3 error_code (NULL keeps the one there).
-UPDATE outbox SET status = $2, error_code = coalesce($3, error_code) WHERE id = $1;
-
--- name: insert_receipt
-INSERT INTO receipts (provider_message_id, status, error_code, at)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (provider_message_id, status) DO NOTHING;
+SELECT provider_message_id, id, status FROM outbox
+WHERE provider_message_id = :provider_message_id FOR UPDATE;
 
 -- name: receipts_of
--- The receipts kept for these provider message ids ($1), each id's in arrival order.
+-- The receipts kept for these provider message ids, each id's in arrival order.
 SELECT provider_message_id, status, error_code FROM receipts
-WHERE provider_message_id = ANY($1::text[]) ORDER BY provider_message_id, at;
+WHERE provider_message_id = ANY(:ids::text[]) ORDER BY provider_message_id, at;
 
 -- name: drop_receipts
-DELETE FROM receipts WHERE provider_message_id = ANY($1::text[]);
+DELETE FROM receipts WHERE provider_message_id = ANY(:ids::text[]);
 
 -- name: add_slots
 -- Every key a claim books has a row to lock (a new key: free since the epoch).

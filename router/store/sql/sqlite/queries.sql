@@ -50,15 +50,8 @@ SELECT token FROM leases WHERE lane = :lane;
 -- name: release_lease
 DELETE FROM leases WHERE lane = :lane AND token = :token;
 
--- name: hold_lease_until
-UPDATE leases SET token = NULL, owner = NULL, until = :until WHERE lane = :lane;
-
 -- name: finish_event
 UPDATE events SET status = :status WHERE id = :id;
-
--- name: failed_attempt
--- Its routing raised: `processing` until a retry finishes it (or it is `failed`).
-UPDATE events SET status = 'processing', attempts = attempts + 1 WHERE id = :id;
 
 -- name: insert_run
 INSERT INTO runs (event_id, at, body) VALUES (:event_id, :at, :body);
@@ -76,17 +69,7 @@ INSERT INTO outbox (id, event_id, conversation_key, contact_key, channel, recipi
 VALUES (:id, :event_id, :conversation_key, :contact_key, :channel, :recipient, :category,
         :kind, :status, :not_before, :created_at, :attempts, :last_error,
         :provider_message_id, :payload, :lane, :priority)
-ON CONFLICT (id) DO NOTHING;
-
--- name: cancel_waiting
-UPDATE outbox SET status = 'cancelled', last_error = :reason
-WHERE contact_key = :contact_key AND status IN ('pending', 'deferred')
-RETURNING id;
-
--- name: hold_marketing
--- A possible opt-out (consent in review): the contact's waiting marketing waits for a person.
-UPDATE outbox SET status = 'deferred', not_before = :held, last_error = :reason
-WHERE contact_key = :contact_key AND status IN ('pending', 'deferred') AND category = 'marketing'
+ON CONFLICT (id) DO NOTHING
 RETURNING id;
 
 -- name: release_held
@@ -95,17 +78,6 @@ UPDATE outbox SET status = CASE WHEN :not_before IS NULL THEN 'pending' ELSE 'de
     not_before = :not_before, last_error = NULL
 WHERE contact_key = :contact_key AND status = 'deferred' AND not_before >= :held
 RETURNING id;
-
--- name: upsert_contact
-INSERT INTO contacts (key, consent, opted_out_at, timezone, updated_at)
-VALUES (:key, :consent, :opted_out_at, :timezone, :updated_at)
-ON CONFLICT (key) DO UPDATE SET consent = excluded.consent,
-    opted_out_at = excluded.opted_out_at, timezone = coalesce(excluded.timezone, timezone),
-    updated_at = excluded.updated_at;
-
--- name: insert_ledger
-INSERT INTO consent_ledger (contact_key, at, event_id, channel, change, reason)
-VALUES (:contact_key, :at, :event_id, :channel, :change, :reason);
 
 -- name: set_timer
 INSERT INTO timers (conversation_key, timer, due_at) VALUES (:key, :timer, :due_at)
@@ -118,11 +90,6 @@ DELETE FROM timers WHERE conversation_key = :key AND timer = :timer
 -- name: contacts_by_key
 SELECT key, consent, opted_out_at, timezone FROM contacts
 WHERE key IN (SELECT value FROM json_each(:keys));
-
--- name: map_thread
--- A sent escalation post's Slack thread belongs to its conversation (shared.thread_row).
-INSERT INTO threads (thread_key, conversation_key) VALUES (?, ?)
-ON CONFLICT (thread_key) DO NOTHING;
 
 -- name: existing_outbox_ids
 SELECT id FROM outbox WHERE id IN (SELECT value FROM json_each(:ids));
@@ -156,10 +123,13 @@ WHERE id = :id AND lease_token = :token AND status = 'sending';
 SELECT lease_token, status, contact_key, event_id FROM outbox WHERE id = :id;
 
 -- name: finish_sent
-UPDATE outbox SET status = 'sent', provider_message_id = :provider_message_id,
-    attempts = attempts + 1, last_error = NULL, error_code = NULL, lease_token = NULL,
+-- A row sent: :status `sent`, or on by the receipts that beat this commit. Fenced by :token
+-- (a row another attempt's lease took is left alone); returns the id finished.
+UPDATE outbox SET status = :status, provider_message_id = :provider_message_id,
+    attempts = attempts + 1, last_error = NULL, error_code = :error_code, lease_token = NULL,
     lease_until = NULL, next_attempt_at = NULL
-WHERE id = :id;
+WHERE id = :id AND lease_token = :token AND status = 'sending'
+RETURNING id;
 
 -- name: finish_retry
 -- :in_doubt (1 or 0): whether a message of the row may be out unrecorded; if so the window
@@ -167,37 +137,33 @@ WHERE id = :id;
 UPDATE outbox SET status = 'pending', attempts = attempts + :step, last_error = :error,
     error_code = :error_code, next_attempt_at = :next_attempt_at, lease_token = NULL,
     lease_until = NULL, doubt_since = CASE WHEN :in_doubt THEN doubt_since END
-WHERE id = :id;
+WHERE id = :id AND lease_token = :token AND status = 'sending'
+RETURNING id;
 
 -- name: finish_dead
 -- :in_doubt as finish_retry: a dead row retried by hand looks first if it may be out.
 UPDATE outbox SET status = :status, attempts = attempts + 1, last_error = :error,
     error_code = :error_code, lease_token = NULL, lease_until = NULL, next_attempt_at = NULL,
     doubt_since = CASE WHEN :in_doubt THEN doubt_since END
-WHERE id = :id;
+WHERE id = :id AND lease_token = :token AND status = 'sending'
+RETURNING id;
 
--- name: insert_attempt
+-- name: insert_attempts
 INSERT INTO outbox_attempts (outbox_id, at, outcome, error, error_code, duration_ms)
 VALUES (:outbox_id, :at, :outcome, :error, :error_code, :duration_ms);
 
 -- name: row_by_provider_id
-SELECT id, status FROM outbox WHERE provider_message_id = :provider_message_id;
-
--- name: set_delivery
-UPDATE outbox SET status = :status, error_code = coalesce(:error_code, error_code)
-WHERE id = :id;
-
--- name: insert_receipt
-INSERT INTO receipts (provider_message_id, status, error_code, at)
-VALUES (:provider_message_id, :status, :error_code, :at)
-ON CONFLICT (provider_message_id, status) DO NOTHING;
+SELECT provider_message_id, id, status FROM outbox
+WHERE provider_message_id = :provider_message_id;
 
 -- name: receipts_of
-SELECT status, error_code, at FROM receipts WHERE provider_message_id = :provider_message_id
-ORDER BY at;
+-- The receipts kept for these provider message ids (JSON), each id's in arrival order.
+SELECT provider_message_id, status, error_code FROM receipts
+WHERE provider_message_id IN (SELECT value FROM json_each(:ids))
+ORDER BY provider_message_id, at;
 
 -- name: drop_receipts
-DELETE FROM receipts WHERE provider_message_id = :provider_message_id;
+DELETE FROM receipts WHERE provider_message_id IN (SELECT value FROM json_each(:ids));
 
 -- name: slots_of
 SELECT key, next_at FROM rate_slots WHERE key IN (SELECT value FROM json_each(:keys));
@@ -215,7 +181,8 @@ ON CONFLICT (key) DO UPDATE SET next_at = max(next_at, excluded.next_at);
 -- Still `sending`, with no holder, until the in-doubt check may run.
 UPDATE outbox SET attempts = attempts + 1, last_error = :error, error_code = :error_code,
     lease_token = NULL, lease_until = :until
-WHERE id = :id;
+WHERE id = :id AND lease_token = :token AND status = 'sending'
+RETURNING id;
 
 -- name: save_breaker
 -- Only newer news replaces what is there (times are sortable text in UTC).
