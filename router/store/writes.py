@@ -319,8 +319,8 @@ def outbox_params(b: Binder, row: OutboxRow) -> dict[str, Any]:
 def prune(b: Binder, before: datetime, limit: int) -> Plan[Pruned]:
     """Retention: a batch of at most `limit` events received before `before` whose work is
     over, with their runs and finished outbox rows (and those rows' attempts); as many old
-    quarantined requests; every early receipt no row claimed. Returns what each removed (the
-    deletes that are counted return their ids)."""
+    quarantined requests; every receipt kept since before `before` (no row claimed it).
+    Returns what each removed: the deletes counted return their keys."""
     bound = {"before_id": ulid_floor(before), "before": b._at(before), "limit": limit}
     found = [row[0] for row in (yield Step("prunable_events", [bound], returns=True))]
     ids = [{"ids": b._texts(found)}] if found else []  # no batch: nothing of it to delete
