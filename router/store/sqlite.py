@@ -30,7 +30,6 @@ import msgspec
 
 from router.errors import StoreCorrupt, StoreUnavailable, UnstorableEvent
 from router.events import Event, encode_event
-from router.ids import ulid_floor
 from router.logs import get_logger
 from router.store import writes
 from router.store.base import (
@@ -380,22 +379,8 @@ class SQLiteStore(CommonStore):
     # -- other writes ---------------------------------------------------------------------
 
     async def prune(self, before: datetime, limit: int) -> Pruned:
-        return await self._transact(lambda conn: self._prune(conn, before, limit))
-
-    def _prune(self, conn: sqlite3.Connection, before: datetime, limit: int) -> Pruned:
-        sql = self._sql
-        bound = {"before_id": ulid_floor(before), "before": timestamp(before), "limit": limit}
-        found = [row[0] for row in conn.execute(sql["prunable_events"], bound)]
-        ids = {"ids": _json_list(found)}
-        conn.execute(sql["prune_attempts"], ids)
-        outbox_rows = conn.execute(sql["prune_outbox"], ids).rowcount
-        gone = [row[0] for row in conn.execute(sql["prune_events"], ids).fetchall()]
-        conn.execute(sql["prune_runs"], {"ids": _json_list(gone)})
-        return Pruned(
-            events=len(gone),
-            outbox_rows=outbox_rows,
-            quarantined=conn.execute(sql["prune_quarantine"], bound).rowcount,
-            receipts=conn.execute(sql["prune_receipts"], {"before": timestamp(before)}).rowcount,
+        return await self._transact(
+            lambda conn: self._plan(conn, writes.prune(self, before, limit))
         )
 
     async def _write(self, sql: str, params: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The store's many-row writes planned once: a lane commit, a replay, the parts they share.
+"""The store's many-row writes planned once: a lane commit, a replay, the parts they share, a
+retention batch.
 
 A plan is a generator of `Step`s, each a named query and the parameters of its runs (`:name`
 parameters, values bound by the backend's `Binder`), in the order they must run. The backend
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
+from router.ids import ulid_floor
 from router.store.records import (
     HELD_UNTIL,
     AttemptOutcome,
@@ -29,6 +31,7 @@ from router.store.records import (
     LaneCommit,
     LedgerRecord,
     OutboxRow,
+    Pruned,
     Receipt,
 )
 from router.store.shared import (
@@ -311,6 +314,28 @@ def outbox_params(b: Binder, row: OutboxRow) -> dict[str, Any]:
         "lane": b._text(row.lane),
         "priority": row.priority,
     }
+
+
+def prune(b: Binder, before: datetime, limit: int) -> Plan[Pruned]:
+    """Retention: a batch of at most `limit` events received before `before` whose work is
+    over, with their runs and finished outbox rows (and those rows' attempts); as many old
+    quarantined requests; every receipt kept since before `before` (no row claimed it).
+    Returns what each removed: the deletes counted return their keys."""
+    bound = {"before_id": ulid_floor(before), "before": b._at(before), "limit": limit}
+    found = [row[0] for row in (yield Step("prunable_events", [bound], returns=True))]
+    ids = [{"ids": b._texts(found)}] if found else []  # no batch: nothing of it to delete
+    yield Step("prune_attempts", ids)
+    outbox_rows = yield Step("prune_outbox", ids, returns=True)
+    gone = [row[0] for row in (yield Step("prune_events", ids, returns=True))]
+    yield Step("prune_runs", [{"ids": b._texts(gone)}] if gone else [])
+    quarantined = yield Step("prune_quarantine", [bound], returns=True)
+    receipts = yield Step("prune_receipts", [{"before": bound["before"]}], returns=True)
+    return Pruned(
+        events=len(gone),
+        outbox_rows=len(outbox_rows),
+        quarantined=len(quarantined),
+        receipts=len(receipts),
+    )
 
 
 def finish_attempts(b: Binder, results: Sequence[AttemptResult]) -> Plan[list[bool]]:

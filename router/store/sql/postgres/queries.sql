@@ -297,44 +297,36 @@ WHERE excluded.changed_at > breakers.changed_at;
 -- name: prunable_events
 -- Retention (Store.prune). A batch of old events whose work looks over, oldest first; the
 -- deletes below check again, so a row made meanwhile (a replay) keeps its event.
--- $1 before_id, $2 before, $3 limit. Rows another transaction holds are left for later.
+-- Rows another transaction holds are left for later.
 SELECT e.id FROM events e
-WHERE e.id < $1 AND e.received_at < $2
+WHERE e.id < :before_id AND e.received_at < :before
   AND e.status IN ('processed', 'ignored', 'failed')
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id
                   AND (o.status IN ('pending', 'deferred', 'sending', 'dead')
                        OR o.kind = 'escalation'))
-ORDER BY e.id LIMIT $3
+ORDER BY e.id LIMIT :limit
 FOR UPDATE OF e SKIP LOCKED;
 
 -- name: prune_attempts
 DELETE FROM outbox_attempts WHERE outbox_id IN (
-  SELECT id FROM outbox WHERE event_id = ANY($1::text[])
+  SELECT id FROM outbox WHERE event_id = ANY(:ids::text[])
     AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
     AND kind <> 'escalation');
 
 -- name: prune_outbox
-DELETE FROM outbox WHERE event_id = ANY($1::text[])
+DELETE FROM outbox WHERE event_id = ANY(:ids::text[])
   AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
-  AND kind <> 'escalation';
+  AND kind <> 'escalation'
+RETURNING id;
 
 -- name: prune_events
-DELETE FROM events e WHERE e.id = ANY($1::text[])
+DELETE FROM events e WHERE e.id = ANY(:ids::text[])
   AND e.status IN ('processed', 'ignored', 'failed')
   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.id)
 RETURNING e.id;
 
 -- name: prune_runs
-DELETE FROM runs WHERE event_id = ANY($1::text[]);
-
--- name: prune_quarantine
--- $1 before_id, $2 before, $3 limit.
-DELETE FROM quarantine WHERE id IN (
-  SELECT id FROM quarantine WHERE id < $1 AND received_at < $2
-  ORDER BY id LIMIT $3);
-
--- name: prune_receipts
-DELETE FROM receipts WHERE at < $1;
+DELETE FROM runs WHERE event_id = ANY(:ids::text[]);
 
 -- name: storage_use
 -- The database's size on disk and the blob table's (with its TOAST and index): both read

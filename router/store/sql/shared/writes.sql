@@ -44,3 +44,16 @@ ON CONFLICT (key) DO UPDATE SET consent = excluded.consent,
 -- A sent escalation post's Slack thread belongs to its conversation (shared.thread_row).
 INSERT INTO threads (thread_key, conversation_key) VALUES (:thread_key, :conversation_key)
 ON CONFLICT (thread_key) DO NOTHING;
+
+-- Retention (router.store.writes.prune): the deletes both backends write alike. Each returns
+-- the keys it deleted, which the plan counts.
+
+-- name: prune_quarantine
+DELETE FROM quarantine WHERE id IN (
+  SELECT id FROM quarantine WHERE id < :before_id AND received_at < :before
+  ORDER BY id LIMIT :limit)
+RETURNING id;
+
+-- name: prune_receipts
+DELETE FROM receipts WHERE at < :before
+RETURNING provider_message_id;

@@ -210,7 +210,8 @@ DELETE FROM outbox_attempts WHERE outbox_id IN (
 -- name: prune_outbox
 DELETE FROM outbox WHERE event_id IN (SELECT value FROM json_each(:ids))
   AND status IN ('sent', 'delivered', 'undelivered', 'failed', 'cancelled')
-  AND kind <> 'escalation';
+  AND kind <> 'escalation'
+RETURNING id;
 
 -- name: prune_events
 DELETE FROM events WHERE id IN (SELECT value FROM json_each(:ids))
@@ -220,14 +221,6 @@ RETURNING id;
 
 -- name: prune_runs
 DELETE FROM runs WHERE event_id IN (SELECT value FROM json_each(:ids));
-
--- name: prune_quarantine
-DELETE FROM quarantine WHERE id IN (
-  SELECT id FROM quarantine WHERE id < :before_id AND received_at < :before
-  ORDER BY id LIMIT :limit);
-
--- name: prune_receipts
-DELETE FROM receipts WHERE at < :before;
 
 -- name: known_dedupe_keys
 SELECT dedupe_key FROM events WHERE dedupe_key IN (SELECT value FROM json_each(:keys));
