@@ -413,7 +413,7 @@ async def test_a_look_that_cannot_reach_the_first_send_fails_instead_of_guessing
     """More Messages to the number since the doubt window opened than one look reads: "not
     found" would be a guess, and a resend then a duplicate. The look fails (the row stays in
     doubt and is looked for again); one the list reaches past is answered as before."""
-    from channels.twilio_send import FIND_LIMIT
+    from channels.twilio_send import FIND_LIMIT, FIND_SKEW
 
     since = datetime.now(UTC)
     await sender.send(_message())  # the send in doubt, oldest in the window
@@ -426,7 +426,14 @@ async def test_a_look_that_cannot_reach_the_first_send_fails_instead_of_guessing
     found = await sender.find(_message(), since)
     assert found is not None and found.provider_message_id == fake.snapshot()[-1].sid
     # A list that reaches back past the window's start is complete: not there is not there.
+    # Twilio lists by whole GMT days (DateSent>): the oldest listed stays on the day the look
+    # asks from, whatever the time of day the test runs at (a window across midnight would
+    # leave it out of the list, and the look rightly fail).
+    day_start = since.replace(hour=0, minute=0, second=0, microsecond=0)
+    window = max(since - timedelta(hours=1), day_start + timedelta(minutes=1))
+    stamp = twilio_api._rfc2822(window - FIND_SKEW - timedelta(seconds=1))
     with fake.lock:
         oldest_listed = fake.messages[fake._order[-FIND_LIMIT]]
-        oldest_listed["date_created"] = twilio_api._rfc2822(since - timedelta(hours=2))
-    assert await sender.find(_message(text="never sent"), since - timedelta(hours=1)) is None
+        oldest_listed["date_created"] = stamp
+        oldest_listed["date_sent"] = oldest_listed["date_sent"] and stamp
+    assert await sender.find(_message(text="never sent"), window) is None
