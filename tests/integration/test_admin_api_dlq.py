@@ -1,7 +1,8 @@
 """The admin API's dead letters (SPEC §10) through real HTTP on loopback: `GET /api/dlq`,
 `POST /api/dlq/{id}/retry` and `POST /api/dlq/{id}/discard`, with the server's own worker and
 dispatcher sending replies to the fake Twilio API, which refuses the first send to each
-customer with 21211 (invalid number: permanent, so the row is dead at once)."""
+customer with 21211 (invalid number: permanent, so the row is dead at once). The rules and the
+SMS channel are those of the dispatcher's end-to-end tests."""
 
 from __future__ import annotations
 
@@ -14,18 +15,11 @@ import pytest
 
 from tests.cases.twilio import message_params, signed
 from tests.fakes.twilio_api import FakeTwilio, twilio_error
+from tests.integration.test_dispatch_e2e import OURS, options
 from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-OURS = "+15559870000"
 CUSTOMERS = ["+15551230001", "+15551230002", "+15551230003"]
-RULES = """version: 1
-rules:
-  - id: hi
-    when: {channel: sms, type: message.received}
-    then:
-      - reply: {text: "hi back"}
-"""
 
 
 def get(server: LiveServer, path: str, **kwargs: Any) -> httpx.Response:
@@ -50,21 +44,7 @@ def fake() -> Iterator[FakeTwilio]:
 def dead(tmp_path: Path, fake: FakeTwilio) -> Iterator[tuple[LiveServer, dict[str, str]]]:
     """A server whose replies to CUSTOMERS are dead letters: the server and each customer's
     dead row id, by number."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "hi.yaml").write_text(RULES)
-    extra = f"""
-[rules]
-path = "{rules}"
-
-[channels.sms]
-account_sid = "{fake.account_sid}"
-auth_token = "{fake.auth_token}"
-from = "{OURS}"
-mode = "live"
-api_base = "{fake.url}"
-"""
-    with live_server(tmp_path, routing=True, extra=extra) as server:
+    with live_server(tmp_path, routing=True, **options(tmp_path, fake)) as server:
         for n, number in enumerate(CUSTOMERS):
             params = {**message_params(f"DLQ{n}"), "From": number, "To": OURS}
             request = signed(PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0])
@@ -140,7 +120,7 @@ def test_retry_queues_the_row_and_the_dispatcher_sends_it_once(
     assert row["status"] in {"pending", "sending", "sent"}  # the dispatcher is quick
     wait_for(lambda: outbox_row(server, ids[customer])["status"] == "sent")
     [message] = fake.accepted_to(customer)
-    assert message.body == "hi back"
+    assert message.body.startswith("got Hello DLQ0")
     assert [r["to"] for r in get(server, "/api/dlq").json()] == CUSTOMERS[:0:-1]
     again = post(server, f"/api/dlq/{ids[customer]}/retry")
     assert again.status_code == 409
