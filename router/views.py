@@ -1,8 +1,9 @@
 """What the CLI and the admin API show of the routing side (SPEC §9-10), in one place.
 
 `events show` and `GET /api/events/{id}` print the same object, as do `outbox list` and
-`GET /api/outbox`, and `conversations show` and `GET /api/conversations/{key}`: the JSON shapes
-are built here, from store records, and nowhere else.
+`GET /api/outbox`, `dlq list` and `GET /api/dlq`, and `conversations show` and
+`GET /api/conversations/{key}`: the JSON shapes are built here, from store records, and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -84,6 +85,24 @@ async def event_outbox(store: Store, event_id: str) -> list[OutboxRow]:
         if len(page) < _PAGE:
             return rows[::-1]
         before = page[-1].id
+
+
+async def outbox_row(store: Store, outbox_id: str) -> OutboxRow | None:
+    """One outbox row by id (its id starts with its event's), None if there is none."""
+    rows = await event_outbox(store, outbox_id.partition(":")[0])
+    return next((row for row in rows if row.id == outbox_id), None)
+
+
+async def dead_letters(store: Store, where: OutboxFilter) -> list[dict[str, Any]]:
+    """Dead rows matching `where` (its status is taken as `dead`), newest first, as
+    `dlq list --json` and `GET /api/dlq` show them: outbox JSON plus `attempts_made`, every
+    attempt (`at, outcome, error, error_code, duration_ms`), oldest first."""
+    rows = await store.list_outbox(msgspec.structs.replace(where, status=OutboxStatus.DEAD))
+    shown = []
+    for row in rows:
+        attempts = [msgspec.to_builtins(a) for a in await store.attempts(row.id)]
+        shown.append({**outbox_to_builtins(row), "attempts_made": attempts})
+    return shown
 
 
 async def event_detail(store: Store, event: Event) -> dict[str, Any]:

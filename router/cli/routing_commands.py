@@ -30,9 +30,9 @@ from router.rules import RuleSet
 from router.rules.live import LiveRules
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
-from router.store.records import OutboxFilter, OutboxStatus
+from router.store.records import OutboxFilter
 from router.timeutil import parse_since
-from router.views import outbox_to_builtins
+from router.views import dead_letters
 
 log = get_logger("switchboard.worker")
 
@@ -248,12 +248,7 @@ def dlq_list(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Dead rows, newest first, with why they died and every attempt."""
 
     async def run(store: Store) -> list[dict[str, Any]]:
-        rows = await store.list_outbox(OutboxFilter(status=OutboxStatus.DEAD, limit=limit))
-        shown = []
-        for row in rows:
-            attempts = [msgspec.to_builtins(a) for a in await store.attempts(row.id)]
-            shown.append({**outbox_to_builtins(row), "attempts_made": attempts})
-        return shown
+        return await dead_letters(store, OutboxFilter(limit=limit))
 
     found = with_store(ctx, run)
     if as_json:

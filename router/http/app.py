@@ -34,7 +34,7 @@ from router.http.providers import (
     senders,
 )
 from router.http.webhooks import BodyBudget, webhooks
-from router.logs import flush_logs, flush_logs_forever
+from router.logs import flush_logs, flush_logs_forever, get_logger, mask_address, scrub
 from router.metrics import Metrics
 from router.pipeline.ingest import Ingestor
 from router.pipeline.reconcile import reconcile_forever
@@ -47,14 +47,18 @@ from router.store.backup_schedule import backups_forever
 from router.store.base import EventFilter, Store
 from router.store.factory import store_from_settings
 from router.store.housekeeping import upkeep_forever
-from router.store.records import LIVE, OutboxFilter
+from router.store.records import LIVE, OutboxFilter, OutboxRow, OutboxStatus
 from router.timeutil import parse_since
 from router.views import (
     conversation_to_builtins,
+    dead_letters,
     event_detail,
     outbox_filter,
+    outbox_row,
     outbox_to_builtins,
 )
+
+log = get_logger("switchboard.admin")
 
 
 class AppContext:
@@ -434,6 +438,115 @@ async def api_outbox(request: Request[Any, Any, Any], state: State) -> Response[
     return await _listed(request, state, OUTBOX)
 
 
+def _dead_filter(
+    params: Mapping[str, str], limit: int, cursor: str | None, now: datetime
+) -> OutboxFilter:
+    """The /api/dlq query: the /api/outbox filters, `status` always `dead`."""
+    if params.get("status") not in (None, "", "dead"):
+        raise ValueError("status is always dead here (/api/outbox lists the others)")
+    return _outbox_filter(params, limit, cursor, now)
+
+
+DLQ = Listing(
+    path="/api/dlq",
+    cursor=OUTBOX.cursor,
+    cursor_is=OUTBOX.cursor_is,
+    where=_dead_filter,
+    read=dead_letters,
+    encode=_encode_json,
+    ident=lambda row: str(row["id"]),
+)
+
+
+@get("/api/dlq", include_in_schema=False)
+async def api_dlq(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Dead rows, newest first, each with `attempts_made` (as `switchboard dlq list --json`);
+    filters `channel`, `to`, `limit`; pages by `cursor` as /api/outbox does."""
+    return await _listed(request, state, DLQ)
+
+
+class DiscardRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The optional body of POST /api/dlq/{id}/discard."""
+
+    reason: str = "discarded by an operator (admin API)"
+
+
+async def _on_dead_row(
+    ctx: AppContext, outbox_id: str, change: Callable[[OutboxRow], Awaitable[bool]]
+) -> Response[bytes]:
+    """Apply `change` to a dead row (False: it was no longer dead): 200 with the row as it is
+    now, 404 for an unknown id, 409 naming the status of a row that is not dead."""
+    try:
+        known = OUTBOX.cursor.fullmatch(outbox_id)
+        row = await outbox_row(ctx.store, outbox_id) if known else None
+        if row is not None and row.status is OutboxStatus.DEAD:
+            changed = await change(row)  # False: someone else changed it meanwhile
+            row = await outbox_row(ctx.store, outbox_id)
+            if changed and row is not None:
+                return _json(200, outbox_to_builtins(row))
+    except StoreUnavailable:
+        return _json(503, {"error": "store unavailable"})
+    if row is None:
+        return _json(404, {"error": f"no outbox row {outbox_id}"})
+    return _json(409, {"error": f"{outbox_id} is {row.status.value}, not dead"})
+
+
+@post("/api/dlq/{outbox_id:str}/retry", include_in_schema=False, status_code=200)
+async def api_dlq_retry(
+    request: Request[Any, Any, Any], outbox_id: FromPath[str], state: State
+) -> Response[bytes]:
+    """`switchboard dlq retry`: the dead row is pending again, attempts from zero (its attempt
+    history is kept), and this process's dispatcher looks at once."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+
+    async def retry(row: OutboxRow) -> bool:
+        if not await ctx.store.requeue_dead(row.id):
+            return False
+        if ctx.routing is not None:  # the store's watch tells the other processes only
+            ctx.routing.dispatcher.wake()
+        log.info("dlq retry", stage="admin", outbox_id=row.id, to=mask_address(row.to))
+        return True
+
+    return await _on_dead_row(ctx, outbox_id, retry)
+
+
+@post("/api/dlq/{outbox_id:str}/discard", include_in_schema=False, status_code=200)
+async def api_dlq_discard(
+    request: Request[Any, Any, Any], outbox_id: FromPath[str], state: State
+) -> Response[bytes]:
+    """`switchboard dlq discard`: the dead row is cancelled for good, with the reason (optional
+    body `{"reason": "..."}`) as its `last_error`."""
+    ctx = _ctx(state)
+    denied = _authorised(request, ctx)
+    if denied:
+        return denied
+    try:
+        reason = msgspec.json.decode(await request.body() or b"{}", type=DiscardRequest).reason
+    except msgspec.DecodeError as exc:
+        return _json(400, {"error": f"bad discard request: {exc}"})
+    if not reason.strip() or len(reason) > 1000 or not reason.isprintable():
+        return _json(
+            400, {"error": "bad discard request: reason must be 1 to 1000 printable characters"}
+        )
+
+    async def discard(row: OutboxRow) -> bool:
+        if not await ctx.store.discard_dead(row.id, reason):
+            return False
+        log.info(
+            "dlq discard",
+            stage="admin",
+            outbox_id=row.id,
+            to=mask_address(row.to),
+            reason=scrub(reason),
+        )
+        return True
+
+    return await _on_dead_row(ctx, outbox_id, discard)
+
+
 @get("/api/conversations/{key:str}", include_in_schema=False)
 async def api_conversation(
     request: Request[Any, Any, Any], key: FromPath[str], state: State
@@ -507,6 +620,9 @@ def create_app(
             api_events,
             api_event,
             api_outbox,
+            api_dlq,
+            api_dlq_retry,
+            api_dlq_discard,
             api_conversation,
             api_replay,
             api_status,
