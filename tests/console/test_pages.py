@@ -11,9 +11,9 @@ import httpx
 import pytest
 from markupsafe import escape
 
-from tests.cases.twilio import signed
+from tests.cases.twilio import sms
 from tests.console.browser import Browser
-from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
+from tests.support import ADMIN_TOKEN, LiveServer, live_server, wait_for
 
 RULES = """version: 1
 rules:
@@ -48,15 +48,7 @@ def browser(server: LiveServer) -> Iterator[Browser]:
 
 
 def ask_for_a_human(server: LiveServer, sid: str, body: str) -> None:
-    params = {
-        "MessageSid": sid,
-        "AccountSid": "AC" + "1" * 32,
-        "From": CUSTOMER,
-        "To": "+15559870000",
-        "Body": body,
-    }
-    request = signed(PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0])
-    assert server.post(request).status_code == 200
+    assert server.post(sms(sid, body, CUSTOMER)).status_code == 200
 
 
 def escalations(browser: Browser) -> str:
