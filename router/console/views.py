@@ -6,7 +6,7 @@ Contacts are masked as in the logs; nothing here writes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -156,23 +156,20 @@ async def conversation_page(
     )
     if value is None:
         return page
-    rows = await _customer_rows(store, value)
     escalation = value.escalation
-    return ConversationPage(
-        **{
-            **page.__dict__,
-            "lines": _lines(value.history, rows, now),
-            "tags": list(value.tags),
-            "attributes": sorted(value.attributes.items()),
-            "escalation": None
-            if escalation is None
-            else {
-                "reason": escalation.reason,
-                "rule_id": escalation.rule_id,
-                "agent": escalation.agent,
-                "at": moment(escalation.at, now),
-            },
-        }
+    return replace(
+        page,
+        lines=_lines(value.history, await _customer_rows(store, value), now),
+        tags=list(value.tags),
+        attributes=sorted(value.attributes.items()),
+        escalation=None
+        if escalation is None
+        else {
+            "reason": escalation.reason,
+            "rule_id": escalation.rule_id,
+            "agent": escalation.agent,
+            "at": moment(escalation.at, now),
+        },
     )
 
 
