@@ -24,6 +24,7 @@ from router.clock import Clock
 from router.config import Settings
 from router.console.sessions import COOKIE, Session, Sessions, same_site
 from router.console.views import conversation_page, escalations, find_conversation
+from router.errors import StoreUnavailable
 from router.store.base import Store
 
 HERE = Path(__file__).parent
@@ -84,6 +85,13 @@ def _page(name: str, status: int = 200, **context: Any) -> Template:
 
 def _to_sign_in() -> Redirect:
     return Redirect(SIGN_IN, status_code=303, headers=_HEADERS)
+
+
+def _unavailable(_: Request[Any, Any, Any], exc: StoreUnavailable) -> Response[str]:
+    """The store does not answer: say so (503) rather than fail with a 500."""
+    del exc  # its text may name the database; the logs of the store have it
+    text = "503 Service Unavailable: the store does not answer; try again in a moment.\n"
+    return Response(text, status_code=503, media_type="text/plain", headers={"Retry-After": "5"})
 
 
 def _forbidden(why: str) -> Response[str]:
@@ -216,5 +224,6 @@ def console_router(settings: Settings, store: Store, clock: Clock) -> Router | N
             later,
         ],
         dependencies={"console": Provide(lambda: console, sync_to_thread=False)},
+        exception_handlers={StoreUnavailable: _unavailable},
         include_in_schema=False,
     )
