@@ -154,6 +154,14 @@ def test_every_control_on_a_page_has_a_label(browser: Browser) -> None:
             assert match[1].strip(), match[0]
 
 
+def test_escalations_wait_oldest_first(server: LiveServer, browser: Browser) -> None:
+    conversation_link(browser)
+    assert server.post(sms("SMCONSOLE2", "a human please", "+15551230002")).status_code == 200
+    wait_for(lambda: "+1555*****02" in escalations(browser), timeout=15)
+    page = escalations(browser)
+    assert page.index("+1555*****01") < page.index("+1555*****02")
+
+
 def test_a_stop_shows_in_the_consent_and_its_ledger(server: LiveServer, browser: Browser) -> None:
     """Last in the module: the contact is opted out from here on."""
     link = conversation_link(browser)
