@@ -274,6 +274,17 @@ class LoggingConfig(msgspec.Struct, **_STRICT):
     debug: bool = False
 
 
+class ConsoleConfig(msgspec.Struct, **_STRICT):
+    """The web console for people (SPEC §13), served by `serve` at `/console/`."""
+
+    enabled: bool = True
+    #: How long a session cookie lasts after sign-in.
+    session_hours: Annotated[float, msgspec.Meta(gt=0, le=24 * 30)] = 12.0
+    #: Named users: name -> token (a secret: `env:`, `file:` or a literal). A named user signs
+    #: in with their own token; `server.admin_token` signs in as `admin`.
+    users: dict[str, str] = {}
+
+
 class Settings(msgspec.Struct, **_STRICT):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -287,6 +298,7 @@ class Settings(msgspec.Struct, **_STRICT):
     logging: LoggingConfig = LoggingConfig()
     backup: BackupConfig = BackupConfig()
     reconcile: ReconcileConfig = ReconcileConfig()
+    console: ConsoleConfig = ConsoleConfig()
     #: Named time windows for rules' `during:` (e.g. `business = "Mon-Fri 09:00-17:00"`).
     windows: dict[str, str] = {}
 
@@ -412,6 +424,8 @@ def _dotted(msgspec_path: str) -> str:
 
 #: Keys that may be secrets by where they are, not by their name.
 _SECRET_PATHS = frozenset({("storage", "url")})
+#: Tables whose every entry is a secret, whatever its name.
+_SECRET_TABLES = frozenset({("console", "users")})
 
 
 def _resolve_secrets(node: Any, trail: tuple[str, ...], filename: str, lines: _KeyLines) -> None:
@@ -419,7 +433,7 @@ def _resolve_secrets(node: Any, trail: tuple[str, ...], filename: str, lines: _K
         return
     for key, value in node.items():
         here = (*trail, key)
-        secret = key in _SECRET_KEYS or here in _SECRET_PATHS
+        secret = key in _SECRET_KEYS or here in _SECRET_PATHS or trail in _SECRET_TABLES
         if secret and not isinstance(value, dict):  # not a source named `secrets`
             node[key] = _resolve_value(value, ".".join(here), filename, lines)
         else:

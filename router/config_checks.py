@@ -19,6 +19,8 @@ from router.timewindows import load_zone, parse_window
 BUILTIN_SOURCES = frozenset({"twilio", "slack", "stripe", "mailgun", "sendgrid"})
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+#: A console user's name: it is shown on pages and carried in the session cookie.
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _CLOCK_RANGE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 
 Problem = tuple[str, str]
@@ -33,6 +35,7 @@ def problems(settings: Settings) -> Iterator[Problem]:
     yield from _windows(settings)
     yield from _backup(settings)
     yield from _reconcile(settings)
+    yield from _console(settings)
 
 
 def _server(settings: Settings) -> Iterator[Problem]:
@@ -141,3 +144,12 @@ def _reconcile(settings: Settings) -> Iterator[Problem]:
             yield "reconcile.lookback", "must be a positive duration, e.g. 24h"
     except ValueError as exc:
         yield "reconcile.lookback", str(exc)
+
+
+def _console(settings: Settings) -> Iterator[Problem]:
+    for name in settings.console.users:
+        key = f"console.users.{name}"
+        if name == "admin":
+            yield key, "'admin' is who signs in with server.admin_token; choose another name"
+        elif not _USER_NAME.match(name):
+            yield key, "a user name is letters, digits, '.', '-' and '_' (at most 63)"

@@ -87,6 +87,8 @@ _FORBIDDEN: dict[str, tuple[str, ...]] = {
         *_SDKS,
     ),
     "router/status": ("router.http", "router.cli", *_SDKS),
+    # Pages for people: wiring (the store, views, config), but no channel and no provider.
+    "router/console": ("router.http", "router.cli", "channels", *_SDKS),
 }
 #: The core knows channels only through the shapes they share.
 _CHANNEL_SHAPES = ("channels", "channels.base", "channels.outbound", "channels.history")

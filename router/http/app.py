@@ -24,6 +24,7 @@ from channels.base import InboundAdapter
 from router.aio import cancel
 from router.clock import Clock, SystemClock
 from router.config import Settings
+from router.console import console_router, templates
 from router.errors import StoreUnavailable
 from router.events import EventStatus, encode_event
 from router.http.providers import (
@@ -611,8 +612,10 @@ def create_app(
             await ctx.rules.stop()
             await the_store.close()
 
+    console = console_router(settings, the_store, ctx.clock)  # None: off, or no token
     return Litestar(
         route_handlers=[
+            *([console] if console is not None else []),
             webhooks,
             healthz,
             readyz,
@@ -627,6 +630,7 @@ def create_app(
             api_replay,
             api_status,
         ],
+        template_config=templates(),
         state=State({"ctx": ctx}),
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from twilio.request_validator import RequestValidator
 
 from tests.cases.base import ProviderCase, SignedRequest
-from tests.support import PUBLIC_URL
+from tests.support import PUBLIC_URL, SECRETS
 
 
 def message_params(unique: str) -> dict[str, str]:
@@ -33,6 +33,18 @@ def status_params(unique: str) -> dict[str, str]:
         "From": "+15559870000",
         "To": "whatsapp:+15551230001",
     }
+
+
+def sms(sid: str, body: str, sender: str = "+15551230001") -> SignedRequest:
+    """An SMS from `sender` to +15559870000, signed as Twilio sends it to the test server."""
+    params = {
+        "MessageSid": sid,
+        "AccountSid": "AC" + "1" * 32,
+        "From": sender,
+        "To": "+15559870000",
+        "Body": body,
+    }
+    return signed(PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0])
 
 
 def signed(public_url: str, path: str, params: dict[str, str], token: str) -> SignedRequest:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.cases import twilio
-from tests.support import ADMIN_TOKEN, PUBLIC_URL, SECRETS, LiveServer, live_server, wait_for
+from tests.support import ADMIN_TOKEN, LiveServer, live_server, wait_for
 
 CUSTOMER = "+15551230001"
 LIVE = """version: 1
@@ -50,14 +50,7 @@ def server(tmp_path: Path) -> Iterator[LiveServer]:
 
 def texted(server: LiveServer, sid: str, body: str) -> None:
     """The customer's SMS, signed as Twilio sends it, routed before this returns."""
-    params = {
-        "MessageSid": sid,
-        "AccountSid": "AC" + "1" * 32,
-        "From": CUSTOMER,
-        "To": "+15559870000",
-        "Body": body,
-    }
-    request = twilio.signed(PUBLIC_URL, "/webhooks/twilio/messages", params, SECRETS["twilio"][0])
+    request = twilio.sms(sid, body, CUSTOMER)
     before = len(server.events())
     assert server.post(request).status_code == 200
     wait_for(lambda: [e["status"] for e in server.events()] == ["processed"] * (before + 1))

@@ -353,3 +353,27 @@ def test_stripe_api_key_is_a_secret_and_api_base_a_url(monkeypatch: pytest.Monke
     )
     assert_located(stripe + 'api_key = "env:NO_SUCH_KEY"\n', "sources.stripe.api_key", 3)
     assert_located(stripe + 'api_base = "api.stripe.com"\n', "sources.stripe.api_base", 3)
+
+
+def test_console_users_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SB_TEST_ANA", "ana-token")
+    settings = parse_settings(
+        '[console]\nsession_hours = 2\n[console.users]\nana = "env:SB_TEST_ANA"\n'
+    )
+    assert settings.console.users == {"ana": "ana-token"}
+    assert settings.console.session_hours == 2
+    assert settings.console.enabled is True
+
+
+def test_console_user_whose_secret_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SB_TEST_UNSET", raising=False)
+    text = '[console.users]\nbo = "env:SB_TEST_UNSET"\n'
+    assert_located(text, "console.users.bo", 2, "SB_TEST_UNSET is not set")
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"), [("admin", "server.admin_token"), ('"a b"', "a user name")]
+)
+def test_console_user_names_are_checked(name: str, fragment: str) -> None:
+    text = f'[console.users]\n{name} = "token"\n'
+    assert_located(text, f"console.users.{name.strip(chr(34))}", 2, fragment)
