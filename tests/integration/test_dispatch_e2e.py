@@ -371,7 +371,7 @@ def test_no_reply_is_lost_or_doubled_across_repeated_kill_9(tmp_path: Path) -> N
 
 #: Lives of the server killed in the stalling-provider test, half mid-send, half mid-look
 #: (the suite's share; bench/crash_soak.py runs the long soak).
-CHAOS_KILLS = 16
+CHAOS_KILLS = 12
 
 
 def test_kills_mid_send_and_mid_look_with_a_stalling_provider_lose_and_double_nothing(

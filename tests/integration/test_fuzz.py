@@ -42,8 +42,9 @@ from tests.cases import twilio as twilio_case
 from tests.cases.email import credentials, mailgun_signature
 from tests.support import ADMIN_TOKEN, CUSTOM_SOURCE, PUBLIC_URL, SECRETS, LiveServer, live_server
 
+#: Examples per test in `make test` (the suite's time budget); raise it for a longer hunt.
 FUZZ = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
