@@ -598,7 +598,7 @@ class PostgresStore(CommonStore):
                         server_settings={"application_name": "switchboard-listen"},
                     )
                     conn.add_termination_listener(lambda _conn, gone=lost: gone.set())
-                    await conn.add_listener(_CHANNEL, heard)
+                    await self._listen(conn, heard)
                 on_change()
                 while not lost.is_set():
                     # A connection cut without a close answers nothing: ask it now and then.
@@ -612,6 +612,19 @@ class PostgresStore(CommonStore):
                     with contextlib.suppress(*DRIVER_ERRORS):
                         await asyncio.wait_for(conn.close(), self._timeout)
             await asyncio.sleep(1.0)
+
+    @staticmethod
+    async def _listen(conn: Conn, heard: Callable[[object, int, str, str], None]) -> None:
+        """LISTEN on a fresh connection. The server may end it between the connect and the
+        LISTEN (a restart, `pg_terminate_backend`): the driver then refuses the statement
+        unsent (`refused_unsent`), which says only that this connection is gone."""
+        try:
+            await conn.add_listener(_CHANNEL, heard)
+        except asyncpg.InternalClientError as exc:
+            if not refused_unsent(exc):
+                raise
+            ended = "postgresql: the listening connection ended as it opened"
+            raise StoreUnavailable(ended) from exc
 
     async def _check_listening(self, conn: Conn, lost: asyncio.Event) -> None:
         """Ask the listening connection whether it still answers; `lost` is set if the server
